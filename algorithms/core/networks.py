@@ -1,0 +1,174 @@
+"""Networks shared by the algorithms: MLP, ensembles, critics and actors (flax.linen)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+
+def orthogonal_init(scale: float = jnp.sqrt(2.0)) -> Initializer:
+    return nn.initializers.orthogonal(scale)
+
+
+def torch_linear_init() -> tuple[Initializer, Callable]:
+    """PyTorch's nn.Linear default: weights and biases ~ U(+-1/sqrt(fan_in)), as in the TD3+BC,
+    PRDC and SPOT reference code."""
+    weights = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+    def bias(key, shape, dtype=jnp.float32, fan_in: int = 1):
+        bound = 1.0 / jnp.sqrt(fan_in)
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return weights, bias
+
+
+class MLP(nn.Module):
+    hidden_dims: Sequence[int]
+    output_dim: int | None = None
+    activation: Callable = nn.relu
+    layer_norm: bool = False
+    dropout_rate: float = 0.0
+    init_scheme: str = "default"  # "default" (lecun normal, zero bias), "orthogonal", or "torch"
+    final_init_scale: float | None = None  # U(+-scale) init of the last layer, if given
+
+    @nn.compact
+    def __call__(self, x: jax.Array, training: bool = False) -> jax.Array:
+        dims = list(self.hidden_dims) + ([self.output_dim] if self.output_dim is not None else [])
+        for i, size in enumerate(dims):
+            is_last = self.output_dim is not None and i == len(dims) - 1
+            x = self._dense(size, x.shape[-1], is_last)(x)
+            if not is_last:
+                if self.layer_norm:
+                    x = nn.LayerNorm()(x)
+                x = self.activation(x)
+                if self.dropout_rate > 0.0:
+                    x = nn.Dropout(self.dropout_rate, deterministic=not training)(x)
+        return x
+
+    def _dense(self, size: int, fan_in: int, is_last: bool) -> nn.Dense:
+        if is_last and self.final_init_scale is not None:
+            uniform = nn.initializers.uniform(2 * self.final_init_scale)
+            shifted = lambda key, shape, dtype=jnp.float32: uniform(key, shape, dtype) - self.final_init_scale
+            return nn.Dense(size, kernel_init=shifted, bias_init=shifted)
+        if self.init_scheme == "orthogonal":
+            return nn.Dense(size, kernel_init=orthogonal_init())
+        if self.init_scheme == "torch":
+            weights, bias = torch_linear_init()
+            return nn.Dense(size, kernel_init=weights,
+                            bias_init=lambda k, s, d=jnp.float32: bias(k, s, d, fan_in))
+        return nn.Dense(size)
+
+
+class QNetwork(nn.Module):
+    """Q(s, a). Observations broadcast against actions with extra leading axes, so Q(s, a_1..K)
+    for K sampled actions per state is one call: obs (B, d), actions (B, K, a) -> (B, K)."""
+
+    hidden_dims: Sequence[int]
+    layer_norm: bool = False
+    init_scheme: str = "default"
+    final_init_scale: float | None = None
+
+    @nn.compact
+    def __call__(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
+        extra = actions.ndim - observations.ndim
+        observations = jnp.expand_dims(observations, tuple(range(-2, -2 - extra, -1)))
+        observations = jnp.broadcast_to(observations, actions.shape[:-1] + observations.shape[-1:])
+        inputs = jnp.concatenate([observations, actions], axis=-1)
+        mlp = MLP(self.hidden_dims, 1, layer_norm=self.layer_norm, init_scheme=self.init_scheme,
+                  final_init_scale=self.final_init_scale)
+        return mlp(inputs).squeeze(-1)
+
+
+class Ensemble(nn.Module):
+    """N independent copies of `net` evaluated in one batched call; outputs stack on axis 0."""
+
+    net: type[nn.Module]
+    num: int = 2
+    kwargs: dict | None = None
+
+    @nn.compact
+    def __call__(self, *args):
+        batched = nn.vmap(
+            self.net,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=self.num,
+        )
+        return batched(**(self.kwargs or {}))(*args)
+
+
+def critic_ensemble(num: int, hidden_dims: Sequence[int], **kwargs) -> Ensemble:
+    """`num` Q-networks as one module: apply(params, s, a) -> (num, ...)."""
+    return Ensemble(QNetwork, num, {"hidden_dims": tuple(hidden_dims), **kwargs})
+
+
+class ValueNetwork(nn.Module):
+    hidden_dims: Sequence[int]
+    init_scheme: str = "default"
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> jax.Array:
+        return MLP(self.hidden_dims, 1, init_scheme=self.init_scheme)(observations).squeeze(-1)
+
+
+class DeterministicActor(nn.Module):
+    """a = tanh(MLP(s)) (TD3, TD3+BC, BC)."""
+
+    hidden_dims: Sequence[int]
+    action_dim: int
+    init_scheme: str = "default"
+    dropout_rate: float = 0.0
+    final_init_scale: float | None = None
+
+    @nn.compact
+    def __call__(self, observations: jax.Array, training: bool = False) -> jax.Array:
+        mlp = MLP(self.hidden_dims, self.action_dim, init_scheme=self.init_scheme,
+                  dropout_rate=self.dropout_rate, final_init_scale=self.final_init_scale)
+        return jnp.tanh(mlp(observations, training))
+
+
+class GaussianActor(nn.Module):
+    """IQL's policy: N(tanh(mu(s)), exp(log_std)) with a state-independent, clipped log std and no
+    tanh squashing of samples; actions are clipped to [-1, 1] only when acting."""
+
+    hidden_dims: Sequence[int]
+    action_dim: int
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+    init_scheme: str = "orthogonal"
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> distrax.Distribution:
+        features = MLP(self.hidden_dims, init_scheme=self.init_scheme)(observations)  # ends activated
+        mean = nn.Dense(self.action_dim, kernel_init=orthogonal_init(1.0) if self.init_scheme == "orthogonal"
+                        else nn.initializers.lecun_normal())(features)
+        log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+        log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)
+        return distrax.MultivariateNormalDiag(jnp.tanh(mean), jnp.exp(log_std))
+
+
+class TanhGaussianActor(nn.Module):
+    """SAC/CQL policy: a = tanh(u), u ~ N(mu(s), sigma(s)); log-probabilities include the tanh
+    Jacobian (distrax)."""
+
+    hidden_dims: Sequence[int]
+    action_dim: int
+    log_std_min: float = -20.0
+    log_std_max: float = 2.0
+    init_scheme: str = "default"
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> distrax.Distribution:
+        features = MLP(self.hidden_dims, init_scheme=self.init_scheme)(observations)  # ends activated
+        mean = nn.Dense(self.action_dim)(features)
+        log_std = jnp.clip(nn.Dense(self.action_dim)(features), self.log_std_min, self.log_std_max)
+        base = distrax.MultivariateNormalDiag(mean, jnp.exp(log_std))
+        return distrax.Transformed(base, distrax.Block(distrax.Tanh(), ndims=1))

@@ -1,0 +1,23 @@
+"""Small training utilities: optimiser state, target networks."""
+
+from __future__ import annotations
+
+import jax
+import optax
+from flax.training.train_state import TrainState
+
+
+def create_train_state(module, params, learning_rate, **adam_kwargs) -> TrainState:
+    """Adam over `params`; `learning_rate` may be a float or an optax schedule."""
+    return TrainState.create(apply_fn=module.apply, params=params,
+                             tx=optax.adam(learning_rate, **adam_kwargs))
+
+
+def soft_update(target_params, online_params, tau: float):
+    """Polyak averaging: target <- tau * online + (1 - tau) * target."""
+    return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target_params, online_params)
+
+
+def copy_params(params):
+    """A distinct copy, so target and online parameters never share (donated) buffers."""
+    return jax.tree.map(lambda x: x.copy(), params)

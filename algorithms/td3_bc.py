@@ -1,0 +1,115 @@
+"""TD3+BC (Fujimoto & Gu, 2021), as in `sfujim/TD3_BC`.
+
+Critic (every step), with target policy smoothing:
+    a' = clip(pibar(s') + clip(eps, -c, c), -1, 1),  eps ~ N(0, sigma^2)
+    L_Q = sum_i E[(Q_i(s, a) - r - gamma (1 - d) min_j Qbar_j(s', a'))^2]
+Actor and targets (every `policy_freq` steps):
+    lambda = alpha / E|Q_1(s, pi(s))|   (no gradient through lambda)
+    L_pi = -lambda E[Q_1(s, pi(s))] + E[(pi(s) - a)^2]
+States are standardized with the dataset statistics (mean, std + 1e-3), as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import flax
+import jax
+import jax.numpy as jnp
+from flax.training.train_state import TrainState
+
+from algorithms import register
+from algorithms.core.algorithm import Algorithm, Spec
+from algorithms.core.networks import DeterministicActor, critic_ensemble
+from algorithms.core.training import copy_params, create_train_state, soft_update
+
+
+@flax.struct.dataclass
+class TD3BCState:
+    actor: TrainState
+    critic: TrainState
+    target_actor_params: dict
+    target_critic_params: dict
+    step: jax.Array
+
+
+def td3_bc_actor_loss(q_pi: jax.Array, pi: jax.Array, dataset_actions: jax.Array, alpha: float):
+    """-lambda mean Q(s, pi(s)) + mean (pi(s) - a)^2 with lambda = alpha / mean|Q| (detached)."""
+    lmbda = jax.lax.stop_gradient(alpha / jnp.abs(q_pi).mean())
+    bc = ((pi - dataset_actions) ** 2).mean()
+    return -lmbda * q_pi.mean() + bc, bc
+
+
+@register
+@dataclass
+class TD3BC(Algorithm):
+    name = "td3_bc"
+    hidden_dims: tuple[int, ...] = (256, 256)
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    discount: float = 0.99
+    tau: float = 0.005
+    policy_noise: float = 0.2
+    noise_clip: float = 0.5
+    policy_freq: int = 2
+    alpha: float = 2.5
+    normalize_states: bool = True
+
+    def init(self, key, spec: Spec, dataset) -> TD3BCState:
+        actor_key, critic_key = jax.random.split(key)
+        obs = jnp.zeros((1, spec.observation_dim))
+        act = jnp.zeros((1, spec.action_dim))
+        actor_net = DeterministicActor(self.hidden_dims, spec.action_dim, init_scheme="torch")
+        critic_net = critic_ensemble(2, self.hidden_dims, init_scheme="torch")
+        actor_params = actor_net.init(actor_key, obs)
+        critic_params = critic_net.init(critic_key, obs, act)
+        return TD3BCState(
+            actor=create_train_state(actor_net, actor_params, self.actor_lr),
+            critic=create_train_state(critic_net, critic_params, self.critic_lr),
+            target_actor_params=copy_params(actor_params),
+            target_critic_params=copy_params(critic_params),
+            step=jnp.zeros((), jnp.int32),
+        )
+
+    def update(self, state: TD3BCState, batch, key):
+        noise = jax.random.normal(key, batch.actions.shape) * self.policy_noise
+        noise = jnp.clip(noise, -self.noise_clip, self.noise_clip)
+        next_actions = state.actor.apply_fn(state.target_actor_params, batch.next_observations)
+        next_actions = jnp.clip(next_actions + noise, -1.0, 1.0)
+        next_q = state.critic.apply_fn(
+            state.target_critic_params, batch.next_observations, next_actions).min(axis=0)
+        td_target = batch.rewards + self.discount * (1.0 - batch.terminals) * next_q
+
+        def critic_loss(params):
+            q = state.critic.apply_fn(params, batch.observations, batch.actions)
+            return ((q - td_target) ** 2).mean(axis=1).sum(), q
+
+        (q_loss, q), grads = jax.value_and_grad(critic_loss, has_aux=True)(state.critic.params)
+        state = state.replace(critic=state.critic.apply_gradients(grads=grads))
+
+        def update_actor(state: TD3BCState):
+            def actor_loss(params):
+                pi = state.actor.apply_fn(params, batch.observations)
+                q_pi = state.critic.apply_fn(state.critic.params, batch.observations, pi)[0]
+                return td3_bc_actor_loss(q_pi, pi, batch.actions, self.alpha)
+
+            (loss, bc), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor.params)
+            actor = state.actor.apply_gradients(grads=grads)
+            return state.replace(
+                actor=actor,
+                target_actor_params=soft_update(state.target_actor_params, actor.params, self.tau),
+                target_critic_params=soft_update(
+                    state.target_critic_params, state.critic.params, self.tau),
+            ), (loss, bc)
+
+        def skip_actor(state: TD3BCState):
+            return state, (jnp.nan, jnp.nan)
+
+        # `step` is shared across seeds (see Algorithm), so this stays a real branch under vmap.
+        state, (pi_loss, bc_loss) = jax.lax.cond(
+            state.step % self.policy_freq == 0, update_actor, skip_actor, state)
+        metrics = {"critic_loss": q_loss, "q": q.mean(), "actor_loss": pi_loss, "bc_loss": bc_loss}
+        return state.replace(step=state.step + 1), metrics
+
+    def act(self, state: TD3BCState, observations, key, deterministic: bool = True):
+        return state.actor.apply_fn(state.actor.params, observations)

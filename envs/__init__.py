@@ -1,0 +1,43 @@
+"""Where data and environments come from. Knows nothing of algorithms."""
+
+from __future__ import annotations
+
+from envs import d4rl, generated, minari_source
+from envs.dataset import Dataset, DatasetError
+from envs.environment import (
+    action_bounds,
+    check_observation_dim,
+    evaluate,
+    make_env,
+    normalized_score,
+)
+from envs.preprocessing import Normalizer, normalize_states, rescale_actions, transform_rewards
+from envs.registry import REGISTRY, DatasetInfo, lookup
+
+__all__ = [
+    "REGISTRY", "Dataset", "check_observation_dim", "DatasetError", "DatasetInfo", "Normalizer", "evaluate", "load",
+    "lookup", "make_env", "normalize_states", "normalized_score", "transform_rewards",
+]
+
+
+def load(source: str, name: str, path: str | None = None, download: bool = True):
+    """Load a dataset by name as (Dataset with actions in [-1, 1], DatasetInfo)."""
+    try:
+        info = lookup(source, name)
+    except KeyError as error:
+        raise DatasetError(error.args[0]) from None
+    if source == "d4rl":
+        data = d4rl.load(info, path, download)
+    elif source == "minari":
+        data, info = minari_source.load(info, path, download)
+    elif source == "local":
+        root = generated.ensure_pendulum_mixed(path)
+        data, info = minari_source.load(
+            DatasetInfo(**{**info.__dict__, "minari_id": generated.PENDULUM_MIXED_ID}), str(root)
+        )
+    else:
+        raise DatasetError(f"unknown dataset source '{source}'; use d4rl, minari or local.")
+    bounds = action_bounds(info)
+    if bounds is not None:
+        data = rescale_actions(data, *bounds)
+    return data, info

@@ -1,0 +1,115 @@
+"""Evaluation environments, normalized scores, and batched evaluation of many seeds at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from envs.dataset import DatasetError
+from envs.registry import DatasetInfo
+
+
+def make_env(info: DatasetInfo):
+    """The evaluation environment, with actions in [-1, 1] and dict observations flattened in the
+    same key order as the dataset's (so a policy sees the same vectors in training and evaluation)."""
+    import gymnasium as gym
+
+    from envs.minari_source import flatten_observation
+
+    if info.env_id is None:
+        raise DatasetError(
+            f"{info.key} has no evaluation environment on the current gymnasium stack (D4RL's "
+            "AntMaze needs mujoco-py). Train with eval.episodes=0, or use the Minari re-recording "
+            "of the same task (dataset=minari/D4RL/antmaze/...)."
+        )
+    if info.family == "antmaze":
+        try:
+            import gymnasium_robotics
+
+            gym.register_envs(gymnasium_robotics)
+        except ImportError:
+            raise DatasetError(
+                f"{info.key} is evaluated in gymnasium-robotics' {info.env_id}; "
+                "`pip install gymnasium-robotics` to use it."
+            ) from None
+    try:
+        env = gym.make(info.env_id, max_episode_steps=info.max_episode_steps, **info.env_kwargs)
+    except gym.error.Error as error:
+        raise DatasetError(f"cannot create evaluation env '{info.env_id}': {error}") from None
+    if isinstance(env.observation_space, gym.spaces.Dict):
+        keys = info.observation_keys or tuple(sorted(env.observation_space.spaces))
+        size = sum(int(np.prod(env.observation_space[k].shape)) for k in keys)
+        space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float64)
+        env = gym.wrappers.TransformObservation(
+            env, lambda obs: flatten_observation(obs, keys), space
+        )
+    return gym.wrappers.RescaleAction(env, -1.0, 1.0)
+
+
+def action_bounds(info: DatasetInfo) -> tuple[np.ndarray, np.ndarray] | None:
+    """Low and high action bounds of the evaluation env (None when there is no env)."""
+    import gymnasium as gym
+
+    if info.env_id is None or info.family == "antmaze":
+        return None  # D4RL/Minari AntMaze actions already lie in [-1, 1]
+    space = gym.spec(info.env_id)
+    env = gym.make(space.id, **info.env_kwargs)
+    low, high = env.action_space.low, env.action_space.high
+    env.close()
+    return low.astype(np.float64), high.astype(np.float64)
+
+
+def normalized_score(returns, info: DatasetInfo):
+    """D4RL's normalized score x 100: 0 is the random policy, 100 the expert."""
+    if info.ref_min_score is None or info.ref_max_score is None:
+        return None
+    span = info.ref_max_score - info.ref_min_score
+    return 100.0 * (np.asarray(returns, dtype=np.float64) - info.ref_min_score) / span
+
+
+def check_observation_dim(info: DatasetInfo, observation_dim: int) -> None:
+    """Fail early, with the fix, when the environment's observations do not match the dataset's."""
+    env = make_env(info)
+    env_dim = int(np.prod(env.observation_space.shape))
+    env.close()
+    if env_dim != observation_dim:
+        raise DatasetError(
+            f"the dataset's observations have {observation_dim} values but {info.env_id} gives "
+            f"{env_dim}: the data was recorded on another environment or version. Pick the "
+            "matching dataset or environment (see envs/registry.py), or set eval.episodes=0."
+        )
+
+
+def evaluate(
+    policy: Callable[[np.ndarray], np.ndarray],
+    info: DatasetInfo,
+    num_seeds: int,
+    episodes: int,
+    seed: int,
+    observation_dim: int,
+) -> np.ndarray:
+    """Run `episodes` episodes for each of `num_seeds` policies in one vector env.
+
+    `policy` maps raw observations of shape (num_seeds, episodes, obs_dim) to actions of shape
+    (num_seeds, episodes, act_dim) in [-1, 1]: one batched call per environment step for all seeds.
+    Returns the undiscounted return of every episode, shape (num_seeds, episodes).
+    """
+    import gymnasium as gym
+
+    check_observation_dim(info, observation_dim)
+    count = num_seeds * episodes
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: make_env(info) for _ in range(count)],
+        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+    )
+    observations, _ = envs.reset(seed=[seed * 10_000 + i for i in range(count)])
+    returns = np.zeros(count)
+    running = np.ones(count, dtype=bool)
+    while running.any():
+        actions = policy(observations.reshape(num_seeds, episodes, -1)).reshape(count, -1)
+        observations, rewards, terminated, truncated, _ = envs.step(np.asarray(actions))
+        returns += np.where(running, rewards, 0.0)
+        running &= ~(terminated | truncated)
+    envs.close()
+    return returns.reshape(num_seeds, episodes)

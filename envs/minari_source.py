@@ -1,0 +1,95 @@
+"""Minari datasets, through Minari's own API (local, or downloaded when the hub is reachable)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from envs.dataset import Dataset, DatasetError, from_episodes
+from envs.registry import DatasetInfo
+
+
+def flatten_observation(observation, keys: tuple[str, ...]) -> np.ndarray:
+    """Dict observations (e.g. AntMaze's) become one vector, keys concatenated in `keys` order."""
+    if isinstance(observation, dict):
+        order = keys or tuple(sorted(observation))
+        return np.concatenate([np.asarray(observation[k]) for k in order], axis=-1)
+    return np.asarray(observation)
+
+
+def open_dataset(dataset_id: str, path: str | None = None, download: bool = True):
+    import minari
+
+    if path:  # a folder holding Minari datasets (what MINARI_DATASETS_PATH would name)
+        root = Path(path).expanduser()
+        if not root.is_dir():
+            raise DatasetError(f"Minari datasets folder '{root}' does not exist; fix dataset.path.")
+        os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        return minari.load_dataset(dataset_id, download=False)
+    except FileNotFoundError:
+        if not download:
+            raise DatasetError(
+                f"Minari dataset '{dataset_id}' is not in the local Minari folder; run "
+                f"`minari download {dataset_id}` or set dataset.path to the folder that has it."
+            ) from None
+    except Exception as error:  # Minari raises assorted errors for damaged files
+        raise DatasetError(
+            f"Minari dataset '{dataset_id}' could not be read ({type(error).__name__}: {error}). "
+            f"Delete it (`minari delete {dataset_id}`) and download or generate it again."
+        ) from None
+    try:
+        return minari.load_dataset(dataset_id, download=True)
+    except Exception as error:
+        raise DatasetError(
+            f"Minari dataset '{dataset_id}' is not local and could not be downloaded "
+            f"({type(error).__name__}). Install minari[all] and check the network, or copy the "
+            "dataset into the Minari folder and set dataset.path to it."
+        ) from None
+
+
+def load(info: DatasetInfo, path: str | None = None, download: bool = True):
+    """Return the flattened `Dataset` and `info` completed from the dataset's own metadata."""
+    minari_dataset = open_dataset(info.minari_id or info.name, path, download)
+    source = f"Minari dataset '{info.minari_id or info.name}'"
+
+    def episodes():
+        for episode in minari_dataset.iterate_episodes():
+            yield {
+                "observations": flatten_observation(episode.observations, info.observation_keys),
+                "actions": episode.actions,
+                "rewards": episode.rewards,
+                "terminations": episode.terminations,
+                "truncations": episode.truncations,
+            }
+
+    try:
+        data: Dataset = from_episodes(episodes(), source=source)
+    except DatasetError:
+        raise
+    except Exception as error:
+        raise DatasetError(
+            f"{source} could not be read ({type(error).__name__}: {error}). Delete and re-create it."
+        ) from None
+    return data, complete_info(info, minari_dataset.storage.metadata)
+
+
+def complete_info(info: DatasetInfo, metadata: dict) -> DatasetInfo:
+    """Prefer the reference scores and environment the dataset itself records."""
+    import gymnasium as gym
+
+    updates = {}
+    for key in ("ref_min_score", "ref_max_score"):
+        if metadata.get(key) is not None:
+            updates[key] = float(metadata[key])
+    spec_json = metadata.get("eval_env_spec") or metadata.get("env_spec")
+    if spec_json and info.env_id is None:
+        spec = gym.envs.registration.EnvSpec.from_json(spec_json)
+        updates["env_id"] = spec.id
+        updates["env_kwargs"] = dict(spec.kwargs or {})
+        if spec.max_episode_steps:
+            updates["max_episode_steps"] = int(spec.max_episode_steps)
+    return dataclasses.replace(info, **updates)

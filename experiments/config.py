@@ -1,0 +1,103 @@
+"""Hydra configuration: algorithm schemas from their dataclasses, datasets from the registry.
+
+Algorithm hyperparameters are defined once, as the fields of each algorithm's dataclass (the
+paper's defaults); they are stored in Hydra's ConfigStore as `algo/<name>_base` and
+`configs/algo/<name>.yaml` adds per-family choices on top. Every registered dataset becomes a
+choice `dataset=<source>/<name>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+import algorithms
+import envs
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+# The evaluation protocol of each dataset family (IQL's, the common one): steps, eval every, episodes.
+PROTOCOL = {
+    "locomotion": {"steps": 1_000_000, "eval_every": 5_000, "eval_episodes": 10},
+    "antmaze": {"steps": 1_000_000, "eval_every": 100_000, "eval_episodes": 100},
+    "toy": {"steps": 20_000, "eval_every": 2_000, "eval_episodes": 10},
+}
+
+
+def family_of(cfg_root) -> str:
+    dataset = cfg_root.dataset
+    return envs.lookup(dataset.source, dataset.name).family
+
+
+def by_family(table, *, _root_):
+    """`${by_family:{default: 0.7, antmaze: 0.9}}`: the value for the chosen dataset's family."""
+    family = family_of(_root_)
+    if family in table:
+        return table[family]
+    if "default" not in table:
+        raise KeyError(f"by_family table {dict(table)} has no entry for '{family}' or 'default'")
+    return table["default"]
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("by_family"):
+        OmegaConf.register_new_resolver("by_family", by_family)
+    if not OmegaConf.has_resolver("slug"):
+        OmegaConf.register_new_resolver("slug", lambda text: str(text).replace("/", "-"))
+
+
+def register_configs() -> None:
+    store = ConfigStore.instance()
+    for name in algorithms.available():
+        schema = OmegaConf.structured(algorithms.get(name))
+        OmegaConf.set_struct(schema, False)
+        schema.name = name
+        OmegaConf.set_struct(schema, True)
+        store.store(group="algo", name=f"{name}_base", node=schema)
+    for info in envs.REGISTRY.values():
+        group, _, leaf = f"dataset/{info.key}".rpartition("/")
+        node = {"source": info.source, "name": info.name, "path": None, "download": True,
+                **PROTOCOL[info.family]}
+        store.store(group=group, name=leaf, node=node, package="dataset")
+    store.store(group="dataset/minari", name="custom", package="dataset", node={
+        "source": "minari", "name": "???", "path": None, "download": True,
+        **PROTOCOL["locomotion"]})
+
+
+def setup() -> None:
+    register_resolvers()
+    register_configs()
+
+
+def make_algorithm(cfg: DictConfig) -> algorithms.Algorithm:
+    """Instantiate the algorithm dataclass from the resolved `algo` config."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    cls = algorithms.get(values.pop("name"))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key == "reward":
+            value = algorithms.RewardConfig(**value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    unknown = set(kwargs) - set(fields)
+    if unknown:
+        raise KeyError(f"algo.{sorted(unknown)[0]} is not a hyperparameter of {cls.__name__}")
+    return cls(**kwargs)
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The same configuration `python -m experiments.train <overrides>` would use (for tests and
+    notebooks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    setup()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return hydra_compose("train", overrides=overrides or [], return_hydra_config=False)

@@ -1,0 +1,148 @@
+"""The compiled training loop: every seed in one program, thousands of updates per dispatch.
+
+    states = jit(scan(vmap_seeds(sample + update), length=chunk))(states, data, keys)
+
+Data lives on the device and batches are sampled inside the compiled scan; nothing runs in Python
+per gradient step. Between chunks the host logs, evaluates all seeds in one vector env with one
+batched policy call per env step, and checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import envs
+from algorithms import Algorithm, Spec
+from algorithms.core.replay import sample_batch
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or Q-value became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class PreparedData:
+    data: envs.Dataset  # on the device, preprocessed as the algorithm asks
+    normalizer: envs.Normalizer
+    info: envs.DatasetInfo
+
+
+def prepare(algo: Algorithm, data: envs.Dataset, info: envs.DatasetInfo) -> PreparedData:
+    """Apply the algorithm's reward convention and state normalization; move data to the device."""
+    reward = algo.reward
+    data = envs.transform_rewards(data, reward.returns_span, reward.scale, reward.shift)
+    normalizer = (envs.Normalizer.from_dataset(data) if algo.normalize_states
+                  else envs.Normalizer.identity(data.observation_dim))
+    data = envs.normalize_states(data, normalizer)
+    return PreparedData(jax.device_put(data), normalizer, info)
+
+
+def seed_axes(states):
+    """vmap axes for a batch of algorithm states: every leaf along axis 0, except the shared `step`."""
+    return jax.tree.map(lambda _: 0, states).replace(step=None)
+
+
+def init_states(algo: Algorithm, spec: Spec, data, keys: jax.Array):
+    """Initialise one state per key (the leading axis of `keys`), all in one compiled call."""
+    states = jax.jit(jax.vmap(algo.init, in_axes=(0, None, None)), static_argnums=1)(
+        keys, spec, data)
+    return states.replace(step=states.step[0])
+
+
+def make_train_chunk(algo: Algorithm, length: int):
+    """A jitted function running `length` updates for every seed: (states, data, keys) ->
+    (states, keys, metrics) with metrics of shape (length, num_seeds)."""
+
+    def one_seed(state, data, key):
+        sample_key, update_key = jax.random.split(key)
+        batch = sample_batch(data, sample_key, algo.batch_size)
+        return algo.update(state, batch, update_key)
+
+    def chunk(states, data, keys):
+        axes = seed_axes(states)
+        step_all = jax.vmap(one_seed, in_axes=(axes, None, 0), out_axes=(axes, 0))
+
+        def body(carry, _):
+            states, keys = carry
+            keys, step_keys = jnp.split(jax.vmap(jax.random.split)(keys), 2, axis=1)
+            states, metrics = step_all(states, data, step_keys[:, 0])
+            return (states, keys[:, 0]), metrics
+
+        (states, keys), metrics = jax.lax.scan(body, (states, keys), None, length=length)
+        return states, keys, metrics
+
+    return jax.jit(chunk, donate_argnums=(0, 2))
+
+
+def make_policy(algo: Algorithm, normalizer: envs.Normalizer):
+    """Batched deterministic policy for evaluation: raw observations (seeds, envs, obs_dim) ->
+    actions (seeds, envs, act_dim), normalized exactly as the training data was."""
+    mean, std = jnp.asarray(normalizer.mean), jnp.asarray(normalizer.std)
+
+    @jax.jit
+    def act(states, observations):
+        axes = seed_axes(states)
+        observations = (observations - mean) / std
+        return jax.vmap(lambda s, o: algo.act(s, o, jax.random.key(0), True),
+                        in_axes=(axes, 0))(states, observations)
+
+    return lambda states: (lambda obs: np.asarray(act(states, jnp.asarray(obs, jnp.float32))))
+
+
+def summarize_metrics(metrics: dict, log_every: int) -> list[dict]:
+    """Average per-step metrics (length, seeds) over each logging interval. Metrics of delayed
+    updates are NaN on the steps where the update did not run and are averaged over the others."""
+    length = next(iter(metrics.values())).shape[0]
+    rows = []
+    for start in range(0, length, log_every):
+        row = {}
+        for name, values in metrics.items():
+            window = np.asarray(values[start:start + log_every], dtype=np.float64)
+            counted = np.isfinite(window) | np.isinf(window)
+            total = np.where(counted, window, 0.0).sum(axis=0)
+            row[name] = (total / np.maximum(counted.sum(axis=0), 1)).tolist()
+        rows.append(row)
+    return rows
+
+
+@jax.jit
+def finite_per_seed(states) -> jax.Array:
+    """True for each seed whose parameters and optimiser state are all finite."""
+    leaves = [leaf for leaf in jax.tree.leaves(states.replace(step=None))
+              if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    return jnp.stack([jnp.isfinite(leaf).reshape(leaf.shape[0], -1).all(axis=1)
+                      for leaf in leaves]).all(axis=0)
+
+
+def check_finite(states, metrics: dict, step: int) -> None:
+    """Raise TrainingDiverged if any seed's parameters became NaN/inf, or a metric reached inf."""
+    bad = ~np.asarray(finite_per_seed(states))
+    for values in metrics.values():
+        bad |= np.isinf(np.asarray(values, dtype=np.float64)).any(axis=0)
+    if bad.any():
+        names = [name for name, v in metrics.items() if not np.isfinite(np.nan_to_num(
+            np.asarray(v, dtype=np.float64), nan=0.0)).all()]
+        raise TrainingDiverged(
+            f"training diverged before step {step}: seed index(es) {np.flatnonzero(bad).tolist()} "
+            f"have NaN/inf parameters{' or ' + ', '.join(names) if names else ''}. Lower the "
+            "learning rate or check the reward scale; the last good checkpoint is kept."
+        )
+
+
+def iqm(values) -> float:
+    """Interquartile mean (mean of the middle 50%), as rliable defines it."""
+    from scipy.stats import trim_mean
+
+    return float(trim_mean(np.asarray(values, dtype=np.float64), 0.25))
+
+
+def chunk_schedule(start: int, steps: int, log_every: int, eval_every: int) -> list[int]:
+    """Step counts at which the host takes control: every logging and evaluation point."""
+    chunk = math.gcd(log_every, eval_every) if eval_every > 0 else log_every
+    points = list(range(start + chunk - start % chunk, steps, chunk)) + [steps]
+    return [p for p in points if p > start]

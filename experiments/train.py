@@ -1,0 +1,198 @@
+"""Train an offline RL algorithm on a dataset, several seeds in one compiled program.
+
+    python -m experiments.train algo=td3_bc dataset=d4rl/hopper-medium-v2 seeds=5
+
+Writes into the Hydra run directory: metrics.jsonl, results.json (only when training completes)
+and orbax checkpoints (checkpoints/), from which `resume=true` continues.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+import envs
+from algorithms import Spec
+from experiments import loop
+from experiments.checkpoints import Checkpointer
+from experiments.config import CONFIG_DIR, make_algorithm, setup
+
+log = logging.getLogger("train")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def check_config(cfg: DictConfig) -> None:
+    if cfg.seeds < 1 or cfg.steps < 1 or cfg.log_every < 1:
+        raise ConfigError("seeds, steps and log_every must be positive integers.")
+    if cfg.eval.every < 0 or cfg.eval.episodes < 0:
+        raise ConfigError("eval.every and eval.episodes must be >= 0 (0 turns evaluation off).")
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train as configured, writing into `run_dir`; returns the results dict."""
+    check_config(cfg)
+    algo = make_algorithm(cfg.algo)
+    raw, info = envs.load(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path,
+                          cfg.dataset.download)
+    prepared = loop.prepare(algo, raw, info)
+    evaluating = cfg.eval.every > 0 and cfg.eval.episodes > 0
+    if evaluating:  # fail now, not after hours of training, if the env does not fit the data
+        envs.check_observation_dim(info, raw.observation_dim)
+    spec = Spec(raw.observation_dim, raw.action_dim, int(cfg.steps))
+    seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
+    init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(
+        jax.vmap(jax.random.key)(jnp.asarray(seeds)))
+
+    compile_start = time.perf_counter()
+    states = loop.init_states(algo, spec, prepared.data, init_keys)
+    keys = train_keys
+    checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep)
+    history = {"evaluations": []}
+    step = 0
+    if cfg.resume:
+        restored = checkpointer.restore_latest(states, keys)
+        if restored is not None:
+            states, keys, step, history = restored
+            log.info("resumed from step %d", step)
+        else:
+            log.info("resume=true but no checkpoint in %s: starting from scratch", run_dir)
+    metrics_file = run_dir / "metrics.jsonl"
+    _truncate_metrics(metrics_file, step)
+
+    policy = loop.make_policy(algo, prepared.normalizer)
+    chunks = {}
+    update_time, updates = 0.0, 0
+    compile_time = time.perf_counter() - compile_start
+    bar = tqdm(total=int(cfg.steps), initial=step, desc=f"{algo.name} {info.name}",
+               unit="step", dynamic_ncols=True, disable=None)
+    with open(metrics_file, "a") as metrics_out:
+        for stop in loop.chunk_schedule(step, int(cfg.steps), int(cfg.log_every),
+                                        int(cfg.eval.every) if evaluating else 0):
+            length = stop - step
+            if length not in chunks:
+                tic = time.perf_counter()
+                chunks[length] = loop.make_train_chunk(algo, length).lower(
+                    states, prepared.data, keys).compile()
+                compile_time += time.perf_counter() - tic
+            tic = time.perf_counter()
+            states, keys, metrics = chunks[length](states, prepared.data, keys)
+            metrics = jax.device_get(metrics)
+            update_time += time.perf_counter() - tic
+            updates += length
+            loop.check_finite(states, metrics, stop)
+            for offset, row in zip(range(step, stop, cfg.log_every),
+                                   loop.summarize_metrics(metrics, int(cfg.log_every)), strict=True):
+                _write(metrics_out, {"type": "train",
+                                     "step": min(offset + int(cfg.log_every), stop), **row})
+            step = stop
+            bar.update(length)
+            if evaluating and (step % cfg.eval.every == 0 or step == cfg.steps):
+                record = _evaluate(policy, states, cfg, info, raw.observation_dim,
+                                   len(history["evaluations"]), step)
+                history["evaluations"].append(record)
+                _write(metrics_out, {"type": "eval", **record})
+                if record["normalized_score"] is not None:
+                    bar.set_postfix(score=f"{np.mean(record['normalized_score']):.1f}")
+                checkpointer.save(step, states, keys, history)
+    bar.close()
+    if not evaluating or step % cfg.eval.every != 0:
+        checkpointer.save(step, states, keys, history)
+    checkpointer.wait()
+    results = _results(cfg, seeds, history, updates / max(update_time, 1e-9), compile_time)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _evaluate(policy, states, cfg, info, observation_dim, index, step) -> dict:
+    tic = time.perf_counter()
+    returns = envs.evaluate(policy(states), info, cfg.seeds, cfg.eval.episodes,
+                            seed=cfg.seed * 1_000 + index, observation_dim=observation_dim)
+    scores = envs.normalized_score(returns, info)
+    return {
+        "step": step,
+        "return": returns.mean(axis=1).tolist(),
+        "normalized_score": None if scores is None else scores.mean(axis=1).tolist(),
+        "episode_returns": returns.tolist(),
+        "seconds": time.perf_counter() - tic,
+    }
+
+
+def _results(cfg, seeds, history, updates_per_second, compile_time) -> dict:
+    evaluations = history["evaluations"]
+    per_seed = []
+    for i, seed in enumerate(seeds):
+        scores = [e["normalized_score"][i] for e in evaluations if e["normalized_score"]]
+        per_seed.append({
+            "seed": seed,
+            "final_return": evaluations[-1]["return"][i] if evaluations else None,
+            "final_score": scores[-1] if scores else None,
+            "best_score": max(scores) if scores else None,
+            "episode_returns": {e["step"]: e["episode_returns"][i] for e in evaluations},
+        })
+    finals = [s["final_score"] for s in per_seed if s["final_score"] is not None]
+    summary = None
+    if finals:
+        summary = {"final_score_mean": float(np.mean(finals)),
+                   "final_score_std": float(np.std(finals)),
+                   "final_score_iqm": loop.iqm(finals),
+                   "best_score_mean": float(np.mean([s["best_score"] for s in per_seed]))}
+    return {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "summary": summary,
+        "seeds": per_seed,
+        "updates_per_second_per_seed": updates_per_second,
+        "updates_per_second_total": updates_per_second * len(seeds),
+        "compile_seconds": compile_time,
+        "devices": [str(d) for d in jax.devices()],
+    }
+
+
+def _write(stream, record: dict) -> None:
+    stream.write(json.dumps(record) + "\n")
+    stream.flush()
+
+
+def _truncate_metrics(file: Path, step: int) -> None:
+    """On resume, drop metric lines written after the checkpoint being resumed from."""
+    if not file.exists():
+        return
+    lines = [line for line in file.read_text().splitlines()
+             if line and json.loads(line)["step"] <= step]
+    file.write_text("".join(line + "\n" for line in lines))
+
+
+setup()
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base=None)
+def main(cfg: DictConfig) -> dict | None:
+    run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    try:
+        results = run(cfg, run_dir)
+    except (envs.DatasetError, ConfigError, KeyError, loop.TrainingDiverged) as error:
+        message = error.args[0] if error.args else str(error)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    summary = results["summary"]
+    if summary:
+        print(f"final normalized score {summary['final_score_mean']:.1f} ± "
+              f"{summary['final_score_std']:.1f} (IQM {summary['final_score_iqm']:.1f}) over "
+              f"{cfg.seeds} seed(s); results in {run_dir}")
+    return summary and summary["final_score_mean"]
+
+
+if __name__ == "__main__":
+    main()
