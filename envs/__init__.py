@@ -15,8 +15,9 @@ from envs.preprocessing import Normalizer, normalize_states, rescale_actions, tr
 from envs.registry import REGISTRY, DatasetInfo, lookup
 
 __all__ = [
-    "REGISTRY", "Dataset", "check_observation_dim", "DatasetError", "DatasetInfo", "Normalizer", "evaluate", "load",
-    "lookup", "make_env", "normalize_states", "normalized_score", "transform_rewards",
+    "REGISTRY", "Dataset", "DatasetError", "DatasetInfo", "Normalizer", "check_observation_dim",
+    "evaluate", "load", "lookup", "make_env", "normalize_states", "normalized_score",
+    "transform_rewards",
 ]
 
 

@@ -7,6 +7,7 @@ format is plain HDF5 with the keys D4RL writes, and the transition rule is repro
 
 from __future__ import annotations
 
+import http.client
 import os
 import urllib.request
 from pathlib import Path
@@ -49,18 +50,28 @@ def locate(info: DatasetInfo, path: str | None = None, download: bool = True) ->
 def _download(url: str, file: Path) -> Path:
     from tqdm import tqdm
 
-    file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DatasetError(
+            f"cannot create D4RL's cache folder '{file.parent}' ({error.strerror}). Set "
+            "D4RL_DATASET_DIR to a writable folder, or pass dataset.path=FILE."
+        ) from None
     partial = file.with_suffix(file.suffix + ".part")  # renamed only once complete
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
+            written = 0
             with open(partial, "wb") as out, tqdm(
                 total=total, unit="B", unit_scale=True, desc=f"download {file.name}"
             ) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
+                    written += len(chunk)
                     bar.update(len(chunk))
-    except OSError as error:
+            if total is not None and written != total:  # urllib ends a cut connection silently
+                raise OSError(f"connection closed after {written} of {total} bytes")
+    except (OSError, http.client.HTTPException) as error:  # HTTPException: e.g. IncompleteRead
         partial.unlink(missing_ok=True)
         raise DatasetError(
             f"could not download {url} ({error}). Download it elsewhere and pass "

@@ -110,9 +110,10 @@ def qlearning_transitions(
     D4RL's rule: row i gives (s_i, a_i, r_i, s_{i+1}, terminal_i), for i < N-1, except that rows
     flagged as timeouts are dropped (their s_{i+1} belongs to the next episode). Without a
     `timeouts` array, D4RL counts steps and treats step `max_episode_steps - 1` of each episode as
-    the timeout. Beyond D4RL we also mark, in `timeouts`, the last kept transition of an episode
-    that ended without a terminal (truncated, or cut by the end of the data), so that episode
-    boundaries are known exactly (IQL's return-range reward scaling needs them).
+    the timeout (with D4RL's off-by-one after terminals, see `_timeouts_from_step_count`). Beyond
+    D4RL we also mark, in `timeouts`, the last kept transition of an episode that ended without a
+    terminal (truncated, or cut by the end of the data), so that episode boundaries are known
+    exactly (IQL's return-range reward scaling needs them).
     """
     n = len(rewards)
     terminals = np.asarray(terminals).reshape(-1).astype(bool)
@@ -145,13 +146,18 @@ def qlearning_transitions(
 
 
 def _timeouts_from_step_count(terminals: np.ndarray, max_episode_steps: int) -> np.ndarray:
-    """D4RL's fallback: the step with index max_episode_steps - 1 of each episode is a timeout."""
+    """D4RL's fallback: a row is a timeout when D4RL's step counter reaches max_episode_steps - 1.
+
+    As in D4RL, the counter restarts at 0 after a timeout but at 1 after a terminal (D4RL resets it
+    to 0 and then increments it for the terminal row it keeps), so an episode that follows a
+    terminal is cut one step earlier.
+    """
     timeouts = np.zeros_like(terminals)
     episode_step = 0
     for i, terminal in enumerate(terminals):
         final = episode_step == max_episode_steps - 1
         timeouts[i] = final
-        episode_step = 0 if (terminal or final) else episode_step + 1
+        episode_step = 0 if final else 1 if terminal else episode_step + 1
     return timeouts
 
 

@@ -100,15 +100,16 @@ def ensure_pendulum_mixed(root: Path | None = None, *, episodes: int = 200,
 
     root = Path(root or data_dir())
     target = root / PENDULUM_MIXED_ID
-    if (target / "data" / "metadata.json").is_file():
+    complete = target / "data" / "metadata.json"  # target only ever appears whole, by rename
+    if complete.is_file():
         return root
     try:
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     except OSError as error:
         raise DatasetError(
-            f"cannot write datasets to '{root}' ({error.strerror}). Set OFFRL_DATA_DIR to a "
-            "writable folder."
+            f"cannot write datasets to '{root}' ({error.strerror}). Set OFFRL_DATA_DIR (or "
+            "dataset.path) to a writable folder."
         ) from None
     previous = os.environ.get("MINARI_DATASETS_PATH")
     try:
@@ -126,7 +127,8 @@ def ensure_pendulum_mixed(root: Path | None = None, *, episodes: int = 200,
             ),
         )
         target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
+        if not complete.is_file():  # absent, or left incomplete by a copy or an old version
+            shutil.rmtree(target, ignore_errors=True)
             (staging / PENDULUM_MIXED_ID).rename(target)
         # Minari also keeps per-namespace metadata files; copy them once.
         for meta in staging.rglob("namespace_metadata.json"):

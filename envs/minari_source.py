@@ -21,13 +21,26 @@ def flatten_observation(observation, keys: tuple[str, ...]) -> np.ndarray:
 
 
 def open_dataset(dataset_id: str, path: str | None = None, download: bool = True):
+    if not path:
+        return _open_dataset(dataset_id, download)
+    # a folder holding Minari datasets (what MINARI_DATASETS_PATH would name), for this call only
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"Minari datasets folder '{root}' does not exist; fix dataset.path.")
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        return _open_dataset(dataset_id, download)
+    finally:
+        if previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
+
+
+def _open_dataset(dataset_id: str, download: bool):
     import minari
 
-    if path:  # a folder holding Minari datasets (what MINARI_DATASETS_PATH would name)
-        root = Path(path).expanduser()
-        if not root.is_dir():
-            raise DatasetError(f"Minari datasets folder '{root}' does not exist; fix dataset.path.")
-        os.environ["MINARI_DATASETS_PATH"] = str(root)
     try:
         return minari.load_dataset(dataset_id, download=False)
     except FileNotFoundError:

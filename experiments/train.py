@@ -175,6 +175,7 @@ def _truncate_metrics(file: Path, step: int) -> None:
 
 
 setup()
+logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base=None)

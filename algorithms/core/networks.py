@@ -148,8 +148,9 @@ class GaussianActor(nn.Module):
     @nn.compact
     def __call__(self, observations: jax.Array) -> distrax.Distribution:
         features = MLP(self.hidden_dims, init_scheme=self.init_scheme)(observations)  # ends activated
-        mean = nn.Dense(self.action_dim, kernel_init=orthogonal_init(1.0) if self.init_scheme == "orthogonal"
-                        else nn.initializers.lecun_normal())(features)
+        orthogonal = self.init_scheme == "orthogonal"
+        mean_init = orthogonal_init(1.0) if orthogonal else nn.initializers.lecun_normal()
+        mean = nn.Dense(self.action_dim, kernel_init=mean_init)(features)
         log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
         log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)
         return distrax.MultivariateNormalDiag(jnp.tanh(mean), jnp.exp(log_std))

@@ -1,0 +1,717 @@
+"""Training throughput of BC, TD3+BC and IQL on this machine, and what limits it.
+
+    python -m experiments.benchmark                      # full run (see README for its duration)
+    python -m experiments.benchmark --quick --out /tmp/bench.json
+
+For every algorithm, network width and number of vmapped seeds it measures
+  * bare:     the compiled train chunk of `experiments.loop.make_train_chunk` (sampling and updates,
+              nothing else) on a synthetic HalfCheetah-sized dataset held on the device;
+  * pipeline: the training loop as `experiments.train` runs it (chunks, metrics to the host,
+              divergence check, `loop.summarize_metrics` logging to a JSON-lines file, periodic
+              evaluation with `loop.make_policy` + `envs.evaluate` in HalfCheetah-v5), as a
+              fraction of the bare throughput;
+  * compile time, XLA's FLOP count and memory analysis of the chunk, peak RSS, and the fraction of
+    this machine's measured matmul throughput that the updates reach;
+  * at the small width, a Python loop calling one jitted update per step, against the scan;
+and times the same IQL update in plain PyTorch (experiments/torch_iql.py) in a subprocess.
+Results go to a JSON file and a Markdown table (`--out`, default benchmarks/results.json/.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import algorithms
+import envs
+from algorithms import Spec
+from envs.dataset import from_arrays
+from experiments import loop
+
+ROOT = Path(__file__).resolve().parent.parent
+OBSERVATION_DIM, ACTION_DIM = 17, 6  # HalfCheetah's, so the pipeline can evaluate in HalfCheetah-v5
+EVAL_DATASET = ("d4rl", "halfcheetah-medium-v2")  # only its env id and reference scores are used
+
+DEFINITIONS = {
+    "update": "One gradient step of one seed on a batch sampled from the on-device dataset.",
+    "bare": "The compiled train chunk (experiments.loop.make_train_chunk: lax.scan over `chunk_length` "
+            "steps of vmap over seeds of sample_batch + algo.update) called back to back with the "
+            "state on the device; timed after one warm-up call, block_until_ready after each call; "
+            "the median over `repeats` calls is reported. Excludes compilation.",
+    "pipeline": "What experiments.train does between compilation and the end of training, minus "
+                "checkpointing: chunks on loop.chunk_schedule(log_every, eval_every), "
+                "jax.device_get of the per-step metrics, loop.check_finite, "
+                "loop.summarize_metrics, one JSON line per logging interval written to a file, "
+                "and at every eval_every steps envs.evaluate of all seeds in one vector env with "
+                "the batched loop.make_policy (deterministic actions), plus envs.normalized_score. "
+                "Environments are created by envs.evaluate at every evaluation, as in a real run. "
+                "Excludes compilation of the chunk and of the policy (done before timing), and "
+                "orbax checkpoints. Wall-clock time of the whole schedule; fraction_of_bare = "
+                "pipeline updates/s / bare updates/s.",
+    "pipeline_eval_scaling": "A real locomotion run evaluates every 5000 steps with 10 episodes of "
+                             "up to 1000 steps and logs every 1000 steps. The benchmark divides "
+                             "eval_every and the episodes by `eval_scale`, so environment steps per "
+                             "gradient step are the same as in a real run (2 per seed), but the "
+                             "vector env is `eval_scale` times narrower, so there are eval_scale "
+                             "times more batched policy calls per update: the measured fraction is "
+                             "a slight underestimate of a real run's. HalfCheetah-v5 never "
+                             "terminates, so every episode is 1000 steps, as for a good policy.",
+    "compile_seconds": "AOT jit(...).lower(...) plus .compile() of the train chunk, wall clock. "
+                       "With a persistent compilation cache configured (see meta) it measures "
+                       "cache hits.",
+    "flops_per_update": "XLA's cost_analysis()['flops'] of the one-step program "
+                        "(make_train_chunk(algo, 1)) divided by the number of seeds. XLA counts a "
+                        "while loop's body once whatever its trip count, so the long chunk's own "
+                        "count (chunk_reported_flops) is not divided by its length. XLA counts a "
+                        "lax.cond as its most expensive branch: TD3+BC updates its actor every 2nd "
+                        "step, so its flops_per_update (and roofline fraction) are upper bounds.",
+    "roofline_fraction": "flops_per_update x bare updates/s (all seeds) / peak float32 matmul "
+                         "GFLOP/s, where the peak is the best rate of jitted chains of square "
+                         "n x n matmuls (n >= 256) measured in the same run.",
+    "peak_rss_bytes": "The process's peak resident set size while this configuration ran "
+                      "(VmHWM, reset through /proc/self/clear_refs before it); where the reset is "
+                      "not possible, ru_maxrss of the whole process so far (rss_scope says which). "
+                      "Includes the dataset and the Python/JAX runtime.",
+    "xla_memory": "compiled.memory_analysis() of the train chunk: XLA's own buffer sizes.",
+    "python_loop": "The one-step program make_train_chunk(algo, 1) called once per step from a Python "
+                   "for-loop (asynchronous dispatch, blocking only at the end), against the scan.",
+    "torch": "experiments/torch_iql.py in a separate process: the same IQL update in eager PyTorch, "
+             "one seed, batch sampled from a CPU tensor dataset, torch.set_num_threads(cores).",
+}
+
+FULL = {"dataset_size": 1_000_000, "chunk": 0, "chunk_seconds": 2.0, "repeats": 5,
+        "eval_scale": 5, "pipeline_periods": 1, "max_episode_steps": None,
+        "matmul_sizes": [64, 256, 512, 1024, 2048], "matmul_seconds": 0.5,
+        "torch_steps": 200, "torch_repeats": 5, "seeds": [1, 4, 8]}
+QUICK = {"dataset_size": 20_000, "chunk": 25, "chunk_seconds": 0.2, "repeats": 2,
+         "eval_scale": 100, "pipeline_periods": 1, "max_episode_steps": 100,
+         "matmul_sizes": [256, 512], "matmul_seconds": 0.05,
+         "torch_steps": 10, "torch_repeats": 2, "seeds": [2]}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny run (seconds per configuration) to check that everything works")
+    parser.add_argument("--algos", nargs="+", default=["bc", "td3_bc", "iql"])
+    parser.add_argument("--seeds", nargs="+", type=int, help="vmapped seed counts (default 1 4 8)")
+    parser.add_argument("--widths", nargs="+", type=int, default=[256, 64],
+                        help="hidden layer widths; every network gets two hidden layers")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--dataset-size", type=int, help="synthetic transitions (default 1M)")
+    parser.add_argument("--chunk", type=int,
+                        help="updates per bare chunk; 0 picks it so a chunk takes --chunk-seconds")
+    parser.add_argument("--chunk-seconds", type=float)
+    parser.add_argument("--repeats", type=int, help="timed chunks per configuration")
+    parser.add_argument("--eval-scale", type=int,
+                        help="divide the real eval period (5000) and episodes (10) by this")
+    parser.add_argument("--pipeline-periods", type=int, help="evaluation periods timed")
+    parser.add_argument("--max-episode-steps", type=int,
+                        help="cap evaluation episodes (default: the env's 1000)")
+    parser.add_argument("--no-pipeline", dest="pipeline", action="store_false")
+    parser.add_argument("--python-loop-widths", nargs="*", type=int, default=[64],
+                        help="widths at which the per-step Python loop is also timed")
+    parser.add_argument("--matmul-sizes", nargs="+", type=int)
+    parser.add_argument("--matmul-seconds", type=float)
+    parser.add_argument("--no-torch", dest="torch", action="store_false")
+    parser.add_argument("--torch-steps", type=int, help="PyTorch updates per timed block")
+    parser.add_argument("--torch-repeats", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument("--markdown", type=Path, help="default: --out with the suffix .md")
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.markdown is None:
+        args.markdown = args.out.with_suffix(".md")
+    unknown = set(args.algos) - set(algorithms.available())
+    if unknown:
+        parser.error(f"unknown algorithm(s) {sorted(unknown)}; available: {algorithms.available()}")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment and measurement helpers
+
+
+def machine_info() -> dict:
+    import flax
+    import optax
+
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+        "jaxlib": getattr(jax.lib, "__version__", None) or _version("jaxlib"),
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "backend": jax.default_backend(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cores_available": _cores(),
+        "xla_flags": os.environ.get("XLA_FLAGS"),
+        "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "load_average_start": list(os.getloadavg()),
+        "argv": sys.argv,
+    }
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+class PeakRSS:
+    """Peak resident memory within a `with` block. Linux lets a process reset its high-water mark
+    (write 5 to clear_refs), which makes the peak per configuration rather than per process."""
+
+    def __enter__(self):
+        self.start = _rss_now()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.scope = "configuration"
+        except OSError:
+            self.scope = "process"
+        return self
+
+    def __exit__(self, *exc):
+        peak = _status_kib("VmHWM") if self.scope == "configuration" else None
+        # ru_maxrss is KiB on Linux, bytes on macOS
+        unit = 1 if sys.platform == "darwin" else 1024
+        self.peak = (peak * 1024 if peak is not None
+                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit)
+        if peak is None:
+            self.scope = "process"
+        return False
+
+    def record(self) -> dict:
+        return {"rss_start_bytes": self.start, "peak_rss_bytes": self.peak, "rss_scope": self.scope}
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _rss_now() -> int | None:
+    kib = _status_kib("VmRSS")
+    if kib is not None:
+        return kib * 1024
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except ImportError:
+        return None
+
+
+def xla_flops(compiled) -> float | None:
+    """XLA's FLOP count of a compiled program; `cost_analysis()` has returned a dict in recent JAX
+    and a one-element list of dicts in older versions."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+def xla_memory(compiled) -> dict | None:
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    if stats is None:
+        return None
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+              "temp_size_in_bytes", "generated_code_size_in_bytes", "peak_memory_in_bytes")
+    memory = {name: int(getattr(stats, name)) for name in fields if hasattr(stats, name)}
+    if not memory.get("peak_memory_in_bytes"):
+        memory["peak_memory_in_bytes"] = (
+            memory.get("argument_size_in_bytes", 0) + memory.get("output_size_in_bytes", 0)
+            - memory.get("alias_size_in_bytes", 0) + memory.get("temp_size_in_bytes", 0))
+    return memory
+
+
+def aot_compile(function, *args):
+    tic = time.perf_counter()
+    lowered = function.lower(*args)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    done = time.perf_counter()
+    return compiled, {"lower_seconds": lowered_at - tic, "compile_seconds": done - lowered_at,
+                      "total_seconds": done - tic}
+
+
+def nice_floor(value: float) -> int:
+    """The largest of 1, 2, 5 x 10^k not above `value` (at least 1), so chunk lengths are readable."""
+    if value < 1:
+        return 1
+    power = 10 ** math.floor(math.log10(value))
+    return max(m * power for m in (1, 2, 5) if m * power <= value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workloads
+
+
+def synthetic_dataset(size: int, seed: int, episode_length: int = 1000) -> envs.Dataset:
+    """Random transitions of HalfCheetah's shapes, cut into episodes (so IQL's return-range reward
+    scaling has episodes to measure). Values do not matter for speed, only shapes."""
+    rng = np.random.default_rng(seed)
+    states = rng.standard_normal((size + 1, OBSERVATION_DIM), dtype=np.float32)
+    timeouts = np.zeros(size, np.float32)
+    timeouts[episode_length - 1::episode_length] = 1.0
+    return from_arrays(
+        observations=states[:-1], actions=rng.uniform(-1, 1, (size, ACTION_DIM)),
+        rewards=rng.standard_normal(size, dtype=np.float32), next_observations=states[1:],
+        terminals=np.zeros(size, np.float32), timeouts=timeouts, source="synthetic")
+
+
+def matmul_peak(sizes: list[int], seconds: float, repeats: int) -> dict:
+    """float32 matmul throughput of this machine through XLA: x <- x @ w, `count` times inside one
+    jitted fori_loop (so dispatch is amortised), with an orthogonal w (so values stay finite)."""
+    rows = []
+    for n in sizes:
+        w = jnp.linalg.qr(jax.random.normal(jax.random.key(n), (n, n)))[0]
+        x = jax.random.normal(jax.random.key(n + 1), (n, n))
+        count = max(1, round(seconds * 20e9 / (2 * n**3)))
+        while True:
+            chain = jax.jit(lambda x, w, count=count: jax.lax.fori_loop(
+                0, count, lambda _, y: y @ w, x))
+            compiled = chain.lower(x, w).compile()
+            tic = time.perf_counter()
+            compiled(x, w).block_until_ready()
+            elapsed = time.perf_counter() - tic
+            if elapsed >= seconds / 4:
+                break
+            count = math.ceil(count * seconds / max(elapsed, 1e-6))
+        times = []
+        for _ in range(repeats):
+            tic = time.perf_counter()
+            compiled(x, w).block_until_ready()
+            times.append(time.perf_counter() - tic)
+        flops = 2.0 * n**3 * count
+        rows.append({"n": n, "matmuls": count, "seconds_median": statistics.median(times),
+                     "gflops": flops / statistics.median(times) / 1e9})
+    eligible = [r for r in rows if r["n"] >= 256] or rows
+    best = max(eligible, key=lambda r: r["gflops"])
+    return {"results": rows, "peak_gflops": best["gflops"], "peak_n": best["n"],
+            "dtype": "float32", "peak_over": "n >= 256" if eligible is not rows else "all sizes"}
+
+
+def make_algorithm(name: str, width: int, batch_size: int):
+    return algorithms.get(name)(hidden_dims=(width, width), batch_size=batch_size)
+
+
+def time_chunks(chunk, states, data, keys, repeats: int):
+    """Run `chunk` once to warm up, then `repeats` times; wall seconds of each timed call."""
+    states, keys, metrics = chunk(states, data, keys)
+    jax.block_until_ready((states, keys, metrics))
+    seconds = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        states, keys, metrics = chunk(states, data, keys)
+        jax.block_until_ready((states, keys, metrics))
+        seconds.append(time.perf_counter() - tic)
+    return states, keys, seconds
+
+
+def time_python_loop(step, states, data, keys, steps: int, repeats: int):
+    """`steps` calls of the one-step program per timing, blocking only at the end of each, as a
+    plain Python training loop would (dispatch is asynchronous, so Python may run ahead)."""
+    seconds = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        for _ in range(steps):
+            states, keys, _ = step(states, data, keys)
+        jax.block_until_ready((states, keys))
+        seconds.append(time.perf_counter() - tic)
+    return states, keys, seconds
+
+
+def run_pipeline(algo, prepared, states, keys, chunks: dict, seeds: int, settings, eval_info):
+    """The loop of experiments.train.run from the first chunk to the end (see DEFINITIONS)."""
+    period = settings.pipeline_eval_every
+    steps = period * settings.pipeline_periods
+    log_every = settings.pipeline_log_every
+    schedule = loop.chunk_schedule(0, steps, log_every, period)
+    lengths = sorted({b - a for a, b in zip([0, *schedule[:-1]], schedule, strict=True)})
+    compile_seconds = 0.0
+    for length in lengths:
+        if length not in chunks:
+            chunks[length], timing = aot_compile(
+                loop.make_train_chunk(algo, length), states, prepared.data, keys)
+            compile_seconds += timing["total_seconds"]
+    policy = loop.make_policy(algo, prepared.normalizer)
+    policy(states)(np.zeros((seeds, settings.pipeline_episodes, OBSERVATION_DIM), np.float32))
+
+    spent = {"updates": 0.0, "logging": 0.0, "evaluation": 0.0}
+    evaluations, step = [], 0
+    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "metrics.jsonl", "w") as out:
+        start = time.perf_counter()
+        for stop in schedule:
+            tic = time.perf_counter()
+            states, keys, metrics = chunks[stop - step](states, prepared.data, keys)
+            metrics = jax.device_get(metrics)
+            logged = time.perf_counter()
+            spent["updates"] += logged - tic
+            loop.check_finite(states, metrics, stop)
+            rows = loop.summarize_metrics(metrics, log_every)
+            for offset, row in zip(range(step, stop, log_every), rows, strict=True):
+                out.write(json.dumps({"type": "train", "step": min(offset + log_every, stop),
+                                      **row}) + "\n")
+                out.flush()
+            spent["logging"] += time.perf_counter() - logged
+            step = stop
+            if step % period == 0 or step == steps:
+                tic = time.perf_counter()
+                returns = envs.evaluate(policy(states), eval_info, seeds,
+                                        settings.pipeline_episodes, seed=len(evaluations),
+                                        observation_dim=OBSERVATION_DIM)
+                scores = envs.normalized_score(returns, eval_info)
+                record = {"step": step, "return": returns.mean(axis=1).tolist(),
+                          "normalized_score": None if scores is None else scores.tolist()}
+                out.write(json.dumps({"type": "eval", **record}) + "\n")
+                out.flush()
+                evaluations.append(time.perf_counter() - tic)
+                spent["evaluation"] += evaluations[-1]
+        seconds = time.perf_counter() - start
+    rate = steps / seconds
+    episode_steps = eval_info.max_episode_steps
+    result = {
+        "steps": steps,
+        "chunk_lengths": lengths,
+        "log_every": log_every,
+        "eval_every": period,
+        "episodes_per_seed": settings.pipeline_episodes,
+        "evaluations": len(evaluations),
+        "env_steps_per_evaluation": seeds * settings.pipeline_episodes * episode_steps,
+        "policy_calls_per_evaluation": episode_steps,
+        "seconds": seconds,
+        "seconds_per_evaluation": statistics.median(evaluations) if evaluations else None,
+        "breakdown_seconds": spent,
+        "compile_seconds": compile_seconds,
+        "updates_per_second_per_seed": rate,
+        "updates_per_second_total": rate * seeds,
+    }
+    return states, keys, result
+
+
+def bench_config(name: str, width: int, seeds: int, prepared, settings, eval_info) -> dict:
+    algo = make_algorithm(name, width, settings.batch_size)
+    spec = Spec(OBSERVATION_DIM, ACTION_DIM, 1_000_000)
+    init_keys, keys = jax.random.split(jax.random.key(settings.seed), (2, seeds))
+    entry = {"algo": name, "hidden": [width, width], "seeds": seeds,
+             "batch_size": settings.batch_size}
+    with PeakRSS() as rss:
+        states = loop.init_states(algo, spec, prepared.data, init_keys)
+
+        # The one-step program gives XLA's FLOP count per update (see DEFINITIONS), the time per
+        # step that sizes the chunk, and the per-step Python loop.
+        step, step_timing = aot_compile(loop.make_train_chunk(algo, 1), states, prepared.data, keys)
+        step_flops = xla_flops(step)
+        states, keys, calls = time_chunks(step, states, prepared.data, keys, 5)
+        step_seconds = statistics.median(calls)
+        entry["one_step_program"] = {"compile": step_timing, "seconds_per_call": step_seconds,
+                                     "reported_flops": step_flops}
+        if width in settings.python_loop_widths:
+            steps = min(max(50, nice_floor(settings.chunk_seconds / step_seconds)), 20_000)
+            states, keys, seconds = time_python_loop(step, states, prepared.data, keys, steps,
+                                                     settings.repeats)
+            entry["python_loop"] = {"steps_per_timing": steps, "seconds": seconds,
+                                    "updates_per_second_per_seed": steps / statistics.median(seconds)}
+
+        length = settings.chunk or min(max(20, nice_floor(settings.chunk_seconds / step_seconds)),
+                                       10_000)
+        chunk, compile_timing = aot_compile(loop.make_train_chunk(algo, length), states,
+                                            prepared.data, keys)
+        states, keys, seconds = time_chunks(chunk, states, prepared.data, keys, settings.repeats)
+        rate = length / statistics.median(seconds)
+        flops = None if step_flops is None else step_flops / seeds
+        entry.update({
+            "chunk_length": length,
+            "compile": compile_timing,
+            "chunk_seconds": seconds,
+            "updates_per_second_per_seed": rate,
+            "updates_per_second_total": rate * seeds,
+            "flops_per_update": flops,
+            "achieved_gflops": None if flops is None else flops * rate * seeds / 1e9,
+            "chunk_reported_flops": xla_flops(chunk),
+            "has_conditional": "conditional(" in chunk.as_text(),
+            "xla_memory": xla_memory(chunk),
+        })
+        if "python_loop" in entry:
+            entry["python_loop"]["scan_speedup"] = rate / entry["python_loop"][
+                "updates_per_second_per_seed"]
+        if settings.pipeline:
+            states, keys, entry["pipeline"] = run_pipeline(
+                algo, prepared, states, keys, {length: chunk}, seeds, settings, eval_info)
+            entry["pipeline"]["fraction_of_bare"] = (
+                entry["pipeline"]["updates_per_second_per_seed"] / rate)
+        jax.block_until_ready(states)
+    entry.update(rss.record())
+    return entry
+
+
+def run_torch(settings, widths: list[int]) -> dict:
+    """Time experiments/torch_iql.py in a fresh process per width, so PyTorch's and XLA's thread
+    pools never compete and each gets its own peak RSS."""
+    if not settings.torch:
+        return {"available": None, "skipped": "--no-torch"}
+    if importlib.util.find_spec("torch") is None:
+        return {"available": False,
+                "skipped": "torch is not installed (pip install -e '.[bench]' installs it)"}
+    results = []
+    for width in widths:
+        command = [sys.executable, "-m", "experiments.torch_iql", "--hidden", str(width), str(width),
+                   "--batch-size", str(settings.batch_size),
+                   "--dataset-size", str(settings.dataset_size),
+                   "--steps", str(settings.torch_steps), "--repeats", str(settings.torch_repeats),
+                   "--threads", str(_cores()), "--seed", str(settings.seed), "--json"]
+        environment = {**os.environ,
+                       "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=environment)
+        if done.returncode != 0:
+            results.append({"hidden": [width, width], "error": done.stderr.strip()[-2000:]})
+        else:
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {"available": True, "results": results}
+
+
+def comparisons(entries: list[dict], torch_results: dict) -> dict:
+    """JAX/PyTorch ratios for IQL at each width (torch runs one seed)."""
+    rows = []
+    for torch_row in torch_results.get("results", []):
+        if "updates_per_second" not in torch_row:
+            continue
+        width = torch_row["hidden"][0]
+        jax_rows = [e for e in entries if e["algo"] == "iql" and e["hidden"][0] == width]
+        if not jax_rows:
+            continue
+        fewest = min(jax_rows, key=lambda e: e["seeds"])
+        best = max(jax_rows, key=lambda e: e["updates_per_second_total"])
+        rows.append({
+            "hidden": [width, width],
+            "torch_updates_per_second": torch_row["updates_per_second"],
+            "jax_seeds": fewest["seeds"],
+            "jax_updates_per_second_per_seed": fewest["updates_per_second_per_seed"],
+            "ratio_per_seed": fewest["updates_per_second_per_seed"]
+                              / torch_row["updates_per_second"],
+            "jax_best_total_seeds": best["seeds"],
+            "jax_best_updates_per_second_total": best["updates_per_second_total"],
+            "ratio_best_total": best["updates_per_second_total"] / torch_row["updates_per_second"],
+        })
+    return {"jax_vs_torch_iql": rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def markdown(report: dict) -> str:
+    meta, settings, peak = report["meta"], report["settings"], report["matmul"]
+    lines = [
+        f"Measured {meta['date'][:10]} on {meta['cpu_model']} ({meta['cores_available']} cores), "
+        f"JAX {meta['jax']} on {', '.join(meta['devices'])}, XLA_FLAGS={meta['xla_flags'] or 'unset'}"
+        f"; batch {settings['batch_size']}, {settings['dataset_size']:,} synthetic transitions "
+        f"(obs {OBSERVATION_DIM}, act {ACTION_DIM}). `python -m experiments.benchmark"
+        f"{' --quick' if settings['quick'] else ''}`.",
+        "",
+        "| algo | hidden | seeds | compile s | updates/s per seed | updates/s total | pipeline / bare "
+        "| GFLOP/update | GFLOP/s | of matmul peak | XLA MiB | peak RSS MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in report["results"]:
+        flops = e["flops_per_update"]
+        lines.append(
+            f"| {e['algo']}{'*' if e['has_conditional'] else ''} | {e['hidden'][0]}x2 | {e['seeds']} "
+            f"| {e['compile']['total_seconds']:.1f} | {e['updates_per_second_per_seed']:,.0f} "
+            f"| {e['updates_per_second_total']:,.0f} "
+            f"| {_percent(e.get('pipeline', {}).get('fraction_of_bare'))} "
+            f"| {_number(flops and flops / 1e9, '.3f')} | {_number(e['achieved_gflops'], '.1f')} "
+            f"| {_percent(e['achieved_gflops'] and e['achieved_gflops'] / peak['peak_gflops'])} "
+            f"| {_mib((e['xla_memory'] or {}).get('peak_memory_in_bytes'))} "
+            f"| {_mib(e['peak_rss_bytes'])} |")
+    lines += [
+        "",
+        f"Matmul peak: {peak['peak_gflops']:.1f} GFLOP/s float32 at n={peak['peak_n']} "
+        f"({', '.join(f'n={r['n']}: {r['gflops']:.1f}' for r in peak['results'])}). "
+        "Pipeline: the whole training loop with logging and evaluation in HalfCheetah-v5 every "
+        f"{settings['pipeline_eval_every']} steps with {settings['pipeline_episodes']} episode(s) "
+        f"per seed (the real 5000 / 10, divided by {settings['eval_scale']}), no checkpoints. "
+        "FLOPs are XLA's cost analysis; * marks a lax.cond, counted as its costlier branch "
+        "(an upper bound).",
+    ]
+    loops = [e for e in report["results"] if "python_loop" in e]
+    if loops:
+        lines += ["", "| algo | hidden | seeds | Python loop updates/s | scan updates/s | scan speed-up |",
+                  "|---|---|---|---:|---:|---:|"]
+        for e in loops:
+            lines.append(f"| {e['algo']} | {e['hidden'][0]}x2 | {e['seeds']} "
+                         f"| {e['python_loop']['updates_per_second_per_seed']:,.0f} "
+                         f"| {e['updates_per_second_per_seed']:,.0f} "
+                         f"| {e['python_loop']['scan_speedup']:.2f}x |")
+    torch_rows = report["comparisons"]["jax_vs_torch_iql"]
+    if torch_rows:
+        lines += ["", "| IQL hidden | PyTorch updates/s | JAX updates/s (seeds) | JAX / PyTorch "
+                  "| JAX best total (seeds) | best total / PyTorch |", "|---|---:|---:|---:|---:|---:|"]
+        for r in torch_rows:
+            lines.append(f"| {r['hidden'][0]}x2 | {r['torch_updates_per_second']:,.0f} "
+                         f"| {r['jax_updates_per_second_per_seed']:,.0f} ({r['jax_seeds']}) "
+                         f"| {r['ratio_per_seed']:.2f} "
+                         f"| {r['jax_best_updates_per_second_total']:,.0f} "
+                         f"({r['jax_best_total_seeds']}) | {r['ratio_best_total']:.2f} |")
+    elif report["torch"].get("skipped"):
+        lines += ["", f"PyTorch comparison skipped: {report['torch']['skipped']}."]
+    return "\n".join(lines) + "\n"
+
+
+def _number(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
+def _mib(value) -> str:
+    return "–" if value is None else f"{value / 2**20:,.0f}"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from experiments.config import PROTOCOL
+
+    protocol = PROTOCOL["locomotion"]
+    real_log_every = 1000  # configs/train.yaml
+    if protocol["eval_every"] % args.eval_scale or protocol["eval_episodes"] % args.eval_scale:
+        if not args.quick:
+            raise SystemExit(f"--eval-scale must divide {protocol['eval_every']} and "
+                             f"{protocol['eval_episodes']} (1, 2, 5 or 10)")
+    eval_every = max(1, protocol["eval_every"] // args.eval_scale)
+    if args.quick:
+        eval_every = 2 * args.chunk  # two chunks per period: logging and evaluation both happen
+    settings = argparse.Namespace(
+        **vars(args),
+        pipeline_eval_every=eval_every,
+        pipeline_episodes=max(1, protocol["eval_episodes"] // args.eval_scale),
+        pipeline_log_every=min(real_log_every, args.chunk if args.quick else eval_every),
+        real_protocol={**protocol, "log_every": real_log_every},
+    )
+    eval_info = envs.lookup(*EVAL_DATASET)
+    if args.max_episode_steps:
+        eval_info = dataclasses.replace(eval_info, max_episode_steps=args.max_episode_steps)
+
+    report = {"meta": machine_info(), "definitions": DEFINITIONS}
+    report["settings"] = {**{k: (str(v) if isinstance(v, Path) else v)
+                             for k, v in vars(settings).items()},
+                          "observation_dim": OBSERVATION_DIM, "action_dim": ACTION_DIM,
+                          "eval_env": eval_info.env_id,
+                          "eval_max_episode_steps": eval_info.max_episode_steps}
+    print(f"matmul peak over n={args.matmul_sizes} ...", flush=True)
+    report["matmul"] = matmul_peak(args.matmul_sizes, args.matmul_seconds, args.repeats)
+    print(f"  {report['matmul']['peak_gflops']:.1f} GFLOP/s at n={report['matmul']['peak_n']}",
+          flush=True)
+
+    raw = synthetic_dataset(args.dataset_size, args.seed)
+    entries = []
+    for name in args.algos:
+        prepared = loop.prepare(algorithms.get(name)(), raw, eval_info)
+        for width in args.widths:
+            for seeds in args.seeds:
+                tic = time.perf_counter()
+                entry = bench_config(name, width, seeds, prepared, settings, eval_info)
+                entries.append(entry)
+                pipe = entry.get("pipeline", {}).get("fraction_of_bare")
+                print(f"{name:>7} {width:>4}x2 seeds={seeds}: "
+                      f"{entry['updates_per_second_per_seed']:,.0f}/s per seed, "
+                      f"{entry['updates_per_second_total']:,.0f}/s total, compile "
+                      f"{entry['compile']['total_seconds']:.1f} s"
+                      f"{'' if pipe is None else f', pipeline {100 * pipe:.0f}% of bare'} "
+                      f"({time.perf_counter() - tic:.0f} s)", flush=True)
+                gc.collect()
+        del prepared
+        gc.collect()
+    report["results"] = entries
+    print("PyTorch IQL ...", flush=True)
+    report["torch"] = run_torch(settings, args.widths if "iql" in args.algos else [])
+    report["comparisons"] = comparisons(entries, report["torch"])
+    report["meta"]["load_average_end"] = list(os.getloadavg())
+    report["meta"]["process_peak_rss_bytes"] = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024))
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    table = markdown(report)
+    args.markdown.parent.mkdir(parents=True, exist_ok=True)
+    args.markdown.write_text(table)
+    print("\n" + table)
+    print(f"wrote {args.out} and {args.markdown}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

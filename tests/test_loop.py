@@ -1,0 +1,134 @@
+"""The compiled multi-seed loop: seed batching, determinism, resuming, divergence."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import envs
+from algorithms import Spec
+from experiments import loop
+from experiments.checkpoints import Checkpointer
+from experiments.config import compose, make_algorithm
+from experiments.train import run
+
+SMALL = ["algo.hidden_dims=[16,16]", "algo.batch_size=32", "steps=40", "log_every=10",
+         "eval.every=20", "eval.episodes=2"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    envs.generated.ensure_pendulum_mixed(root, episodes=10)
+    return root
+
+
+@pytest.fixture
+def offline_data(data_dir, monkeypatch):
+    monkeypatch.setenv("OFFRL_DATA_DIR", str(data_dir))
+    return data_dir
+
+
+def logged_numbers(run_dir):
+    """metrics.jsonl without wall-clock timings."""
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k != "seconds"} for line in lines]
+
+
+def train_states(algo, data, seeds, steps=30):
+    spec = Spec(data.observation_dim, data.action_dim, steps)
+    keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(np.asarray(seeds)))
+    states = loop.init_states(algo, spec, data, keys[0])
+    states, _, metrics = loop.make_train_chunk(algo, steps)(states, data, keys[1])
+    return states, metrics
+
+
+@pytest.mark.parametrize("name", ["td3_bc", "iql"])
+def test_seed_batch_matches_single_seed_runs(name, offline_data):
+    cfg = compose([f"algo={name}", *SMALL])
+    algo = make_algorithm(cfg.algo)
+    raw, info = envs.load("local", "pendulum-mixed")
+    data = loop.prepare(algo, raw, info).data
+    batched, batched_metrics = train_states(algo, data, [0, 1, 2, 3])
+    for i, seed in enumerate([0, 1, 2, 3]):
+        single, single_metrics = train_states(algo, data, [seed])
+        for a, b in zip(jax.tree.leaves(batched.replace(step=None)),
+                        jax.tree.leaves(single.replace(step=None)), strict=True):
+            np.testing.assert_allclose(a[i], b[0], rtol=2e-5, atol=2e-6)
+        for key in batched_metrics:
+            np.testing.assert_allclose(batched_metrics[key][:, i], single_metrics[key][:, 0],
+                                       rtol=2e-5, atol=2e-6)
+    # different seeds really differ
+    first = jax.tree.leaves(batched.actor.params)[0]
+    assert not np.allclose(first[0], first[1])
+
+
+def test_same_seed_same_results(offline_data, tmp_path):
+    cfg = compose(["algo=td3_bc", "seeds=2", *SMALL])
+    first = run(cfg, tmp_path / "a")
+    second = run(cfg, tmp_path / "b")
+    assert first["seeds"] == second["seeds"]
+    assert logged_numbers(tmp_path / "a") == logged_numbers(tmp_path / "b")
+    assert first["seeds"][0]["episode_returns"] != first["seeds"][1]["episode_returns"]
+
+
+def test_run_writes_results_and_metrics(offline_data, tmp_path):
+    results = run(compose(["algo=iql", "seeds=2", *SMALL]), tmp_path)
+    assert set(results["summary"]) >= {"final_score_mean", "final_score_std", "final_score_iqm"}
+    assert len(results["seeds"]) == 2
+    for seed in results["seeds"]:
+        assert set(seed["episode_returns"]) == {20, 40}
+        assert all(len(v) == 2 for v in seed["episode_returns"].values())  # eval.episodes
+        assert seed["best_score"] >= seed["final_score"]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if line["type"] == "train"] == [10, 20, 30, 40]
+    assert [line["step"] for line in lines if line["type"] == "eval"] == [20, 40]
+    assert json.loads((tmp_path / "results.json").read_text())["seeds"] == json.loads(
+        json.dumps(results["seeds"]))
+    assert results["updates_per_second_per_seed"] > 0
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_continues_exactly(offline_data, tmp_path, monkeypatch):
+    cfg = compose(["algo=td3_bc", "seeds=2", *SMALL])
+    straight = run(cfg, tmp_path / "straight")
+
+    killed = tmp_path / "killed"
+    real_check = loop.check_finite
+
+    def crash_at_40(states, metrics, step):
+        if step == 40:
+            raise Interrupted  # as if the job were killed after its first checkpoint
+        real_check(states, metrics, step)
+
+    monkeypatch.setattr(loop, "check_finite", crash_at_40)
+    with pytest.raises(Interrupted):
+        run(cfg, killed)
+    assert not (killed / "results.json").exists()
+    monkeypatch.setattr(loop, "check_finite", real_check)
+    resumed = run(compose(["algo=td3_bc", "seeds=2", "resume=true", *SMALL]), killed)
+    assert resumed["seeds"] == straight["seeds"]
+    assert logged_numbers(killed) == logged_numbers(tmp_path / "straight")
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(offline_data, tmp_path):
+    run(compose(["algo=td3_bc", *SMALL[:-3], "steps=20", "eval.every=20", "eval.episodes=1"]),
+        tmp_path)
+    (tmp_path / "results.json").unlink()
+    exploding = compose(["algo=td3_bc", *SMALL[:-3], "steps=40", "eval.every=20",
+                         "eval.episodes=1", "resume=true", "algo.reward.scale=1e38"])
+    with pytest.raises(loop.TrainingDiverged, match="diverged"):
+        run(exploding, tmp_path)
+    assert not (tmp_path / "results.json").exists()
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    assert checkpointer.manager.latest_step() == 20
+    algo = make_algorithm(exploding.algo)
+    raw, info = envs.load("local", "pendulum-mixed")
+    data = loop.prepare(algo, raw, info).data
+    template, _ = train_states(algo, data, [0], steps=1)
+    states, _, step, _ = checkpointer.restore_latest(template, jax.random.split(jax.random.key(0), 1))
+    assert step == 20 and bool(loop.finite_per_seed(states).all())
