@@ -3,6 +3,7 @@ dataset, normalized scores and preprocessing. Every file is made here, in tmp.""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import shutil
@@ -197,7 +198,7 @@ def test_validate_rejects_non_finite(field, value, message):
               "timeouts": np.zeros(4)}
     from_arrays(**arrays)  # clean arrays pass
     arrays[field] = arrays[field].copy()
-    arrays[field][2] = value
+    arrays[field].reshape(4, -1)[2, 0] = value  # one value in row 2
     with pytest.raises(DatasetError, match=message):
         from_arrays(**arrays)
 
@@ -434,7 +435,8 @@ def test_flatten_dict_observation():
 # The generated default dataset, local/pendulum-mixed
 # ---------------------------------------------------------------------------------------------
 
-PENDULUM_INFO = envs.lookup("local", "pendulum-mixed")
+PENDULUM_INFO = dataclasses.replace(envs.lookup("local", "pendulum-mixed"),
+                                    minari_id=generated.PENDULUM_MIXED_ID)
 SMALL = 8  # episodes; 200 steps each
 
 

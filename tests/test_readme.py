@@ -1,0 +1,43 @@
+"""The README's worked example of adding an algorithm runs as written."""
+
+import re
+import sys
+import types
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import algorithms
+from algorithms import Spec
+from envs.dataset import Dataset
+from experiments import loop
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_block(heading: str, language: str) -> str:
+    section = README.read_text().split(heading, 1)[1]
+    return re.search(rf"```{language}\n(.*?)```", section, re.S).group(1)
+
+
+def test_add_an_algorithm_example_trains():
+    module = types.ModuleType("algorithms.gaussian_bc_example")
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(readme_block("## Adding an algorithm", "python"), "README.md", "exec"),
+             module.__dict__)
+        algo = algorithms.get("gaussian_bc")(hidden_dims=(16,), batch_size=32)
+        observations = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
+        zeros = np.zeros(100, np.float32)
+        data = Dataset(observations, np.tanh(observations[:, :2] - observations[:, 2:]), zeros,
+                       observations, zeros, zeros)
+        keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(np.arange(2)))
+        states = loop.init_states(algo, Spec(3, 2, 200), data, keys[0])
+        states, _, metrics = loop.make_train_chunk(algo, 200)(states, data, keys[1])
+        assert metrics["nll"].shape == (200, 2)
+        assert np.all(metrics["nll"][-20:].mean(0) < metrics["nll"][:20].mean(0))
+        assert "gaussian_bc_base" in readme_block("## Adding an algorithm", "yaml")
+    finally:
+        algorithms.ALGORITHMS.pop("gaussian_bc", None)
+        sys.modules.pop(module.__name__, None)
