@@ -44,7 +44,8 @@ def make_env(info: DatasetInfo):
         env = gym.wrappers.TransformObservation(
             env, lambda obs: flatten_observation(obs, keys), space
         )
-    return gym.wrappers.RescaleAction(env, -1.0, 1.0)
+    ones = np.ones(env.action_space.shape, env.action_space.dtype)
+    return gym.wrappers.RescaleAction(env, -ones, ones)
 
 
 def action_bounds(info: DatasetInfo) -> tuple[np.ndarray, np.ndarray] | None:

@@ -25,7 +25,7 @@ class Normalizer(NamedTuple):
     def from_dataset(cls, data: Dataset, eps: float = 1e-3) -> Normalizer:
         """Mean and std + eps of the dataset's states (TD3+BC's convention, eps = 1e-3)."""
         mean = data.observations.mean(axis=0, dtype=np.float64)
-        std = data.observations.std(axis=0, dtype=np.float64, ddof=1) + eps
+        std = data.observations.std(axis=0, dtype=np.float64) + eps
         return cls(mean.astype(np.float32), std.astype(np.float32))
 
     def __call__(self, observations):

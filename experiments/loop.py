@@ -54,6 +54,19 @@ def init_states(algo: Algorithm, spec: Spec, data, keys: jax.Array):
     return states.replace(step=states.step[0])
 
 
+def shard_seeds(states, keys):
+    """Spread the seed axis over all devices (GPUs, TPU cores, or forced host devices) when it
+    divides evenly; the dataset stays replicated. On one device this changes nothing."""
+    devices = jax.devices()
+    if len(devices) == 1 or keys.shape[0] % len(devices):
+        return states, keys
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("seeds",))
+    by_seed = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shardings = jax.tree.map(lambda _: by_seed, states).replace(step=replicated)
+    return jax.device_put(states, shardings), jax.device_put(keys, by_seed)
+
+
 def make_train_chunk(algo: Algorithm, length: int):
     """A jitted function running `length` updates for every seed: (states, data, keys) ->
     (states, keys, metrics) with metrics of shape (length, num_seeds)."""

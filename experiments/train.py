@@ -57,8 +57,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
     compile_start = time.perf_counter()
-    states = loop.init_states(algo, spec, prepared.data, init_keys)
-    keys = train_keys
+    states, keys = loop.shard_seeds(loop.init_states(algo, spec, prepared.data, init_keys),
+                                    train_keys)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep)
     history = {"evaluations": []}
     step = 0
@@ -104,8 +104,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                                    len(history["evaluations"]), step)
                 history["evaluations"].append(record)
                 _write(metrics_out, {"type": "eval", **record})
-                if record["normalized_score"] is not None:
-                    bar.set_postfix(score=f"{np.mean(record['normalized_score']):.1f}")
+                score = record["normalized_score"] or record["return"]
+                bar.set_postfix(score=f"{np.mean(score):.1f}")
+                log.info("step %d: %s %.1f ± %.1f over %d seed(s) (%.1f s)", step,
+                         "normalized score" if record["normalized_score"] else "return",
+                         np.mean(score), np.std(score), cfg.seeds, record["seconds"])
                 checkpointer.save(step, states, keys, history)
     bar.close()
     if not evaluating or step % cfg.eval.every != 0:
@@ -175,12 +178,12 @@ def _truncate_metrics(file: Path, step: int) -> None:
 
 
 setup()
-logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base=None)
 def main(cfg: DictConfig) -> dict | None:
     run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
     try:
         results = run(cfg, run_dir)
     except (envs.DatasetError, ConfigError, KeyError, loop.TrainingDiverged) as error:

@@ -137,7 +137,7 @@ def test_iql_value_is_the_expectile_of_fixed_q():
         state = algo.init(jax.random.key(2), SPEC, batch)
         q = state.critic.apply_fn(state.target_critic_params, obs, actions).min(axis=0)
 
-        def value_only(state, _):
+        def value_only(state, _, algo=algo):
             new_state, _ = algo.update(state, batch, jax.random.key(0))
             return state.replace(value=new_state.value), None  # keep the critic fixed
 

@@ -1,0 +1,149 @@
+"""Bad input through the real command line: each case must stop with a non-zero exit, one clear
+line on stderr naming the problem, no traceback, and no results.json.
+
+Each run of `python -m experiments.train` pays the JAX import (~5 s), so all cases are started
+once per module, two at a time, and the tests below check one outcome each.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK = ["steps=10", "log_every=10", "eval.every=0"]
+HOPPER = ["dataset=d4rl/hopper-medium-v2"]
+
+
+def make_files(folder: Path, d4rl_steps, write_hdf5) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"good": write_hdf5(folder / "good.hdf5", d4rl_steps())}
+    files["corrupt"] = folder / "corrupt.hdf5"
+    files["corrupt"].write_bytes(np.random.default_rng(0).bytes(4096))
+    steps = d4rl_steps()
+    del steps["rewards"]
+    files["no_rewards"] = write_hdf5(folder / "no_rewards.hdf5", steps)
+    steps = d4rl_steps()
+    steps["actions"] = steps["actions"][:9]
+    files["short_actions"] = write_hdf5(folder / "short_actions.hdf5", steps)
+    steps = d4rl_steps()
+    steps["observations"][3, 2] = np.nan
+    files["nan"] = write_hdf5(folder / "nan.hdf5", steps)
+    files["five_dim"] = write_hdf5(folder / "five_dim.hdf5", d4rl_steps(obs_dim=5))
+    return files
+
+
+def cases(files: dict[str, Path], folder: Path) -> dict[str, SimpleNamespace]:
+    """name -> the overrides, and the words the one error line must hold (`app`: the error comes
+    from our train app as `error: ...` with exit code 2; otherwise from Hydra)."""
+
+    def case(overrides, words, app=True):
+        return SimpleNamespace(overrides=overrides, words=words, app=app)
+
+    missing = folder / "missing" / "hopper.hdf5"
+    return {
+        "missing_file": case([*HOPPER, f"dataset.path={missing}", *QUICK],
+                             [str(missing), "does not exist", "dataset.path"]),
+        "corrupt_file": case([*HOPPER, f"dataset.path={files['corrupt']}", *QUICK],
+                             [str(files["corrupt"]), "not a readable HDF5 file"]),
+        "missing_key": case([*HOPPER, f"dataset.path={files['no_rewards']}", *QUICK],
+                            ["lacks the required key", "'rewards'"]),
+        "different_lengths": case([*HOPPER, f"dataset.path={files['short_actions']}", *QUICK],
+                                  ["different lengths", "actions 9", "rewards 10"]),
+        "nan_values": case([*HOPPER, f"dataset.path={files['nan']}", *QUICK],
+                           ["'observations'", "NaN/inf", "row 3"]),
+        "observation_size": case(
+            [*HOPPER, f"dataset.path={files['five_dim']}", "steps=10", "log_every=10",
+             "eval.every=10", "eval.episodes=1"],
+            ["5 values", "Hopper-v5", "11"]),
+        "unknown_minari_dataset": case(
+            ["dataset=minari/custom", "dataset.name=nobody/nothing-v0", "dataset.download=false",
+             *QUICK],
+            ["nobody/nothing-v0", "not in the local Minari folder"]),
+        "unknown_algorithm": case(["algo=nope", *QUICK], ["Could not find", "algo/nope"], app=False),
+        "unknown_dataset": case(["dataset=d4rl/nope-v2", *QUICK],
+                                ["Could not find", "dataset/d4rl/nope-v2"], app=False),
+        "unknown_hyperparameter": case(["algo.not_a_field=1", *QUICK],
+                                       ["Could not override", "algo.not_a_field"], app=False),
+        "seeds_not_a_number": case(["seeds=abc", *QUICK], ["seeds", "abc"]),
+        # the control: a valid file trains and writes results.json, so its absence above means
+        # something
+        "valid_control": case([*HOPPER, f"dataset.path={files['good']}", *QUICK,
+                               "algo.batch_size=8", "algo.hidden_dims=[8,8]"], []),
+    }
+
+
+def run_cli(overrides: list[str], run_dir: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.train", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    from conftest import _d4rl_steps, _write_hdf5
+
+    root = tmp_path_factory.mktemp("cli")
+    files = make_files(root / "files", _d4rl_steps, _write_hdf5)
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["JAX_PLATFORMS"] = "cpu"
+    for variable, folder in [("OFFRL_DATA_DIR", "offrl"), ("MINARI_DATASETS_PATH", "minari"),
+                             ("D4RL_DATASET_DIR", "d4rl")]:
+        env[variable] = str(root / folder)
+    table = cases(files, root)
+
+    def launch(name):
+        run_dir = root / "runs" / name
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        return name, run_dir, run_cli(table[name].overrides, run_dir, env)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(launch, table))
+    return {name: SimpleNamespace(case=table[name], run_dir=run_dir, process=process)
+            for name, run_dir, process in results}
+
+
+def report(outcome) -> str:
+    process = outcome.process
+    return f"exit {process.returncode}\n--- stdout\n{process.stdout}\n--- stderr\n{process.stderr}"
+
+
+BAD_INPUT = [
+    "missing_file", "corrupt_file", "missing_key", "different_lengths", "nan_values",
+    "observation_size", "unknown_minari_dataset", "unknown_algorithm", "unknown_dataset",
+    "unknown_hyperparameter",
+    pytest.param("seeds_not_a_number", marks=pytest.mark.xfail(
+        strict=True, reason="experiments/train.py check_config compares the string 'abc' with 1 "
+        "and dies with a TypeError traceback instead of a ConfigError")),
+]
+
+
+@pytest.mark.parametrize("name", BAD_INPUT)
+def test_bad_input_stops_with_one_clear_line(outcomes, name):
+    outcome = outcomes[name]
+    process, case = outcome.process, outcome.case
+    assert process.returncode != 0, report(outcome)
+    assert "Traceback" not in process.stderr, report(outcome)
+    lines = [line for line in process.stderr.splitlines() if all(w in line for w in case.words)]
+    assert lines, report(outcome)
+    if case.app:
+        assert process.returncode == 2, report(outcome)
+        errors = [line for line in process.stderr.splitlines() if line.startswith("error: ")]
+        assert errors == lines, report(outcome)  # exactly one error line, and it is the clear one
+    assert not (outcome.run_dir / "results.json").exists()
+
+
+def test_valid_control_writes_results(outcomes):
+    outcome = outcomes["valid_control"]
+    assert outcome.process.returncode == 0, report(outcome)
+    assert (outcome.run_dir / "results.json").is_file()
+    assert "error:" not in outcome.process.stderr

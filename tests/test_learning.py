@@ -1,0 +1,36 @@
+"""Learning tests (slow; `pytest -m slow`): offline RL must beat behaviour cloning on
+`local/pendulum-mixed`, where a quarter of the episodes are good and the rest random, so that
+imitating the average behaviour fails and picking out the good actions succeeds.
+
+Measured here (2-core CPU, hidden 64, 3 seeds, final normalized score): BC 10.7 ± 13.2 after 30k
+steps, TD3+BC 45.3 ± 5.7 after 30k, IQL 53.9 ± 16.7 after 10k.
+"""
+
+import numpy as np
+import pytest
+
+from experiments.config import compose
+from experiments.train import run
+
+SETTINGS = ["seeds=3", "steps=20000", "log_every=1000", "eval.every=20000", "eval.episodes=10",
+            "algo.hidden_dims=[64,64]"]
+MARGIN = 15.0  # normalized-score points
+
+
+@pytest.fixture(scope="module")
+def final_scores(tmp_path_factory):
+    data = tmp_path_factory.mktemp("datasets")
+    scores = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OFFRL_DATA_DIR", str(data))
+        for name in ("bc", "td3_bc", "iql"):
+            results = run(compose([f"algo={name}", *SETTINGS]), tmp_path_factory.mktemp(name))
+            scores[name] = [seed["final_score"] for seed in results["seeds"]]
+    print({name: (np.mean(s), np.std(s)) for name, s in scores.items()})
+    return scores
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["td3_bc", "iql"])
+def test_offline_rl_beats_behaviour_cloning(final_scores, name):
+    assert np.mean(final_scores[name]) > np.mean(final_scores["bc"]) + MARGIN, final_scores
