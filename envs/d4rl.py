@@ -98,7 +98,8 @@ def read(file: Path, info: DatasetInfo) -> Dataset:
             timeouts = np.asarray(h5["timeouts"]) if "timeouts" in h5 else None
     except OSError as error:
         raise DatasetError(
-            f"{source} is not a readable HDF5 file ({error}). Delete it and download it again."
+            f"{source} is not a readable HDF5 file ({error}). Replace it with a complete copy "
+            "(re-download or re-create it)."
         ) from None
     return qlearning_transitions(
         arrays["observations"], arrays["actions"], arrays["rewards"], arrays["terminals"],

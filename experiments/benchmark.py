@@ -170,7 +170,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "jax": jax.__version__,
-        "jaxlib": getattr(jax.lib, "__version__", None) or _version("jaxlib"),
+        "jaxlib": _version("jaxlib"),
         "flax": flax.__version__,
         "optax": optax.__version__,
         "numpy": np.__version__,
@@ -592,10 +592,11 @@ def markdown(report: dict) -> str:
             f"| {_percent(e['achieved_gflops'] and e['achieved_gflops'] / peak['peak_gflops'])} "
             f"| {_mib((e['xla_memory'] or {}).get('peak_memory_in_bytes'))} "
             f"| {_mib(e['peak_rss_bytes'])} |")
+    sizes = ", ".join(f"n={r['n']}: {r['gflops']:.1f}" for r in peak["results"])
     lines += [
         "",
         f"Matmul peak: {peak['peak_gflops']:.1f} GFLOP/s float32 at n={peak['peak_n']} "
-        f"({', '.join(f'n={r['n']}: {r['gflops']:.1f}' for r in peak['results'])}). "
+        f"({sizes}). "
         "Pipeline: the whole training loop with logging and evaluation in HalfCheetah-v5 every "
         f"{settings['pipeline_eval_every']} steps with {settings['pipeline_episodes']} episode(s) "
         f"per seed (the real 5000 / 10, divided by {settings['eval_scale']}), no checkpoints. "

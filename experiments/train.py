@@ -35,10 +35,14 @@ class ConfigError(ValueError):
 
 
 def check_config(cfg: DictConfig) -> None:
-    if cfg.seeds < 1 or cfg.steps < 1 or cfg.log_every < 1:
-        raise ConfigError("seeds, steps and log_every must be positive integers.")
-    if cfg.eval.every < 0 or cfg.eval.episodes < 0:
-        raise ConfigError("eval.every and eval.episodes must be >= 0 (0 turns evaluation off).")
+    """Top-level run settings must be integers in range; name the first that is not."""
+    limits = {"seed": 0, "seeds": 1, "steps": 1, "log_every": 1, "eval.every": 0,
+              "eval.episodes": 0, "checkpoint.keep": 1}
+    for key, minimum in limits.items():
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{key} must be an integer >= {minimum} (got {value!r}); fix the "
+                              f"override {key}=...")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:

@@ -121,9 +121,7 @@ BAD_INPUT = [
     "missing_file", "corrupt_file", "missing_key", "different_lengths", "nan_values",
     "observation_size", "unknown_minari_dataset", "unknown_algorithm", "unknown_dataset",
     "unknown_hyperparameter",
-    pytest.param("seeds_not_a_number", marks=pytest.mark.xfail(
-        strict=True, reason="experiments/train.py check_config compares the string 'abc' with 1 "
-        "and dies with a TypeError traceback instead of a ConfigError")),
+    "seeds_not_a_number",
 ]
 
 
