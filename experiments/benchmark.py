@@ -701,8 +701,11 @@ def main(argv=None) -> dict:
     report["torch"] = run_torch(settings, args.widths if "iql" in args.algos else [])
     report["comparisons"] = comparisons(entries, report["torch"])
     report["meta"]["load_average_end"] = list(os.getloadavg())
-    report["meta"]["process_peak_rss_bytes"] = (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024))
+    # Each configuration resets the high-water mark, so the process peak is the largest of theirs.
+    unit = 1 if sys.platform == "darwin" else 1024
+    report["meta"]["process_peak_rss_bytes"] = max(
+        [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit]
+        + [e["peak_rss_bytes"] for e in entries if e["peak_rss_bytes"]])
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -2,8 +2,8 @@
 `local/pendulum-mixed`, where a quarter of the episodes are good and the rest random, so that
 imitating the average behaviour fails and picking out the good actions succeeds.
 
-Measured here (2-core CPU, hidden 64, 3 seeds, final normalized score): BC 10.7 ± 13.2 after 30k
-steps, TD3+BC 45.3 ± 5.7 after 30k, IQL 53.9 ± 16.7 after 10k.
+Measured here (2-core CPU, this exact test: hidden 64, 3 seeds, 20k steps, final normalized score
+mean ± std): BC 10.5 ± 3.5, TD3+BC 37.0 ± 7.8, IQL 83.8 ± 7.8; about 8 minutes on a busy machine.
 """
 
 import numpy as np
