@@ -154,8 +154,9 @@ def iqm(values) -> float:
     return float(trim_mean(np.asarray(values, dtype=np.float64), 0.25))
 
 
-def chunk_schedule(start: int, steps: int, log_every: int, eval_every: int) -> list[int]:
-    """Step counts at which the host takes control: every logging and evaluation point."""
-    chunk = math.gcd(log_every, eval_every) if eval_every > 0 else log_every
-    points = list(range(start + chunk - start % chunk, steps, chunk)) + [steps]
+def chunk_schedule(start: int, steps: int, *intervals: int) -> list[int]:
+    """The steps at which the host takes control (logging, evaluation, checkpoints): every
+    multiple of the greatest common divisor of the non-zero `intervals`, and the last step."""
+    chunk = math.gcd(*(interval for interval in intervals if interval > 0))
+    points = list(range(start - start % chunk + chunk, steps, chunk)) + [steps]
     return [p for p in points if p > start]

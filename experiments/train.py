@@ -37,7 +37,7 @@ class ConfigError(ValueError):
 def check_config(cfg: DictConfig) -> None:
     """Top-level run settings must be integers in range; name the first that is not."""
     limits = {"seed": 0, "seeds": 1, "steps": 1, "log_every": 1, "eval.every": 0,
-              "eval.episodes": 0, "checkpoint.keep": 1}
+              "eval.episodes": 0, "checkpoint.keep": 1, "checkpoint.every": 0}
     for key, minimum in limits.items():
         value = OmegaConf.select(cfg, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -83,8 +83,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     bar = tqdm(total=int(cfg.steps), initial=step, desc=f"{algo.name} {info.name}",
                unit="step", dynamic_ncols=True, disable=None)
     with open(metrics_file, "a") as metrics_out:
-        for stop in loop.chunk_schedule(step, int(cfg.steps), int(cfg.log_every),
-                                        int(cfg.eval.every) if evaluating else 0):
+        eval_every = int(cfg.eval.every) if evaluating else 0
+        save_every = int(cfg.checkpoint.every)
+        for stop in loop.chunk_schedule(step, int(cfg.steps), int(cfg.log_every), eval_every,
+                                        save_every):
             length = stop - step
             if length not in chunks:
                 tic = time.perf_counter()
@@ -103,7 +105,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                                      "step": min(offset + int(cfg.log_every), stop), **row})
             step = stop
             bar.update(length)
-            if evaluating and (step % cfg.eval.every == 0 or step == cfg.steps):
+            if eval_every and (step % eval_every == 0 or step == cfg.steps):
                 record = _evaluate(policy, states, cfg, info, raw.observation_dim,
                                    len(history["evaluations"]), step)
                 history["evaluations"].append(record)
@@ -113,10 +115,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 log.info("step %d: %s %.1f ± %.1f over %d seed(s) (%.1f s)", step,
                          "normalized score" if record["normalized_score"] else "return",
                          np.mean(score), np.std(score), cfg.seeds, record["seconds"])
+            if (save_every and step % save_every == 0) or step == cfg.steps:
                 checkpointer.save(step, states, keys, history)
     bar.close()
-    if not evaluating or step % cfg.eval.every != 0:
-        checkpointer.save(step, states, keys, history)
     checkpointer.wait()
     results = _results(cfg, seeds, history, updates / max(update_time, 1e-9), compile_time)
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))

@@ -173,3 +173,48 @@ class TanhGaussianActor(nn.Module):
         log_std = jnp.clip(nn.Dense(self.action_dim)(features), self.log_std_min, self.log_std_max)
         base = distrax.MultivariateNormalDiag(mean, jnp.exp(log_std))
         return distrax.Transformed(base, distrax.Block(distrax.Tanh(), ndims=1))
+
+
+class ReferenceTanhGaussianActor(nn.Module):
+    """a = tanh(u), u ~ N(mu(s), sigma(s)), with the output layer of a SAC/CQL reference code:
+
+    head="rlkit" (CQL's original code): separate mu and log sigma layers, weights and biases
+        U(+-1e-3), log sigma clipped to [-5, 2];
+    head="jaxcql" (JaxCQL): one layer gives (mu, raw), weights variance_scaling(1e-2, fan_in,
+        uniform) and zero bias, log sigma = m * raw + o with learnable scalars m, o (initially 1
+        and -1), clipped to [-20, 2].
+    Either way the initial policy is close to tanh(N(0, sigma_0^2)) in every state, with sigma_0 = 1
+    (rlkit) or e^-1 (jaxcql). `mode` is tanh(mu), the reference codes' deterministic action.
+    """
+
+    hidden_dims: Sequence[int]
+    action_dim: int
+    head: str = "rlkit"
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> distrax.Distribution:
+        features = MLP(self.hidden_dims)(observations)  # ends activated
+        if self.head == "rlkit":
+            out = MLP((), 2 * self.action_dim, final_init_scale=1e-3)(features)
+            mean, log_std = jnp.split(out, 2, axis=-1)
+            log_std = jnp.clip(log_std, -5.0, 2.0)
+        elif self.head == "jaxcql":
+            small = nn.initializers.variance_scaling(1e-2, "fan_in", "uniform")
+            mean, raw = jnp.split(nn.Dense(2 * self.action_dim, kernel_init=small)(features), 2, axis=-1)
+            multiplier = self.param("log_std_multiplier", nn.initializers.constant(1.0), ())
+            offset = self.param("log_std_offset", nn.initializers.constant(-1.0), ())
+            log_std = jnp.clip(multiplier * raw + offset, -20.0, 2.0)
+        else:
+            raise ValueError(f"unknown policy head '{self.head}'; use 'rlkit' or 'jaxcql'")
+        return TanhGaussian(mean, jnp.exp(log_std))
+
+
+class TanhGaussian(distrax.Transformed):
+    """tanh(N(mean, diag(std^2))) whose mode is tanh(mean), the usual deterministic action (distrax
+    leaves the mode of a tanh-transformed distribution undefined)."""
+
+    def __init__(self, mean: jax.Array, std: jax.Array):
+        super().__init__(distrax.MultivariateNormalDiag(mean, std), distrax.Block(distrax.Tanh(), ndims=1))
+
+    def mode(self) -> jax.Array:
+        return jnp.tanh(self.distribution.mode())

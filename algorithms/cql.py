@@ -1,0 +1,270 @@
+"""Conservative Q-Learning, CQL(H) with importance sampling (Kumar, Zhou, Tucker & Levine, 2020), as
+in the authors' code `aviralkumar2907/CQL` (d4rl/rlkit/torch/sac/cql.py, "the original") and in
+`young-geng/JaxCQL` (JaxCQL/conservative_sac.py).
+
+One update; every loss is taken at the parameters from before the update:
+    sample, per state s of the batch (n = `num_sampled_actions` = 10, all in one actor call each):
+        u_1..n ~ U[-1, 1]^|A|,   a_1..n ~ pi(.|s),   a'_1..n ~ pi(.|s'),   a' ~ pi(.|s')
+    critics i = 1..N (one batched call Q(s, [a, u_1..n, a_1..n, a'_1..n]) per ensemble):
+        y     = r + gamma (1 - d) min_i Qbar_i(s', a')                  backup="deterministic" (default)
+              = r + gamma (1 - d) (min_i Qbar_i(s', a') - alpha log pi(a'|s'))        backup="entropy"
+              = r + gamma (1 - d) min_i max_k Qbar_i(s', a'_k),  k = 1..n               backup="max"
+        Gap_i = T logsumexp_j( [Q_i(s, u_j) - log 0.5^|A|,  Q_i(s, a_j) - log pi(a_j|s),
+                                Q_i(s, a'_j) - log pi(a'_j|s')] / T ) - Q_i(s, a)
+                (the log-densities are constants; the next-state actions are scored at s)
+        L_Q   = sum_i E[(Q_i(s, a) - y)^2] + w E[Gap_i]                     (w = `min_q_weight`)
+        Lagrange (`lagrange=True`): w E[Gap_i]  ->  alpha' (w E[Gap_i] - tau_gap),
+                alpha' = clip(exp(log alpha'), 0, 1e6),   L_alpha' = -mean_i alpha' (w E[Gap_i] - tau_gap)
+    actor:   L_pi = E[alpha log pi(a~|s) - min_i Q_i(s, a~)],  a~ ~ pi(.|s) reparameterised;
+             for the first `bc_warmup_steps` steps instead L_pi = E[alpha log pi(a~|s) - log pi(a|s)]
+    entropy temperature:  L_alpha = -log alpha E[log pi(a~|s) + H],  H = -|A|  (actor learning rate)
+    targets: Qbar <- (1 - tau) Qbar + tau Q
+
+Where the two reference codes differ, and what is done here:
+  - Lagrange form. The original writes alpha' (w Gap - tau_gap), JaxCQL alpha' w (Gap - tau_gap).
+    We implement the original's; JaxCQL's is the same with tau_gap = w * tau_JaxCQL. log alpha'
+    starts at 0 in the original and at 1 in JaxCQL (`init_log_alpha_prime`); both step it with the
+    Q learning rate.
+  - Max backup. The original takes the max over the n actions for each critic, then the min over
+    critics (implemented); JaxCQL takes the min over critics, then the max.
+  - Order. The original steps log alpha before the actor loss and uses the new alpha there; JaxCQL
+    takes every loss at the old parameters (done here; one Adam step of log alpha apart).
+  - Networks. Original 3x256, tanh-Gaussian head `policy_head="rlkit"`, last critic layer U(+-3e-3);
+    JaxCQL 2x256, `policy_head="jaxcql"`, last critic layer variance_scaling(1e-2) (about U(+-0.011)
+    with zero bias; here U(+-`critic_final_init_scale`) for weights and bias). Hidden layers use
+    lecun-normal weights and zero biases (JaxCQL; rlkit's own init differs slightly).
+  - Actor learning rate 1e-4 and a 40 000-step BC warm-up (`policy_eval_start`) in the original;
+    3e-4 and none in JaxCQL. The original clips dataset actions inside atanh at 1 - 1e-6; so do we.
+  - JaxCQL's optional clipping of Gap (default +-inf, i.e. off) is not implemented.
+The field defaults here are the original's; configs/algo/cql.yaml is the original's recipe and
+configs/algo/cql_jaxcql.yaml JaxCQL's.
+
+Defaults per dataset family (the original README): Gym locomotion uses the fixed weight w = 5 with
+no Lagrange (the README: w = 5 or 10, "lagrange_thresh=-1"), deterministic backup; AntMaze uses the
+Lagrange form with tau_gap = 5 and w = 5 and rewards (r - 0.5) * 4, because with sparse rewards a
+fixed w either under- or over-penalises depending on the maze, and tuning alpha' to a target gap
+keeps the conservative gap at a set size instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training.train_state import TrainState
+
+from algorithms import register
+from algorithms.core.algorithm import Algorithm, Spec
+from algorithms.core.networks import ReferenceTanhGaussianActor, critic_ensemble
+from algorithms.core.training import copy_params, create_train_state, soft_update
+
+BACKUPS = ("deterministic", "entropy", "max")
+POLICY_HEADS = ("rlkit", "jaxcql")
+
+
+@flax.struct.dataclass
+class CQLState:
+    actor: TrainState
+    critic: TrainState
+    target_critic_params: dict
+    log_alpha: TrainState  # entropy temperature
+    log_alpha_prime: TrainState  # Lagrange multiplier of the conservative gap (unused without Lagrange)
+    step: jax.Array
+
+
+def conservative_gap(q_data: jax.Array, q_sampled: jax.Array, log_density: jax.Array,
+                     temperature: float = 1.0) -> jax.Array:
+    """CQL(H)'s importance-sampled gap T logsumexp_j((Q(s, a_j) - log mu(a_j|s)) / T) - Q(s, a):
+    `q_sampled` and `log_density` (..., K) for K sampled actions a_j ~ mu, `q_data` (...) for the
+    dataset action. The sampling densities are constants (the references detach them)."""
+    log_density = jax.lax.stop_gradient(log_density)
+    soft_max = temperature * jax.nn.logsumexp((q_sampled - log_density) / temperature, axis=-1)
+    return soft_max - q_data
+
+
+def lagrange_penalty(gaps: jax.Array, log_alpha_prime: jax.Array, min_q_weight: float,
+                     target_gap: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The original's CQL-Lagrange terms for per-critic mean gaps `gaps` (N,): the critics' penalty
+    alpha' (w gap_i - tau) (alpha' constant), the multiplier's loss -mean_i alpha' (w gap_i - tau)
+    (gaps constant), and alpha'. Minimising the latter raises alpha' while w gap > tau."""
+    alpha_prime = jnp.clip(jnp.exp(log_alpha_prime), 0.0, 1e6)
+    constraint = min_q_weight * gaps - target_gap
+    penalty = jax.lax.stop_gradient(alpha_prime) * constraint
+    alpha_prime_loss = -(alpha_prime * jax.lax.stop_gradient(constraint)).mean()
+    return penalty, alpha_prime_loss, alpha_prime
+
+
+def backup_value(next_q: jax.Array, next_log_probs: jax.Array, alpha: jax.Array, backup: str):
+    """The value of s' in the TD target, from target-critic values `next_q` (N, B, K) of K actions
+    a'_k ~ pi(.|s') with log-probabilities `next_log_probs` (B, K); K = 1 except for "max"."""
+    if backup == "max":  # per critic the best of the K actions, then the most pessimistic critic
+        return next_q.max(axis=-1).min(axis=0)
+    value = next_q[..., 0].min(axis=0)
+    if backup == "entropy":
+        value = value - alpha * next_log_probs[:, 0]
+    return value
+
+
+def scalar_state(value: float, learning_rate: float) -> TrainState:
+    """A learned scalar with its own Adam; `params["value"]` (TrainState wants a dict)."""
+    return TrainState.create(apply_fn=None, params={"value": jnp.asarray(value, jnp.float32)},
+                             tx=optax.adam(learning_rate))
+
+
+@register
+@dataclass
+class CQL(Algorithm):
+    name = "cql"
+    hidden_dims: tuple[int, ...] = (256, 256, 256)
+    actor_lr: float = 1e-4  # also the entropy temperature's
+    critic_lr: float = 3e-4  # also the Lagrange multiplier's
+    discount: float = 0.99
+    tau: float = 5e-3
+    num_critics: int = 2
+    policy_head: str = "rlkit"  # "rlkit" (original) or "jaxcql": see ReferenceTanhGaussianActor
+    critic_final_init_scale: float | None = 3e-3  # U(+-scale) last critic layer; None: lecun normal
+    target_entropy: float | None = None  # None: -|A|
+    bc_warmup_steps: int = 40_000  # the original's policy_eval_start; 0 in JaxCQL
+    # CQL(H)
+    min_q_weight: float = 5.0  # w
+    num_sampled_actions: int = 10  # n, per state and per proposal distribution
+    cql_temperature: float = 1.0  # T
+    backup: str = "deterministic"  # "deterministic", "entropy" or "max"
+    lagrange: bool = False
+    target_action_gap: float = 5.0  # tau_gap, used with lagrange=True
+    init_log_alpha_prime: float = 0.0
+
+    def __post_init__(self):
+        # KeyError is what the train app reports as a one-line bad-override error.
+        if self.backup not in BACKUPS:
+            raise KeyError(f"algo.backup must be one of {', '.join(BACKUPS)} (got '{self.backup}')")
+        if self.policy_head not in POLICY_HEADS:
+            raise KeyError(f"algo.policy_head must be one of {', '.join(POLICY_HEADS)} "
+                           f"(got '{self.policy_head}')")
+
+    def networks(self, action_dim: int):
+        actor = ReferenceTanhGaussianActor(self.hidden_dims, action_dim, self.policy_head)
+        critic = critic_ensemble(self.num_critics, self.hidden_dims,
+                                 final_init_scale=self.critic_final_init_scale)
+        return actor, critic
+
+    def init(self, key, spec: Spec, dataset) -> CQLState:
+        actor_key, critic_key = jax.random.split(key)
+        actor_net, critic_net = self.networks(spec.action_dim)
+        obs = jnp.zeros((1, spec.observation_dim))
+        act = jnp.zeros((1, spec.action_dim))
+        critic_params = critic_net.init(critic_key, obs, act)
+        return CQLState(
+            actor=create_train_state(actor_net, actor_net.init(actor_key, obs), self.actor_lr),
+            critic=create_train_state(critic_net, critic_params, self.critic_lr),
+            target_critic_params=copy_params(critic_params),
+            log_alpha=scalar_state(0.0, self.actor_lr),
+            log_alpha_prime=scalar_state(self.init_log_alpha_prime, self.critic_lr),
+            step=jnp.zeros((), jnp.int32),
+        )
+
+    def update(self, state: CQLState, batch, key):
+        observations, actions = batch.observations, batch.actions
+        batch_size, action_dim = actions.shape
+        n = self.num_sampled_actions
+        next_key, current_key, uniform_key = jax.random.split(key, 3)
+        alpha = jnp.exp(state.log_alpha.params["value"])
+        target_entropy = -action_dim if self.target_entropy is None else self.target_entropy
+
+        # pi(.|s'): n actions for the gap, then the backup's a' (n of them for the max backup)
+        backup_size = n if self.backup == "max" else 1
+        next_dist = state.actor.apply_fn(state.actor.params, batch.next_observations)
+        next_actions, next_log_probs = next_dist.sample_and_log_prob(
+            seed=next_key, sample_shape=(n + backup_size,))
+        next_actions, next_log_probs = jnp.swapaxes(next_actions, 0, 1), next_log_probs.T  # (B, K, .)
+
+        def actor_loss(params):
+            # One draw of 1 + n actions: the first trains the actor, the other n go to the gap.
+            dist = state.actor.apply_fn(params, observations)
+            sampled, log_probs = dist.sample_and_log_prob(seed=current_key, sample_shape=(1 + n,))
+            log_pi = log_probs[0]
+
+            def soft_q_loss():
+                q = state.critic.apply_fn(state.critic.params, observations, sampled[0]).min(axis=0)
+                return (alpha * log_pi - q).mean()
+
+            def behaviour_cloning_loss():
+                # the original clamps 1 +- a at 1e-6 inside atanh
+                dataset_actions = jnp.clip(actions, -1.0 + 1e-6, 1.0 - 1e-6)
+                return (alpha * log_pi - dist.log_prob(dataset_actions)).mean()
+
+            if self.bc_warmup_steps > 0:
+                # `step` is shared across seeds (see Algorithm), so this stays a real branch.
+                loss = jax.lax.cond(state.step < self.bc_warmup_steps,
+                                    behaviour_cloning_loss, soft_q_loss)
+            else:
+                loss = soft_q_loss()
+            return loss, (log_pi, jnp.swapaxes(sampled[1:], 0, 1), log_probs[1:].T)
+
+        (pi_loss, (log_pi, current_actions, current_log_probs)), grads = jax.value_and_grad(
+            actor_loss, has_aux=True)(state.actor.params)
+        actor = state.actor.apply_gradients(grads=grads)
+        current_actions, current_log_probs, log_pi = jax.lax.stop_gradient(
+            (current_actions, current_log_probs, log_pi))
+
+        def temperature_loss(params):
+            return -params["value"] * (log_pi + target_entropy).mean()
+
+        log_alpha = state.log_alpha.apply_gradients(
+            grads=jax.grad(temperature_loss)(state.log_alpha.params))
+
+        next_q = state.critic.apply_fn(
+            state.target_critic_params, batch.next_observations, next_actions[:, n:])
+        next_v = backup_value(next_q, next_log_probs[:, n:], alpha, self.backup)
+        td_target = batch.rewards + self.discount * (1.0 - batch.terminals) * next_v
+
+        uniform_actions = jax.random.uniform(uniform_key, (batch_size, n, action_dim),
+                                             minval=-1.0, maxval=1.0)
+        # The dataset action and the 3n proposals go through the critics in one call.
+        all_actions = jnp.concatenate(
+            [actions[:, None], uniform_actions, current_actions, next_actions[:, :n]], axis=1)
+        log_density = jnp.concatenate(
+            [jnp.full((batch_size, n), action_dim * jnp.log(0.5)), current_log_probs,
+             next_log_probs[:, :n]], axis=1)
+
+        def critic_loss(params):
+            q = state.critic.apply_fn(params, observations, all_actions)  # (N, B, 1 + 3n)
+            q_data = q[..., 0]
+            td_loss = ((q_data - td_target) ** 2).mean(axis=1)
+            gaps = conservative_gap(q_data, q[..., 1:], log_density, self.cql_temperature).mean(axis=1)
+            if self.lagrange:
+                penalty = lagrange_penalty(gaps, state.log_alpha_prime.params["value"], self.min_q_weight,
+                                           self.target_action_gap)[0]
+            else:
+                penalty = self.min_q_weight * gaps
+            return (td_loss + penalty).sum(), (td_loss, gaps, q_data, q[..., 1 + n:1 + 2 * n])
+
+        (q_loss, (td_loss, gaps, q_data, q_policy)), grads = jax.value_and_grad(
+            critic_loss, has_aux=True)(state.critic.params)
+        critic = state.critic.apply_gradients(grads=grads)
+
+        metrics = {"critic_loss": q_loss, "td_loss": td_loss.mean(), "cql_gap": gaps.mean(),
+                   "q": q_data.mean(), "q_policy": q_policy.mean(), "actor_loss": pi_loss,
+                   "alpha": alpha, "entropy": -log_pi.mean()}
+        log_alpha_prime = state.log_alpha_prime
+        if self.lagrange:
+            def multiplier_loss(params):
+                return lagrange_penalty(gaps, params["value"], self.min_q_weight,
+                                        self.target_action_gap)[1]
+
+            log_alpha_prime = log_alpha_prime.apply_gradients(
+                grads=jax.grad(multiplier_loss)(log_alpha_prime.params))
+            metrics["alpha_prime"] = jnp.clip(jnp.exp(state.log_alpha_prime.params["value"]), 0.0, 1e6)
+
+        new_state = CQLState(
+            actor=actor, critic=critic,
+            target_critic_params=soft_update(state.target_critic_params, critic.params, self.tau),
+            log_alpha=log_alpha, log_alpha_prime=log_alpha_prime, step=state.step + 1)
+        return new_state, metrics
+
+    def act(self, state: CQLState, observations, key, deterministic: bool = True):
+        dist = state.actor.apply_fn(state.actor.params, observations)
+        return dist.mode() if deterministic else dist.sample(seed=key)

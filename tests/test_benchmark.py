@@ -1,0 +1,78 @@
+"""The benchmark's --quick mode runs end to end and writes the JSON and Markdown it promises."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("benchmark") / "results.json"
+    # A subprocess, so a stuck run fails the test at the timeout instead of hanging the suite.
+    # Single-threaded Eigen: XLA's multi-threaded CPU pool has been seen to wedge intermittently
+    # in block_until_ready on vmapped programs, and this test checks the output, not the speed.
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+    env = {**os.environ, "PYTHONPATH": path, "XLA_FLAGS": flags.strip()}
+    command = [sys.executable, "-m", "experiments.benchmark", "--quick", "--algos", "bc", "iql",
+               "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), out
+
+
+def test_meta_and_settings(report):
+    data, _ = report
+    meta = data["meta"]
+    for key in ("jax", "devices", "cpu_model", "xla_flags", "date", "cores_available"):
+        assert key in meta
+    assert meta["devices"]
+    settings = data["settings"]
+    assert settings["quick"] and settings["algos"] == ["bc", "iql"] and settings["widths"] == [64]
+    assert {"pipeline", "bare", "flops_per_update", "roofline_fraction"} <= set(data["definitions"])
+    assert data["matmul"]["peak_gflops"] > 0
+
+
+def test_every_configuration_has_positive_measurements(report):
+    data, _ = report
+    results = data["results"]
+    assert [(r["algo"], r["hidden"]) for r in results] == [("bc", [64, 64]), ("iql", [64, 64])]
+    for r in results:
+        for key in ("updates_per_second_per_seed", "updates_per_second_total", "flops_per_update",
+                    "achieved_gflops", "roofline_fraction", "peak_rss_bytes"):
+            assert r[key] > 0, key
+        assert r["updates_per_second_total"] == pytest.approx(
+            r["updates_per_second_per_seed"] * r["seeds"])
+        assert r["compile"]["total_seconds"] > 0
+        assert r["xla_memory"]["peak_memory_in_bytes"] > 0
+        pipeline = r["pipeline"]
+        assert pipeline["updates_per_second_per_seed"] > 0 and pipeline["evaluations"] >= 1
+        assert 0 < pipeline["fraction_of_bare"]
+        assert r["python_loop"]["updates_per_second_per_seed"] > 0
+    # IQL does more work per update than BC.
+    assert results[1]["flops_per_update"] > results[0]["flops_per_update"]
+
+
+def test_torch_comparison_or_reason(report):
+    data, _ = report
+    torch = data["torch"]
+    if torch["available"]:
+        assert torch["results"][0]["updates_per_second"] > 0
+        assert data["comparisons"]["jax_vs_torch_iql"][0]["ratio_per_seed"] > 0
+    else:
+        assert torch["skipped"]
+
+
+def test_markdown_table(report):
+    _, out = report
+    table = out.with_suffix(".md").read_text()
+    assert "| algo | hidden | seeds |" in table
+    assert table.count("| 64x2 |") >= 2

@@ -1,0 +1,186 @@
+"""CQL: the conservative gap by hand, its effect on out-of-distribution Q-values, the Lagrange
+multiplier, the BC warm-up branch, shapes and determinism, and the named configs."""
+
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import algorithms
+from algorithms import Spec
+from algorithms.cql import backup_value, conservative_gap, lagrange_penalty, scalar_state
+from envs.dataset import Dataset
+from experiments.config import compose, make_algorithm
+
+SPEC = Spec(observation_dim=3, action_dim=2, total_steps=100)
+# Every test shares these few configurations, so each compiles once per session.
+# (Compiling one CQL update takes 5-15 s on 2 busy cores.)
+CONFIGS = {
+    "default": dict(bc_warmup_steps=1, critic_lr=3e-3),
+    "no_penalty": dict(bc_warmup_steps=1, critic_lr=3e-3, min_q_weight=0.0),
+    "lagrange_max": dict(bc_warmup_steps=0, lagrange=True, backup="max", policy_head="jaxcql",
+                         target_action_gap=0.0, num_critics=3),
+}
+_compiled = {}
+
+
+def small(config):
+    """The algorithm of one of CONFIGS (tiny networks) with its jitted init, update and act."""
+    if config not in _compiled:
+        algo = algorithms.get("cql")(hidden_dims=(16, 16), batch_size=64, **CONFIGS[config])
+
+        def act(state, observations, key):  # deterministic, sampled, and the mean before tanh
+            mean = state.actor.apply_fn(state.actor.params, observations).distribution.mean()
+            return algo.act(state, observations, key, True), algo.act(state, observations, key, False), mean
+
+        init = jax.jit(algo.init, static_argnums=1)
+        _compiled[config] = SimpleNamespace(
+            algo=algo, init=lambda batch: init(jax.random.key(1), SPEC, batch),
+            update=jax.jit(algo.update), act=jax.jit(act))
+    return _compiled[config]
+
+
+@jax.jit
+def q_values(state, observations, actions):
+    return state.critic.apply_fn(state.critic.params, observations, actions)
+
+
+def narrow_batch(key, size=64) -> Dataset:
+    """Random states; the behaviour policy only ever takes actions in [0.3, 0.6]^2."""
+    keys = jax.random.split(key, 4)
+    return Dataset(
+        observations=jax.random.normal(keys[0], (size, 3)),
+        actions=jax.random.uniform(keys[1], (size, 2), minval=0.3, maxval=0.6),
+        rewards=jax.random.normal(keys[2], (size,)),
+        next_observations=jax.random.normal(keys[3], (size, 3)),
+        terminals=jnp.zeros(size).at[0].set(1.0),
+        timeouts=jnp.zeros(size),
+    )
+
+
+def test_conservative_gap_by_hand():
+    # |A| = 1: a uniform action (density 1/2) with Q = 0 and a policy action with Q = log 3 and
+    # log pi = 0; logsumexp(0 - log 1/2, log 3 - 0) = log(2 + 3), minus Q(s, a) = 1.
+    q_sampled = jnp.array([0.0, jnp.log(3.0)])
+    log_density = jnp.array([jnp.log(0.5), 0.0])
+    gap = conservative_gap(jnp.array(1.0), q_sampled, log_density)
+    assert gap == pytest.approx(np.log(5.0) - 1.0, rel=1e-6)
+    # the gradient pushes the sampled actions' Q down with softmax weights 2/5 and 3/5 and the
+    # dataset action's Q up; the densities are constants
+    grads = jax.grad(conservative_gap, argnums=(0, 1, 2))(jnp.array(1.0), q_sampled, log_density)
+    np.testing.assert_allclose(grads[0], -1.0)
+    np.testing.assert_allclose(grads[1], [0.4, 0.6], rtol=1e-6)
+    np.testing.assert_allclose(grads[2], [0.0, 0.0])
+    # temperature T: T logsumexp(x / T); two values 2 with T = 2 give 2 (1 + log 2)
+    hot = conservative_gap(jnp.array(0.0), jnp.array([2.0, 2.0]), jnp.zeros(2), temperature=2.0)
+    assert hot == pytest.approx(2.0 * (1.0 + np.log(2.0)), rel=1e-6)
+    # batched: (critics, states, samples)
+    q = jnp.zeros((2, 5, 30))
+    assert conservative_gap(jnp.zeros((2, 5)), q, jnp.zeros_like(q)).shape == (2, 5)
+
+
+def test_backups_by_hand():
+    # 2 critics, 1 state, 3 sampled next actions
+    next_q = jnp.array([[[1.0, 5.0, 2.0]], [[3.0, 4.0, 0.0]]])
+    log_probs = jnp.array([[-1.0, 0.0, 0.0]])
+    alpha = jnp.array(0.5)
+    # deterministic: min over critics at the first action; entropy: minus alpha log pi
+    np.testing.assert_allclose(backup_value(next_q[..., :1], log_probs[:, :1], alpha, "deterministic"), [1.0])
+    np.testing.assert_allclose(backup_value(next_q[..., :1], log_probs[:, :1], alpha, "entropy"), [1.5])
+    # max: each critic's best action (5 and 4), then the smaller: 4 (min-then-max would give 3)
+    np.testing.assert_allclose(backup_value(next_q, log_probs, alpha, "max"), [4.0])
+
+
+@pytest.mark.parametrize("gap, rises", [(2.0, True), (0.5, False)])
+def test_lagrange_multiplier_follows_the_gap(gap, rises):
+    w, threshold = 5.0, 5.0  # w * gap against tau_gap: the constraint binds at gap = 1
+    gaps = jnp.array([gap, gap])
+    multiplier = scalar_state(0.0, 1e-2)
+    for _ in range(3):
+        grads = jax.grad(lambda p: lagrange_penalty(gaps, p["value"], w, threshold)[1])(multiplier.params)
+        multiplier = multiplier.apply_gradients(grads=grads)
+    assert (float(multiplier.params["value"]) > 0.0) == rises
+    # the critics see alpha' (w gap - tau) with alpha' = exp(0) = 1 held constant
+    penalty, _, alpha_prime = lagrange_penalty(gaps, jnp.array(0.0), w, threshold)
+    np.testing.assert_allclose(penalty, w * gaps - threshold)
+    grads = jax.grad(lambda g: lagrange_penalty(g, jnp.array(0.0), w, threshold)[0].sum())(gaps)
+    np.testing.assert_allclose(grads, [w, w])
+    assert alpha_prime == 1.0
+    # alpha' = clip(exp(log alpha'), 0, 1e6)
+    assert lagrange_penalty(gaps, jnp.array(30.0), w, threshold)[2] == 1e6
+
+
+def test_lagrange_update_raises_alpha_prime_above_the_threshold():
+    cql = small("lagrange_max")  # tau_gap = 0: every gap is above it
+    batch = narrow_batch(jax.random.key(0))
+    state = cql.init(batch)
+    new_state, metrics = cql.update(state, batch, jax.random.key(2))
+    assert float(metrics["cql_gap"]) > 0.0 and float(metrics["alpha_prime"]) == 1.0
+    assert new_state.log_alpha_prime.params["value"] > state.log_alpha_prime.params["value"]
+
+
+def test_regulariser_lowers_out_of_distribution_q():
+    """After a few hundred updates on dataset actions from a narrow box, Q of uniformly random
+    actions lies further below Q of the dataset actions with w = 5 than with w = 0."""
+    batch = narrow_batch(jax.random.key(0))
+    ood_actions = jax.random.uniform(jax.random.key(5), (64, 32, 2), minval=-1.0, maxval=1.0)
+    drops = {}
+    for config in ("default", "no_penalty"):
+        cql = small(config)
+        state = cql.init(batch)
+        for i in range(300):
+            state, _ = cql.update(state, batch, jax.random.key(i))
+        q_data = q_values(state, batch.observations, batch.actions)
+        q_ood = q_values(state, batch.observations, ood_actions)
+        drops[config] = float((q_data - q_ood.mean(axis=-1)).mean())
+    print(drops)
+    assert drops["default"] > drops["no_penalty"] + 1.0, drops
+
+
+def test_bc_warmup_ignores_the_critic_then_uses_it():
+    cql = small("default")  # bc_warmup_steps = 1: step 0 clones, step 1 maximises Q
+    batch = narrow_batch(jax.random.key(0))
+    state = cql.init(batch)
+    other = state.replace(critic=state.critic.replace(
+        params=jax.tree.map(lambda p: 3.0 * p + 0.1, state.critic.params)))
+    same = lambda a, b: all(jax.tree.leaves(jax.tree.map(jnp.array_equal, a, b)))
+    actor_after = lambda state: cql.update(state, batch, jax.random.key(2))[0].actor.params
+    assert same(actor_after(state), actor_after(other))
+    assert not same(actor_after(state.replace(step=jnp.int32(1))),
+                    actor_after(other.replace(step=jnp.int32(1))))
+
+
+@pytest.mark.parametrize("config", ["default", "lagrange_max"])
+def test_update_and_act_shapes_and_determinism(config):
+    cql = small(config)
+    batch = narrow_batch(jax.random.key(0))
+    state = cql.init(batch)
+    new_state, metrics = cql.update(state, batch, jax.random.key(2))
+    again, metrics_again = cql.update(state, batch, jax.random.key(2))
+    assert int(new_state.step) == 1
+    for name, value in metrics.items():
+        assert value.shape == () and np.isfinite(value), name
+        assert value == metrics_again[name]
+    assert all(jax.tree.leaves(jax.tree.map(jnp.array_equal, new_state, again)))
+    assert q_values(new_state, batch.observations, batch.actions).shape == (cql.algo.num_critics, 64)
+    actions, sampled, mean = cql.act(new_state, batch.observations, jax.random.key(3))
+    assert actions.shape == sampled.shape == (64, 2)
+    assert jnp.all(jnp.abs(actions) < 1.0) and jnp.all(jnp.abs(sampled) <= 1.0)
+    np.testing.assert_allclose(actions, jnp.tanh(mean), rtol=1e-6)  # the mode: tanh(mu)
+
+
+def test_named_configs_per_family():
+    original = make_algorithm(compose(["algo=cql", "dataset=d4rl/hopper-medium-v2"]).algo)
+    assert (original.hidden_dims, original.actor_lr, original.bc_warmup_steps) == ((256,) * 3, 1e-4, 40_000)
+    assert not original.lagrange and original.min_q_weight == 5.0 and original.backup == "deterministic"
+    jax_cql = make_algorithm(compose(["algo=cql_jaxcql", "dataset=d4rl/hopper-medium-v2"]).algo)
+    assert jax_cql.name == "cql" and jax_cql.hidden_dims == (256, 256) and jax_cql.actor_lr == 3e-4
+    assert (jax_cql.bc_warmup_steps, jax_cql.init_log_alpha_prime, jax_cql.policy_head) == (0, 1.0, "jaxcql")
+    for name in ("cql", "cql_jaxcql"):
+        antmaze = make_algorithm(compose([f"algo={name}", "dataset=d4rl/antmaze-umaze-v2"]).algo)
+        assert antmaze.lagrange and (antmaze.target_action_gap, antmaze.min_q_weight) == (5.0, 5.0)
+        assert (antmaze.reward.scale, antmaze.reward.shift) == (4.0, -2.0)  # (r - 0.5) * 4
+    with pytest.raises(KeyError, match="algo.backup"):
+        make_algorithm(compose(["algo=cql", "algo.backup=maximum"]).algo)
