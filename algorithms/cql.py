@@ -3,8 +3,9 @@ in the authors' code `aviralkumar2907/CQL` (d4rl/rlkit/torch/sac/cql.py, "the or
 `young-geng/JaxCQL` (JaxCQL/conservative_sac.py).
 
 One update; every loss is taken at the parameters from before the update:
-    sample, per state s of the batch (n = `num_sampled_actions` = 10, all in one actor call each):
-        u_1..n ~ U[-1, 1]^|A|,   a_1..n ~ pi(.|s),   a'_1..n ~ pi(.|s'),   a' ~ pi(.|s')
+    sample, per state of the batch (n = `num_sampled_actions` = 10; one actor call draws all of
+    a~, a_1..n at s and one all of a'_1..n, a' at s'):
+        u_1..n ~ U[-1, 1]^|A|,   a~, a_1..n ~ pi(.|s),   a'_1..n, a' ~ pi(.|s')
     critics i = 1..N (one batched call Q(s, [a, u_1..n, a_1..n, a'_1..n]) per ensemble):
         y     = r + gamma (1 - d) min_i Qbar_i(s', a')                  backup="deterministic" (default)
               = r + gamma (1 - d) (min_i Qbar_i(s', a') - alpha log pi(a'|s'))        backup="entropy"
@@ -32,18 +33,20 @@ Where the two reference codes differ, and what is done here:
   - Networks. Original 3x256, tanh-Gaussian head `policy_head="rlkit"`, last critic layer U(+-3e-3);
     JaxCQL 2x256, `policy_head="jaxcql"`, last critic layer variance_scaling(1e-2) (about U(+-0.011)
     with zero bias; here U(+-`critic_final_init_scale`) for weights and bias). Hidden layers use
-    lecun-normal weights and zero biases (JaxCQL; rlkit's own init differs slightly).
+    lecun-normal weights and zero biases (JaxCQL; rlkit's own init differs slightly). rlkit also
+    clamps mu to [-9, 9] when it scores dataset actions (BC warm-up); not done here.
   - Actor learning rate 1e-4 and a 40 000-step BC warm-up (`policy_eval_start`) in the original;
     3e-4 and none in JaxCQL. The original clips dataset actions inside atanh at 1 - 1e-6; so do we.
   - JaxCQL's optional clipping of Gap (default +-inf, i.e. off) is not implemented.
 The field defaults here are the original's; configs/algo/cql.yaml is the original's recipe and
 configs/algo/cql_jaxcql.yaml JaxCQL's.
 
-Defaults per dataset family (the original README): Gym locomotion uses the fixed weight w = 5 with
-no Lagrange (the README: w = 5 or 10, "lagrange_thresh=-1"), deterministic backup; AntMaze uses the
-Lagrange form with tau_gap = 5 and w = 5 and rewards (r - 0.5) * 4, because with sparse rewards a
-fixed w either under- or over-penalises depending on the maze, and tuning alpha' to a target gap
-keeps the conservative gap at a set size instead.
+Defaults per dataset family, from the original's README commands: Gym locomotion uses the fixed
+weight w = 5 without Lagrange (README: "min_q_weight 5.0 or 10.0", "lagrange_thresh=-1"), with the
+deterministic backup; AntMaze uses the Lagrange form with tau_gap = 5, w = 5 and rewards
+(r - 0.5) * 4 (examples/cql_antmaze_new.py). Our reading of why: on dense locomotion rewards one
+fixed w works across datasets, while under AntMaze's sparse, shifted rewards the Q scale and hence
+the right w differ from maze to maze; the multiplier instead holds w * Gap near tau_gap.
 """
 
 from __future__ import annotations
@@ -206,9 +209,7 @@ class CQL(Algorithm):
 
         (pi_loss, (log_pi, current_actions, current_log_probs)), grads = jax.value_and_grad(
             actor_loss, has_aux=True)(state.actor.params)
-        actor = state.actor.apply_gradients(grads=grads)
-        current_actions, current_log_probs, log_pi = jax.lax.stop_gradient(
-            (current_actions, current_log_probs, log_pi))
+        actor = state.actor.apply_gradients(grads=grads)  # the aux outputs carry no gradient
 
         def temperature_loss(params):
             return -params["value"] * (log_pi + target_entropy).mean()

@@ -1,7 +1,7 @@
 """Training throughput of BC, TD3+BC and IQL on this machine, and what limits it.
 
-    python -m experiments.benchmark                      # full run (see README for its duration)
-    python -m experiments.benchmark --quick --out /tmp/bench.json
+    python -m experiments.benchmark                  # ~25 min on an idle 2-core CPU; keep it idle
+    python -m experiments.benchmark --quick --out /tmp/bench.json       # a smoke test, ~1-2 min
 
 For every algorithm, network width and number of vmapped seeds it measures
   * bare:     the compiled train chunk of `experiments.loop.make_train_chunk` (sampling and updates,
@@ -14,7 +14,10 @@ For every algorithm, network width and number of vmapped seeds it measures
     this machine's measured matmul throughput that the updates reach;
   * at the small width, a Python loop calling one jitted update per step, against the scan;
 and times the same IQL update in plain PyTorch (experiments/torch_iql.py) in a subprocess.
-Results go to a JSON file and a Markdown table (`--out`, default benchmarks/results.json/.md).
+Each configuration runs in a fresh process (`--worker`), killed and retried if it exceeds
+`--config-timeout`. Results go to a JSON file and a Markdown table (`--out`, default
+benchmarks/results.json and .md), rewritten after every configuration; `definitions` in the JSON
+says exactly what each number measures.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import gc
+import faulthandler
 import importlib.util
 import json
 import math
@@ -49,62 +52,75 @@ from experiments import loop
 ROOT = Path(__file__).resolve().parent.parent
 OBSERVATION_DIM, ACTION_DIM = 17, 6  # HalfCheetah's, so the pipeline can evaluate in HalfCheetah-v5
 EVAL_DATASET = ("d4rl", "halfcheetah-medium-v2")  # only its env id and reference scores are used
+ENTRY_MARKER = "benchmark-entry: "
 
 DEFINITIONS = {
     "update": "One gradient step of one seed on a batch sampled from the on-device dataset.",
-    "bare": "The compiled train chunk (experiments.loop.make_train_chunk: lax.scan over `chunk_length` "
-            "steps of vmap over seeds of sample_batch + algo.update) called back to back with the "
-            "state on the device; timed after one warm-up call, block_until_ready after each call; "
-            "the median over `repeats` calls is reported. Excludes compilation.",
-    "pipeline": "What experiments.train does between compilation and the end of training, minus "
-                "checkpointing: chunks on loop.chunk_schedule(log_every, eval_every), "
-                "jax.device_get of the per-step metrics, loop.check_finite, "
-                "loop.summarize_metrics, one JSON line per logging interval written to a file, "
-                "and at every eval_every steps envs.evaluate of all seeds in one vector env with "
-                "the batched loop.make_policy (deterministic actions), plus envs.normalized_score. "
-                "Environments are created by envs.evaluate at every evaluation, as in a real run. "
-                "Excludes compilation of the chunk and of the policy (done before timing), and "
-                "orbax checkpoints. Wall-clock time of the whole schedule; fraction_of_bare = "
-                "pipeline updates/s / bare updates/s.",
-    "pipeline_eval_scaling": "A real locomotion run evaluates every 5000 steps with 10 episodes of "
-                             "up to 1000 steps and logs every 1000 steps. The benchmark divides "
-                             "eval_every and the episodes by `eval_scale`, so environment steps per "
-                             "gradient step are the same as in a real run (2 per seed), but the "
-                             "vector env is `eval_scale` times narrower, so there are eval_scale "
-                             "times more batched policy calls per update: the measured fraction is "
-                             "a slight underestimate of a real run's. HalfCheetah-v5 never "
-                             "terminates, so every episode is 1000 steps, as for a good policy.",
-    "compile_seconds": "AOT jit(...).lower(...) plus .compile() of the train chunk, wall clock. "
-                       "With a persistent compilation cache configured (see meta) it measures "
-                       "cache hits.",
-    "flops_per_update": "XLA's cost_analysis()['flops'] of the one-step program "
-                        "(make_train_chunk(algo, 1)) divided by the number of seeds. XLA counts a "
-                        "while loop's body once whatever its trip count, so the long chunk's own "
-                        "count (chunk_reported_flops) is not divided by its length. XLA counts a "
-                        "lax.cond as its most expensive branch: TD3+BC updates its actor every 2nd "
-                        "step, so its flops_per_update (and roofline fraction) are upper bounds.",
-    "roofline_fraction": "flops_per_update x bare updates/s (all seeds) / peak float32 matmul "
-                         "GFLOP/s, where the peak is the best rate of jitted chains of square "
-                         "n x n matmuls (n >= 256) measured in the same run.",
-    "peak_rss_bytes": "The process's peak resident set size while this configuration ran "
-                      "(VmHWM, reset through /proc/self/clear_refs before it); where the reset is "
-                      "not possible, ru_maxrss of the whole process so far (rss_scope says which). "
-                      "Includes the dataset and the Python/JAX runtime.",
+    "bare": (
+        "The compiled train chunk (experiments.loop.make_train_chunk: lax.scan over `chunk_length` "
+        "steps of vmap over seeds of sample_batch + algo.update) called back to back with the "
+        "state on the device; timed after one warm-up call, block_until_ready after each call; the "
+        "median over `repeats` calls is reported. Excludes compilation."),
+    "pipeline": (
+        "What experiments.train does between compilation and the end of training, minus "
+        "checkpointing: chunks on loop.chunk_schedule(log_every, eval_every), jax.device_get of "
+        "the per-step metrics, loop.check_finite, loop.summarize_metrics, one JSON line per "
+        "logging interval written to a file, and at every eval_every steps envs.evaluate of all "
+        "seeds in one vector env with the batched loop.make_policy (deterministic actions), plus "
+        "envs.normalized_score. Environments are created by envs.evaluate at every evaluation, as "
+        "in a real run. Excludes compilation of the chunk and of the policy (done before timing) "
+        "and orbax checkpoints. Wall-clock time of the whole schedule; fraction_of_bare = "
+        "pipeline updates/s / bare updates/s."),
+    "pipeline_eval_scaling": (
+        "A real locomotion run evaluates every 5000 steps with 10 episodes of up to 1000 steps and "
+        "logs every 1000 steps. The benchmark divides eval_every and the episodes by `eval_scale`, "
+        "so environment steps per gradient step are those of a real run (2 per seed), but the "
+        "vector env is `eval_scale` times narrower, so there are eval_scale times more batched "
+        "policy calls per update: the measured fraction slightly underestimates a real run's. "
+        "HalfCheetah-v5 never terminates, so every episode is 1000 steps, as for a good policy."),
+    "compile_seconds": (
+        "AOT jit(...).lower(...) plus .compile() of the train chunk, wall clock. With a persistent "
+        "compilation cache configured (see meta) it measures cache hits."),
+    "flops_per_update": (
+        "XLA's cost_analysis()['flops'] of the one-step program (make_train_chunk(algo, 1)) "
+        "divided by the number of seeds. XLA counts a while loop's body once whatever its trip "
+        "count, so the long chunk's own count (chunk_reported_flops) is not divided by its "
+        "length. XLA counts a lax.cond as its most expensive branch: TD3+BC updates its actor "
+        "every 2nd step, so its flops_per_update and roofline_fraction are upper bounds."),
+    "roofline_fraction": (
+        "achieved_gflops (flops_per_update x bare updates/s of all seeds) / the peak float32 "
+        "matmul GFLOP/s: the best rate of jitted chains of square n x n matmuls (n >= 256), "
+        "measured at the start and at the end of the same run (matmul.start, matmul.end)."),
+    "peak_rss_bytes": (
+        "Peak resident set size of the configuration's own process (each configuration runs in a "
+        "fresh process) from before the state is initialised to the end (VmHWM, reset through "
+        "/proc/self/clear_refs, because a child inherits its parent's ru_maxrss); rss_scope is "
+        "'process' where the reset is not possible. Includes the dataset and the runtime."),
+    "attempts": (
+        "Processes started for the configuration: one is killed and retried after "
+        "settings.config_timeout seconds (XLA's CPU runtime has been seen to wedge here, rarely). "
+        "An entry with `error` instead of measurements failed every attempt."),
     "xla_memory": "compiled.memory_analysis() of the train chunk: XLA's own buffer sizes.",
-    "python_loop": "The one-step program make_train_chunk(algo, 1) called once per step from a Python "
-                   "for-loop (asynchronous dispatch, blocking only at the end), against the scan.",
-    "torch": "experiments/torch_iql.py in a separate process: the same IQL update in eager PyTorch, "
-             "one seed, batch sampled from a CPU tensor dataset, torch.set_num_threads(cores).",
+    "python_loop": (
+        "The one-step program make_train_chunk(algo, 1) called once per step from a Python "
+        "for-loop (asynchronous dispatch, blocking only at the end), against the scan."),
+    "torch": (
+        "experiments/torch_iql.py in a separate process: the same IQL update in eager PyTorch, "
+        "one seed, batches sampled from CPU tensors, torch.set_num_threads(t) for each t in "
+        "settings.torch_threads (default: the cores available, then 1). Ratios are JAX "
+        "updates/s over PyTorch updates/s at the same width and thread setting."),
 }
 
 FULL = {"dataset_size": 1_000_000, "chunk": 0, "chunk_seconds": 2.0, "repeats": 5,
         "eval_scale": 5, "pipeline_periods": 1, "max_episode_steps": None,
         "matmul_sizes": [64, 256, 512, 1024, 2048], "matmul_seconds": 0.5,
-        "torch_steps": 200, "torch_repeats": 5, "seeds": [1, 4, 8]}
+        "torch_steps": 200, "torch_repeats": 5, "seeds": [1, 4, 8], "widths": [256, 64],
+        "config_timeout": 900}
 QUICK = {"dataset_size": 20_000, "chunk": 25, "chunk_seconds": 0.2, "repeats": 2,
-         "eval_scale": 100, "pipeline_periods": 1, "max_episode_steps": 100,
+         "eval_scale": 0, "pipeline_periods": 1, "max_episode_steps": 100,
          "matmul_sizes": [256, 512], "matmul_seconds": 0.05,
-         "torch_steps": 10, "torch_repeats": 2, "seeds": [2]}
+         "torch_steps": 10, "torch_repeats": 2, "seeds": [2], "widths": [64],
+         "config_timeout": 120}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -113,8 +129,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tiny run (seconds per configuration) to check that everything works")
     parser.add_argument("--algos", nargs="+", default=["bc", "td3_bc", "iql"])
     parser.add_argument("--seeds", nargs="+", type=int, help="vmapped seed counts (default 1 4 8)")
-    parser.add_argument("--widths", nargs="+", type=int, default=[256, 64],
-                        help="hidden layer widths; every network gets two hidden layers")
+    parser.add_argument("--widths", nargs="+", type=int,
+                        help="hidden layer widths, two layers each (default 256 64; --quick: 64)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--dataset-size", type=int, help="synthetic transitions (default 1M)")
     parser.add_argument("--chunk", type=int,
@@ -134,13 +150,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-torch", dest="torch", action="store_false")
     parser.add_argument("--torch-steps", type=int, help="PyTorch updates per timed block")
     parser.add_argument("--torch-repeats", type=int)
+    parser.add_argument("--torch-threads", nargs="+", type=int,
+                        help="PyTorch thread counts to time (default: cores available, then 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config-timeout", type=float,
+                        help="seconds before one configuration's process is killed and retried")
+    parser.add_argument("--retries", type=int, default=1)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: ALGO:WIDTH:SEEDS
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
     parser.add_argument("--markdown", type=Path, help="default: --out with the suffix .md")
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.torch_threads is None:
+        args.torch_threads = [_cores()] if args.quick else sorted({_cores(), 1}, reverse=True)
     if args.markdown is None:
         args.markdown = args.out.with_suffix(".md")
     unknown = set(args.algos) - set(algorithms.available())
@@ -303,7 +327,7 @@ def aot_compile(function, *args):
 
 
 def nice_floor(value: float) -> int:
-    """The largest of 1, 2, 5 x 10^k not above `value` (at least 1), so chunk lengths are readable."""
+    """The largest 1, 2 or 5 x 10^k not above `value` (at least 1): readable chunk lengths."""
     if value < 1:
         return 1
     power = 10 ** math.floor(math.log10(value))
@@ -402,8 +426,10 @@ def run_pipeline(algo, prepared, states, keys, chunks: dict, seeds: int, setting
             chunks[length], timing = aot_compile(
                 loop.make_train_chunk(algo, length), states, prepared.data, keys)
             compile_seconds += timing["total_seconds"]
+    # One-off compilations a real run also pays once: the policy and the divergence check.
     policy = loop.make_policy(algo, prepared.normalizer)
     policy(states)(np.zeros((seeds, settings.pipeline_episodes, OBSERVATION_DIM), np.float32))
+    loop.finite_per_seed(states).block_until_ready()
 
     spent = {"updates": 0.0, "logging": 0.0, "evaluation": 0.0}
     evaluations, step = [], 0
@@ -478,8 +504,9 @@ def bench_config(name: str, width: int, seeds: int, prepared, settings, eval_inf
             steps = min(max(50, nice_floor(settings.chunk_seconds / step_seconds)), 20_000)
             states, keys, seconds = time_python_loop(step, states, prepared.data, keys, steps,
                                                      settings.repeats)
-            entry["python_loop"] = {"steps_per_timing": steps, "seconds": seconds,
-                                    "updates_per_second_per_seed": steps / statistics.median(seconds)}
+            entry["python_loop"] = {
+                "steps_per_timing": steps, "seconds": seconds,
+                "updates_per_second_per_seed": steps / statistics.median(seconds)}
 
         length = settings.chunk or min(max(20, nice_floor(settings.chunk_seconds / step_seconds)),
                                        10_000)
@@ -488,6 +515,7 @@ def bench_config(name: str, width: int, seeds: int, prepared, settings, eval_inf
         states, keys, seconds = time_chunks(chunk, states, prepared.data, keys, settings.repeats)
         rate = length / statistics.median(seconds)
         flops = None if step_flops is None else step_flops / seeds
+        achieved = None if flops is None else flops * rate * seeds / 1e9
         entry.update({
             "chunk_length": length,
             "compile": compile_timing,
@@ -495,7 +523,7 @@ def bench_config(name: str, width: int, seeds: int, prepared, settings, eval_inf
             "updates_per_second_per_seed": rate,
             "updates_per_second_total": rate * seeds,
             "flops_per_update": flops,
-            "achieved_gflops": None if flops is None else flops * rate * seeds / 1e9,
+            "achieved_gflops": achieved,
             "chunk_reported_flops": xla_flops(chunk),
             "has_conditional": "conditional(" in chunk.as_text(),
             "xla_memory": xla_memory(chunk),
@@ -514,7 +542,7 @@ def bench_config(name: str, width: int, seeds: int, prepared, settings, eval_inf
 
 
 def run_torch(settings, widths: list[int]) -> dict:
-    """Time experiments/torch_iql.py in a fresh process per width, so PyTorch's and XLA's thread
+    """Time experiments/torch_iql.py in a fresh process per setting, so PyTorch's and XLA's thread
     pools never compete and each gets its own peak RSS."""
     if not settings.torch:
         return {"available": None, "skipped": "--no-torch"}
@@ -522,17 +550,24 @@ def run_torch(settings, widths: list[int]) -> dict:
         return {"available": False,
                 "skipped": "torch is not installed (pip install -e '.[bench]' installs it)"}
     results = []
-    for width in widths:
-        command = [sys.executable, "-m", "experiments.torch_iql", "--hidden", str(width), str(width),
-                   "--batch-size", str(settings.batch_size),
+    for width, threads in ((w, t) for w in widths for t in settings.torch_threads):
+        command = [sys.executable, "-m", "experiments.torch_iql",
+                   "--hidden", str(width), str(width), "--batch-size", str(settings.batch_size),
                    "--dataset-size", str(settings.dataset_size),
                    "--steps", str(settings.torch_steps), "--repeats", str(settings.torch_repeats),
-                   "--threads", str(_cores()), "--seed", str(settings.seed), "--json"]
+                   "--threads", str(threads), "--seed", str(settings.seed), "--json"]
         environment = {**os.environ,
                        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=environment)
+        try:
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                                  env=environment, timeout=settings.config_timeout)
+        except subprocess.TimeoutExpired:
+            results.append({"hidden": [width, width], "threads": threads,
+                            "error": f"timed out after {settings.config_timeout:.0f} s"})
+            continue
         if done.returncode != 0:
-            results.append({"hidden": [width, width], "error": done.stderr.strip()[-2000:]})
+            results.append({"hidden": [width, width], "threads": threads,
+                            "error": done.stderr.strip()[-2000:]})
         else:
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return {"available": True, "results": results}
@@ -545,13 +580,15 @@ def comparisons(entries: list[dict], torch_results: dict) -> dict:
         if "updates_per_second" not in torch_row:
             continue
         width = torch_row["hidden"][0]
-        jax_rows = [e for e in entries if e["algo"] == "iql" and e["hidden"][0] == width]
+        jax_rows = [e for e in entries
+                    if e["algo"] == "iql" and e["hidden"][0] == width and "error" not in e]
         if not jax_rows:
             continue
         fewest = min(jax_rows, key=lambda e: e["seeds"])
         best = max(jax_rows, key=lambda e: e["updates_per_second_total"])
         rows.append({
             "hidden": [width, width],
+            "torch_threads": torch_row["threads"],
             "torch_updates_per_second": torch_row["updates_per_second"],
             "jax_seeds": fewest["seeds"],
             "jax_updates_per_second_per_seed": fewest["updates_per_second_per_seed"],
@@ -572,41 +609,49 @@ def markdown(report: dict) -> str:
     meta, settings, peak = report["meta"], report["settings"], report["matmul"]
     lines = [
         f"Measured {meta['date'][:10]} on {meta['cpu_model']} ({meta['cores_available']} cores), "
-        f"JAX {meta['jax']} on {', '.join(meta['devices'])}, XLA_FLAGS={meta['xla_flags'] or 'unset'}"
-        f"; batch {settings['batch_size']}, {settings['dataset_size']:,} synthetic transitions "
+        f"JAX {meta['jax']} on {', '.join(meta['devices'])}, "
+        f"XLA_FLAGS={meta['xla_flags'] or 'unset'}; batch {settings['batch_size']}, "
+        f"{settings['dataset_size']:,} synthetic transitions "
         f"(obs {OBSERVATION_DIM}, act {ACTION_DIM}). `python -m experiments.benchmark"
         f"{' --quick' if settings['quick'] else ''}`.",
         "",
-        "| algo | hidden | seeds | compile s | updates/s per seed | updates/s total | pipeline / bare "
-        "| GFLOP/update | GFLOP/s | of matmul peak | XLA MiB | peak RSS MiB |",
+        "| algo | hidden | seeds | compile s | updates/s per seed | updates/s total "
+        "| pipeline / bare | GFLOP/update | GFLOP/s | of matmul peak | XLA MiB | peak RSS MiB |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in report["results"]:
+        if "error" in e:
+            lines.append(f"| {e['algo']} | {e['hidden'][0]}x2 | {e['seeds']} | failed: see JSON "
+                         "| | | | | | | | |")
+            continue
         flops = e["flops_per_update"]
         lines.append(
-            f"| {e['algo']}{'*' if e['has_conditional'] else ''} | {e['hidden'][0]}x2 | {e['seeds']} "
-            f"| {e['compile']['total_seconds']:.1f} | {e['updates_per_second_per_seed']:,.0f} "
-            f"| {e['updates_per_second_total']:,.0f} "
+            f"| {e['algo']}{'*' if e['has_conditional'] else ''} | {e['hidden'][0]}x2 "
+            f"| {e['seeds']} | {e['compile']['total_seconds']:.1f} "
+            f"| {e['updates_per_second_per_seed']:,.0f} | {e['updates_per_second_total']:,.0f} "
             f"| {_percent(e.get('pipeline', {}).get('fraction_of_bare'))} "
             f"| {_number(flops and flops / 1e9, '.3f')} | {_number(e['achieved_gflops'], '.1f')} "
-            f"| {_percent(e['achieved_gflops'] and e['achieved_gflops'] / peak['peak_gflops'])} "
+            f"| {_percent(e['roofline_fraction'])} "
             f"| {_mib((e['xla_memory'] or {}).get('peak_memory_in_bytes'))} "
             f"| {_mib(e['peak_rss_bytes'])} |")
-    sizes = ", ".join(f"n={r['n']}: {r['gflops']:.1f}" for r in peak["results"])
+    sizes = "; ".join(
+        f"{when}: " + ", ".join(f"n={r['n']} {r['gflops']:.1f}" for r in peak[when]["results"])
+        for when in ("start", "end") if peak[when])
     lines += [
         "",
         f"Matmul peak: {peak['peak_gflops']:.1f} GFLOP/s float32 at n={peak['peak_n']} "
         f"({sizes}). "
         "Pipeline: the whole training loop with logging and evaluation in HalfCheetah-v5 every "
-        f"{settings['pipeline_eval_every']} steps with {settings['pipeline_episodes']} episode(s) "
-        f"per seed (the real 5000 / 10, divided by {settings['eval_scale']}), no checkpoints. "
+        f"{settings['pipeline_eval_every']} steps, {settings['pipeline_episodes']} episode(s) of "
+        f"{settings['eval_max_episode_steps']} steps per seed (a real run: every 5000 steps, 10 "
+        "episodes), no checkpoints. "
         "FLOPs are XLA's cost analysis; * marks a lax.cond, counted as its costlier branch "
         "(an upper bound).",
     ]
     loops = [e for e in report["results"] if "python_loop" in e]
     if loops:
-        lines += ["", "| algo | hidden | seeds | Python loop updates/s | scan updates/s | scan speed-up |",
-                  "|---|---|---|---:|---:|---:|"]
+        lines += ["", "| algo | hidden | seeds | Python loop updates/s | scan updates/s "
+                  "| scan speed-up |", "|---|---|---|---:|---:|---:|"]
         for e in loops:
             lines.append(f"| {e['algo']} | {e['hidden'][0]}x2 | {e['seeds']} "
                          f"| {e['python_loop']['updates_per_second_per_seed']:,.0f} "
@@ -614,10 +659,13 @@ def markdown(report: dict) -> str:
                          f"| {e['python_loop']['scan_speedup']:.2f}x |")
     torch_rows = report["comparisons"]["jax_vs_torch_iql"]
     if torch_rows:
-        lines += ["", "| IQL hidden | PyTorch updates/s | JAX updates/s (seeds) | JAX / PyTorch "
-                  "| JAX best total (seeds) | best total / PyTorch |", "|---|---:|---:|---:|---:|---:|"]
+        lines += ["", "| IQL hidden | PyTorch threads | PyTorch updates/s | JAX updates/s (seeds) "
+                  "| JAX / PyTorch "
+                  "| JAX best total (seeds) | best total / PyTorch |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for r in torch_rows:
-            lines.append(f"| {r['hidden'][0]}x2 | {r['torch_updates_per_second']:,.0f} "
+            lines.append(f"| {r['hidden'][0]}x2 | {r['torch_threads']} "
+                         f"| {r['torch_updates_per_second']:,.0f} "
                          f"| {r['jax_updates_per_second_per_seed']:,.0f} ({r['jax_seeds']}) "
                          f"| {r['ratio_per_seed']:.2f} "
                          f"| {r['jax_best_updates_per_second_total']:,.0f} "
@@ -642,79 +690,148 @@ def _mib(value) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def build_settings(args: argparse.Namespace):
+    """The derived pipeline settings, and the evaluation env's DatasetInfo."""
     from experiments.config import PROTOCOL
 
-    protocol = PROTOCOL["locomotion"]
-    real_log_every = 1000  # configs/train.yaml
-    if protocol["eval_every"] % args.eval_scale or protocol["eval_episodes"] % args.eval_scale:
-        if not args.quick:
+    protocol = {**PROTOCOL["locomotion"], "log_every": 1000}  # log_every: configs/train.yaml
+    if args.quick:
+        # Two chunks and one evaluation: every part of the pipeline runs once, nothing is scaled.
+        args.eval_scale = None
+        eval_every, episodes, log_every = 2 * args.chunk, 1, args.chunk
+    else:
+        if protocol["eval_every"] % args.eval_scale or protocol["eval_episodes"] % args.eval_scale:
             raise SystemExit(f"--eval-scale must divide {protocol['eval_every']} and "
                              f"{protocol['eval_episodes']} (1, 2, 5 or 10)")
-    eval_every = max(1, protocol["eval_every"] // args.eval_scale)
-    if args.quick:
-        eval_every = 2 * args.chunk  # two chunks per period: logging and evaluation both happen
-    settings = argparse.Namespace(
-        **vars(args),
-        pipeline_eval_every=eval_every,
-        pipeline_episodes=max(1, protocol["eval_episodes"] // args.eval_scale),
-        pipeline_log_every=min(real_log_every, args.chunk if args.quick else eval_every),
-        real_protocol={**protocol, "log_every": real_log_every},
-    )
+        eval_every = protocol["eval_every"] // args.eval_scale
+        episodes = protocol["eval_episodes"] // args.eval_scale
+        log_every = min(protocol["log_every"], eval_every)
+    settings = argparse.Namespace(**vars(args), pipeline_eval_every=eval_every,
+                                  pipeline_episodes=episodes, pipeline_log_every=log_every,
+                                  real_protocol=protocol)
     eval_info = envs.lookup(*EVAL_DATASET)
     if args.max_episode_steps:
         eval_info = dataclasses.replace(eval_info, max_episode_steps=args.max_episode_steps)
+    return settings, eval_info
 
-    report = {"meta": machine_info(), "definitions": DEFINITIONS}
+
+def worker(settings, eval_info) -> None:
+    """Measure the one configuration named by --worker and print it on stdout after a marker."""
+    name, width, seeds = settings.worker.split(":")
+    # Stacks on stderr shortly before the parent's timeout, so a hang can be diagnosed.
+    faulthandler.dump_traceback_later(max(1.0, settings.config_timeout - 30), exit=False)
+    raw = synthetic_dataset(settings.dataset_size, settings.seed)
+    prepared = loop.prepare(algorithms.get(name)(), raw, eval_info)
+    del raw
+    entry = bench_config(name, int(width), int(seeds), prepared, settings, eval_info)
+    faulthandler.cancel_dump_traceback_later()
+    print(ENTRY_MARKER + json.dumps(entry), flush=True)
+
+
+def run_config(argv: list[str], name: str, width: int, seeds: int, settings) -> dict:
+    """One configuration in a fresh process: compile times without warm caches, a peak RSS of its
+    own, and a timeout with retries, because XLA's CPU runtime has been seen to wedge (all threads
+    idle, block_until_ready never returning) on this machine, rarely and at random."""
+    command = [sys.executable, "-m", "experiments.benchmark", *argv,
+               "--worker", f"{name}:{width}:{seeds}"]
+    environment = {**os.environ,
+                   "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    failures = []
+    for _ in range(1 + settings.retries):
+        try:
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                                  env=environment, timeout=settings.config_timeout)
+        except subprocess.TimeoutExpired as error:
+            stderr = error.stderr.decode(errors="replace") if error.stderr else ""
+            failures.append(f"timed out after {settings.config_timeout:.0f} s; stderr tail: "
+                            f"{stderr[-3000:]}")
+            continue
+        if done.returncode == 0:
+            # MuJoCo's C-level warnings share stdout and may be flushed after the entry.
+            lines = [line for line in done.stdout.splitlines() if line.startswith(ENTRY_MARKER)]
+            entry = json.loads(lines[-1][len(ENTRY_MARKER):])
+            entry["attempts"] = len(failures) + 1
+            entry["failed_attempts"] = failures
+            return entry
+        failures.append(f"exit code {done.returncode}; stderr tail: {done.stderr[-3000:]}")
+    return {"algo": name, "hidden": [width, width], "seeds": seeds, "error": failures}
+
+
+def write_report(report: dict, args) -> str:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    table = markdown(report)
+    args.markdown.parent.mkdir(parents=True, exist_ok=True)
+    args.markdown.write_text(table)
+    return table
+
+
+def main(argv=None) -> dict | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    settings, eval_info = build_settings(args)
+    if args.worker:
+        worker(settings, eval_info)
+        return None
+
+    report = {"meta": machine_info(), "definitions": DEFINITIONS, "complete": False}
     report["settings"] = {**{k: (str(v) if isinstance(v, Path) else v)
                              for k, v in vars(settings).items()},
                           "observation_dim": OBSERVATION_DIM, "action_dim": ACTION_DIM,
                           "eval_env": eval_info.env_id,
                           "eval_max_episode_steps": eval_info.max_episode_steps}
     print(f"matmul peak over n={args.matmul_sizes} ...", flush=True)
-    report["matmul"] = matmul_peak(args.matmul_sizes, args.matmul_seconds, args.repeats)
-    print(f"  {report['matmul']['peak_gflops']:.1f} GFLOP/s at n={report['matmul']['peak_n']}",
-          flush=True)
+    start_peak = matmul_peak(args.matmul_sizes, args.matmul_seconds, args.repeats)
+    report["matmul"] = {"start": start_peak, "end": None, **_best(start_peak)}
+    print(f"  {start_peak['peak_gflops']:.1f} GFLOP/s at n={start_peak['peak_n']}", flush=True)
 
-    raw = synthetic_dataset(args.dataset_size, args.seed)
-    entries = []
+    entries = report["results"] = []
+    report["torch"] = {"available": None, "skipped": "not run yet"}
+    report["comparisons"] = {"jax_vs_torch_iql": []}
     for name in args.algos:
-        prepared = loop.prepare(algorithms.get(name)(), raw, eval_info)
         for width in args.widths:
             for seeds in args.seeds:
                 tic = time.perf_counter()
-                entry = bench_config(name, width, seeds, prepared, settings, eval_info)
+                entry = run_config(argv, name, width, seeds, settings)
                 entries.append(entry)
-                pipe = entry.get("pipeline", {}).get("fraction_of_bare")
-                print(f"{name:>7} {width:>4}x2 seeds={seeds}: "
-                      f"{entry['updates_per_second_per_seed']:,.0f}/s per seed, "
-                      f"{entry['updates_per_second_total']:,.0f}/s total, compile "
-                      f"{entry['compile']['total_seconds']:.1f} s"
-                      f"{'' if pipe is None else f', pipeline {100 * pipe:.0f}% of bare'} "
-                      f"({time.perf_counter() - tic:.0f} s)", flush=True)
-                gc.collect()
-        del prepared
-        gc.collect()
-    report["results"] = entries
+                if "error" in entry:
+                    print(f"{name:>7} {width:>4}x2 seeds={seeds}: FAILED "
+                          f"{entry['error'][-1][:300]}", flush=True)
+                else:
+                    pipe = entry.get("pipeline", {}).get("fraction_of_bare")
+                    print(f"{name:>7} {width:>4}x2 seeds={seeds}: "
+                          f"{entry['updates_per_second_per_seed']:,.0f}/s per seed, "
+                          f"{entry['updates_per_second_total']:,.0f}/s total, compile "
+                          f"{entry['compile']['total_seconds']:.1f} s"
+                          f"{'' if pipe is None else f', pipeline {100 * pipe:.0f}% of bare'} "
+                          f"({time.perf_counter() - tic:.0f} s)", flush=True)
+                _set_roofline(entries, report["matmul"]["peak_gflops"])
+                write_report(report, args)  # partial results survive an interrupted run
+    # Measured again at the end, so a burst of load during one of the two does not set the peak.
+    end_peak = matmul_peak(args.matmul_sizes, args.matmul_seconds, args.repeats)
+    report["matmul"] = {"start": start_peak, "end": end_peak,
+                        **_best(max(start_peak, end_peak, key=lambda m: m["peak_gflops"]))}
+    _set_roofline(entries, report["matmul"]["peak_gflops"])
     print("PyTorch IQL ...", flush=True)
     report["torch"] = run_torch(settings, args.widths if "iql" in args.algos else [])
     report["comparisons"] = comparisons(entries, report["torch"])
     report["meta"]["load_average_end"] = list(os.getloadavg())
-    # Each configuration resets the high-water mark, so the process peak is the largest of theirs.
-    unit = 1 if sys.platform == "darwin" else 1024
-    report["meta"]["process_peak_rss_bytes"] = max(
-        [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit]
-        + [e["peak_rss_bytes"] for e in entries if e["peak_rss_bytes"]])
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    table = markdown(report)
-    args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text(table)
+    report["complete"] = True
+    table = write_report(report, args)
     print("\n" + table)
     print(f"wrote {args.out} and {args.markdown}")
     return report
+
+
+def _best(peak: dict) -> dict:
+    return {"peak_gflops": peak["peak_gflops"], "peak_n": peak["peak_n"]}
+
+
+def _set_roofline(entries: list[dict], peak_gflops: float) -> None:
+    for entry in entries:
+        if "error" not in entry:
+            achieved = entry["achieved_gflops"]
+            entry["roofline_fraction"] = None if achieved is None else achieved / peak_gflops
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def test_iql_value_is_the_expectile_of_fixed_q():
         state, _ = jax.lax.scan(value_only, state, None, length=500)
         v = state.value.apply_fn(state.value.params, obs[:1])[0]
         expectile = _expectile(np.asarray(q), tau)
-        assert v == pytest.approx(expectile, abs=0.05 * (q.max() - q.min()))
+        assert float(v) == pytest.approx(float(expectile), abs=0.05 * float(q.max() - q.min()))
         values[tau] = v
     assert values[0.1] < float(q.mean()) < values[0.9]
 
