@@ -9,7 +9,11 @@ batched policy call per env step, and checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
+import threading
 from dataclasses import dataclass
 
 import jax
@@ -152,6 +156,34 @@ def iqm(values) -> float:
     from scipy.stats import trim_mean
 
     return float(trim_mean(np.asarray(values, dtype=np.float64), 0.25))
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float, step: int):
+    """Stop the process with a clear message if the block takes longer than `seconds` (0: off).
+
+    XLA's CPU runtime occasionally never returns from a computation (every thread idle; seen here
+    about once in six runs of fresh programs, with and without multi-threaded Eigen). A run that
+    hangs forever on a cluster is worse than one that stops: this exits with code 3, and the last
+    checkpoint lets `resume=true` continue."""
+    if seconds <= 0:
+        yield
+        return
+
+    def fire():
+        print(f"error: the compiled training chunk ending at step {step} did not finish within "
+              f"{seconds:g} s (XLA CPU hang, or watchdog_seconds too small for this model). "
+              "Restart with resume=true to continue from the last checkpoint.", file=sys.stderr,
+              flush=True)
+        os._exit(3)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def chunk_schedule(start: int, steps: int, *intervals: int) -> list[int]:

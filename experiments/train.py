@@ -94,8 +94,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                     states, prepared.data, keys).compile()
                 compile_time += time.perf_counter() - tic
             tic = time.perf_counter()
-            states, keys, metrics = chunks[length](states, prepared.data, keys)
-            metrics = jax.device_get(metrics)
+            with loop.watchdog(float(cfg.watchdog_seconds), stop):
+                states, keys, metrics = chunks[length](states, prepared.data, keys)
+                metrics = jax.device_get(metrics)
             update_time += time.perf_counter() - tic
             updates += length
             loop.check_finite(states, metrics, stop)

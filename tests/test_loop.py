@@ -132,3 +132,18 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(offline_data, tmp_path)
     template, _ = train_states(algo, data, [0], steps=1)
     states, _, step, _ = checkpointer.restore_latest(template, jax.random.split(jax.random.key(0), 1))
     assert step == 20 and bool(loop.finite_per_seed(states).all())
+
+
+def test_watchdog_stops_a_chunk_that_runs_too_long(offline_data, tmp_path):
+    """A compiled chunk that never returns (XLA CPU hang) must end the run with a clear message
+    instead of hanging forever; a tiny limit makes any chunk 'too long'."""
+    import subprocess
+    import sys
+
+    process = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "algo=bc", "steps=20", "log_every=10",
+         "eval.every=0", "watchdog_seconds=0.000001", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert process.returncode == 3, process.stderr[-2000:]
+    assert "did not finish within" in process.stderr and "resume=true" in process.stderr
+    assert not (tmp_path / "results.json").exists()
