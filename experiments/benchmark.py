@@ -721,7 +721,7 @@ def worker(settings, eval_info) -> None:
     # Stacks on stderr shortly before the parent's timeout, so a hang can be diagnosed.
     faulthandler.dump_traceback_later(max(1.0, settings.config_timeout - 30), exit=False)
     raw = synthetic_dataset(settings.dataset_size, settings.seed)
-    prepared = loop.prepare(algorithms.get(name)(), raw, eval_info)
+    prepared = loop.prepare(algorithms.get(name)(), raw)
     del raw
     entry = bench_config(name, int(width), int(seeds), prepared, settings, eval_info)
     faulthandler.cancel_dump_traceback_later()

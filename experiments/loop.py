@@ -33,17 +33,16 @@ class TrainingDiverged(RuntimeError):
 class PreparedData:
     data: envs.Dataset  # on the device, preprocessed as the algorithm asks
     normalizer: envs.Normalizer
-    info: envs.DatasetInfo
 
 
-def prepare(algo: Algorithm, data: envs.Dataset, info: envs.DatasetInfo) -> PreparedData:
+def prepare(algo: Algorithm, data: envs.Dataset) -> PreparedData:
     """Apply the algorithm's reward convention and state normalization; move data to the device."""
     reward = algo.reward
     data = envs.transform_rewards(data, reward.returns_span, reward.scale, reward.shift)
     normalizer = (envs.Normalizer.from_dataset(data) if algo.normalize_states
                   else envs.Normalizer.identity(data.observation_dim))
     data = envs.normalize_states(data, normalizer)
-    return PreparedData(jax.device_put(data), normalizer, info)
+    return PreparedData(jax.device_put(data), normalizer)
 
 
 def seed_axes(states):

@@ -51,7 +51,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     algo = make_algorithm(cfg.algo)
     raw, info = envs.load(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path,
                           cfg.dataset.download)
-    prepared = loop.prepare(algo, raw, info)
+    prepared = loop.prepare(algo, raw)
     evaluating = cfg.eval.every > 0 and cfg.eval.episodes > 0
     if evaluating:  # fail now, not after hours of training, if the env does not fit the data
         envs.check_observation_dim(info, raw.observation_dim)

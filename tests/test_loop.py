@@ -48,8 +48,8 @@ def train_states(algo, data, seeds, steps=30):
 def test_seed_batch_matches_single_seed_runs(name, offline_data):
     cfg = compose([f"algo={name}", *SMALL])
     algo = make_algorithm(cfg.algo)
-    raw, info = envs.load("local", "pendulum-mixed")
-    data = loop.prepare(algo, raw, info).data
+    raw, _ = envs.load("local", "pendulum-mixed")
+    data = loop.prepare(algo, raw).data
     batched, batched_metrics = train_states(algo, data, [0, 1, 2, 3])
     for i, seed in enumerate([0, 1, 2, 3]):
         single, single_metrics = train_states(algo, data, [seed])
@@ -127,8 +127,8 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(offline_data, tmp_path)
     checkpointer = Checkpointer(tmp_path / "checkpoints")
     assert checkpointer.manager.latest_step() == 20
     algo = make_algorithm(exploding.algo)
-    raw, info = envs.load("local", "pendulum-mixed")
-    data = loop.prepare(algo, raw, info).data
+    raw, _ = envs.load("local", "pendulum-mixed")
+    data = loop.prepare(algo, raw).data
     template, _ = train_states(algo, data, [0], steps=1)
     states, _, step, _ = checkpointer.restore_latest(template, jax.random.split(jax.random.key(0), 1))
     assert step == 20 and bool(loop.finite_per_seed(states).all())
