@@ -77,6 +77,7 @@ def test_actor_distributions():
     sample, log_prob = dist.sample_and_log_prob(seed=jax.random.key(1))
     assert sample.shape == (4, 2) and log_prob.shape == (4,)
     assert jnp.all(jnp.abs(sample) < 1.0)
+    assert dist.mode().shape == (4, 2)
 
 
 @pytest.mark.parametrize("name", ["bc", "td3_bc", "iql"])

@@ -157,8 +157,8 @@ class GaussianActor(nn.Module):
 
 
 class TanhGaussianActor(nn.Module):
-    """SAC/CQL policy: a = tanh(u), u ~ N(mu(s), sigma(s)); log-probabilities include the tanh
-    Jacobian (distrax)."""
+    """SAC policy: a = tanh(u), u ~ N(mu(s), sigma(s)); log-probabilities include the tanh
+    Jacobian (distrax); the deterministic action is tanh(mu)."""
 
     hidden_dims: Sequence[int]
     action_dim: int
@@ -171,8 +171,7 @@ class TanhGaussianActor(nn.Module):
         features = MLP(self.hidden_dims, init_scheme=self.init_scheme)(observations)  # ends activated
         mean = nn.Dense(self.action_dim)(features)
         log_std = jnp.clip(nn.Dense(self.action_dim)(features), self.log_std_min, self.log_std_max)
-        base = distrax.MultivariateNormalDiag(mean, jnp.exp(log_std))
-        return distrax.Transformed(base, distrax.Block(distrax.Tanh(), ndims=1))
+        return TanhGaussian(mean, jnp.exp(log_std))
 
 
 class ReferenceTanhGaussianActor(nn.Module):
