@@ -98,7 +98,8 @@ DEFINITIONS = {
         "'process' where the reset is not possible. Includes the dataset and the runtime."),
     "attempts": (
         "Processes started for the configuration: one is killed and retried after "
-        "settings.config_timeout seconds (XLA's CPU runtime has been seen to wedge here, rarely). "
+        "settings.config_timeout seconds (a safety net: a compiled program that deadlocks must not "
+        "stop the whole benchmark). "
         "An entry with `error` instead of measurements failed every attempt."),
     "xla_memory": "compiled.memory_analysis() of the train chunk: XLA's own buffer sizes.",
     "python_loop": (
@@ -730,8 +731,8 @@ def worker(settings, eval_info) -> None:
 
 def run_config(argv: list[str], name: str, width: int, seeds: int, settings) -> dict:
     """One configuration in a fresh process: compile times without warm caches, a peak RSS of its
-    own, and a timeout with retries, because XLA's CPU runtime has been seen to wedge (all threads
-    idle, block_until_ready never returning) on this machine, rarely and at random."""
+    own, and a timeout with retries, so a deadlocked program (see "No LAPACK in compiled programs"
+    in the README) costs one configuration, not the whole benchmark."""
     command = [sys.executable, "-m", "experiments.benchmark", *argv,
                "--worker", f"{name}:{width}:{seeds}"]
     environment = {**os.environ,

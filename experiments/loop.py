@@ -161,17 +161,17 @@ def iqm(values) -> float:
 def watchdog(seconds: float, step: int):
     """Stop the process with a clear message if the block takes longer than `seconds` (0: off).
 
-    XLA's CPU runtime occasionally never returns from a computation (every thread idle; seen here
-    about once in six runs of fresh programs, with and without multi-threaded Eigen). A run that
-    hangs forever on a cluster is worse than one that stops: this exits with code 3, and the last
-    checkpoint lets `resume=true` continue."""
+    A compiled program can deadlock and never return (every thread idle): we saw it with batched
+    LAPACK kernels on XLA's CPU thread pool, which our programs no longer contain, and a custom
+    kernel added later could bring it back. A run that hangs forever on a cluster is worse than one
+    that stops: this exits with code 3, and the last checkpoint lets `resume=true` continue."""
     if seconds <= 0:
         yield
         return
 
     def fire():
         print(f"error: the compiled training chunk ending at step {step} did not finish within "
-              f"{seconds:g} s (XLA CPU hang, or watchdog_seconds too small for this model). "
+              f"{seconds:g} s (a deadlocked program, or watchdog_seconds too small for this model). "
               "Restart with resume=true to continue from the last checkpoint.", file=sys.stderr,
               flush=True)
         os._exit(3)

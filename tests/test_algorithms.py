@@ -1,5 +1,6 @@
 """Losses on hand-checkable inputs, network shapes, and the behaviour of single updates."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,12 @@ import pytest
 
 import algorithms
 from algorithms import Spec
-from algorithms.core.networks import GaussianActor, TanhGaussianActor, critic_ensemble
+from algorithms.core.networks import (
+    GaussianActor,
+    TanhGaussianActor,
+    critic_ensemble,
+    orthogonal_init,
+)
 from algorithms.iql import expectile_loss
 from algorithms.td3_bc import td3_bc_actor_loss
 from envs.dataset import Dataset
@@ -169,3 +175,32 @@ def test_iql_advantage_weights_are_clipped():
     state = algo.init(jax.random.key(1), SPEC, batch)
     _, metrics = algo.update(state, batch, jax.random.key(2))
     assert float(metrics["adv_weight"]) <= algo.max_weight
+
+
+@pytest.mark.parametrize("shape", [(17, 64), (64, 64), (64, 6), (64, 1), (3, 4, 5)])
+def test_orthogonal_init_matches_flax_without_lapack(shape):
+    key = jax.random.key(3)
+    ours = orthogonal_init(1.5)(key, shape)
+    np.testing.assert_allclose(ours, nn.initializers.orthogonal(1.5)(key, shape), atol=1e-5)
+    flat = ours.reshape(-1, shape[-1])
+    gram = flat.T @ flat if flat.shape[0] >= flat.shape[1] else flat @ flat.T
+    np.testing.assert_allclose(gram, 1.5**2 * np.eye(len(gram)), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", algorithms.available())
+def test_compiled_programs_call_no_custom_kernels(name):
+    """Batched LAPACK kernels (QR, Cholesky, ...) wait on XLA's CPU thread pool from inside it
+    and can deadlock the whole program when two run at once; none may appear in the seed-vmapped
+    init or in the training chunk of any algorithm."""
+    from experiments import loop
+
+    algo = small(name)
+    data = random_batch(jax.random.key(0), size=64)
+    keys = jax.random.split(jax.random.key(1), 3)
+    init = jax.jit(jax.vmap(algo.init, in_axes=(0, None, None)), static_argnums=1)
+    programs = [init.lower(keys, SPEC, data).as_text()]
+    states = jax.eval_shape(jax.vmap(lambda key: algo.init(key, SPEC, data)), keys)
+    states = states.replace(step=jax.ShapeDtypeStruct((), states.step.dtype))
+    programs.append(loop.make_train_chunk(algo, 2).lower(states, data, keys).as_text())
+    for text in programs:
+        assert "custom_call" not in text

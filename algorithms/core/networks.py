@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import distrax
@@ -13,7 +14,35 @@ Initializer = Callable[..., jax.Array]
 
 
 def orthogonal_init(scale: float = jnp.sqrt(2.0)) -> Initializer:
-    return nn.initializers.orthogonal(scale)
+    """`nn.initializers.orthogonal(scale)` computed with matrix products only.
+
+    Same random draw and the same matrix up to rounding: the Q of a Gaussian matrix's QR
+    decomposition with R's diagonal made positive, transposed when the layer is wider than deep.
+    Flax's version calls LAPACK's QR, whose batched CPU kernel (vmapped seeds, ensembles) splits
+    its batch over XLA's intra-op thread pool and waits for it from a thread of that same pool:
+    when two such kernels run at once on a small machine every pool thread waits and the program
+    hangs forever (seen here in about one fresh program in six). Gram-Schmidt needs no LAPACK.
+    """
+
+    def init(key, shape, dtype=jnp.float32) -> jax.Array:
+        rows, cols = math.prod(shape[:-1]), shape[-1]
+        q = _orthonormal_columns(jax.random.normal(key, (max(rows, cols), min(rows, cols)), dtype))
+        return scale * (q if rows >= cols else q.T).reshape(shape)
+
+    return init
+
+
+def _orthonormal_columns(matrix: jax.Array) -> jax.Array:
+    """Q of the QR decomposition with a positive diagonal R (tall `matrix`), by classical
+    Gram-Schmidt run twice per column, which keeps Q orthonormal to float precision."""
+
+    def add_column(j, q):
+        column = matrix[:, j]
+        for _ in range(2):
+            column = column - q @ (q.T @ column)  # q's not-yet-filled columns are zero
+        return q.at[:, j].set(column / jnp.linalg.norm(column))
+
+    return jax.lax.fori_loop(0, matrix.shape[1], add_column, jnp.zeros_like(matrix))
 
 
 def torch_linear_init() -> tuple[Initializer, Callable]:
