@@ -40,6 +40,15 @@ def td3_bc_actor_loss(q_pi: jax.Array, pi: jax.Array, dataset_actions: jax.Array
     return -lmbda * q_pi.mean() + bc, bc
 
 
+def delayed(run: jax.Array, step, state):
+    """`step(state) -> (state, metrics)` when `run`, else the state unchanged and NaN metrics (which
+    the loop's averages skip). `run` must not be batched (the shared step counter) for lax.cond to
+    stay a branch."""
+    _, shapes = jax.eval_shape(step, state)
+    skip = lambda state: (state, jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan, x.dtype), shapes))
+    return jax.lax.cond(run, step, skip, state)
+
+
 @register
 @dataclass
 class TD3BC(Algorithm):
@@ -55,12 +64,16 @@ class TD3BC(Algorithm):
     alpha: float = 2.5
     normalize_states: bool = True
 
+    def networks(self, spec: Spec):
+        """(actor, twin critic) modules; PyTorch's default initialisation, as in the TD3+BC code."""
+        return (DeterministicActor(self.hidden_dims, spec.action_dim, init_scheme="torch"),
+                critic_ensemble(2, self.hidden_dims, init_scheme="torch"))
+
     def init(self, key, spec: Spec, dataset) -> TD3BCState:
         actor_key, critic_key = jax.random.split(key)
         obs = jnp.zeros((1, spec.observation_dim))
         act = jnp.zeros((1, spec.action_dim))
-        actor_net = DeterministicActor(self.hidden_dims, spec.action_dim, init_scheme="torch")
-        critic_net = critic_ensemble(2, self.hidden_dims, init_scheme="torch")
+        actor_net, critic_net = self.networks(spec)
         actor_params = actor_net.init(actor_key, obs)
         critic_params = critic_net.init(critic_key, obs, act)
         return TD3BCState(
@@ -72,10 +85,16 @@ class TD3BC(Algorithm):
         )
 
     def update(self, state: TD3BCState, batch, key):
-        noise = jax.random.normal(key, batch.actions.shape) * self.policy_noise
-        noise = jnp.clip(noise, -self.noise_clip, self.noise_clip)
-        next_actions = state.actor.apply_fn(state.target_actor_params, batch.next_observations)
-        next_actions = jnp.clip(next_actions + noise, -1.0, 1.0)
+        state, metrics = self.critic_step(state, batch, key)
+        # `step` is shared across seeds (see Algorithm), so this stays a real branch under vmap.
+        state, actor_metrics = delayed(state.step % self.policy_freq == 0,
+                                       lambda s: self.actor_step(s, batch, jax.random.fold_in(key, 1)),
+                                       state)
+        return state.replace(step=state.step + 1), {**metrics, **actor_metrics}
+
+    def critic_step(self, state, batch, key):
+        """TD3's clipped double-Q step with target policy smoothing (noise drawn from `key`)."""
+        next_actions = self.smoothed_target_actions(state, batch.next_observations, key)
         next_q = state.critic.apply_fn(
             state.target_critic_params, batch.next_observations, next_actions).min(axis=0)
         td_target = batch.rewards + self.discount * (1.0 - batch.terminals) * next_q
@@ -85,31 +104,34 @@ class TD3BC(Algorithm):
             return ((q - td_target) ** 2).mean(axis=1).sum(), q
 
         (q_loss, q), grads = jax.value_and_grad(critic_loss, has_aux=True)(state.critic.params)
-        state = state.replace(critic=state.critic.apply_gradients(grads=grads))
+        return state.replace(critic=state.critic.apply_gradients(grads=grads)), {
+            "critic_loss": q_loss, "q": q.mean()}
 
-        def update_actor(state: TD3BCState):
-            def actor_loss(params):
-                pi = state.actor.apply_fn(params, batch.observations)
-                q_pi = state.critic.apply_fn(state.critic.params, batch.observations, pi)[0]
-                return td3_bc_actor_loss(q_pi, pi, batch.actions, self.alpha)
+    def smoothed_target_actions(self, state, next_observations, key):
+        """a' = clip(pibar(s') + clip(eps, -c, c), -1, 1), eps ~ N(0, sigma^2)."""
+        next_actions = state.actor.apply_fn(state.target_actor_params, next_observations)
+        noise = jax.random.normal(key, next_actions.shape) * self.policy_noise
+        noise = jnp.clip(noise, -self.noise_clip, self.noise_clip)
+        return jnp.clip(next_actions + noise, -1.0, 1.0)
 
-            (loss, bc), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor.params)
-            actor = state.actor.apply_gradients(grads=grads)
-            return state.replace(
-                actor=actor,
-                target_actor_params=soft_update(state.target_actor_params, actor.params, self.tau),
-                target_critic_params=soft_update(
-                    state.target_critic_params, state.critic.params, self.tau),
-            ), (loss, bc)
+    def actor_step(self, state, batch, key, **context):
+        """One step on `actor_loss` (which also receives `context`), then Polyak updates of both
+        targets (TD3's delayed step)."""
+        (loss, metrics), grads = jax.value_and_grad(self.actor_loss, has_aux=True)(
+            state.actor.params, state, batch, key, **context)
+        actor = state.actor.apply_gradients(grads=grads)
+        return state.replace(
+            actor=actor,
+            target_actor_params=soft_update(state.target_actor_params, actor.params, self.tau),
+            target_critic_params=soft_update(state.target_critic_params, state.critic.params, self.tau),
+        ), {"actor_loss": loss, **metrics}
 
-        def skip_actor(state: TD3BCState):
-            return state, (jnp.nan, jnp.nan)
-
-        # `step` is shared across seeds (see Algorithm), so this stays a real branch under vmap.
-        state, (pi_loss, bc_loss) = jax.lax.cond(
-            state.step % self.policy_freq == 0, update_actor, skip_actor, state)
-        metrics = {"critic_loss": q_loss, "q": q.mean(), "actor_loss": pi_loss, "bc_loss": bc_loss}
-        return state.replace(step=state.step + 1), metrics
+    def actor_loss(self, params, state, batch, key):
+        """TD3+BC's loss; the subclasses (PRDC, SPOT, ...) change only this."""
+        pi = state.actor.apply_fn(params, batch.observations)
+        q_pi = state.critic.apply_fn(state.critic.params, batch.observations, pi)[0]
+        loss, bc = td3_bc_actor_loss(q_pi, pi, batch.actions, self.alpha)
+        return loss, {"bc_loss": bc}
 
     def act(self, state: TD3BCState, observations, key, deterministic: bool = True):
         return state.actor.apply_fn(state.actor.params, observations)

@@ -2,13 +2,15 @@
 
 Algorithm hyperparameters are defined once, as the fields of each algorithm's dataclass (the
 paper's defaults); they are stored in Hydra's ConfigStore as `algo/<name>_base` and
-`configs/algo/<name>.yaml` adds per-family choices on top. Every registered dataset becomes a
+`configs/algo/<name>.yaml` adds per-family and per-dataset choices on top (`${by_family:...}`,
+`${by_dataset:...}`). Every registered dataset becomes a
 choice `dataset=<source>/<name>`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -32,19 +34,33 @@ def family_of(cfg_root) -> str:
     return envs.lookup(dataset.source, dataset.name).family
 
 
-def by_family(table, *, _root_):
-    """`${by_family:{default: 0.7, antmaze: 0.9}}`: the value for the chosen dataset's family."""
-    family = family_of(_root_)
-    if family in table:
-        return table[family]
+def select_for_dataset(table, name: str, family: str):
+    """The entry of `table` for dataset `name` of family `family`. A key matches when it is the
+    family or a prefix of the name (fnmatch wildcards allowed); the longest matching key wins, so
+    `hopper-medium-expert` beats `hopper` beats a family; `default` is the fallback."""
+    matches = [key for key in table if key != "default"
+               and (key == family or fnmatch.fnmatchcase(name, f"{key}*"))]
+    if matches:
+        return table[max(matches, key=len)]  # max keeps the first of equally long keys
     if "default" not in table:
-        raise KeyError(f"by_family table {dict(table)} has no entry for '{family}' or 'default'")
+        raise KeyError(f"table {dict(table)} has no entry for dataset '{name}' (family '{family}') "
+                       "and no 'default'")
     return table["default"]
 
 
+def by_dataset(table, *, _root_):
+    """`${by_dataset:{default: 2.5, halfcheetah: 40, antmaze: 7.5}}`: the value for the chosen
+    dataset (keys: dataset-name prefixes or families; see `select_for_dataset`)."""
+    return select_for_dataset(table, _root_.dataset.name, family_of(_root_))
+
+
+by_family = by_dataset  # `${by_family:{...}}` tables are the family-only case of the same lookup
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("by_family"):
-        OmegaConf.register_new_resolver("by_family", by_family)
+    for name, resolver in (("by_family", by_family), ("by_dataset", by_dataset)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
     if not OmegaConf.has_resolver("slug"):
         OmegaConf.register_new_resolver("slug", lambda text: str(text).replace("/", "-"))
 

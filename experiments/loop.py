@@ -22,11 +22,16 @@ import numpy as np
 
 import envs
 from algorithms import Algorithm, Spec
+from algorithms.core.algorithm import PretrainStage
 from algorithms.core.replay import sample_batch
 
 
 class TrainingDiverged(RuntimeError):
     """A loss or Q-value became NaN/inf; the last good checkpoint is kept."""
+
+
+class TrainingStopped(TrainingDiverged):
+    """The algorithm's own early-stop rule fired (`Algorithm.stop_reason`, e.g. SPOT's Q > 1e4)."""
 
 
 @dataclass
@@ -50,10 +55,18 @@ def seed_axes(states):
     return jax.tree.map(lambda _: 0, states).replace(step=None)
 
 
-def init_states(algo: Algorithm, spec: Spec, data, keys: jax.Array):
-    """Initialise one state per key (the leading axis of `keys`), all in one compiled call."""
-    states = jax.jit(jax.vmap(algo.init, in_axes=(0, None, None)), static_argnums=1)(
-        keys, spec, data)
+def init_states(algo: Algorithm, spec: Spec, data, keys: jax.Array, pretrained=None):
+    """Initialise one state per key (the leading axis of `keys`), all in one compiled call.
+    `pretrained`: the final state of the algorithm's pretraining stage, shared by all seeds."""
+    if algo.pretraining() is None:
+        init = jax.vmap(algo.init, in_axes=(0, None, None))
+        states = jax.jit(init, static_argnums=1)(keys, spec, data)
+    else:
+        if pretrained is None:
+            raise ValueError(f"{algo.name} starts from its pretraining stage "
+                             f"'{algo.pretraining().name}': run loop.pretrain first")
+        init = jax.vmap(lambda k, s, d, p: algo.init(k, s, d, pretrained=p), in_axes=(0, None, None, None))
+        states = jax.jit(init, static_argnums=1)(keys, spec, data, pretrained)
     return states.replace(step=states.step[0])
 
 
@@ -77,7 +90,7 @@ def make_train_chunk(algo: Algorithm, length: int):
     def one_seed(state, data, key):
         sample_key, update_key = jax.random.split(key)
         batch = sample_batch(data, sample_key, algo.batch_size)
-        return algo.update(state, batch, update_key)
+        return algo.update_with_data(state, batch, update_key, data)
 
     def chunk(states, data, keys):
         axes = seed_axes(states)
@@ -93,6 +106,48 @@ def make_train_chunk(algo: Algorithm, length: int):
         return states, keys, metrics
 
     return jax.jit(chunk, donate_argnums=(0, 2))
+
+
+def make_pretrain_chunk(stage: PretrainStage, length: int):
+    """A jitted function running `length` steps of a pretraining stage (one model, not vmapped):
+    (state, data, key) -> (state, key, metrics) with metrics of shape (length,)."""
+
+    def chunk(state, data, key):
+        def body(carry, _):
+            state, key = carry
+            key, sample_key, update_key = jax.random.split(key, 3)
+            batch = sample_batch(data, sample_key, stage.batch_size)
+            state, metrics = stage.update(state, batch, update_key)
+            return (state, key), metrics
+
+        (state, key), metrics = jax.lax.scan(body, (state, key), None, length=length)
+        return state, key, metrics
+
+    return jax.jit(chunk, donate_argnums=(0,))
+
+
+def pretrain(stage: PretrainStage, spec: Spec, data, chunk_length: int, progress=None):
+    """Run a pretraining stage from its seed (`stage.settings["seed"]`, default 0) in compiled
+    chunks of `chunk_length` steps. `progress(step, metrics)` is called after each chunk with the
+    chunk's mean metrics. Returns the final state."""
+    key = jax.random.key(int(stage.settings.get("seed", 0)))
+    init_key, key = jax.random.split(key)
+    state = jax.jit(stage.init, static_argnums=1)(init_key, spec, data)
+    chunks, step = {}, 0
+    while step < stage.steps:
+        length = min(chunk_length, stage.steps - step)
+        if length not in chunks:
+            chunks[length] = make_pretrain_chunk(stage, length)
+        state, key, metrics = chunks[length](state, data, key)
+        step += length
+        means = {name: float(np.mean(np.asarray(values, np.float64)))
+                 for name, values in jax.device_get(metrics).items()}
+        if not all(np.isfinite(list(means.values()))):
+            raise TrainingDiverged(f"pretraining stage '{stage.name}' diverged before step {step}: "
+                                   f"{means}. Lower its learning rate or check the data.")
+        if progress is not None:
+            progress(step, means)
+    return state
 
 
 def make_policy(algo: Algorithm, normalizer: envs.Normalizer):

@@ -8,6 +8,7 @@ and orbax checkpoints (checkpoints/), from which `resume=true` continues.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -52,6 +53,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     raw, info = envs.load(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path,
                           cfg.dataset.download)
     prepared = loop.prepare(algo, raw)
+    algo = algo.bind_dataset(prepared.data)
     evaluating = cfg.eval.every > 0 and cfg.eval.episodes > 0
     if evaluating:  # fail now, not after hours of training, if the env does not fit the data
         envs.check_observation_dim(info, raw.observation_dim)
@@ -60,9 +62,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(
         jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
+    metrics_file = run_dir / "metrics.jsonl"
+    pretrained, pretrain_record = None, None
+    if algo.pretraining() is not None:
+        pretrained, pretrain_record = _pretrain(algo, spec, prepared, cfg, metrics_file)
+
     compile_start = time.perf_counter()
-    states, keys = loop.shard_seeds(loop.init_states(algo, spec, prepared.data, init_keys),
-                                    train_keys)
+    states, keys = loop.shard_seeds(
+        loop.init_states(algo, spec, prepared.data, init_keys, pretrained), train_keys)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep)
     history = {"evaluations": []}
     step = 0
@@ -73,7 +80,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             log.info("resumed from step %d", step)
         else:
             log.info("resume=true but no checkpoint in %s: starting from scratch", run_dir)
-    metrics_file = run_dir / "metrics.jsonl"
     _truncate_metrics(metrics_file, step)
 
     policy = loop.make_policy(algo, prepared.normalizer)
@@ -100,6 +106,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             update_time += time.perf_counter() - tic
             updates += length
             loop.check_finite(states, metrics, stop)
+            reason = algo.stop_reason(metrics)
+            if reason:
+                raise loop.TrainingStopped(f"{algo.name} stopped training before step {stop}: {reason}; "
+                                           "the last checkpoint is kept and no results.json is written.")
             for offset, row in zip(range(step, stop, cfg.log_every),
                                    loop.summarize_metrics(metrics, int(cfg.log_every)), strict=True):
                 _write(metrics_out, {"type": "train",
@@ -121,8 +131,62 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     bar.close()
     checkpointer.wait()
     results = _results(cfg, seeds, history, updates / max(update_time, 1e-9), compile_time)
+    if pretrain_record is not None:
+        results["pretraining"] = pretrain_record
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def _pretrain(algo, spec: Spec, prepared, cfg: DictConfig, metrics_file: Path):
+    """The algorithm's pretraining stage: loaded from the cache when this dataset and these settings
+    were pretrained before, else trained (compiled chunks of `log_every` steps, progress bar and
+    `"type": "pretrain"` lines in metrics.jsonl) and saved to the cache. Returns (state, record)."""
+    import orbax.checkpoint as ocp
+
+    stage = algo.pretraining()
+    init = lambda key: stage.init(key, spec, prepared.data)
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    cache = _pretrain_cache_dir(algo, stage, prepared, cfg)
+    record = {"stage": stage.name, "steps": stage.steps, "cache": str(cache) if cache else None}
+    if cache is not None and (cache / "state").exists():
+        log.info("pretraining '%s': reusing %s", stage.name, cache)
+        state = ocp.StandardCheckpointer().restore((cache / "state").absolute(), abstract)
+        return state, {**record, "reused": True, "seconds": 0.0}
+    tic = time.perf_counter()
+    bar = tqdm(total=stage.steps, desc=f"pretrain {stage.name}", unit="step", dynamic_ncols=True,
+               disable=None)
+    with open(metrics_file, "a") as out:
+        def progress(step, means):
+            bar.update(step - bar.n)
+            bar.set_postfix({name: f"{value:.4g}" for name, value in list(means.items())[:2]})
+            _write(out, {"type": "pretrain", "stage": stage.name, "step": step, **means})
+
+        state = loop.pretrain(stage, spec, prepared.data, int(cfg.log_every), progress)
+    bar.close()
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save((cache / "state").absolute(), state)  # orbax writes to a temporary
+        checkpointer.wait_until_finished()                     # folder and renames it when done
+        log.info("pretraining '%s' saved to %s", stage.name, cache)
+    return state, {**record, "reused": False, "seconds": time.perf_counter() - tic}
+
+
+def _pretrain_cache_dir(algo, stage, prepared, cfg: DictConfig) -> Path | None:
+    """<pretrain.cache_dir>/<stage>/<algo>-<dataset>-<hash>: the hash covers the stage settings,
+    the dataset's identity and a fingerprint of the preprocessed data (sizes and sums)."""
+    root = OmegaConf.select(cfg, "pretrain.cache_dir")
+    if not root:
+        return None
+    data = jax.device_get(prepared.data)
+    fingerprint = {name: [list(np.shape(value)), float(np.asarray(value, np.float64).sum())]
+                   for name, value in zip(data._fields, data, strict=True)}
+    identity = {"algo": algo.name, "stage": stage.name, "settings": stage.settings,
+                "dataset": [cfg.dataset.source, cfg.dataset.name, cfg.dataset.path],
+                "data": fingerprint}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    name = f"{algo.name}-{cfg.dataset.name.replace('/', '-')}-{digest[:16]}"
+    return Path(str(root)).expanduser() / stage.name / name
 
 
 def _evaluate(policy, states, cfg, info, observation_dim, index, step) -> dict:
@@ -178,8 +242,8 @@ def _truncate_metrics(file: Path, step: int) -> None:
     """On resume, drop metric lines written after the checkpoint being resumed from."""
     if not file.exists():
         return
-    lines = [line for line in file.read_text().splitlines()
-             if line and json.loads(line)["step"] <= step]
+    lines = [line for line in file.read_text().splitlines() if line and (
+        json.loads(line)["step"] <= step or json.loads(line)["type"] == "pretrain")]
     file.write_text("".join(line + "\n" for line in lines))
 
 

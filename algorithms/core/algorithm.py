@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -27,6 +28,25 @@ class RewardConfig:
     shift: float = 0.0
 
 
+@dataclass(frozen=True)
+class PretrainStage:
+    """A model trained on the dataset before the agent and frozen or reused afterwards (SPOT's VAE; a
+    BC ensemble; a dynamics model). The loop runs it as its own compiled scan, once per dataset and
+    `settings` (the result is cached on disk and reused by later runs), then passes its final state to
+    `Algorithm.init(..., pretrained=state)`. Not vmapped over seeds: all seeds share it.
+
+    init(key, spec, dataset) -> state;  update(state, batch, key) -> (state, metrics)
+    settings: everything besides the data that determines the result (hyperparameters, steps,
+    batch size, seed); part of the cache key."""
+
+    name: str
+    steps: int
+    batch_size: int
+    init: Callable[..., Any]
+    update: Callable[..., tuple[Any, dict]]
+    settings: dict
+
+
 @dataclass
 class Algorithm:
     """Base class: hyperparameters are dataclass fields (defaults are the paper's), methods are pure.
@@ -42,7 +62,27 @@ class Algorithm:
     reward: RewardConfig = field(default_factory=RewardConfig)
 
     def init(self, key: jax.Array, spec: Spec, dataset) -> Any:
+        """The initial state. Algorithms with a `pretraining` stage take `pretrained=` as well."""
         raise NotImplementedError
+
+    def pretraining(self) -> PretrainStage | None:
+        """A stage the loop trains before the agent (see PretrainStage); None for most algorithms."""
+        return None
+
+    def bind_dataset(self, dataset) -> Algorithm:
+        """Host-side preparation that needs the concrete training data (e.g. a KD-tree over it),
+        called once by the loop before compiling; returns the algorithm to train with."""
+        return self
+
+    def update_with_data(self, state, batch, key: jax.Array, dataset):
+        """What the loop calls: `update`, for algorithms that also read the whole (device) dataset
+        in their update (PRDC's nearest-neighbour search) instead of only the sampled batch."""
+        return self.update(state, batch, key)
+
+    def stop_reason(self, metrics: dict) -> str | None:
+        """Checked by the host after each compiled chunk on its metrics ((steps, seeds) arrays): a
+        message to stop training early (e.g. SPOT's Q > 1e4 abort), else None."""
+        return None
 
     def update(self, state, batch, key: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
         """One gradient step on `batch` (a Dataset of `batch_size` transitions)."""
