@@ -153,6 +153,7 @@ def _pretrain(algo, spec: Spec, prepared, cfg: DictConfig, metrics_file: Path):
         state = ocp.StandardCheckpointer().restore((cache / "state").absolute(), abstract)
         return state, {**record, "reused": True, "seconds": 0.0}
     tic = time.perf_counter()
+    metrics_file.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=stage.steps, desc=f"pretrain {stage.name}", unit="step", dynamic_ncols=True,
                disable=None)
     with open(metrics_file, "a") as out:

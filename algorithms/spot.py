@@ -1,0 +1,131 @@
+"""SPOT, Supported Policy Optimization (Wu, Wu, Long, Wang & Jordan, 2022), as in `thuml/SPOT`
+(SPOT.py, vae.py, train_vae.py, main.py).
+
+Stage 1 (pretraining, `pretraining()`): a conditional VAE of the behaviour policy
+(algorithms/core/vae.py: 750-750, latent 2|A|) trained for 1e5 steps (batch 256, Adam 1e-3) on
+    L_VAE = E[mean_dims (D(s, z) - a)^2 + 0.5 mean_latent KL(q(z|s, a) || N(0, I))],
+then frozen. The loop trains it once per dataset and settings and reuses it from its cache.
+Stage 2: TD3 (algorithms/td3_bc.py: the same critic, delay and targets) whose actor minimises
+    L_pi = -E[Q_1(s, pi(s))] / sg(E|Q_1(s, pi(s))|) + lambda E[-log pi_beta(s, pi(s))]
+with the density term estimated by the frozen VAE: the one-sample negative ELBO by default (the
+code's default), the importance-weighted estimate with `density="iwae"` (an option in the code and
+the paper). There is no alpha; lambda (per dataset, configs/algo/spot.yaml) is the only trade-off;
+TD3+BC's `alpha` field is unused. The actor has dropout 0.1 in its loss's forward pass (off when
+acting and in the target policy); 0 on AntMaze.
+
+AntMaze (configs/algo/spot.yaml, the code's main.py): rewards r - 1 (0 at the goal, else -1), raw
+states (no normalization, for the VAE too), actor lr 1e-4, last layers initialised U(+-1e-3) (actor)
+and U(+-3e-3) (critic).
+
+The code stops training when the mean Q exceeds 1e4; here `stop_reason` stops the run with a
+message (exit code 2, no results.json, the last checkpoint kept) when a seed's mean Q on a batch
+exceeds `q_abort` (0 turns it off).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.training.train_state import TrainState
+
+from algorithms import register
+from algorithms.core.algorithm import PretrainStage, Spec
+from algorithms.core.networks import DeterministicActor, critic_ensemble
+from algorithms.core.vae import create_vae_state, elbo_loss, iwae_loss, vae_for, vae_step
+from algorithms.td3_bc import TD3BC
+
+DENSITIES = {"elbo": elbo_loss, "iwae": iwae_loss}
+
+
+@flax.struct.dataclass
+class SPOTState:
+    actor: TrainState
+    critic: TrainState
+    target_actor_params: dict
+    target_critic_params: dict
+    vae_params: dict  # frozen after pretraining
+    step: jax.Array
+
+
+def spot_actor_loss(q_pi: jax.Array, neg_log_density: jax.Array, lambd: float):
+    """-mean Q / sg(mean |Q|) + lambda mean(-log pi_beta); returns (loss, mean -log pi_beta)."""
+    scale = jax.lax.stop_gradient(jnp.abs(q_pi).mean())
+    density = neg_log_density.mean()
+    return -q_pi.mean() / scale + lambd * density, density
+
+
+@register
+@dataclass
+class SPOT(TD3BC):
+    name = "spot"
+    lambd: float = 0.1  # per dataset: configs/algo/spot.yaml
+    actor_dropout: float = 0.1
+    actor_final_init: float | None = None  # U(+-value) last actor layer (AntMaze: 1e-3)
+    critic_final_init: float | None = None  # U(+-value) last critic layer (AntMaze: 3e-3)
+    density: str = "elbo"  # "elbo" (the code's default) or "iwae"
+    density_samples: int = 1  # posterior samples of the density estimate (IWAE: e.g. 10)
+    q_abort: float = 1e4  # stop when a seed's mean Q exceeds this (0: never)
+    vae_hidden_dims: tuple[int, ...] = (750, 750)
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 0.5
+    vae_steps: int = 100_000
+    vae_batch_size: int = 256
+    vae_seed: int = 0
+
+    def __post_init__(self):
+        if self.density not in DENSITIES:
+            raise ValueError(f"density must be one of {sorted(DENSITIES)}, not '{self.density}'")
+
+    def pretraining(self) -> PretrainStage:
+        def init(key, spec: Spec, dataset):
+            return create_vae_state(key, spec.observation_dim, spec.action_dim, self.vae_hidden_dims,
+                                    self.vae_lr)
+
+        def update(vae, batch, key):
+            return vae_step(vae, batch.observations, batch.actions, key, self.vae_kl_weight)
+
+        settings = {"hidden_dims": list(self.vae_hidden_dims), "lr": self.vae_lr,
+                    "kl_weight": self.vae_kl_weight, "steps": self.vae_steps,
+                    "batch_size": self.vae_batch_size, "seed": self.vae_seed}
+        return PretrainStage("vae", self.vae_steps, self.vae_batch_size, init, update, settings)
+
+    def networks(self, spec: Spec):
+        actor = DeterministicActor(self.hidden_dims, spec.action_dim, init_scheme="torch",
+                                   dropout_rate=self.actor_dropout, final_init_scale=self.actor_final_init)
+        critic = critic_ensemble(2, self.hidden_dims, init_scheme="torch",
+                                 final_init_scale=self.critic_final_init)
+        return actor, critic
+
+    def init(self, key, spec: Spec, dataset, pretrained: TrainState | None = None) -> SPOTState:
+        """`pretrained`: the VAE stage's final state. Without it the VAE is untrained (for shape
+        checks and timing only; `experiments.loop.init_states` refuses to train that way)."""
+        td3_key, vae_key = jax.random.split(key)
+        td3 = super().init(td3_key, spec, dataset)
+        if pretrained is None:
+            pretrained = self.pretraining().init(vae_key, spec, dataset)
+        return SPOTState(td3.actor, td3.critic, td3.target_actor_params, td3.target_critic_params,
+                         pretrained.params, td3.step)
+
+    def actor_loss(self, params, state: SPOTState, batch, key):
+        dropout_key, density_key = jax.random.split(key)
+        pi = state.actor.apply_fn(params, batch.observations, True, rngs={"dropout": dropout_key})
+        q_pi = state.critic.apply_fn(state.critic.params, batch.observations, pi)[0]
+        vae = vae_for(pi.shape[-1], self.vae_hidden_dims)
+        neg_log_density = DENSITIES[self.density](vae.apply, state.vae_params, batch.observations, pi,
+                                                  density_key, self.vae_kl_weight, self.density_samples)
+        loss, density = spot_actor_loss(q_pi, neg_log_density, self.lambd)
+        return loss, {"density_loss": density, "q_pi": q_pi.mean()}
+
+    def stop_reason(self, metrics: dict) -> str | None:
+        if not self.q_abort:
+            return None
+        q = np.asarray(metrics["q"], np.float64)
+        high = np.flatnonzero(np.nan_to_num(q, nan=-np.inf).max(axis=0) > self.q_abort)
+        if high.size == 0:
+            return None
+        return (f"mean Q exceeded q_abort={self.q_abort:g} (seed index(es) {high.tolist()}, max "
+                f"{np.nanmax(q):.4g}); SPOT's code aborts such runs as diverged")

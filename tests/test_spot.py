@@ -1,0 +1,157 @@
+"""SPOT (algorithms/spot.py) and the loop's pretraining stage: the actor loss by hand, the frozen VAE,
+the pretrained VAE cached and reused across runs, the Q > 1e4 stop, per-dataset values."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import algorithms
+import envs
+from algorithms import Spec
+from algorithms.core.vae import elbo_loss, iwae_loss, vae_for
+from algorithms.spot import spot_actor_loss
+from experiments import loop
+from experiments.config import compose, make_algorithm
+from experiments.train import run
+
+SPEC = Spec(observation_dim=3, action_dim=2, total_steps=100)
+TINY = ["algo=spot", "algo.hidden_dims=[16,16]", "algo.vae_hidden_dims=[16,16]", "algo.batch_size=32",
+        "algo.vae_batch_size=32", "algo.vae_steps=30", "steps=20", "log_every=10", "eval.every=20",
+        "eval.episodes=2"]
+
+
+def test_actor_loss_by_hand():
+    q_pi = jnp.array([1.0, -3.0])  # mean |Q| = 2: -mean(Q) / 2 = 0.5
+    density = jnp.array([0.2, 0.4])  # mean 0.3
+    loss, mean_density = spot_actor_loss(q_pi, density, lambd=0.5)
+    assert float(loss) == pytest.approx(0.5 + 0.5 * 0.3)
+    assert float(mean_density) == pytest.approx(0.3)
+    # the normaliser mean|Q| is not differentiated: d/dQ_i = -1 / (n * 2)
+    grad = jax.grad(lambda q: spot_actor_loss(q, density, 0.5)[0])(q_pi)
+    np.testing.assert_allclose(grad, [-0.25, -0.25], rtol=1e-6)
+
+
+def random_batch(size=16):
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(size, 3)).astype(np.float32)
+    zeros = np.zeros(size, np.float32)
+    return envs.Dataset(obs, rng.uniform(-1, 1, (size, 2)).astype(np.float32),
+                        rng.normal(size=size).astype(np.float32), obs[::-1].copy(), zeros, zeros)
+
+
+@pytest.mark.parametrize("density, estimate", [("elbo", elbo_loss), ("iwae", iwae_loss)])
+def test_actor_loss_uses_the_frozen_vae_density_of_the_policy_action(density, estimate):
+    algo = algorithms.get("spot")(hidden_dims=(8, 8), vae_hidden_dims=(8,), actor_dropout=0.0,
+                                  lambd=0.3, density=density, density_samples=3)
+    batch = random_batch()
+    state = algo.init(jax.random.key(0), SPEC, batch)
+    key = jax.random.key(1)
+    loss, metrics = algo.actor_loss(state.actor.params, state, batch, key)
+    pi = state.actor.apply_fn(state.actor.params, batch.observations)
+    q_pi = state.critic.apply_fn(state.critic.params, batch.observations, pi)[0]
+    vae = vae_for(2, (8,))
+    _, density_key = jax.random.split(key)
+    neg_log = estimate(vae.apply, state.vae_params, batch.observations, pi, density_key, 0.5, 3)
+    expected = -q_pi.mean() / jnp.abs(q_pi).mean() + 0.3 * neg_log.mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(metrics["density_loss"]) == pytest.approx(float(neg_log.mean()), rel=1e-5)
+
+
+def test_actor_dropout_is_on_in_the_loss_and_off_when_acting():
+    batch = random_batch()
+
+    def losses(dropout):  # lambda 0: only the actor's forward pass depends on the key
+        algo = algorithms.get("spot")(hidden_dims=(32, 32), vae_hidden_dims=(8,), actor_dropout=dropout,
+                                      lambd=0.0)
+        state = algo.init(jax.random.key(0), SPEC, batch)
+        acted = [algo.act(state, batch.observations, jax.random.key(k)) for k in range(2)]
+        np.testing.assert_array_equal(acted[0], acted[1])
+        # the loss value itself is +-1 when every Q has one sign; its gradient is not
+        grad = jax.grad(lambda params, key: algo.actor_loss(params, state, batch, key)[0])
+        return {float(jax.tree.leaves(grad(state.actor.params, jax.random.key(k)))[0].sum())
+                for k in range(3)}
+
+    assert len(losses(0.5)) == 3
+    assert len(losses(0.0)) == 1
+
+
+def test_update_never_changes_the_vae():
+    algo = algorithms.get("spot")(hidden_dims=(8, 8), vae_hidden_dims=(8,), batch_size=16)
+    batch = random_batch()
+    state = algo.init(jax.random.key(0), SPEC, batch)
+    update = jax.jit(algo.update)
+    new = state
+    for k in range(3):
+        new, metrics = update(new, batch, jax.random.key(k))
+    for a, b in zip(jax.tree.leaves(state.vae_params), jax.tree.leaves(new.vae_params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert np.isfinite(float(metrics["critic_loss"]))
+
+
+def test_stop_reason_when_q_explodes():
+    algo = algorithms.get("spot")()
+    assert algo.stop_reason({"q": np.array([[1.0, 5.0], [2.0, 3.0]])}) is None
+    message = algo.stop_reason({"q": np.array([[1.0, 5.0], [np.nan, 2e4]])})
+    assert "q_abort=10000" in message and "[1]" in message
+    assert algorithms.get("spot")(q_abort=0.0).stop_reason({"q": np.array([[1e9]])}) is None
+
+
+def test_loop_refuses_to_train_without_the_pretrained_stage():
+    algo = algorithms.get("spot")(hidden_dims=(8, 8), vae_hidden_dims=(8,))
+    with pytest.raises(ValueError, match="pretraining stage 'vae'"):
+        loop.init_states(algo, SPEC, random_batch(), jax.random.split(jax.random.key(0), 2))
+
+
+@pytest.fixture
+def offline_data(tmp_path_factory, monkeypatch):
+    root = tmp_path_factory.mktemp("datasets")
+    envs.generated.ensure_pendulum_mixed(root, episodes=10)
+    monkeypatch.setenv("OFFRL_DATA_DIR", str(root))
+    return root
+
+
+def test_pretrained_vae_is_cached_reused_and_frozen(offline_data, tmp_path):
+    overrides = [*TINY, "seeds=2", f"pretrain.cache_dir={tmp_path / 'cache'}"]
+    first = run(compose(overrides), tmp_path / "a")
+    second = run(compose(overrides), tmp_path / "b")
+    assert first["pretraining"]["reused"] is False and second["pretraining"]["reused"] is True
+    assert first["pretraining"]["cache"] == second["pretraining"]["cache"]
+    assert first["seeds"] == second["seeds"]  # the reused VAE is the trained one
+    lines = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    pretrain = [line for line in lines if line["type"] == "pretrain"]
+    assert [line["step"] for line in pretrain] == [10, 20, 30]
+    assert all(np.isfinite(line["vae_loss"]) for line in pretrain)
+    assert not any(line["type"] == "pretrain" for line in
+                   map(json.loads, (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()))
+    # other VAE settings: another cache entry
+    third = run(compose([*overrides, "algo.vae_steps=20"]), tmp_path / "c")
+    assert third["pretraining"]["reused"] is False
+    assert third["pretraining"]["cache"] != first["pretraining"]["cache"]
+
+
+def test_q_explosion_stops_the_run(offline_data, tmp_path):
+    # Pendulum's Q-values are negative: a threshold below every value makes the first chunk stop
+    with pytest.raises(loop.TrainingStopped, match="q_abort"):
+        run(compose([*TINY, "algo.q_abort=-1e9", "pretrain.cache_dir=null"]), tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("dataset, lambd", [
+    ("d4rl/halfcheetah-medium-v2", 0.05), ("d4rl/halfcheetah-medium-replay-v2", 0.05),
+    ("d4rl/halfcheetah-medium-expert-v2", 1.0), ("d4rl/hopper-medium-v2", 0.1),
+    ("d4rl/hopper-medium-expert-v2", 0.2), ("d4rl/walker2d-medium-replay-v2", 0.2),
+    ("d4rl/walker2d-medium-expert-v2", 0.5), ("d4rl/antmaze-umaze-v2", 0.25),
+    ("d4rl/antmaze-umaze-diverse-v2", 0.25), ("d4rl/antmaze-medium-play-v2", 0.05),
+    ("d4rl/antmaze-medium-diverse-v2", 0.025), ("d4rl/antmaze-large-play-v2", 0.025),
+])
+def test_paper_lambda_is_chosen_by_dataset(dataset, lambd):
+    algo = make_algorithm(compose(["algo=spot", f"dataset={dataset}"]).algo)
+    assert algo.lambd == lambd
+    antmaze = "antmaze" in dataset
+    assert algo.normalize_states is not antmaze
+    assert (algo.actor_lr, algo.actor_dropout) == ((1e-4, 0.0) if antmaze else (3e-4, 0.1))
+    assert (algo.actor_final_init, algo.critic_final_init) == ((1e-3, 3e-3) if antmaze else (None, None))
+    assert algo.reward.shift == (-1.0 if antmaze else 0.0)
