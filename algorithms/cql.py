@@ -56,13 +56,12 @@ from dataclasses import dataclass
 import flax
 import jax
 import jax.numpy as jnp
-import optax
 from flax.training.train_state import TrainState
 
 from algorithms import register
 from algorithms.core.algorithm import Algorithm, Spec
 from algorithms.core.networks import ReferenceTanhGaussianActor, critic_ensemble
-from algorithms.core.training import copy_params, create_train_state, soft_update
+from algorithms.core.training import copy_params, create_train_state, scalar_state, soft_update
 
 BACKUPS = ("deterministic", "entropy", "max")
 POLICY_HEADS = ("rlkit", "jaxcql")
@@ -109,12 +108,6 @@ def backup_value(next_q: jax.Array, next_log_probs: jax.Array, alpha: jax.Array,
     if backup == "entropy":
         value = value - alpha * next_log_probs[:, 0]
     return value
-
-
-def scalar_state(value: float, learning_rate: float) -> TrainState:
-    """A learned scalar with its own Adam; `params["value"]` (TrainState wants a dict)."""
-    return TrainState.create(apply_fn=None, params={"value": jnp.asarray(value, jnp.float32)},
-                             tx=optax.adam(learning_rate))
 
 
 @register

@@ -1,4 +1,5 @@
-"""Where data and environments come from. Knows nothing of algorithms."""
+"""Where data and environments come from. Knows nothing of algorithms (generating a local
+dataset on first use runs a shipped behaviour policy through experiments.generate)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,13 @@ def load(source: str, name: str, path: str | None = None, download: bool = True)
     elif source == "minari":
         data, info = minari_source.load(info, path, download)
     elif source == "local":
-        root = generated.ensure_pendulum_mixed(path)
-        data, info = minari_source.load(
-            DatasetInfo(**{**info.__dict__, "minari_id": generated.PENDULUM_MIXED_ID}), str(root)
-        )
+        if name == "pendulum-mixed":
+            root = generated.ensure_pendulum_mixed(path)
+            info = DatasetInfo(**{**info.__dict__, "minari_id": generated.PENDULUM_MIXED_ID})
+        else:
+            env, split = name.split("-", 1)
+            root = generated.ensure_behaviour_dataset(env, split, path)
+        data, info = minari_source.load(info, str(root))
     else:
         raise DatasetError(f"unknown dataset source '{source}'; use d4rl, minari or local.")
     bounds = action_bounds(info)

@@ -103,6 +103,15 @@ def _register_local() -> None:
     # envs/generated.py). Reference scores are measured returns of the random and scripted policies.
     register(DatasetInfo("pendulum-mixed", "local", "Pendulum-v1", "toy", None, None,
                          max_episode_steps=200))
+    # D4RL-protocol splits from SAC behaviour policies (experiments/generate.py); reference scores
+    # come from the dataset metadata.
+    from envs.generated import BEHAVIOUR_ENVS, SPLITS, behaviour_dataset_id
+
+    for env, spec in BEHAVIOUR_ENVS.items():
+        for split in SPLITS:
+            register(DatasetInfo(f"{env}-{split}", "local", spec.env_id, spec.family, None, None,
+                                 minari_id=behaviour_dataset_id(env, split),
+                                 max_episode_steps=spec.max_episode_steps))
 
 
 _register_d4rl()

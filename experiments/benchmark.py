@@ -617,20 +617,25 @@ def markdown(report: dict) -> str:
         f"{' --quick' if settings['quick'] else ''}`.",
         "",
         "| algo | hidden | seeds | compile s | updates/s per seed | updates/s total "
-        "| pipeline / bare | GFLOP/update | GFLOP/s | of matmul peak | XLA MiB | peak RSS MiB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| pipeline / bare | its updates / bare | s per evaluation | GFLOP/update | GFLOP/s "
+        "| of matmul peak | XLA MiB | peak RSS MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in report["results"]:
         if "error" in e:
             lines.append(f"| {e['algo']} | {e['hidden'][0]}x2 | {e['seeds']} | failed: see JSON "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | | |")
             continue
         flops = e["flops_per_update"]
+        pipeline = e.get("pipeline", {})
+        updates_only = pipeline and (pipeline["steps"] / pipeline["breakdown_seconds"]["updates"]
+                                     / e["updates_per_second_per_seed"])
         lines.append(
             f"| {e['algo']}{'*' if e['has_conditional'] else ''} | {e['hidden'][0]}x2 "
             f"| {e['seeds']} | {e['compile']['total_seconds']:.1f} "
             f"| {e['updates_per_second_per_seed']:,.0f} | {e['updates_per_second_total']:,.0f} "
-            f"| {_percent(e.get('pipeline', {}).get('fraction_of_bare'))} "
+            f"| {_percent(pipeline.get('fraction_of_bare'))} | {_percent(updates_only or None)} "
+            f"| {_number(pipeline.get('seconds_per_evaluation'), '.2f')} "
             f"| {_number(flops and flops / 1e9, '.3f')} | {_number(e['achieved_gflops'], '.1f')} "
             f"| {_percent(e['roofline_fraction'])} "
             f"| {_mib((e['xla_memory'] or {}).get('peak_memory_in_bytes'))} "
@@ -645,7 +650,9 @@ def markdown(report: dict) -> str:
         "Pipeline: the whole training loop with logging and evaluation in HalfCheetah-v5 every "
         f"{settings['pipeline_eval_every']} steps, {settings['pipeline_episodes']} episode(s) of "
         f"{settings['eval_max_episode_steps']} steps per seed (a real run: every 5000 steps, 10 "
-        "episodes), no checkpoints. "
+        "episodes: the same evaluation cost per update), no checkpoints; \"its updates / bare\" "
+        "is the pipeline's update time alone against the bare chunk, i.e. the loop's overhead "
+        "without evaluation. "
         "FLOPs are XLA's cost analysis; * marks a lax.cond, counted as its costlier branch "
         "(an upper bound).",
     ]

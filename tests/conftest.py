@@ -8,8 +8,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import experiments  # noqa: F401  (sets the XLA CPU flags before any test starts JAX)
-
 # Every place the data sources read or write: the generated datasets, Minari's and D4RL's caches.
 DATA_ENV_VARS = {"offrl": "OFFRL_DATA_DIR", "minari": "MINARI_DATASETS_PATH", "d4rl": "D4RL_DATASET_DIR"}
 

@@ -86,7 +86,7 @@ def test_actor_distributions():
     assert dist.mode().shape == (4, 2)
 
 
-@pytest.mark.parametrize("name", ["bc", "td3_bc", "iql"])
+@pytest.mark.parametrize("name", ["bc", "td3_bc", "iql", "sac"])
 def test_update_and_act_shapes_and_determinism(name):
     algo = small(name)
     batch = random_batch(jax.random.key(0))

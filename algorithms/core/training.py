@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
@@ -11,6 +12,13 @@ def create_train_state(module, params, learning_rate, **adam_kwargs) -> TrainSta
     """Adam over `params`; `learning_rate` may be a float or an optax schedule."""
     return TrainState.create(apply_fn=module.apply, params=params,
                              tx=optax.adam(learning_rate, **adam_kwargs))
+
+
+def scalar_state(value: float, learning_rate: float) -> TrainState:
+    """A learned scalar (a log temperature, a Lagrange multiplier) with its own Adam, as
+    `params["value"]` (TrainState wants a dict)."""
+    return TrainState.create(apply_fn=None, params={"value": jnp.asarray(value, jnp.float32)},
+                             tx=optax.adam(learning_rate))
 
 
 def soft_update(target_params, online_params, tau: float):

@@ -1,0 +1,473 @@
+"""Datasets made by D4RL's protocol on gymnasium MuJoCo v5, offline and deterministically.
+
+    python -m experiments.generate env=hopper                # every split, from the shipped policies
+    python -m experiments.generate env=hopper splits=[medium] size=100000
+    python -m experiments.generate env=walker2d retrain=true  # retrain the behaviour policies (resumable)
+
+Behaviour policies are SAC agents (`algorithms/sac.py`) trained online, with a snapshot of the
+actor kept at every evaluation (`envs/behaviour/<env>/`). As in D4RL (Fu et al. 2020, section 5):
+  random         the randomly initialised policy (the step-0 snapshot);
+  medium         the snapshot whose evaluation return is nearest a third of the way from the
+                 random policy's return to the expert's;
+  expert         the fully trained policy (the last snapshot);
+  medium-replay  what the replay buffer held when training reached the medium snapshot;
+  medium-expert  medium and expert concatenated.
+random, medium and expert hold `size` transitions each (default 1M), sampled from the policy's own
+stochastic actions. D4RL's medium-replay is the training replay buffer itself; ours is rebuilt from
+the shipped snapshots: the uniform warm-up steps, then between consecutive snapshots as many
+steps as training collected, acting with the earlier snapshot (training's policy changed after
+every update, ours only at snapshots). The reference scores (D4RL's min/max normalisation) are
+the random and expert policies' mean returns, measured when the policies were trained.
+
+Episodes end by termination (the robot fell) or by the 1000-step time limit (a truncation),
+recorded apart; the last episode of a split is cut at `size` and marked truncated. Files are
+written with Minari's API into `$OFFRL_DATA_DIR` (default ~/.cache/offrl-jax/datasets) via a
+staging folder that is renamed into place when complete, so an interrupted run never leaves a
+dataset that loads as if whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from envs.dataset import DatasetError
+from envs.generated import BEHAVIOUR_ENVS, SPLITS, behaviour_dataset_id
+
+BEHAVIOUR_DIR = Path(__file__).resolve().parent.parent / "envs" / "behaviour"
+ENVS = BEHAVIOUR_ENVS
+minari_id = behaviour_dataset_id
+
+
+def check_request(env: str, splits) -> None:
+    if env not in ENVS:
+        raise DatasetError(f"unknown environment '{env}' for generated datasets; choose one of "
+                           f"{', '.join(ENVS)}.")
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise DatasetError(f"unknown split(s) {', '.join(unknown)}; choose from {', '.join(SPLITS)}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Behaviour policies: snapshots of a SAC actor
+# --------------------------------------------------------------------------------------------
+
+
+class Behaviour:
+    """The snapshots of one environment's behaviour policy, as listed in `policy.json`."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        manifest = self.directory / "policy.json"
+        if not manifest.is_file():
+            raise DatasetError(
+                f"no behaviour policy in '{self.directory}' (policy.json missing). Train one with "
+                f"`python -m experiments.generate env={self.directory.name} retrain=true`.")
+        self.manifest = json.loads(manifest.read_text())
+        self.env = self.manifest["env"]
+        self.snapshots = {int(s["step"]): s for s in self.manifest["snapshots"]}
+
+    def step_of(self, role: str) -> int:
+        return int(self.manifest["roles"][role])
+
+    @functools.cached_property
+    def sampler(self):
+        """jit: (params, observation, key, counter) -> an action in [-1, 1] drawn from the
+        policy with the key folded with the counter (one dispatch per environment step)."""
+        import jax
+
+        from algorithms.core.networks import TanhGaussianActor
+
+        module = TanhGaussianActor(tuple(self.manifest["hidden_dims"]), self.manifest["action_dim"])
+
+        @jax.jit
+        def sample(params, observation, key, counter):
+            return module.apply(params, observation[None]).sample(
+                seed=jax.random.fold_in(key, counter))[0]
+
+        return sample
+
+    def policy(self, step: int):
+        """(sampler, params) of the snapshot taken at training step `step`."""
+        import flax.serialization
+
+        path = self.directory / self.snapshots[step]["file"]
+        try:
+            params = flax.serialization.msgpack_restore(path.read_bytes())
+        except (OSError, ValueError) as error:
+            raise DatasetError(f"cannot read behaviour snapshot '{path}' ({error}); restore it "
+                               "from the repository or retrain with retrain=true.") from None
+        return self.sampler, params
+
+
+# --------------------------------------------------------------------------------------------
+# Rollouts
+# --------------------------------------------------------------------------------------------
+
+
+def collect(env_name: str, segments: list[tuple[object, int]], seed: int, progress=None) -> list:
+    """Run one environment through `segments` of (policy, steps), where policy is (sampler,
+    params) from `Behaviour.policy` or None for uniformly random actions, continuing the current
+    episode across segments. Returns Minari EpisodeBuffers holding exactly sum(steps) transitions
+    (the last episode cut short)."""
+    import gymnasium as gym
+    import jax
+    from minari.data_collector import EpisodeBuffer
+
+    spec = ENVS[env_name]
+    env = gym.make(spec.env_id, max_episode_steps=spec.max_episode_steps)
+    low, high = env.action_space.low, env.action_space.high
+    rng = np.random.default_rng(seed)
+    key = jax.random.key(seed)
+    episodes, episode_seed = [], seed * 1_000_003
+    observation, _ = env.reset(seed=episode_seed)
+    current = {"observations": [observation], "actions": [], "rewards": [], "terminations": [],
+               "truncations": [], "seed": episode_seed}
+
+    def close(truncate: bool):
+        if truncate:
+            current["truncations"][-1] = True
+        episodes.append(EpisodeBuffer(
+            id=len(episodes), seed=current.pop("seed"),
+            **{name: np.asarray(value) for name, value in current.items()}))
+
+    total = sum(steps for _, steps in segments)
+    done_steps = 0
+    for policy, steps in segments:
+        if policy is not None:
+            sampler, params = policy
+        for _ in range(steps):
+            if policy is None:
+                unit = rng.uniform(-1.0, 1.0, env.action_space.shape)
+            else:
+                unit = np.asarray(sampler(params, np.asarray(observation, np.float32), key,
+                                          done_steps))
+            action = (low + (unit + 1.0) * 0.5 * (high - low)).astype(env.action_space.dtype)
+            observation, reward, terminated, truncated, _ = env.step(action)
+            current["observations"].append(observation)
+            current["actions"].append(action)
+            current["rewards"].append(float(reward))
+            current["terminations"].append(bool(terminated))
+            current["truncations"].append(bool(truncated) and not terminated)
+            done_steps += 1
+            if terminated or truncated:
+                close(truncate=False)
+                episode_seed += 1
+                observation, _ = env.reset(seed=episode_seed)
+                current = {"observations": [observation], "actions": [], "rewards": [],
+                           "terminations": [], "truncations": [], "seed": episode_seed}
+            if progress is not None and done_steps % 1_000 == 0:
+                progress(done_steps, total)
+    if current["actions"]:
+        close(truncate=True)
+    env.close()
+    return episodes
+
+
+def episode_statistics(episodes) -> dict:
+    """Mean return over complete episodes (not the cut-short last one), and counts."""
+    complete = [e for e in episodes if e.terminations[-1] or e is not episodes[-1]]
+    returns = [float(np.sum(e.rewards)) for e in complete] or [float(np.sum(episodes[-1].rewards))]
+    return {"episodes": len(episodes), "transitions": int(sum(len(e.rewards) for e in episodes)),
+            "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns))}
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+
+
+def split_segments(behaviour: Behaviour, split: str, size: int) -> list[tuple[object, int]]:
+    if split in ("random", "medium", "expert"):
+        return [(behaviour.policy(behaviour.step_of(split)), size)]
+    if split == "medium-replay":
+        start_steps = int(behaviour.manifest["start_steps"])
+        medium = behaviour.step_of("medium")
+        steps = sorted(s for s in behaviour.snapshots if s <= medium)
+        segments = [(None, min(start_steps, medium))]
+        for begin, end in zip(steps, steps[1:], strict=False):
+            begin = max(begin, start_steps)
+            if end > begin:
+                segments.append((behaviour.policy(max(s for s in steps if s <= begin)), end - begin))
+        return [(p, n) for p, n in segments if n > 0]
+    raise DatasetError(f"split '{split}' is not collected directly")
+
+
+def write_split(env: str, split: str, episodes: list, behaviour: Behaviour, root: Path,
+                seed: int, command: str, seconds: float) -> dict:
+    from envs.generated import write_minari_dataset
+
+    spec = ENVS[env]
+    reference = behaviour.manifest["reference"]
+    stats = episode_statistics(episodes)
+    roles = behaviour.manifest["roles"]
+    source = {"random": f"the random initial policy (step {roles['random']})",
+              "medium": f"the medium snapshot (training step {roles['medium']})",
+              "expert": f"the expert snapshot (training step {roles['expert']})",
+              "medium-replay": f"the replay of training up to step {roles['medium']}",
+              "medium-expert": "medium followed by expert"}[split]
+    write_minari_dataset(
+        root, minari_id(env, split), episodes, env=spec.env_id, eval_env=spec.env_id,
+        algorithm_name=f"SAC behaviour policy: {source}",
+        ref_min_score=reference["min"], ref_max_score=reference["max"],
+        description=(
+            f"D4RL-protocol {split} split for {spec.env_id}: {stats['transitions']} transitions, "
+            f"{stats['episodes']} episodes, behaviour return {stats['return_mean']:.1f}; "
+            f"{source}; generation seed {seed}; command `{command}`; generated by offrl-jax "
+            "experiments/generate.py."),
+    )
+    return {**stats, "seconds": seconds,
+            "normalized_return": 100 * (stats["return_mean"] - reference["min"])
+            / (reference["max"] - reference["min"])}
+
+
+def generate(env: str, splits=SPLITS, size: int = 1_000_000, seed: int = 0, root: Path | None = None,
+             policy_dir: Path | None = None, force: bool = False, command: str | None = None,
+             progress: bool = True) -> dict:
+    """Write the requested splits of `env` (skipping those already complete unless `force`);
+    returns per-split statistics of what was written."""
+    from envs.generated import data_dir, dataset_complete
+
+    check_request(env, splits)
+    root = Path(root or data_dir())
+    behaviour = Behaviour(Path(policy_dir or BEHAVIOUR_DIR) / env)
+    command = command or "python -m experiments.generate " + shlex.join(sys.argv[1:])
+    collected: dict[str, list] = {}
+
+    def episodes_of(split: str) -> list:
+        # Collection is deterministic, so medium and expert come out the same when medium-expert
+        # needs them again.
+        if split == "medium-expert":
+            episodes = [*episodes_of("medium"), *episodes_of("expert")]
+            return [dataclasses.replace(e, id=i) for i, e in enumerate(episodes)]
+        if split not in collected:
+            bar = _ProgressBar(f"{env}-{split}", progress)
+            collected[split] = collect(env, split_segments(behaviour, split, size),
+                                       seed=seed * 1000 + SPLITS.index(split), progress=bar.update)
+            bar.close()
+        return collected[split]
+
+    report = {}
+    for split in (s for s in SPLITS if s in splits):
+        if not force and dataset_complete(root, minari_id(env, split)):
+            continue
+        started = time.perf_counter()
+        episodes = episodes_of(split)
+        report[split] = write_split(env, split, episodes, behaviour, root, seed, command,
+                                    time.perf_counter() - started)
+    return report
+
+
+class _ProgressBar:
+    def __init__(self, name: str, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=name, unit="step", unit_scale=True)
+        self.seen = 0
+
+    def update(self, done: int, total: int):
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.update(done - self.seen)
+            self.seen = done
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Training the behaviour policies
+# --------------------------------------------------------------------------------------------
+
+
+def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_steps: int,
+                    start_steps: int = 10_000, snapshot_every: int = 10_000, eval_episodes: int = 10,
+                    reference_episodes: int = 20, seed: int = 0, checkpoint_dir: Path | None = None,
+                    log=print) -> dict:
+    """Train SAC on `env` with an actor snapshot at every evaluation, then pick the random,
+    medium and expert snapshots and measure the reference returns; writes out_dir/policy.json.
+    An orbax checkpoint (agent + replay buffer; `checkpoint_dir`, default runs/behaviour/<env>)
+    is kept at every snapshot, so an interrupted run continues where it stopped when started
+    again. Only the snapshots the splits use stay in out_dir."""
+    import flax.serialization
+    import gymnasium as gym
+    import jax
+
+    from algorithms.sac import SAC
+    from experiments.checkpoints import Checkpointer
+    from experiments.online import OnlineSchedule, environment_spec, initial_run, train_online
+
+    spec = ENVS[env]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def make_env():
+        raw = gym.make(spec.env_id, max_episode_steps=spec.max_episode_steps)
+        ones = np.ones(raw.action_space.shape, raw.action_space.dtype)
+        return gym.wrappers.RescaleAction(raw, -ones, ones)
+
+    algo = SAC(hidden_dims=tuple(hidden_dims))
+    schedule = OnlineSchedule(total_steps=total_steps, start_steps=start_steps, update_every=50,
+                              eval_every=snapshot_every, eval_episodes=eval_episodes)
+    env_spec = environment_spec(make_env, total_steps)
+    checkpointer = Checkpointer(Path(checkpoint_dir or Path("runs") / "behaviour" / env), keep=1)
+    run, snapshots, seconds = None, [], 0.0
+    if checkpointer.manager.latest_step() is not None:
+        template = initial_run(algo, env_spec, [seed], schedule.buffer_size)
+        states, keys, step, saved = checkpointer.restore_latest(
+            {"agent": template["states"], "buffers": template["buffers"]}, template["keys"])
+        run = {"states": states["agent"], "buffers": states["buffers"], "keys": keys,
+               "step": step, "history": saved["history"]}
+        snapshots, seconds = saved["snapshots"], saved["seconds"]
+        log(f"{env}: resuming SAC training from step {step}")
+    started = time.perf_counter() - seconds
+
+    def on_evaluation(run, returns):
+        step = run["step"]
+        params = jax.tree.map(lambda x: np.asarray(x[0]), run["states"].actor.params)
+        name = f"actor_{step:08d}.msgpack"
+        (out_dir / name).write_bytes(flax.serialization.msgpack_serialize(params))
+        snapshots.append({"step": step, "file": name, "return_mean": float(returns.mean()),
+                          "return_std": float(returns.std())})
+        elapsed = time.perf_counter() - started
+        if step > 0:
+            checkpointer.save(step, {"agent": run["states"], "buffers": run["buffers"]}, run["keys"],
+                              {"history": run["history"], "snapshots": snapshots, "seconds": elapsed})
+        log(f"{env} step {step}: evaluation return {returns.mean():.1f} ± {returns.std():.1f} "
+            f"({elapsed:.0f} s)")
+
+    train_online(algo, make_env, schedule, [seed], run=run, on_evaluation=on_evaluation)
+    checkpointer.wait()
+    train_seconds = time.perf_counter() - started
+
+    expert = snapshots[-1]
+    # "About a third of the expert": a third of the way from the random policy's return to the
+    # expert's (the same as D4RL's third of the expert's return where random scores about 0, and
+    # still meaningful where returns are negative).
+    target = snapshots[0]["return_mean"] + (expert["return_mean"] - snapshots[0]["return_mean"]) / 3
+    medium = min(snapshots[1:-1] or snapshots, key=lambda s: abs(s["return_mean"] - target))
+    manifest = {
+        "env": env, "env_id": spec.env_id, "hidden_dims": list(hidden_dims),
+        "observation_dim": env_spec.observation_dim, "action_dim": env_spec.action_dim,
+        "seed": seed, "total_steps": total_steps, "start_steps": start_steps,
+        "snapshot_every": snapshot_every, "train_seconds": round(train_seconds, 1),
+        "roles": {"random": 0, "medium": medium["step"], "expert": expert["step"]},
+        "snapshots": snapshots, "command": "python -m experiments.generate " + shlex.join(sys.argv[1:]),
+    }
+    (out_dir / "policy.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    behaviour = Behaviour(out_dir)
+    reference = {}
+    for role, bound in (("random", "min"), ("expert", "max")):
+        # Stochastic actions, as the datasets are sampled; seeds disjoint from the datasets'.
+        episodes = collect(env, [(behaviour.policy(behaviour.step_of(role)),
+                                  reference_episodes * spec.max_episode_steps)], seed=10**6 + seed)
+        reference[bound] = episode_statistics(episodes)["return_mean"]
+    manifest["reference"] = reference
+    (out_dir / "policy.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    # Only the snapshots that a split uses are kept: the roles and the medium-replay schedule.
+    keep = {s["file"] for s in snapshots if s["step"] <= medium["step"] or s is expert}
+    for snapshot in snapshots:
+        if snapshot["file"] not in keep:
+            (out_dir / snapshot["file"]).unlink(missing_ok=True)
+    manifest["snapshots"] = [s for s in snapshots if s["file"] in keep]
+    manifest["returns_during_training"] = [[s["step"], round(s["return_mean"], 1)] for s in snapshots]
+    (out_dir / "policy.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    log(f"{env}: random {reference['min']:.1f}, medium (step {medium['step']}) "
+        f"{medium['return_mean']:.1f}, expert {reference['max']:.1f}; {train_seconds:.0f} s")
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+# SAC budgets per environment, chosen to train within one working session on a 2-core CPU.
+TRAINING = {
+    "pendulum": {"hidden_dims": [64, 64], "total_steps": 12_000, "start_steps": 1_000,
+                 "snapshot_every": 1_000},
+    # SAC at 128x2 runs ~200 updates/s here (256x2: ~87), about 5 ms per environment step with the
+    # environment; D4RL's 1M steps at 256x2 would take over 3 hours per environment.
+    **{env: {"hidden_dims": [128, 128], "total_steps": 200_000, "start_steps": 10_000,
+             "snapshot_every": 10_000} for env in ("hopper", "halfcheetah", "walker2d", "ant")},
+}
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    hidden_dims: list[int] | None = None  # None: the environment's entry in TRAINING
+    total_steps: int | None = None
+    start_steps: int | None = None
+    snapshot_every: int | None = None
+    eval_episodes: int = 10
+
+
+@dataclasses.dataclass
+class GenerateSettings:
+    env: str = "hopper"
+    splits: list[str] = dataclasses.field(default_factory=lambda: list(SPLITS))
+    size: int | None = None  # transitions in random, medium and expert; None: the env's default
+    seed: int = 0
+    data_dir: str | None = None  # default: $OFFRL_DATA_DIR or ~/.cache/offrl-jax/datasets
+    policy_dir: str | None = None  # default: the shipped envs/behaviour
+    force: bool = False  # rewrite splits that already exist
+    retrain: bool = False  # train the behaviour policy first (resumes an interrupted training)
+    train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
+
+
+def parse(argv: list[str]) -> GenerateSettings:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(GenerateSettings),
+                                 OmegaConf.from_dotlist(argv))
+    except OmegaConfBaseException as error:
+        message = str(error).splitlines()[0]
+        raise DatasetError(f"bad override ({message}); write key=value with keys from "
+                           f"{', '.join(f.name for f in dataclasses.fields(GenerateSettings))}.") from None
+    settings = OmegaConf.to_object(merged)
+    check_request(settings.env, settings.splits)
+    if settings.size is None:
+        settings.size = ENVS[settings.env].default_size
+    if settings.size <= 0:
+        raise DatasetError(f"size must be positive, got {settings.size}.")
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = parse(argv)
+        policy_root = Path(settings.policy_dir or BEHAVIOUR_DIR)
+        command = "python -m experiments.generate " + shlex.join(argv)
+        if settings.retrain:
+            train = {**TRAINING[settings.env],
+                     **{k: v for k, v in dataclasses.asdict(settings.train).items() if v is not None}}
+            train_behaviour(settings.env, policy_root / settings.env, seed=settings.seed, **train)
+        report = generate(settings.env, settings.splits, settings.size, settings.seed,
+                          Path(settings.data_dir) if settings.data_dir else None, policy_root,
+                          force=settings.force, command=command)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for split, stats in report.items():
+        print(f"local/{settings.env}-{split}: {stats['transitions']:,} transitions, "
+              f"{stats['episodes']} episodes, return {stats['return_mean']:.1f} "
+              f"(normalized {stats['normalized_return']:.1f}), {stats['seconds']:.0f} s")
+    if not report:
+        print(f"every requested split of {settings.env} already exists (force=true rewrites).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""SAC, the replay buffer, and the D4RL-protocol datasets generated from behaviour policies."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from algorithms.core.replay import ReplayBuffer
+from algorithms.sac import SAC, temperature_loss
+from envs import generated
+from envs.dataset import Dataset, DatasetError
+from experiments import generate
+from experiments.online import OnlineSchedule, train_online
+
+PENDULUM = generate.BEHAVIOUR_DIR / "pendulum"
+
+
+def rows(start: int, count: int) -> Dataset:
+    values = np.arange(start, start + count, dtype=np.float32)
+    return Dataset(values[:, None], values[:, None], values, values[:, None], values * 0, values * 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay buffer and SAC
+# ---------------------------------------------------------------------------------------------
+
+
+def test_replay_buffer_wraps_around_and_keeps_the_newest():
+    buffer = ReplayBuffer.create(5, 1, 1)
+    buffer = buffer.add(rows(0, 3))
+    assert int(buffer.size) == 3 and np.asarray(buffer.ordered().rewards).tolist() == [0, 1, 2]
+    buffer = buffer.add(rows(3, 4))  # 7 rows into 5 slots: 0 and 1 are overwritten
+    assert int(buffer.size) == 5 and int(buffer.position) == 2
+    assert np.asarray(buffer.ordered().rewards).tolist() == [2, 3, 4, 5, 6]
+    sampled = buffer.sample(jax.random.key(0), 1000)
+    assert set(np.asarray(sampled.rewards).tolist()) == {2, 3, 4, 5, 6}
+    np.testing.assert_array_equal(sampled.observations[:, 0], sampled.rewards)  # rows stay whole
+
+
+def test_replay_buffer_samples_only_what_it_holds():
+    buffer = ReplayBuffer.create(100, 1, 1).add(rows(10, 2))
+    assert set(np.asarray(buffer.sample(jax.random.key(1), 200).rewards).tolist()) == {10, 11}
+
+
+def test_sac_temperature_moves_towards_the_target_entropy():
+    target = 1.0
+    # entropy -log pi = 0.5, below the target: gradient descent raises log alpha
+    low_entropy = jnp.full((8,), -0.5)
+    assert jax.grad(temperature_loss)(jnp.asarray(0.0), low_entropy, target) < 0
+    # entropy 2.0, above the target: it lowers log alpha
+    assert jax.grad(temperature_loss)(jnp.asarray(0.0), jnp.full((8,), -2.0), target) > 0
+    np.testing.assert_allclose(temperature_loss(jnp.asarray(2.0), low_entropy, target), -2.0 * 0.5)
+
+
+def pendulum_env():
+    env = gym.make("Pendulum-v1")
+    return gym.wrappers.RescaleAction(env, -np.ones(1, np.float32), np.ones(1, np.float32))
+
+
+def test_online_training_is_deterministic_and_fills_the_buffer():
+    schedule = OnlineSchedule(total_steps=300, start_steps=100, update_every=50, eval_every=0,
+                              eval_episodes=1)
+    algo = SAC(hidden_dims=(16, 16), batch_size=32)
+    first = train_online(algo, pendulum_env, schedule, [0, 1])
+    second = train_online(algo, pendulum_env, schedule, [0, 1])
+    assert first["step"] == 300 and np.asarray(first["buffers"].size).tolist() == [300, 300]
+    assert int(first["states"].step) == 250  # 50 updates per 50 steps once 100 warm-up steps are in
+    for a, b in zip(jax.tree.leaves(first["states"]), jax.tree.leaves(second["states"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    held = first["buffers"].transitions
+    assert held.timeouts[0].sum() == 1 and held.timeouts[0][199] == 1  # the 200-step time limit
+    assert held.terminals.sum() == 0  # Pendulum never terminates
+    # the next observation of one step is the observation of the next, within an episode
+    np.testing.assert_array_equal(held.next_observations[0][:199], held.observations[0][1:200])
+    assert len(first["history"]["evaluations"]) == 2  # at step 0 and at the end
+
+
+@pytest.mark.slow
+def test_sac_learns_pendulum():
+    schedule = OnlineSchedule(total_steps=8_000, start_steps=1_000, update_every=50,
+                              eval_every=0, eval_episodes=5)
+    run = train_online(SAC(hidden_dims=(64, 64)), pendulum_env, schedule, [0])
+    returns = np.asarray(run["history"]["evaluations"][-1]["returns"])
+    assert returns.mean() > -400, returns  # random actions: about -1200; swung up and held: > -200
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped behaviour policies and generated splits
+# ---------------------------------------------------------------------------------------------
+
+
+def test_shipped_pendulum_policy_follows_the_protocol():
+    manifest = json.loads((PENDULUM / "policy.json").read_text())
+    snapshots = {s["step"]: s for s in manifest["snapshots"]}
+    roles = manifest["roles"]
+    assert roles["random"] == 0 and roles["expert"] == max(snapshots)
+    random, medium, expert = (snapshots[roles[r]]["return_mean"] for r in ("random", "medium", "expert"))
+    assert random < medium < expert
+    # medium is the snapshot nearest a third of the way from random to expert, among those trained
+    target = random + (expert - random) / 3
+    nearest = min(manifest["returns_during_training"][1:-1], key=lambda s: abs(s[1] - target))
+    assert nearest[0] == roles["medium"]
+    assert manifest["reference"]["min"] < manifest["reference"]["max"]
+    for snapshot in manifest["snapshots"]:
+        assert (PENDULUM / snapshot["file"]).is_file()
+
+
+@pytest.fixture(scope="module")
+def pendulum_splits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generated")
+    report = generate.generate("pendulum", generate.SPLITS, size=1_000, root=root, progress=False)
+    return root, report
+
+
+def load_split(root, split):
+    import minari
+
+    return minari.load_dataset(generate.minari_id("pendulum", split), download=False)
+
+
+def test_splits_round_trip_through_minari(pendulum_splits, monkeypatch):
+    root, report = pendulum_splits
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    for split in ("random", "medium", "expert"):
+        dataset = load_split(root, split)
+        assert dataset.total_steps == 1_000 == report[split]["transitions"]
+        episodes = list(dataset.iterate_episodes())
+        assert [len(e.rewards) for e in episodes] == [200] * 5
+        assert all(e.truncations[-1] and not e.terminations.any() for e in episodes)
+        assert dataset.spec.env_spec.id == "Pendulum-v1"
+        assert np.abs(np.concatenate([e.actions for e in episodes])).max() <= 2.0
+        metadata = dataset.storage.metadata
+        assert "generation seed 0" in metadata["description"]
+        assert metadata["ref_min_score"] < metadata["ref_max_score"]
+
+
+def test_protocol_invariants(pendulum_splits, monkeypatch):
+    root, report = pendulum_splits
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    assert (report["random"]["return_mean"] < report["medium"]["return_mean"]
+            < report["expert"]["return_mean"])
+    expert_return = report["expert"]["return_mean"]
+    manifest = json.loads((PENDULUM / "policy.json").read_text())
+    # medium-replay: everything training collected up to the medium snapshot
+    assert report["medium-replay"]["transitions"] == manifest["roles"]["medium"]
+    assert report["medium"]["return_mean"] < expert_return
+    # medium-expert is exactly medium followed by expert
+    union = list(load_split(root, "medium-expert").iterate_episodes())
+    parts = [*load_split(root, "medium").iterate_episodes(), *load_split(root, "expert").iterate_episodes()]
+    assert len(union) == len(parts)
+    for a, b in zip(union, parts, strict=True):
+        np.testing.assert_array_equal(a.observations, b.observations)
+        np.testing.assert_array_equal(a.actions, b.actions)
+
+
+def test_same_seed_same_arrays(pendulum_splits, tmp_path, monkeypatch):
+    root, _ = pendulum_splits
+    generate.generate("pendulum", ["medium"], size=1_000, root=tmp_path, progress=False)
+    first, _ = envs.minari_source.load(envs.lookup("local", "pendulum-medium"), str(root))
+    second, _ = envs.minari_source.load(envs.lookup("local", "pendulum-medium"), str(tmp_path))
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    generate.generate("pendulum", ["medium"], size=1_000, seed=1, root=tmp_path, force=True,
+                      progress=False)
+    other, _ = envs.minari_source.load(envs.lookup("local", "pendulum-medium"), str(tmp_path))
+    assert not np.array_equal(first.actions, other.actions)
+
+
+def test_generated_on_first_use_through_envs_load(data_dirs):
+    data, info = envs.load("local", "pendulum-expert")
+    assert data.size == generated.BEHAVIOUR_ENVS["pendulum"].default_size
+    assert info.env_id == "Pendulum-v1" and info.ref_max_score is not None
+    assert np.abs(data.actions).max() <= 1.0  # rescaled from torque
+    assert generated.dataset_complete(data_dirs.offrl, generate.minari_id("pendulum", "expert"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["env=pong"], "unknown environment 'pong'"),
+    (["env=hopper", "splits=[medium,mixed]"], "unknown split(s) mixed"),
+    (["sise=10"], "bad override"),
+    (["size=0"], "size must be positive"),
+])
+def test_cli_rejects_bad_requests(argv, message, capsys, data_dirs):
+    assert generate.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+
+
+def test_cli_unwritable_data_dir(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = generate.main(["env=pendulum", "splits=[random]", "size=300",
+                          f"data_dir={blocker / 'datasets'}"])
+    assert code == 2 and "cannot write datasets" in capsys.readouterr().err
+
+
+def test_missing_policy_says_how_to_train_one(tmp_path, capsys):
+    code = generate.main(["env=pendulum", f"policy_dir={tmp_path}", f"data_dir={tmp_path / 'd'}"])
+    assert code == 2 and "retrain=true" in capsys.readouterr().err
+
+
+def test_interrupted_split_is_not_complete(tmp_path, monkeypatch):
+    import minari
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(minari, "create_dataset_from_buffers", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate.generate("pendulum", ["random"], size=300, root=tmp_path, progress=False)
+    assert not generated.dataset_complete(tmp_path, generate.minari_id("pendulum", "random"))
+    assert not list(tmp_path.glob(".staging-*"))
+
+
+def test_corrupt_cached_split_is_reported(tmp_path):
+    generate.generate("pendulum", ["random"], size=300, root=tmp_path, progress=False)
+    data_file = tmp_path / generate.minari_id("pendulum", "random") / "data" / "main_data.hdf5"
+    data_file.write_bytes(b"\0" * 512)
+    with pytest.raises(DatasetError, match="could not be read"):
+        envs.load("local", "pendulum-random", path=str(tmp_path))
