@@ -159,11 +159,10 @@ def test_updates_are_deterministic_and_seeds_batch_exactly():
     assert np.isfinite(kdtree_metrics["neighbour_distance"][::2]).all()
 
 
-def test_kdtree_needs_bind_dataset_and_is_the_cpu_default():
+def test_kdtree_needs_bind_dataset_and_the_in_graph_search_is_the_default():
     data = tiny_dataset()
-    auto = small_prdc("auto")
-    assert auto.search == "matmul"  # compiled outside the loop: the in-graph search
-    assert auto.bind_dataset(data).search == ("kdtree" if jax.default_backend() == "cpu" else "matmul")
+    default = algorithms.get("prdc")()
+    assert default.search == "matmul" and default.bind_dataset(data) is default
     algo = small_prdc("kdtree")
     state = algo.init(jax.random.key(0), SPEC, data)
     with pytest.raises(RuntimeError, match="bind_dataset"):
