@@ -292,8 +292,8 @@ class _ProgressBar:
 
 def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_steps: int,
                     start_steps: int = 10_000, snapshot_every: int = 10_000, eval_episodes: int = 10,
-                    reference_episodes: int = 20, seed: int = 0, checkpoint_dir: Path | None = None,
-                    log=print) -> dict:
+                    reference_episodes: int = 20, seed: int = 0, buffer_size: int = 1_000_000,
+                    checkpoint_dir: Path | None = None, log=print) -> dict:
     """Train SAC on `env` with an actor snapshot at every evaluation, then pick the random,
     medium and expert snapshots and measure the reference returns; writes out_dir/policy.json.
     An orbax checkpoint (agent + replay buffer; `checkpoint_dir`, default runs/behaviour/<env>)
@@ -318,7 +318,8 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
 
     algo = SAC(hidden_dims=tuple(hidden_dims))
     schedule = OnlineSchedule(total_steps=total_steps, start_steps=start_steps, update_every=50,
-                              eval_every=snapshot_every, eval_episodes=eval_episodes)
+                              eval_every=snapshot_every, eval_episodes=eval_episodes,
+                              buffer_size=buffer_size)
     env_spec = environment_spec(make_env, total_steps)
     checkpointer = Checkpointer(Path(checkpoint_dir or Path("runs") / "behaviour" / env), keep=1)
     run, snapshots, seconds = None, [], 0.0
@@ -360,6 +361,7 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
         "env": env, "env_id": spec.env_id, "hidden_dims": list(hidden_dims),
         "observation_dim": env_spec.observation_dim, "action_dim": env_spec.action_dim,
         "seed": seed, "total_steps": total_steps, "start_steps": start_steps,
+        "buffer_size": buffer_size,
         "snapshot_every": snapshot_every, "train_seconds": round(train_seconds, 1),
         "roles": {"random": 0, "medium": medium["step"], "expert": expert["step"]},
         "snapshots": snapshots, "command": "python -m experiments.generate " + shlex.join(sys.argv[1:]),
@@ -409,6 +411,7 @@ class TrainSettings:
     start_steps: int | None = None
     snapshot_every: int | None = None
     eval_episodes: int = 10
+    buffer_size: int | None = None  # None: 1M (a resumed training must keep its first value)
 
 
 @dataclasses.dataclass

@@ -109,8 +109,7 @@ def initial_run(algo: Algorithm, spec: Spec, seeds: list[int], buffer_size: int)
         jax.vmap(jax.random.key)(np.asarray(seeds))), 2, axis=1)
     states = jax.jit(jax.vmap(lambda k: algo.init(k, spec, None)))(init_keys[:, 0])
     states = states.replace(step=states.step[0])
-    capacity = min(buffer_size, spec.total_steps)
-    buffers = jax.vmap(lambda _: ReplayBuffer.create(capacity, spec.observation_dim,
+    buffers = jax.vmap(lambda _: ReplayBuffer.create(buffer_size, spec.observation_dim,
                                                      spec.action_dim))(jnp.arange(len(seeds)))
     return {"states": states, "buffers": buffers, "keys": keys[:, 0], "step": 0,
             "history": {"evaluations": [], "episode_returns": []}}
@@ -143,6 +142,7 @@ def train_online(algo: Algorithm, make_env: Callable, schedule: OnlineSchedule, 
     envs = gym.vector.SyncVectorEnv([make_env for _ in seeds],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     chunk = make_update_chunk(algo, schedule.update_every)
+    add = jax.jit(jax.vmap(ReplayBuffer.add), donate_argnums=0)  # in place: no buffer copy
     explore = make_actor(algo, deterministic=False)
     exploit = make_actor(algo, deterministic=True)
     states, buffers, keys, step, history = (run[k] for k in ("states", "buffers", "keys", "step",
@@ -194,7 +194,7 @@ def train_online(algo: Algorithm, make_env: Callable, schedule: OnlineSchedule, 
         if on_collect is not None:
             on_collect(transitions, step)
         # (time, seeds, ...) -> (seeds, time, ...): each seed appends its own rows.
-        buffers = jax.vmap(ReplayBuffer.add)(buffers, jax.tree.map(
+        buffers = add(buffers, jax.tree.map(
             lambda x: jnp.asarray(np.swapaxes(x, 0, 1)), transitions))
         if step >= schedule.start_steps and length == schedule.update_every:
             states, keys, metrics = chunk(states, buffers, keys)

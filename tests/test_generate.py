@@ -65,7 +65,7 @@ def pendulum_env():
 
 def test_online_training_is_deterministic_and_fills_the_buffer():
     schedule = OnlineSchedule(total_steps=300, start_steps=100, update_every=50, eval_every=0,
-                              eval_episodes=1)
+                              eval_episodes=1, buffer_size=1_000)
     algo = SAC(hidden_dims=(16, 16), batch_size=32)
     first = train_online(algo, pendulum_env, schedule, [0, 1])
     second = train_online(algo, pendulum_env, schedule, [0, 1])
