@@ -96,13 +96,18 @@ def evaluate(
     (num_seeds, episodes, act_dim) in [-1, 1]: one batched call per environment step for all seeds.
     Returns the undiscounted return of every episode, shape (num_seeds, episodes).
     """
+    check_observation_dim(info, observation_dim)
+    return run_episodes(policy, lambda: make_env(info), num_seeds, episodes, seed)
+
+
+def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_factory: Callable, num_seeds: int,
+                 episodes: int, seed: int) -> np.ndarray:
+    """`evaluate` for any environment factory: returns of shape (num_seeds, episodes)."""
     import gymnasium as gym
 
-    check_observation_dim(info, observation_dim)
     count = num_seeds * episodes
     envs = gym.vector.SyncVectorEnv(
-        [lambda: make_env(info) for _ in range(count)],
-        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+        [env_factory for _ in range(count)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP
     )
     observations, _ = envs.reset(seed=[seed * 10_000 + i for i in range(count)])
     returns = np.zeros(count)

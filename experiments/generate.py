@@ -42,14 +42,10 @@ from envs.dataset import DatasetError
 from envs.generated import BEHAVIOUR_ENVS, SPLITS, behaviour_dataset_id
 
 BEHAVIOUR_DIR = Path(__file__).resolve().parent.parent / "envs" / "behaviour"
-ENVS = BEHAVIOUR_ENVS
-minari_id = behaviour_dataset_id
-
-
 def check_request(env: str, splits) -> None:
-    if env not in ENVS:
+    if env not in BEHAVIOUR_ENVS:
         raise DatasetError(f"unknown environment '{env}' for generated datasets; choose one of "
-                           f"{', '.join(ENVS)}.")
+                           f"{', '.join(BEHAVIOUR_ENVS)}.")
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise DatasetError(f"unknown split(s) {', '.join(unknown)}; choose from {', '.join(SPLITS)}.")
@@ -63,14 +59,15 @@ def check_request(env: str, splits) -> None:
 class Behaviour:
     """The snapshots of one environment's behaviour policy, as listed in `policy.json`."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, manifest: dict | None = None):
+        """`manifest`: the contents of policy.json when it is not written yet."""
         self.directory = Path(directory)
-        manifest = self.directory / "policy.json"
-        if not manifest.is_file():
+        path = self.directory / "policy.json"
+        if manifest is None and not path.is_file():
             raise DatasetError(
                 f"no behaviour policy in '{self.directory}' (policy.json missing). Train one with "
                 f"`python -m experiments.generate env={self.directory.name} retrain=true`.")
-        self.manifest = json.loads(manifest.read_text())
+        self.manifest = manifest or json.loads(path.read_text())
         self.env = self.manifest["env"]
         self.snapshots = {int(s["step"]): s for s in self.manifest["snapshots"]}
 
@@ -121,7 +118,7 @@ def collect(env_name: str, segments: list[tuple[object, int]], seed: int, progre
     import jax
     from minari.data_collector import EpisodeBuffer
 
-    spec = ENVS[env_name]
+    spec = BEHAVIOUR_ENVS[env_name]
     env = gym.make(spec.env_id, max_episode_steps=spec.max_episode_steps)
     low, high = env.action_space.low, env.action_space.high
     rng = np.random.default_rng(seed)
@@ -204,7 +201,7 @@ def write_split(env: str, split: str, episodes: list, behaviour: Behaviour, root
                 seed: int, command: str, seconds: float) -> dict:
     from envs.generated import write_minari_dataset
 
-    spec = ENVS[env]
+    spec = BEHAVIOUR_ENVS[env]
     reference = behaviour.manifest["reference"]
     stats = episode_statistics(episodes)
     roles = behaviour.manifest["roles"]
@@ -214,7 +211,7 @@ def write_split(env: str, split: str, episodes: list, behaviour: Behaviour, root
               "medium-replay": f"the replay of training up to step {roles['medium']}",
               "medium-expert": "medium followed by expert"}[split]
     write_minari_dataset(
-        root, minari_id(env, split), episodes, env=spec.env_id, eval_env=spec.env_id,
+        root, behaviour_dataset_id(env, split), episodes, env=spec.env_id, eval_env=spec.env_id,
         algorithm_name=f"SAC behaviour policy: {source}",
         ref_min_score=reference["min"], ref_max_score=reference["max"],
         description=(
@@ -256,7 +253,7 @@ def generate(env: str, splits=SPLITS, size: int = 1_000_000, seed: int = 0, root
 
     report = {}
     for split in (s for s in SPLITS if s in splits):
-        if not force and dataset_complete(root, minari_id(env, split)):
+        if not force and dataset_complete(root, behaviour_dataset_id(env, split)):
             continue
         started = time.perf_counter()
         episodes = episodes_of(split)
@@ -307,7 +304,7 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
     from experiments.checkpoints import Checkpointer
     from experiments.online import OnlineSchedule, environment_spec, initial_run, train_online
 
-    spec = ENVS[env]
+    spec = BEHAVIOUR_ENVS[env]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -357,6 +354,11 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
     # still meaningful where returns are negative).
     target = snapshots[0]["return_mean"] + (expert["return_mean"] - snapshots[0]["return_mean"]) / 3
     medium = min(snapshots[1:-1] or snapshots, key=lambda s: abs(s["return_mean"] - target))
+    # Only the snapshots that a split uses are kept: the roles and the medium-replay schedule.
+    kept = [s for s in snapshots if s["step"] <= medium["step"] or s is expert]
+    for snapshot in snapshots:
+        if snapshot not in kept:
+            (out_dir / snapshot["file"]).unlink(missing_ok=True)
     manifest = {
         "env": env, "env_id": spec.env_id, "hidden_dims": list(hidden_dims),
         "observation_dim": env_spec.observation_dim, "action_dim": env_spec.action_dim,
@@ -364,10 +366,10 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
         "buffer_size": buffer_size,
         "snapshot_every": snapshot_every, "train_seconds": round(train_seconds, 1),
         "roles": {"random": 0, "medium": medium["step"], "expert": expert["step"]},
-        "snapshots": snapshots, "command": "python -m experiments.generate " + shlex.join(sys.argv[1:]),
+        "snapshots": kept, "command": "python -m experiments.generate " + shlex.join(sys.argv[1:]),
+        "returns_during_training": [[s["step"], round(s["return_mean"], 1)] for s in snapshots],
     }
-    (out_dir / "policy.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    behaviour = Behaviour(out_dir)
+    behaviour = Behaviour(out_dir, manifest)
     reference = {}
     for role, bound in (("random", "min"), ("expert", "max")):
         # Stochastic actions, as the datasets are sampled; seeds disjoint from the datasets'.
@@ -375,14 +377,6 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
                                   reference_episodes * spec.max_episode_steps)], seed=10**6 + seed)
         reference[bound] = episode_statistics(episodes)["return_mean"]
     manifest["reference"] = reference
-    (out_dir / "policy.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    # Only the snapshots that a split uses are kept: the roles and the medium-replay schedule.
-    keep = {s["file"] for s in snapshots if s["step"] <= medium["step"] or s is expert}
-    for snapshot in snapshots:
-        if snapshot["file"] not in keep:
-            (out_dir / snapshot["file"]).unlink(missing_ok=True)
-    manifest["snapshots"] = [s for s in snapshots if s["file"] in keep]
-    manifest["returns_during_training"] = [[s["step"], round(s["return_mean"], 1)] for s in snapshots]
     (out_dir / "policy.json").write_text(json.dumps(manifest, indent=1) + "\n")
     log(f"{env}: random {reference['min']:.1f}, medium (step {medium['step']}) "
         f"{medium['return_mean']:.1f}, expert {reference['max']:.1f}; {train_seconds:.0f} s")
@@ -441,7 +435,7 @@ def parse(argv: list[str]) -> GenerateSettings:
     settings = OmegaConf.to_object(merged)
     check_request(settings.env, settings.splits)
     if settings.size is None:
-        settings.size = ENVS[settings.env].default_size
+        settings.size = BEHAVIOUR_ENVS[settings.env].default_size
     if settings.size <= 0:
         raise DatasetError(f"size must be positive, got {settings.size}.")
     return settings

@@ -83,18 +83,21 @@ def shard_seeds(states, keys):
     return jax.device_put(states, shardings), jax.device_put(keys, by_seed)
 
 
-def make_train_chunk(algo: Algorithm, length: int):
+def make_train_chunk(algo: Algorithm, length: int, replay: bool = False):
     """A jitted function running `length` updates for every seed: (states, data, keys) ->
-    (states, keys, metrics) with metrics of shape (length, num_seeds)."""
+    (states, keys, metrics) with metrics of shape (length, num_seeds). `data` is the device dataset
+    all seeds share or, with `replay=True` (online training), one ReplayBuffer per seed."""
 
     def one_seed(state, data, key):
         sample_key, update_key = jax.random.split(key)
+        if replay:
+            return algo.update(state, data.sample(sample_key, algo.batch_size), update_key)
         batch = sample_batch(data, sample_key, algo.batch_size)
         return algo.update_with_data(state, batch, update_key, data)
 
     def chunk(states, data, keys):
         axes = seed_axes(states)
-        step_all = jax.vmap(one_seed, in_axes=(axes, None, 0), out_axes=(axes, 0))
+        step_all = jax.vmap(one_seed, in_axes=(axes, 0 if replay else None, 0), out_axes=(axes, 0))
 
         def body(carry, _):
             states, keys = carry

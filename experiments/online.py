@@ -22,6 +22,8 @@ import numpy as np
 from algorithms import Algorithm, Spec
 from algorithms.core.replay import ReplayBuffer
 from envs.dataset import Dataset
+from envs.environment import run_episodes
+from experiments import loop
 
 
 @dataclass
@@ -41,30 +43,6 @@ class OnlineSchedule:
                              f"({self.update_every})")
 
 
-def make_update_chunk(algo: Algorithm, length: int):
-    """jit: (states, buffers, keys) -> (states, keys, metrics), `length` updates per seed, each on a
-    batch from that seed's own buffer; metrics have shape (length, seeds)."""
-
-    def one_seed(state, buffer, key):
-        sample_key, update_key = jax.random.split(key)
-        return algo.update(state, buffer.sample(sample_key, algo.batch_size), update_key)
-
-    def chunk(states, buffers, keys):
-        axes = jax.tree.map(lambda _: 0, states).replace(step=None)
-        step_all = jax.vmap(one_seed, in_axes=(axes, 0, 0), out_axes=(axes, 0))
-
-        def body(carry, _):
-            states, keys = carry
-            keys, step_keys = jnp.split(jax.vmap(jax.random.split)(keys), 2, axis=1)
-            states, metrics = step_all(states, buffers, step_keys[:, 0])
-            return (states, keys[:, 0]), metrics
-
-        (states, keys), metrics = jax.lax.scan(body, (states, keys), None, length=length)
-        return states, keys, metrics
-
-    return jax.jit(chunk, donate_argnums=(0, 2))
-
-
 def fold_in_each(keys: jax.Array, data: int) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
 
@@ -74,7 +52,7 @@ def make_actor(algo: Algorithm, deterministic: bool):
     act); each seed's key is folded with the counter on the device: one dispatch per env step."""
 
     def act(states, observations, keys, counter):
-        axes = jax.tree.map(lambda _: 0, states).replace(step=None)
+        axes = loop.seed_axes(states)
         keys = fold_in_each(keys, counter)
         return jax.vmap(lambda s, o, k: algo.act(s, o, k, deterministic), in_axes=(axes, 0, 0))(
             states, observations, keys)
@@ -85,21 +63,12 @@ def make_actor(algo: Algorithm, deterministic: bool):
 def evaluate_policy(actor, states, make_env: Callable, seeds: int, episodes: int, seed: int,
                     key) -> np.ndarray:
     """Undiscounted returns, shape (seeds, episodes), of `actor` on fresh environments."""
-    count = seeds * episodes
-    envs = gym.vector.SyncVectorEnv([make_env for _ in range(count)],
-                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
-    observations, _ = envs.reset(seed=[seed * 10_000 + i for i in range(count)])
-    returns, running = np.zeros(count), np.ones(count, bool)
-    t = 0
-    while running.any():
-        actions = actor(states, observations.reshape(seeds, episodes, -1).astype(np.float32), key, t)
-        t += 1
-        observations, rewards, terminated, truncated, _ = envs.step(
-            np.asarray(actions).reshape(count, -1))
-        returns += np.where(running, rewards, 0.0)
-        running &= ~(terminated | truncated)
-    envs.close()
-    return returns.reshape(seeds, episodes)
+    counter = iter(range(10**9))
+
+    def policy(observations):
+        return np.asarray(actor(states, observations.astype(np.float32), key, next(counter)))
+
+    return run_episodes(policy, make_env, seeds, episodes, seed)
 
 
 def initial_run(algo: Algorithm, spec: Spec, seeds: list[int], buffer_size: int) -> dict:
@@ -107,8 +76,7 @@ def initial_run(algo: Algorithm, spec: Spec, seeds: list[int], buffer_size: int)
     checkpoint is restored into."""
     init_keys, keys = jnp.split(jax.vmap(jax.random.split)(
         jax.vmap(jax.random.key)(np.asarray(seeds))), 2, axis=1)
-    states = jax.jit(jax.vmap(lambda k: algo.init(k, spec, None)))(init_keys[:, 0])
-    states = states.replace(step=states.step[0])
+    states = loop.init_states(algo, spec, None, init_keys[:, 0])
     buffers = jax.vmap(lambda _: ReplayBuffer.create(buffer_size, spec.observation_dim,
                                                      spec.action_dim))(jnp.arange(len(seeds)))
     return {"states": states, "buffers": buffers, "keys": keys[:, 0], "step": 0,
@@ -141,7 +109,7 @@ def train_online(algo: Algorithm, make_env: Callable, schedule: OnlineSchedule, 
     run = dict(run or initial_run(algo, spec, seeds, schedule.buffer_size))
     envs = gym.vector.SyncVectorEnv([make_env for _ in seeds],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    chunk = make_update_chunk(algo, schedule.update_every)
+    chunk = loop.make_train_chunk(algo, schedule.update_every, replay=True)
     add = jax.jit(jax.vmap(ReplayBuffer.add), donate_argnums=0)  # in place: no buffer copy
     explore = make_actor(algo, deterministic=False)
     exploit = make_actor(algo, deterministic=True)

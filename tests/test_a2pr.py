@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_spot import random_batch  # the same small 3-d / 2-d batch
 
 import algorithms
-import envs
 from algorithms import Spec
 from algorithms.a2pr import a2pr_actor_loss, value_target
 from experiments import loop
@@ -50,14 +50,6 @@ def test_value_target_is_the_smaller_backup():
     target = value_target(jnp.array([1.0, 2.0]), jnp.array([0.0, 1.0]), 0.9, jnp.array([10.0, 10.0]),
                           jnp.array([8.0, 20.0]))
     np.testing.assert_allclose(target, [1.0 + 0.9 * 8.0, 2.0], rtol=1e-6)
-
-
-def random_batch(size=16):
-    rng = np.random.default_rng(0)
-    obs = rng.normal(size=(size, 3)).astype(np.float32)
-    zeros = np.zeros(size, np.float32)
-    return envs.Dataset(obs, rng.uniform(-1, 1, (size, 2)).astype(np.float32),
-                        rng.normal(size=size).astype(np.float32), obs[::-1].copy(), zeros, zeros)
 
 
 def small(**kwargs):

@@ -121,7 +121,7 @@ def pendulum_splits(tmp_path_factory):
 def load_split(root, split):
     import minari
 
-    return minari.load_dataset(generate.minari_id("pendulum", split), download=False)
+    return minari.load_dataset(generated.behaviour_dataset_id("pendulum", split), download=False)
 
 
 def test_splits_round_trip_through_minari(pendulum_splits, monkeypatch):
@@ -177,7 +177,7 @@ def test_generated_on_first_use_through_envs_load(data_dirs):
     assert data.size == generated.BEHAVIOUR_ENVS["pendulum"].default_size
     assert info.env_id == "Pendulum-v1" and info.ref_max_score is not None
     assert np.abs(data.actions).max() <= 1.0  # rescaled from torque
-    assert generated.dataset_complete(data_dirs.offrl, generate.minari_id("pendulum", "expert"))
+    assert generated.dataset_complete(data_dirs.offrl, generated.behaviour_dataset_id("pendulum", "expert"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,13 +219,13 @@ def test_interrupted_split_is_not_complete(tmp_path, monkeypatch):
     monkeypatch.setattr(minari, "create_dataset_from_buffers", interrupted)
     with pytest.raises(KeyboardInterrupt):
         generate.generate("pendulum", ["random"], size=300, root=tmp_path, progress=False)
-    assert not generated.dataset_complete(tmp_path, generate.minari_id("pendulum", "random"))
+    assert not generated.dataset_complete(tmp_path, generated.behaviour_dataset_id("pendulum", "random"))
     assert not list(tmp_path.glob(".staging-*"))
 
 
 def test_corrupt_cached_split_is_reported(tmp_path):
     generate.generate("pendulum", ["random"], size=300, root=tmp_path, progress=False)
-    data_file = tmp_path / generate.minari_id("pendulum", "random") / "data" / "main_data.hdf5"
+    data_file = tmp_path / generated.behaviour_dataset_id("pendulum", "random") / "data" / "main_data.hdf5"
     data_file.write_bytes(b"\0" * 512)
     with pytest.raises(DatasetError, match="could not be read"):
         envs.load("local", "pendulum-random", path=str(tmp_path))
