@@ -37,8 +37,7 @@ def load(source: str, name: str, path: str | None = None, download: bool = True)
             root = generated.ensure_pendulum_mixed(path)
             info = DatasetInfo(**{**info.__dict__, "minari_id": generated.PENDULUM_MIXED_ID})
         else:
-            env, split = name.split("-", 1)
-            root = generated.ensure_behaviour_dataset(env, split, path)
+            root = generated.ensure_behaviour_dataset(name, path)
         data, info = minari_source.load(info, str(root))
     else:
         raise DatasetError(f"unknown dataset source '{source}'; use d4rl, minari or local.")

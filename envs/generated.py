@@ -175,16 +175,25 @@ BEHAVIOUR_ENVS = {
 SPLITS = ("random", "medium", "expert", "medium-replay", "medium-expert")
 
 
-def behaviour_dataset_id(env: str, split: str) -> str:
-    return f"local/{env}/{split}-v0"
+# The README's first run: small enough to generate (~30 s) and train on (a few minutes) on a CPU.
+QUICKSTART = "hopper-medium-50k"
+# Generated datasets of a fixed, non-default size registered under `local/<env>-<split>-<N>k`.
+SIZED = {QUICKSTART: ("hopper", "medium", 50_000)}
 
 
-def ensure_behaviour_dataset(env: str, split: str, root: Path | None = None) -> Path:
-    """Generate `local/<env>-<split>` (every split's default size) from the shipped behaviour
-    policy unless it is already in `root`."""
+def behaviour_dataset_id(env: str, split: str, size: int | None = None) -> str:
+    """Minari id of a split; `size` names a fixed-size variant (`SIZED`) apart from the default."""
+    return f"local/{env}/{split}-v0" if size is None else f"local/{env}/{split}-{size // 1000}k-v0"
+
+
+def ensure_behaviour_dataset(name: str, root: Path | None = None) -> Path:
+    """Generate `local/<name>` (`<env>-<split>` at the environment's default size, or one of
+    `SIZED`) from the shipped behaviour policy unless it is already in `root`."""
+    env, split, size = SIZED.get(name) or (*name.split("-", 1), None)
     root = Path(root or data_dir())
-    if not dataset_complete(root, behaviour_dataset_id(env, split)):
+    if not dataset_complete(root, behaviour_dataset_id(env, split, size)):
         from experiments.generate import generate  # running the policies needs the algorithms
 
-        generate(env, splits=(split,), size=BEHAVIOUR_ENVS[env].default_size, root=root)
+        generate(env, splits=(split,), size=size or BEHAVIOUR_ENVS[env].default_size, root=root,
+                 sized_name=size is not None)
     return root

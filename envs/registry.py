@@ -28,6 +28,7 @@ class DatasetInfo:
     minari_id: str | None = None
     max_episode_steps: int = 1000
     env_kwargs: dict = field(default_factory=dict)
+    protocol: dict = field(default_factory=dict)  # overrides of the family's steps / evaluation
     observation_keys: tuple[str, ...] = ()  # order in which dict observations are concatenated
 
     @property
@@ -105,13 +106,21 @@ def _register_local() -> None:
                          max_episode_steps=200))
     # D4RL-protocol splits from SAC behaviour policies (experiments/generate.py); reference scores
     # come from the dataset metadata.
-    from envs.generated import BEHAVIOUR_ENVS, SPLITS, behaviour_dataset_id
+    from envs.generated import BEHAVIOUR_ENVS, QUICKSTART, SIZED, SPLITS, behaviour_dataset_id
 
     for env, spec in BEHAVIOUR_ENVS.items():
         for split in SPLITS:
             register(DatasetInfo(f"{env}-{split}", "local", spec.env_id, spec.family, None, None,
                                  minari_id=behaviour_dataset_id(env, split),
                                  max_episode_steps=spec.max_episode_steps))
+    for name, (env, split, size) in SIZED.items():
+        spec = BEHAVIOUR_ENVS[env]
+        # The quickstart trains for minutes, not the locomotion protocol's 1M steps.
+        protocol = ({"steps": 20_000, "eval_every": 10_000, "eval_episodes": 10}
+                    if name == QUICKSTART else {})
+        register(DatasetInfo(name, "local", spec.env_id, spec.family, None, None,
+                             minari_id=behaviour_dataset_id(env, split, size),
+                             max_episode_steps=spec.max_episode_steps, protocol=protocol))
 
 
 _register_d4rl()

@@ -1,11 +1,16 @@
-"""Training throughput of BC, TD3+BC and IQL on this machine, and what limits it.
+"""Training throughput of the algorithms on this machine, and what limits it.
 
     python -m experiments.benchmark                  # ~25 min on an idle 2-core CPU; keep it idle
     python -m experiments.benchmark --quick --out /tmp/bench.json       # a smoke test, ~1-2 min
+    python -m experiments.benchmark --algos spot a2pr --no-torch --out benchmarks/support.json
+    python -m experiments.benchmark --algos prdc --dataset local/hopper-medium \
+        --option neighbour_search=kdtree --out benchmarks/prdc-kdtree.json
 
 For every algorithm, network width and number of vmapped seeds it measures
   * bare:     the compiled train chunk of `experiments.loop.make_train_chunk` (sampling and updates,
-              nothing else) on a synthetic HalfCheetah-sized dataset held on the device;
+              nothing else) on a dataset held on the device: by default 1M synthetic
+              transitions of HalfCheetah's shapes, or a real one (`--dataset source/name`, which
+              matters where the data's structure sets the cost, as for PRDC's KD-tree);
   * pipeline: the training loop as `experiments.train` runs it (chunks, metrics to the host,
               divergence check, `loop.summarize_metrics` logging to a JSON-lines file, periodic
               evaluation with `loop.make_policy` + `envs.evaluate` in HalfCheetah-v5), as a
@@ -13,6 +18,8 @@ For every algorithm, network width and number of vmapped seeds it measures
   * compile time, XLA's FLOP count and memory analysis of the chunk, peak RSS, and the fraction of
     this machine's measured matmul throughput that the updates reach;
   * at the small width, a Python loop calling one jitted update per step, against the scan;
+  * for algorithms with a pretraining stage (SPOT's VAE), that stage's own updates/s and compile
+    time; its result then initialises the agent, as in a real run;
 and times the same IQL update in plain PyTorch (experiments/torch_iql.py) in a subprocess.
 Each configuration runs in a fresh process (`--worker`), killed and retried if it exceeds
 `--config-timeout`. Results go to a JSON file and a Markdown table (`--out`, default
@@ -51,7 +58,7 @@ from experiments import loop
 
 ROOT = Path(__file__).resolve().parent.parent
 OBSERVATION_DIM, ACTION_DIM = 17, 6  # HalfCheetah's, so the pipeline can evaluate in HalfCheetah-v5
-EVAL_DATASET = ("d4rl", "halfcheetah-medium-v2")  # only its env id and reference scores are used
+EVAL_DATASET = ("d4rl", "halfcheetah-medium-v2")  # synthetic data: only its env and scores are used
 ENTRY_MARKER = "benchmark-entry: "
 
 DEFINITIONS = {
@@ -110,6 +117,12 @@ DEFINITIONS = {
         "one seed, batches sampled from CPU tensors, torch.set_num_threads(t) for each t in "
         "settings.torch_threads (default: the cores available, then 1). Ratios are JAX "
         "updates/s over PyTorch updates/s at the same width and thread setting."),
+    "pretraining": (
+        "The algorithm's pretraining stage (Algorithm.pretraining(), e.g. SPOT's VAE): "
+        "experiments.loop.make_pretrain_chunk (one model, not vmapped over seeds) timed like the "
+        "bare chunk; its final state initialises the agents. Its steps are not the agent's updates "
+        "and are not in the agent's updates/s."),
+    "options": "Algorithm fields set with --option key=value (those the algorithm has).",
 }
 
 FULL = {"dataset_size": 1_000_000, "chunk": 0, "chunk_seconds": 2.0, "repeats": 5,
@@ -134,6 +147,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="hidden layer widths, two layers each (default 256 64; --quick: 64)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--dataset-size", type=int, help="synthetic transitions (default 1M)")
+    parser.add_argument("--dataset", help="a real dataset, source/name (e.g. local/hopper-medium), "
+                        "instead of the synthetic one; the pipeline evaluates in its environment")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="set an algorithm field (YAML value), e.g. neighbour_search=kdtree")
     parser.add_argument("--chunk", type=int,
                         help="updates per bare chunk; 0 picks it so a chunk takes --chunk-seconds")
     parser.add_argument("--chunk-seconds", type=float)
@@ -171,7 +188,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = set(args.algos) - set(algorithms.available())
     if unknown:
         parser.error(f"unknown algorithm(s) {sorted(unknown)}; available: {algorithms.available()}")
+    args.options = parse_options(parser, args.option)
+    if args.dataset and "/" not in args.dataset:
+        parser.error(f"--dataset takes source/name (e.g. local/hopper-medium), not '{args.dataset}'")
     return args
+
+
+def parse_options(parser, items: list[str]) -> dict:
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--option takes key=value, not '{item}'")
+        options[key] = yaml.safe_load(value)
+    return options
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,8 +416,28 @@ def matmul_peak(sizes: list[int], seconds: float, repeats: int) -> dict:
             "dtype": "float32", "peak_over": "n >= 256" if eligible is not rows else "all sizes"}
 
 
-def make_algorithm(name: str, width: int, batch_size: int):
-    return algorithms.get(name)(hidden_dims=(width, width), batch_size=batch_size)
+def make_algorithm(name: str, width: int, batch_size: int, options: dict | None = None):
+    cls = algorithms.get(name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(hidden_dims=(width, width), batch_size=batch_size,
+               **{k: v for k, v in (options or {}).items() if k in fields})
+
+
+def run_pretraining(stage, spec: Spec, data, settings) -> tuple[object, dict]:
+    """Time the pretraining stage's chunk like the bare chunk; returns (its state, timings). The
+    state has seen (1 + repeats) chunks, not the stage's full `steps`: enough to initialise the
+    agent for timing."""
+    key = jax.random.key(0)
+    state = jax.jit(stage.init, static_argnums=1)(key, spec, data)
+    step, _ = aot_compile(loop.make_pretrain_chunk(stage, 1), state, data, key)
+    state, key, calls = time_chunks(step, state, data, key, 5)
+    length = settings.chunk or min(max(20, nice_floor(settings.chunk_seconds
+                                                      / statistics.median(calls))), 10_000)
+    chunk, timing = aot_compile(loop.make_pretrain_chunk(stage, length), state, data, key)
+    state, key, seconds = time_chunks(chunk, state, data, key, settings.repeats)
+    return state, {"stage": stage.name, "steps_in_a_real_run": stage.steps, "chunk_length": length,
+                   "compile": timing, "chunk_seconds": seconds,
+                   "updates_per_second": length / statistics.median(seconds)}
 
 
 def time_chunks(chunk, states, data, keys, repeats: int):
@@ -429,7 +481,8 @@ def run_pipeline(algo, prepared, states, keys, chunks: dict, seeds: int, setting
             compile_seconds += timing["total_seconds"]
     # One-off compilations a real run also pays once: the policy and the divergence check.
     policy = loop.make_policy(algo, prepared.normalizer)
-    policy(states)(np.zeros((seeds, settings.pipeline_episodes, OBSERVATION_DIM), np.float32))
+    observation_dim = prepared.data.observations.shape[-1]
+    policy(states)(np.zeros((seeds, settings.pipeline_episodes, observation_dim), np.float32))
     loop.finite_per_seed(states).block_until_ready()
 
     spent = {"updates": 0.0, "logging": 0.0, "evaluation": 0.0}
@@ -454,7 +507,7 @@ def run_pipeline(algo, prepared, states, keys, chunks: dict, seeds: int, setting
                 tic = time.perf_counter()
                 returns = envs.evaluate(policy(states), eval_info, seeds,
                                         settings.pipeline_episodes, seed=len(evaluations),
-                                        observation_dim=OBSERVATION_DIM)
+                                        observation_dim=observation_dim)
                 scores = envs.normalized_score(returns, eval_info)
                 record = {"step": step, "return": returns.mean(axis=1).tolist(),
                           "normalized_score": None if scores is None else scores.tolist()}
@@ -485,13 +538,20 @@ def run_pipeline(algo, prepared, states, keys, chunks: dict, seeds: int, setting
 
 
 def bench_config(name: str, width: int, seeds: int, prepared, settings, eval_info) -> dict:
-    algo = make_algorithm(name, width, settings.batch_size)
-    spec = Spec(OBSERVATION_DIM, ACTION_DIM, 1_000_000)
+    algo = make_algorithm(name, width, settings.batch_size, settings.options)
+    spec = Spec(prepared.data.observations.shape[-1], prepared.data.actions.shape[-1], 1_000_000)
     init_keys, keys = jax.random.split(jax.random.key(settings.seed), (2, seeds))
     entry = {"algo": name, "hidden": [width, width], "seeds": seeds,
-             "batch_size": settings.batch_size}
+             "batch_size": settings.batch_size,
+             "options": {k: v for k, v in settings.options.items() if hasattr(algo, k)}}
     with PeakRSS() as rss:
-        states = loop.init_states(algo, spec, prepared.data, init_keys)
+        # Search structures built from the data (PRDC's KD-tree) count in this peak RSS.
+        algo = algo.bind_dataset(prepared.data)
+        pretrained = None
+        if algo.pretraining() is not None:
+            pretrained, entry["pretraining"] = run_pretraining(algo.pretraining(), spec,
+                                                               prepared.data, settings)
+        states = loop.init_states(algo, spec, prepared.data, init_keys, pretrained)
 
         # The one-step program gives XLA's FLOP count per update (see DEFINITIONS), the time per
         # step that sizes the chunk, and the per-step Python loop.
@@ -612,9 +672,10 @@ def markdown(report: dict) -> str:
         f"Measured {meta['date'][:10]} on {meta['cpu_model']} ({meta['cores_available']} cores), "
         f"JAX {meta['jax']} on {', '.join(meta['devices'])}, "
         f"XLA_FLAGS={meta['xla_flags'] or 'unset'}; batch {settings['batch_size']}, "
-        f"{settings['dataset_size']:,} synthetic transitions "
-        f"(obs {OBSERVATION_DIM}, act {ACTION_DIM}). `python -m experiments.benchmark"
-        f"{' --quick' if settings['quick'] else ''}`.",
+        + (f"dataset {settings['dataset']}" if settings.get("dataset") else
+           f"{settings['dataset_size']:,} synthetic transitions (obs {OBSERVATION_DIM}, "
+           f"act {ACTION_DIM})")
+        + f". `python -m experiments.benchmark {' '.join(meta.get('argv', []))}`.",
         "",
         "| algo | hidden | seeds | compile s | updates/s per seed | updates/s total "
         "| pipeline / bare | its updates / bare | s per evaluation | GFLOP/update | GFLOP/s "
@@ -631,7 +692,7 @@ def markdown(report: dict) -> str:
         updates_only = pipeline and (pipeline["steps"] / pipeline["breakdown_seconds"]["updates"]
                                      / e["updates_per_second_per_seed"])
         lines.append(
-            f"| {e['algo']}{'*' if e['has_conditional'] else ''} | {e['hidden'][0]}x2 "
+            f"| {_label(e)}{'*' if e['has_conditional'] else ''} | {e['hidden'][0]}x2 "
             f"| {e['seeds']} | {e['compile']['total_seconds']:.1f} "
             f"| {e['updates_per_second_per_seed']:,.0f} | {e['updates_per_second_total']:,.0f} "
             f"| {_percent(pipeline.get('fraction_of_bare'))} | {_percent(updates_only or None)} "
@@ -647,7 +708,7 @@ def markdown(report: dict) -> str:
         "",
         f"Matmul peak: {peak['peak_gflops']:.1f} GFLOP/s float32 at n={peak['peak_n']} "
         f"({sizes}). "
-        "Pipeline: the whole training loop with logging and evaluation in HalfCheetah-v5 every "
+        f"Pipeline: the whole training loop with logging and evaluation in {settings['eval_env']} every "
         f"{settings['pipeline_eval_every']} steps, {settings['pipeline_episodes']} episode(s) of "
         f"{settings['eval_max_episode_steps']} steps per seed (a real run: every 5000 steps, 10 "
         "episodes: the same evaluation cost per update), no checkpoints; \"its updates / bare\" "
@@ -656,6 +717,16 @@ def markdown(report: dict) -> str:
         "FLOPs are XLA's cost analysis; * marks a lax.cond, counted as its costlier branch "
         "(an upper bound).",
     ]
+    stages = [e for e in report["results"] if "pretraining" in e]
+    if stages:
+        lines += ["", "| algo | pretraining stage | steps in a real run | compile s | updates/s "
+                  "| time for the real run |", "|---|---|---:|---:|---:|---:|"]
+        for e in stages:
+            stage = e["pretraining"]
+            lines.append(f"| {_label(e)} | {stage['stage']} | {stage['steps_in_a_real_run']:,} "
+                         f"| {stage['compile']['total_seconds']:.1f} "
+                         f"| {stage['updates_per_second']:,.0f} "
+                         f"| {stage['steps_in_a_real_run'] / stage['updates_per_second'] / 60:.1f} min |")
     loops = [e for e in report["results"] if "python_loop" in e]
     if loops:
         lines += ["", "| algo | hidden | seeds | Python loop updates/s | scan updates/s "
@@ -683,6 +754,12 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _label(entry: dict) -> str:
+    options = entry.get("options") or {}
+    return entry["algo"] + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})"
+                            if options else "")
+
+
 def _number(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
@@ -699,7 +776,8 @@ def _mib(value) -> str:
 
 
 def build_settings(args: argparse.Namespace):
-    """The derived pipeline settings, and the evaluation env's DatasetInfo."""
+    """The derived pipeline settings, and the evaluation env's DatasetInfo (of --dataset, else of
+    EVAL_DATASET)."""
     from experiments.config import PROTOCOL
 
     protocol = {**PROTOCOL["locomotion"], "log_every": 1000}  # log_every: configs/train.yaml
@@ -717,7 +795,10 @@ def build_settings(args: argparse.Namespace):
     settings = argparse.Namespace(**vars(args), pipeline_eval_every=eval_every,
                                   pipeline_episodes=episodes, pipeline_log_every=log_every,
                                   real_protocol=protocol)
-    eval_info = envs.lookup(*EVAL_DATASET)
+    try:
+        eval_info = envs.lookup(*(args.dataset.split("/", 1) if args.dataset else EVAL_DATASET))
+    except KeyError as error:
+        raise SystemExit(f"error: {error.args[0]}") from None
     if args.max_episode_steps:
         eval_info = dataclasses.replace(eval_info, max_episode_steps=args.max_episode_steps)
     return settings, eval_info
@@ -728,8 +809,12 @@ def worker(settings, eval_info) -> None:
     name, width, seeds = settings.worker.split(":")
     # Stacks on stderr shortly before the parent's timeout, so a hang can be diagnosed.
     faulthandler.dump_traceback_later(max(1.0, settings.config_timeout - 30), exit=False)
-    raw = synthetic_dataset(settings.dataset_size, settings.seed)
-    prepared = loop.prepare(algorithms.get(name)(), raw)
+    if settings.dataset:
+        raw, _ = envs.load(*settings.dataset.split("/", 1))
+    else:
+        raw = synthetic_dataset(settings.dataset_size, settings.seed)
+    prepared = loop.prepare(make_algorithm(name, int(width), settings.batch_size, settings.options),
+                            raw)
     del raw
     entry = bench_config(name, int(width), int(seeds), prepared, settings, eval_info)
     faulthandler.cancel_dump_traceback_later()
@@ -782,10 +867,12 @@ def main(argv=None) -> dict | None:
         worker(settings, eval_info)
         return None
 
-    report = {"meta": machine_info(), "definitions": DEFINITIONS, "complete": False}
+    report = {"meta": {**machine_info(), "argv": argv}, "definitions": DEFINITIONS,
+              "complete": False}
     report["settings"] = {**{k: (str(v) if isinstance(v, Path) else v)
                              for k, v in vars(settings).items()},
-                          "observation_dim": OBSERVATION_DIM, "action_dim": ACTION_DIM,
+                          **({} if args.dataset else {"observation_dim": OBSERVATION_DIM,
+                                                       "action_dim": ACTION_DIM}),
                           "eval_env": eval_info.env_id,
                           "eval_max_episode_steps": eval_info.max_episode_steps}
     print(f"matmul peak over n={args.matmul_sizes} ...", flush=True)

@@ -76,7 +76,7 @@ def register_configs() -> None:
     for info in envs.REGISTRY.values():
         group, _, leaf = f"dataset/{info.key}".rpartition("/")
         node = {"source": info.source, "name": info.name, "path": None, "download": True,
-                **PROTOCOL[info.family]}
+                **PROTOCOL[info.family], **info.protocol}
         store.store(group=group, name=leaf, node=node, package="dataset")
     store.store(group="dataset/minari", name="custom", package="dataset", node={
         "source": "minari", "name": "???", "path": None, "download": True,

@@ -13,11 +13,11 @@ actor kept at every evaluation (`envs/behaviour/<env>/`). As in D4RL (Fu et al. 
   medium-replay  what the replay buffer held when training reached the medium snapshot;
   medium-expert  medium and expert concatenated.
 random, medium and expert hold `size` transitions each (default 1M), sampled from the policy's own
-stochastic actions. D4RL's medium-replay is the training replay buffer itself; ours is rebuilt from
-the shipped snapshots: the uniform warm-up steps, then between consecutive snapshots as many
-steps as training collected, acting with the earlier snapshot (training's policy changed after
-every update, ours only at snapshots). The reference scores (D4RL's min/max normalisation) are
-the random and expert policies' mean returns, measured when the policies were trained.
+stochastic actions. medium-replay is, as in D4RL, what training itself collected up to the medium
+snapshot (its uniform warm-up steps included): training logs every transition it collects, and
+keeps that prefix in `envs/behaviour/<env>/medium_replay.npz`, so the split is the real data, not
+a re-enactment. The reference scores (D4RL's min/max normalisation) are the random and expert
+policies' mean returns, measured when the policies were trained.
 
 Episodes end by termination (the robot fell) or by the 1000-step time limit (a truncation),
 recorded apart; the last episode of a split is cut at `size` and marked truncated. Files are
@@ -42,6 +42,9 @@ from envs.dataset import DatasetError
 from envs.generated import BEHAVIOUR_ENVS, SPLITS, behaviour_dataset_id
 
 BEHAVIOUR_DIR = Path(__file__).resolve().parent.parent / "envs" / "behaviour"
+REPLAY_FILE = "medium_replay.npz"  # what training collected up to the medium snapshot
+
+
 def check_request(env: str, splits) -> None:
     if env not in BEHAVIOUR_ENVS:
         raise DatasetError(f"unknown environment '{env}' for generated datasets; choose one of "
@@ -90,6 +93,17 @@ class Behaviour:
                 seed=jax.random.fold_in(key, counter))[0]
 
         return sample
+
+    def replay(self) -> dict:
+        """The transitions training collected up to the medium snapshot, oldest first, as host
+        arrays keyed by `Dataset` field (actions in the environment's units)."""
+        path = self.directory / REPLAY_FILE
+        try:
+            with np.load(path) as stored:
+                return {name: stored[name] for name in stored.files}
+        except (OSError, ValueError, EOFError) as error:
+            raise DatasetError(f"cannot read the medium-replay transitions '{path}' ({error}); "
+                               "restore it from the repository or retrain with retrain=true.") from None
 
     def policy(self, step: int):
         """(sampler, params) of the snapshot taken at training step `step`."""
@@ -168,6 +182,33 @@ def collect(env_name: str, segments: list[tuple[object, int]], seed: int, progre
     return episodes
 
 
+def replay_episodes(transitions: dict) -> list:
+    """Cut a stream of transitions (Dataset fields, oldest first) into Minari EpisodeBuffers.
+    An episode ends where it terminated or hit the time limit, and also where the next transition
+    does not start from this one's next observation (training resumed from a checkpoint starts a
+    fresh episode): that cut, like the stream's last episode, is recorded as a truncation."""
+    from minari.data_collector import EpisodeBuffer
+
+    observations, next_observations = transitions["observations"], transitions["next_observations"]
+    terminations = transitions["terminals"].astype(bool)
+    truncations = transitions["timeouts"].astype(bool)
+    broken = np.zeros_like(truncations)
+    broken[:-1] = np.any(next_observations[:-1] != observations[1:], axis=-1)
+    broken[-1] = True
+    truncations = (truncations | broken) & ~terminations
+    ends = np.flatnonzero(terminations | truncations) + 1
+    episodes, start = [], 0
+    for end in ends:
+        episodes.append(EpisodeBuffer(
+            id=len(episodes),
+            observations=np.concatenate([observations[start:end], next_observations[end - 1:end]]
+                                        ).astype(np.float64),
+            actions=transitions["actions"][start:end], rewards=transitions["rewards"][start:end],
+            terminations=terminations[start:end], truncations=truncations[start:end]))
+        start = end
+    return episodes
+
+
 def episode_statistics(episodes) -> dict:
     """Mean return over complete episodes (not the cut-short last one), and counts."""
     complete = [e for e in episodes if e.terminations[-1] or e is not episodes[-1]]
@@ -184,34 +225,24 @@ def episode_statistics(episodes) -> dict:
 def split_segments(behaviour: Behaviour, split: str, size: int) -> list[tuple[object, int]]:
     if split in ("random", "medium", "expert"):
         return [(behaviour.policy(behaviour.step_of(split)), size)]
-    if split == "medium-replay":
-        start_steps = int(behaviour.manifest["start_steps"])
-        medium = behaviour.step_of("medium")
-        steps = sorted(s for s in behaviour.snapshots if s <= medium)
-        segments = [(None, min(start_steps, medium))]
-        for begin, end in zip(steps, steps[1:], strict=False):
-            begin = max(begin, start_steps)
-            if end > begin:
-                segments.append((behaviour.policy(max(s for s in steps if s <= begin)), end - begin))
-        return [(p, n) for p, n in segments if n > 0]
     raise DatasetError(f"split '{split}' is not collected directly")
 
 
-def write_split(env: str, split: str, episodes: list, behaviour: Behaviour, root: Path,
+def write_split(dataset_id: str, split: str, episodes: list, behaviour: Behaviour, root: Path,
                 seed: int, command: str, seconds: float) -> dict:
     from envs.generated import write_minari_dataset
 
-    spec = BEHAVIOUR_ENVS[env]
+    spec = BEHAVIOUR_ENVS[behaviour.env]
     reference = behaviour.manifest["reference"]
     stats = episode_statistics(episodes)
     roles = behaviour.manifest["roles"]
     source = {"random": f"the random initial policy (step {roles['random']})",
               "medium": f"the medium snapshot (training step {roles['medium']})",
               "expert": f"the expert snapshot (training step {roles['expert']})",
-              "medium-replay": f"the replay of training up to step {roles['medium']}",
+              "medium-replay": f"what SAC training collected up to step {roles['medium']}",
               "medium-expert": "medium followed by expert"}[split]
     write_minari_dataset(
-        root, behaviour_dataset_id(env, split), episodes, env=spec.env_id, eval_env=spec.env_id,
+        root, dataset_id, episodes, env=spec.env_id, eval_env=spec.env_id,
         algorithm_name=f"SAC behaviour policy: {source}",
         ref_min_score=reference["min"], ref_max_score=reference["max"],
         description=(
@@ -227,9 +258,10 @@ def write_split(env: str, split: str, episodes: list, behaviour: Behaviour, root
 
 def generate(env: str, splits=SPLITS, size: int = 1_000_000, seed: int = 0, root: Path | None = None,
              policy_dir: Path | None = None, force: bool = False, command: str | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, sized_name: bool = False) -> dict:
     """Write the requested splits of `env` (skipping those already complete unless `force`);
-    returns per-split statistics of what was written."""
+    returns per-split statistics of what was written. `sized_name`: write them under the
+    fixed-size ids `local/<env>/<split>-<size/1000>k-v0` (envs.generated.SIZED) instead."""
     from envs.generated import data_dir, dataset_complete
 
     check_request(env, splits)
@@ -244,6 +276,8 @@ def generate(env: str, splits=SPLITS, size: int = 1_000_000, seed: int = 0, root
         if split == "medium-expert":
             episodes = [*episodes_of("medium"), *episodes_of("expert")]
             return [dataclasses.replace(e, id=i) for i, e in enumerate(episodes)]
+        if split == "medium-replay":
+            return replay_episodes(behaviour.replay())
         if split not in collected:
             bar = _ProgressBar(f"{env}-{split}", progress)
             collected[split] = collect(env, split_segments(behaviour, split, size),
@@ -253,11 +287,12 @@ def generate(env: str, splits=SPLITS, size: int = 1_000_000, seed: int = 0, root
 
     report = {}
     for split in (s for s in SPLITS if s in splits):
-        if not force and dataset_complete(root, behaviour_dataset_id(env, split)):
+        dataset_id = behaviour_dataset_id(env, split, size if sized_name else None)
+        if not force and dataset_complete(root, dataset_id):
             continue
         started = time.perf_counter()
         episodes = episodes_of(split)
-        report[split] = write_split(env, split, episodes, behaviour, root, seed, command,
+        report[split] = write_split(dataset_id, split, episodes, behaviour, root, seed, command,
                                     time.perf_counter() - started)
     return report
 
@@ -318,17 +353,31 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
                               eval_every=snapshot_every, eval_episodes=eval_episodes,
                               buffer_size=buffer_size)
     env_spec = environment_spec(make_env, total_steps)
-    checkpointer = Checkpointer(Path(checkpoint_dir or Path("runs") / "behaviour" / env), keep=1)
+    checkpoint_dir = Path(checkpoint_dir or Path("runs") / "behaviour" / env)
+    checkpointer = Checkpointer(checkpoint_dir, keep=1)
+    collected = CollectionLog(checkpoint_dir / "collected")
     run, snapshots, seconds = None, [], 0.0
     if checkpointer.manager.latest_step() is not None:
         template = initial_run(algo, env_spec, [seed], schedule.buffer_size)
-        states, keys, step, saved = checkpointer.restore_latest(
-            {"agent": template["states"], "buffers": template["buffers"]}, template["keys"])
+        try:
+            states, keys, step, saved = checkpointer.restore_latest(
+                {"agent": template["states"], "buffers": template["buffers"]}, template["keys"])
+        except ValueError as error:
+            raise DatasetError(
+                f"cannot resume the training in '{checkpoint_dir}': it was made with other settings "
+                f"({str(error).splitlines()[0][:200]}). Pass the same train.* values as when it "
+                "started (train.buffer_size in particular), or delete that folder to start over."
+            ) from None
         run = {"states": states["agent"], "buffers": states["buffers"], "keys": keys,
                "step": step, "history": saved["history"]}
         snapshots, seconds = saved["snapshots"], saved["seconds"]
+        collected.resume(step, run["buffers"])
         log(f"{env}: resuming SAC training from step {step}")
     started = time.perf_counter() - seconds
+    pending: list = []  # transitions collected since the last checkpoint
+
+    def on_collect(transitions, step):
+        pending.append(jax.tree.map(lambda x: x[:, 0], transitions))  # the one seed
 
     def on_evaluation(run, returns):
         step = run["step"]
@@ -339,12 +388,16 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
                           "return_std": float(returns.std())})
         elapsed = time.perf_counter() - started
         if step > 0:
+            # The log first: a checkpoint never gets ahead of the transitions it was trained on.
+            collected.write(step, pending)
+            pending.clear()
             checkpointer.save(step, {"agent": run["states"], "buffers": run["buffers"]}, run["keys"],
                               {"history": run["history"], "snapshots": snapshots, "seconds": elapsed})
         log(f"{env} step {step}: evaluation return {returns.mean():.1f} ± {returns.std():.1f} "
             f"({elapsed:.0f} s)")
 
-    train_online(algo, make_env, schedule, [seed], run=run, on_evaluation=on_evaluation)
+    train_online(algo, make_env, schedule, [seed], run=run, on_evaluation=on_evaluation,
+                 on_collect=on_collect)
     checkpointer.wait()
     train_seconds = time.perf_counter() - started
 
@@ -369,6 +422,8 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
         "snapshots": kept, "command": "python -m experiments.generate " + shlex.join(sys.argv[1:]),
         "returns_during_training": [[s["step"], round(s["return_mean"], 1)] for s in snapshots],
     }
+    collected.save_prefix(medium["step"], out_dir / REPLAY_FILE,
+                          gym.make(spec.env_id).action_space)
     behaviour = Behaviour(out_dir, manifest)
     reference = {}
     for role, bound in (("random", "min"), ("expert", "max")):
@@ -381,6 +436,65 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
     log(f"{env}: random {reference['min']:.1f}, medium (step {medium['step']}) "
         f"{medium['return_mean']:.1f}, expert {reference['max']:.1f}; {train_seconds:.0f} s")
     return manifest
+
+
+class CollectionLog:
+    """Every transition behaviour training collects, in files of one checkpoint interval each
+    (`<end step>.npz`, actions in [-1, 1]); medium-replay is read from it. The replay buffer
+    cannot serve: it is a ring that forgets its oldest transitions."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def parts(self) -> list[Path]:
+        return sorted(self.directory.glob("*.npz"))
+
+    def write(self, step: int, batches: list) -> None:
+        from envs.dataset import Dataset
+
+        if not batches:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        columns = {name: np.concatenate([getattr(b, name) for b in batches])
+                   for name in Dataset._fields}
+        staging = self.directory / f".{step:09d}.npz"
+        np.savez(staging, **columns)
+        staging.rename(self.directory / f"{step:09d}.npz")
+
+    def resume(self, step: int, buffers) -> None:
+        """Drop parts beyond the checkpoint at `step` (they will be collected again). A training
+        checkpointed before the log existed still has its whole history in the replay buffer
+        if that never wrapped around: log it as one part."""
+        for part in self.parts():
+            if int(part.stem) > step:
+                part.unlink()
+        if not self.parts():
+            import jax
+
+            held = jax.tree.map(lambda x: np.asarray(x[0]), buffers)  # the one seed
+            if int(held.size) != step:
+                raise DatasetError(
+                    f"the checkpoint at step {step} has no log of what it collected and its replay "
+                    "buffer has wrapped around, so medium-replay cannot be rebuilt; retrain from "
+                    f"scratch (delete '{self.directory.parent}').")
+            from algorithms.core.replay import ReplayBuffer
+
+            self.write(step, [ReplayBuffer(held.transitions, held.size, held.position).ordered()])
+
+    def save_prefix(self, steps: int, path: Path, action_space) -> None:
+        """The first `steps` transitions, actions in the environment's units, compressed."""
+        columns: dict[str, list] = {}
+        for part in self.parts():
+            with np.load(part) as stored:
+                for name in stored.files:
+                    columns.setdefault(name, []).append(stored[name])
+        prefix = {name: np.concatenate(values)[:steps] for name, values in columns.items()}
+        if len(prefix.get("rewards", ())) != steps:
+            raise DatasetError(f"the collection log in '{self.directory}' holds fewer than {steps} "
+                               "transitions; retrain from scratch.")
+        low, high = action_space.low, action_space.high
+        prefix["actions"] = (low + (prefix["actions"] + 1.0) * 0.5 * (high - low)).astype(np.float32)
+        np.savez_compressed(path, **prefix)
 
 
 # --------------------------------------------------------------------------------------------

@@ -159,6 +159,72 @@ def test_protocol_invariants(pendulum_splits, monkeypatch):
         np.testing.assert_array_equal(a.actions, b.actions)
 
 
+def test_medium_replay_is_what_training_collected(pendulum_splits, monkeypatch):
+    root, _ = pendulum_splits
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    stored = np.load(PENDULUM / generate.REPLAY_FILE)
+    episodes = list(load_split(root, "medium-replay").iterate_episodes())
+    np.testing.assert_allclose(np.concatenate([e.actions for e in episodes]), stored["actions"])
+    np.testing.assert_allclose(np.concatenate([e.observations[:-1] for e in episodes]),
+                               stored["observations"], rtol=1e-6)
+    # The warm-up steps act uniformly over the whole torque range, in the environment's units.
+    warm_up = stored["actions"][: json.loads((PENDULUM / "policy.json").read_text())["start_steps"]]
+    assert warm_up.min() < -1.8 and warm_up.max() > 1.8
+    assert all(len(e.rewards) == 200 and e.truncations[-1] for e in episodes)
+
+
+def stream(observations: list[float], ends: dict[int, str]) -> dict:
+    """Transitions along a 1-d observation stream; `ends` marks 'terminal' or 'timeout' rows."""
+    obs = np.asarray(observations, np.float32)[:, None]
+    n = len(observations) - 1
+    flags = {kind: np.asarray([ends.get(i) == kind for i in range(n)], np.float32)
+             for kind in ("terminal", "timeout")}
+    return {"observations": obs[:-1].copy(), "actions": np.zeros((n, 1), np.float32),
+            "rewards": np.arange(n, dtype=np.float32), "next_observations": obs[1:].copy(),
+            "terminals": flags["terminal"], "timeouts": flags["timeout"]}
+
+
+def test_replay_episodes_cut_at_ends_and_at_resumed_training():
+    transitions = stream([0, 1, 2, 3, 4, 5, 6], {1: "terminal"})
+    # Row 4 resumed training: it starts from 9, not from row 3's next observation 4.
+    transitions["observations"][4] = 9.0
+    episodes = generate.replay_episodes(transitions)
+    assert [e.rewards.tolist() for e in episodes] == [[0, 1], [2, 3], [4, 5]]
+    assert [bool(e.terminations[-1]) for e in episodes] == [True, False, False]
+    assert [bool(e.truncations[-1]) for e in episodes] == [False, True, True]  # cut; stream end
+    assert episodes[1].observations[:, 0].tolist() == [2, 3, 4]
+    assert episodes[2].observations[:, 0].tolist() == [9, 5, 6]
+
+
+def test_collection_log_resumes_and_keeps_the_prefix(tmp_path):
+    log = generate.CollectionLog(tmp_path / "collected")
+    whole = rows(0, 30)
+    log.write(10, [Dataset(*(c[:5] for c in whole)), Dataset(*(c[5:10] for c in whole))])
+    log.write(20, [Dataset(*(c[10:20] for c in whole))])
+    log.write(30, [Dataset(*(c[20:30] for c in whole))])
+    log.resume(20, buffers=None)  # the checkpoint at 20: the part after it is collected again
+    assert [p.stem for p in log.parts()] == ["000000010", "000000020"]
+    space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+    log.save_prefix(15, tmp_path / "prefix.npz", space)
+    prefix = np.load(tmp_path / "prefix.npz")
+    assert prefix["rewards"].tolist() == list(range(15))
+    np.testing.assert_allclose(prefix["actions"][:, 0], 2.0 * np.arange(15))  # [-1, 1] -> [-2, 2]
+    with pytest.raises(DatasetError, match="fewer than 25"):
+        log.save_prefix(25, tmp_path / "prefix.npz", space)
+
+
+def test_collection_log_recovers_history_from_an_unwrapped_buffer(tmp_path):
+    buffers = jax.vmap(lambda _: ReplayBuffer.create(8, 1, 1))(jnp.arange(1))
+    buffers = jax.vmap(ReplayBuffer.add)(buffers, jax.tree.map(lambda x: x[None], rows(0, 6)))
+    log = generate.CollectionLog(tmp_path / "collected")
+    log.resume(6, buffers)
+    log.save_prefix(6, tmp_path / "prefix.npz", gym.spaces.Box(-1.0, 1.0, (1,), np.float32))
+    assert np.load(tmp_path / "prefix.npz")["rewards"].tolist() == list(range(6))
+    wrapped = jax.vmap(ReplayBuffer.add)(buffers, jax.tree.map(lambda x: x[None], rows(6, 4)))
+    with pytest.raises(DatasetError, match="wrapped around"):
+        generate.CollectionLog(tmp_path / "other").resume(10, wrapped)
+
+
 def test_same_seed_same_arrays(pendulum_splits, tmp_path, monkeypatch):
     root, _ = pendulum_splits
     generate.generate("pendulum", ["medium"], size=1_000, root=tmp_path, progress=False)
@@ -229,3 +295,30 @@ def test_corrupt_cached_split_is_reported(tmp_path):
     data_file.write_bytes(b"\0" * 512)
     with pytest.raises(DatasetError, match="could not be read"):
         envs.load("local", "pendulum-random", path=str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixed-size variants and the README's default run
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sized_variant_is_generated_apart_from_the_default_size(data_dirs, monkeypatch):
+    monkeypatch.setitem(generated.SIZED, "pendulum-medium-2k", ("pendulum", "medium", 2_000))
+    generated.ensure_behaviour_dataset("pendulum-medium-2k")
+    assert generated.dataset_complete(data_dirs.offrl, "local/pendulum/medium-2k-v0")
+    assert not generated.dataset_complete(data_dirs.offrl, "local/pendulum/medium-v0")
+    info = envs.DatasetInfo("pendulum-medium-2k", "local", "Pendulum-v1", "toy", None, None,
+                            minari_id="local/pendulum/medium-2k-v0", max_episode_steps=200)
+    data, _ = envs.minari_source.load(info, str(data_dirs.offrl))
+    assert data.size == 2_000
+
+
+def test_default_run_is_the_small_hopper_medium():
+    from experiments.config import compose
+
+    cfg = compose([])
+    assert (cfg.dataset.source, cfg.dataset.name) == ("local", generated.QUICKSTART)
+    assert cfg.algo.name == "iql" and cfg.steps == 20_000 and cfg.eval.episodes == 10
+    info = envs.lookup("local", generated.QUICKSTART)
+    assert info.env_id == "Hopper-v5" and info.family == "locomotion"
+    assert info.minari_id == "local/hopper/medium-50k-v0" != envs.lookup("local", "hopper-medium").minari_id

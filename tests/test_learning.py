@@ -18,7 +18,8 @@ import pytest
 from experiments.config import compose
 from experiments.train import run
 
-SETTINGS = ["seeds=3", "steps=20000", "log_every=1000", "eval.every=20000", "eval.episodes=10",
+SETTINGS = ["dataset=local/pendulum-mixed",
+            "seeds=3", "steps=20000", "log_every=1000", "eval.every=20000", "eval.episodes=10",
             "algo.hidden_dims=[64,64]"]
 EXTRA = {  # later overrides win
     "cql": ["steps=10000", "eval.every=10000"],

@@ -13,7 +13,8 @@ from experiments.checkpoints import Checkpointer
 from experiments.config import compose, make_algorithm
 from experiments.train import run
 
-SMALL = ["algo.hidden_dims=[16,16]", "algo.batch_size=32", "steps=40", "log_every=10",
+SMALL = ["dataset=local/pendulum-mixed",
+         "algo.hidden_dims=[16,16]", "algo.batch_size=32", "steps=40", "log_every=10",
          "eval.every=20", "eval.episodes=2"]
 
 

@@ -14,7 +14,8 @@ import numpy as np
 from experiments.config import compose
 from experiments.train import run
 
-OVERRIDES = ["algo=td3_bc", "seeds=4", "algo.hidden_dims=[16,16]", "algo.batch_size=32",
+OVERRIDES = ["dataset=local/pendulum-mixed",
+             "algo=td3_bc", "seeds=4", "algo.hidden_dims=[16,16]", "algo.batch_size=32",
              "steps=40", "log_every=20", "eval.every=0"]
 
 SCRIPT = textwrap.dedent("""

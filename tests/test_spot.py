@@ -18,7 +18,8 @@ from experiments.config import compose, make_algorithm
 from experiments.train import run
 
 SPEC = Spec(observation_dim=3, action_dim=2, total_steps=100)
-TINY = ["algo=spot", "algo.hidden_dims=[16,16]", "algo.vae_hidden_dims=[16,16]", "algo.batch_size=32",
+TINY = ["dataset=local/pendulum-mixed",
+        "algo=spot", "algo.hidden_dims=[16,16]", "algo.vae_hidden_dims=[16,16]", "algo.batch_size=32",
         "algo.vae_batch_size=32", "algo.vae_steps=30", "steps=20", "log_every=10", "eval.every=20",
         "eval.episodes=2"]
 
