@@ -40,7 +40,7 @@ from algorithms import register
 from algorithms.core.neighbours import nearest_neighbour
 from algorithms.td3_bc import TD3BC, delayed
 
-SEARCHES = ("matmul", "kdtree", "direct")
+SEARCHES = ("auto", "matmul", "kdtree", "direct")
 
 
 class KDTreeSearch:
@@ -57,7 +57,9 @@ class KDTreeSearch:
 
     def __call__(self, queries):
         queries = np.asarray(queries)
-        distance, index = self.tree.query(queries.reshape(-1, self.dim).astype(np.float64), k=1)
+        # The compiled program waits for the answer, so the search may use every core.
+        distance, index = self.tree.query(queries.reshape(-1, self.dim).astype(np.float64), k=1,
+                                          workers=-1)
         shape = queries.shape[:-1]
         return self.first[index].reshape(shape), (distance**2).astype(np.float32).reshape(shape)
 
@@ -74,7 +76,7 @@ class PRDC(TD3BC):
     name = "prdc"
     alpha: float = 2.5
     beta: float = 2.0
-    neighbour_search: str = "matmul"  # or "kdtree", "direct" (module docstring)
+    neighbour_search: str = "auto"  # kdtree on CPU, matmul elsewhere; or name one (docstring)
     search_block: int = 8192  # dataset rows per block of the in-graph searches
 
     def __post_init__(self):
@@ -83,10 +85,16 @@ class PRDC(TD3BC):
 
     @property
     def search(self) -> str:
+        """The method in use: "auto" is the KD-tree once `bind_dataset` has built it on a CPU
+        backend, else the in-graph "matmul"."""
+        if self.neighbour_search == "auto":
+            return "kdtree" if getattr(self, "_tree", None) is not None else "matmul"
         return self.neighbour_search
 
     def bind_dataset(self, dataset) -> PRDC:
-        if self.neighbour_search != "kdtree":
+        wants_tree = self.neighbour_search == "kdtree" or (
+            self.neighbour_search == "auto" and jax.default_backend() == "cpu")
+        if not wants_tree:
             return self
         observations = np.asarray(dataset.observations, np.float32)
         keys = np.concatenate([np.float32(self.beta) * observations,

@@ -123,6 +123,9 @@ DEFINITIONS = {
         "bare chunk; its final state initialises the agents. Its steps are not the agent's updates "
         "and are not in the agent's updates/s."),
     "options": "Algorithm fields set with --option key=value (those the algorithm has).",
+    "warmup_updates": (
+        "Updates trained (untimed, in chunks of min(1000, N), so N rounded up to a multiple of "
+        "1000) between initialisation and the first timed call; 0 times a fresh agent."),
 }
 
 FULL = {"dataset_size": 1_000_000, "chunk": 0, "chunk_seconds": 2.0, "repeats": 5,
@@ -149,6 +152,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset-size", type=int, help="synthetic transitions (default 1M)")
     parser.add_argument("--dataset", help="a real dataset, source/name (e.g. local/hopper-medium), "
                         "instead of the synthetic one; the pipeline evaluates in its environment")
+    parser.add_argument("--warmup-updates", type=int, default=0,
+                        help="train this many updates before timing (where the cost depends on "
+                        "how far training is, as PRDC's KD-tree search does)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="set an algorithm field (YAML value), e.g. neighbour_search=kdtree")
     parser.add_argument("--chunk", type=int,
@@ -552,6 +558,11 @@ def bench_config(name: str, width: int, seeds: int, prepared, settings, eval_inf
             pretrained, entry["pretraining"] = run_pretraining(algo.pretraining(), spec,
                                                                prepared.data, settings)
         states = loop.init_states(algo, spec, prepared.data, init_keys, pretrained)
+        if settings.warmup_updates:
+            entry["warmup_updates"] = settings.warmup_updates
+            warm = loop.make_train_chunk(algo, min(1000, settings.warmup_updates))
+            for _ in range(-(-settings.warmup_updates // 1000)):
+                states, keys, _ = warm(states, prepared.data, keys)
 
         # The one-step program gives XLA's FLOP count per update (see DEFINITIONS), the time per
         # step that sizes the chunk, and the per-step Python loop.

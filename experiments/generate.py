@@ -100,8 +100,8 @@ class Behaviour:
         path = self.directory / REPLAY_FILE
         try:
             with np.load(path) as stored:
-                return {name: stored[name] for name in stored.files}
-        except (OSError, ValueError, EOFError) as error:
+                return unpack_transitions({name: stored[name] for name in stored.files})
+        except (OSError, ValueError, EOFError, KeyError) as error:
             raise DatasetError(f"cannot read the medium-replay transitions '{path}' ({error}); "
                                "restore it from the repository or retrain with retrain=true.") from None
 
@@ -180,6 +180,23 @@ def collect(env_name: str, segments: list[tuple[object, int]], seed: int, progre
         close(truncate=True)
     env.close()
     return episodes
+
+
+def pack_transitions(transitions: dict) -> dict:
+    """Store each observation once: next_observations[t] is observations[t + 1] except where an
+    episode ended (kept in `cut_next_observations` at rows `cuts`) and at the last row."""
+    observations, following = transitions["observations"], transitions["next_observations"]
+    cuts = np.flatnonzero(np.any(following[:-1] != observations[1:], axis=-1))
+    cuts = np.append(cuts, len(observations) - 1)
+    packed = {k: v for k, v in transitions.items() if k != "next_observations"}
+    return {**packed, "cuts": cuts, "cut_next_observations": following[cuts]}
+
+
+def unpack_transitions(packed: dict) -> dict:
+    transitions = {k: v for k, v in packed.items() if not k.startswith("cut")}
+    following = np.concatenate([packed["observations"][1:], packed["observations"][-1:]])
+    following[packed["cuts"]] = packed["cut_next_observations"]
+    return {**transitions, "next_observations": following}
 
 
 def replay_episodes(transitions: dict) -> list:
@@ -494,7 +511,7 @@ class CollectionLog:
                                "transitions; retrain from scratch.")
         low, high = action_space.low, action_space.high
         prefix["actions"] = (low + (prefix["actions"] + 1.0) * 0.5 * (high - low)).astype(np.float32)
-        np.savez_compressed(path, **prefix)
+        np.savez_compressed(path, **pack_transitions(prefix))
 
 
 # --------------------------------------------------------------------------------------------

@@ -76,3 +76,41 @@ def test_markdown_table(report):
     table = out.with_suffix(".md").read_text()
     assert "| algo | hidden | seeds |" in table
     assert table.count("| 64x2 |") >= 2
+
+
+def test_algorithm_options_apply_where_the_algorithm_has_the_field():
+    from experiments import benchmark
+
+    prdc = benchmark.make_algorithm("prdc", 64, 32, {"neighbour_search": "kdtree", "lambd": 0.5})
+    spot = benchmark.make_algorithm("spot", 64, 32, {"neighbour_search": "kdtree", "lambd": 0.5})
+    assert prdc.neighbour_search == "kdtree" and not hasattr(prdc, "lambd")
+    assert spot.lambd == 0.5 and spot.hidden_dims == (64, 64) and spot.batch_size == 32
+    args = benchmark.parse_args(["--option", "neighbour_search=kdtree", "--option", "alpha=2.5"])
+    assert args.options == {"neighbour_search": "kdtree", "alpha": 2.5}
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--option", "no-equals-sign"])
+
+
+def test_pretraining_stage_is_timed_and_initialises_the_agent():
+    import argparse
+
+    import jax
+    import numpy as np
+
+    from algorithms import Spec
+    from envs.dataset import from_arrays
+    from experiments import benchmark, loop
+
+    algo = benchmark.make_algorithm("spot", 16, 32, {"vae_hidden_dims": (16, 16), "vae_batch_size": 32})
+    rng = np.random.default_rng(0)
+    data = from_arrays(observations=rng.normal(size=(64, 3)), actions=rng.uniform(-1, 1, (64, 2)),
+                       rewards=rng.normal(size=64), next_observations=rng.normal(size=(64, 3)),
+                       terminals=np.zeros(64), timeouts=np.zeros(64), source="test")
+    prepared = loop.prepare(algo, data)
+    spec = Spec(3, 2, 100)
+    settings = argparse.Namespace(chunk=5, chunk_seconds=0.1, repeats=2)
+    vae, timing = benchmark.run_pretraining(algo.pretraining(), spec, prepared.data, settings)
+    assert timing["stage"] == "vae" and timing["steps_in_a_real_run"] == algo.vae_steps
+    assert timing["chunk_length"] == 5 and timing["updates_per_second"] > 0
+    states = loop.init_states(algo, spec, prepared.data, jax.random.split(jax.random.key(0), 2), vae)
+    np.testing.assert_array_equal(jax.tree.leaves(states.vae_params)[0][1], jax.tree.leaves(vae.params)[0])

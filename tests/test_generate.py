@@ -162,7 +162,7 @@ def test_protocol_invariants(pendulum_splits, monkeypatch):
 def test_medium_replay_is_what_training_collected(pendulum_splits, monkeypatch):
     root, _ = pendulum_splits
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    stored = np.load(PENDULUM / generate.REPLAY_FILE)
+    stored = generate.Behaviour(PENDULUM).replay()
     episodes = list(load_split(root, "medium-replay").iterate_episodes())
     np.testing.assert_allclose(np.concatenate([e.actions for e in episodes]), stored["actions"])
     np.testing.assert_allclose(np.concatenate([e.observations[:-1] for e in episodes]),
@@ -182,6 +182,15 @@ def stream(observations: list[float], ends: dict[int, str]) -> dict:
     return {"observations": obs[:-1].copy(), "actions": np.zeros((n, 1), np.float32),
             "rewards": np.arange(n, dtype=np.float32), "next_observations": obs[1:].copy(),
             "terminals": flags["terminal"], "timeouts": flags["timeout"]}
+
+
+def test_packed_transitions_store_each_observation_once():
+    transitions = stream([0, 1, 2, 3, 4, 5, 6], {1: "terminal"})
+    transitions["next_observations"][1] = 7.0  # the terminal state, not the next reset
+    packed = generate.pack_transitions(transitions)
+    assert "next_observations" not in packed and packed["cuts"].tolist() == [1, 5]
+    for name, column in generate.unpack_transitions(packed).items():
+        np.testing.assert_array_equal(column, transitions[name])
 
 
 def test_replay_episodes_cut_at_ends_and_at_resumed_training():
@@ -206,8 +215,9 @@ def test_collection_log_resumes_and_keeps_the_prefix(tmp_path):
     assert [p.stem for p in log.parts()] == ["000000010", "000000020"]
     space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
     log.save_prefix(15, tmp_path / "prefix.npz", space)
-    prefix = np.load(tmp_path / "prefix.npz")
+    prefix = generate.unpack_transitions(dict(np.load(tmp_path / "prefix.npz")))
     assert prefix["rewards"].tolist() == list(range(15))
+    np.testing.assert_array_equal(prefix["next_observations"], whole.next_observations[:15])
     np.testing.assert_allclose(prefix["actions"][:, 0], 2.0 * np.arange(15))  # [-1, 1] -> [-2, 2]
     with pytest.raises(DatasetError, match="fewer than 25"):
         log.save_prefix(25, tmp_path / "prefix.npz", space)
@@ -219,7 +229,7 @@ def test_collection_log_recovers_history_from_an_unwrapped_buffer(tmp_path):
     log = generate.CollectionLog(tmp_path / "collected")
     log.resume(6, buffers)
     log.save_prefix(6, tmp_path / "prefix.npz", gym.spaces.Box(-1.0, 1.0, (1,), np.float32))
-    assert np.load(tmp_path / "prefix.npz")["rewards"].tolist() == list(range(6))
+    assert dict(np.load(tmp_path / "prefix.npz"))["rewards"].tolist() == list(range(6))
     wrapped = jax.vmap(ReplayBuffer.add)(buffers, jax.tree.map(lambda x: x[None], rows(6, 4)))
     with pytest.raises(DatasetError, match="wrapped around"):
         generate.CollectionLog(tmp_path / "other").resume(10, wrapped)

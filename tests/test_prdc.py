@@ -159,10 +159,14 @@ def test_updates_are_deterministic_and_seeds_batch_exactly():
     assert np.isfinite(kdtree_metrics["neighbour_distance"][::2]).all()
 
 
-def test_kdtree_needs_bind_dataset_and_the_in_graph_search_is_the_default():
+def test_kdtree_needs_bind_dataset_and_auto_picks_it_on_cpu():
     data = tiny_dataset()
     default = algorithms.get("prdc")()
-    assert default.search == "matmul" and default.bind_dataset(data) is default
+    assert default.neighbour_search == "auto" and default.search == "matmul"  # unbound: in-graph
+    bound = default.bind_dataset(data)
+    assert bound.search == ("kdtree" if jax.default_backend() == "cpu" else "matmul")
+    matmul = algorithms.get("prdc")(neighbour_search="matmul")
+    assert matmul.bind_dataset(data) is matmul
     algo = small_prdc("kdtree")
     state = algo.init(jax.random.key(0), SPEC, data)
     with pytest.raises(RuntimeError, match="bind_dataset"):

@@ -15,7 +15,7 @@ from algorithms.core.vae import elbo_loss, iwae_loss, vae_for
 from algorithms.spot import spot_actor_loss
 from experiments import loop
 from experiments.config import compose, make_algorithm
-from experiments.train import run
+from experiments.train import _pretrain_cache_dir, run
 
 SPEC = Spec(observation_dim=3, action_dim=2, total_steps=100)
 TINY = ["dataset=local/pendulum-mixed",
@@ -127,10 +127,17 @@ def test_pretrained_vae_is_cached_reused_and_frozen(offline_data, tmp_path):
     assert all(np.isfinite(line["vae_loss"]) for line in pretrain)
     assert not any(line["type"] == "pretrain" for line in
                    map(json.loads, (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()))
-    # other VAE settings: another cache entry
-    third = run(compose([*overrides, "algo.vae_steps=20"]), tmp_path / "c")
-    assert third["pretraining"]["reused"] is False
-    assert third["pretraining"]["cache"] != first["pretraining"]["cache"]
+    # other VAE settings or other data: another cache entry
+    def cache_of(extra, data_scale=1.0):
+        cfg = compose([*overrides, *extra])
+        algo = make_algorithm(cfg.algo)
+        raw, _ = envs.load(cfg.dataset.source, cfg.dataset.name)
+        prepared = loop.prepare(algo, raw._replace(rewards=raw.rewards * data_scale))
+        return str(_pretrain_cache_dir(algo, algo.pretraining(), prepared, cfg))
+
+    assert cache_of([]) == first["pretraining"]["cache"]
+    assert cache_of(["algo.vae_steps=20"]) != first["pretraining"]["cache"]
+    assert cache_of([], data_scale=2.0) != first["pretraining"]["cache"]
 
 
 def test_q_explosion_stops_the_run(offline_data, tmp_path):
