@@ -11,15 +11,15 @@ are standardized (mean, std + 1e-3) before the keys are formed, as in the code (
 flag is store_false, i.e. always on).
 
 The search is exact over the whole dataset, inside the compiled update (`neighbour_search`):
-  "matmul" (default): blocked brute force in the graph, GEMM distances with exact re-ranking
-      (algorithms/core/neighbours.py); works on every backend.
+  "auto" (default): "kdtree" when the backend is a CPU, else "matmul" (chosen by measurement: README,
+      PRDC section; on a CPU the in-graph brute force is far slower than the tree).
   "kdtree": scipy's cKDTree over {[beta s_i, a_i]} built once on the host (`bind_dataset`, which the
-      loop calls), queried through `jax.pure_callback` (the reference code's structure). Ties
-      between identical dataset rows go to the lowest index. Fast for queries close to the data
-      (13-45 ms for 256 queries on 1M rows here), but in 23 dimensions a query far from every row
-      (an untrained policy's action) visits most of the tree: on a synthetic 1M-transition dataset
-      it was slower than "matmul" at the start of training (README, PRDC section), so it is not the
-      default on CPU either.
+      loop calls), queried through `jax.pure_callback` on all cores (the reference code's
+      structure). Ties between identical dataset rows go to the lowest index. Its cost depends on
+      how far the queries are from the data: an untrained policy's actions are far and visit much
+      of the tree; once the actor has learnt (it is pulled towards the data) queries are close.
+  "matmul": blocked brute force in the graph, GEMM distances with exact re-ranking
+      (algorithms/core/neighbours.py); works on every backend, cost independent of the data.
   "direct": blocked brute force with exact elementwise distances only (slowest; a reference).
 
 Hyperparameters per dataset (README of the code; configs/algo/prdc.yaml): beta = 2 and alpha = 2.5
