@@ -123,19 +123,23 @@ class Behaviour:
 # --------------------------------------------------------------------------------------------
 
 
-def collect(env_name: str, segments: list[tuple[object, int]], seed: int, progress=None) -> list:
-    """Run one environment through `segments` of (policy, steps), where policy is (sampler,
-    params) from `Behaviour.policy` or None for uniformly random actions, continuing the current
-    episode across segments. Returns Minari EpisodeBuffers holding exactly sum(steps) transitions
-    (the last episode cut short)."""
+def to_env_units(unit_actions: np.ndarray, space) -> np.ndarray:
+    """Actions in [-1, 1] (the policies' and training's scale) -> the action space's bounds."""
+    low, high = space.low, space.high
+    return (low + (unit_actions + 1.0) * 0.5 * (high - low)).astype(space.dtype)
+
+
+def collect(env_name: str, policy, steps: int, seed: int, progress=None) -> list:
+    """Run one environment for `steps` steps with `policy` ((sampler, params) from
+    `Behaviour.policy`), sampling its stochastic actions. Returns Minari EpisodeBuffers holding
+    exactly `steps` transitions (the last episode cut short)."""
     import gymnasium as gym
     import jax
     from minari.data_collector import EpisodeBuffer
 
     spec = BEHAVIOUR_ENVS[env_name]
     env = gym.make(spec.env_id, max_episode_steps=spec.max_episode_steps)
-    low, high = env.action_space.low, env.action_space.high
-    rng = np.random.default_rng(seed)
+    sampler, params = policy
     key = jax.random.key(seed)
     episodes, episode_seed = [], seed * 1_000_003
     observation, _ = env.reset(seed=episode_seed)
@@ -149,33 +153,23 @@ def collect(env_name: str, segments: list[tuple[object, int]], seed: int, progre
             id=len(episodes), seed=current.pop("seed"),
             **{name: np.asarray(value) for name, value in current.items()}))
 
-    total = sum(steps for _, steps in segments)
-    done_steps = 0
-    for policy, steps in segments:
-        if policy is not None:
-            sampler, params = policy
-        for _ in range(steps):
-            if policy is None:
-                unit = rng.uniform(-1.0, 1.0, env.action_space.shape)
-            else:
-                unit = np.asarray(sampler(params, np.asarray(observation, np.float32), key,
-                                          done_steps))
-            action = (low + (unit + 1.0) * 0.5 * (high - low)).astype(env.action_space.dtype)
-            observation, reward, terminated, truncated, _ = env.step(action)
-            current["observations"].append(observation)
-            current["actions"].append(action)
-            current["rewards"].append(float(reward))
-            current["terminations"].append(bool(terminated))
-            current["truncations"].append(bool(truncated) and not terminated)
-            done_steps += 1
-            if terminated or truncated:
-                close(truncate=False)
-                episode_seed += 1
-                observation, _ = env.reset(seed=episode_seed)
-                current = {"observations": [observation], "actions": [], "rewards": [],
-                           "terminations": [], "truncations": [], "seed": episode_seed}
-            if progress is not None and done_steps % 1_000 == 0:
-                progress(done_steps, total)
+    for done_steps in range(1, steps + 1):
+        unit = np.asarray(sampler(params, np.asarray(observation, np.float32), key, done_steps - 1))
+        action = to_env_units(unit, env.action_space)
+        observation, reward, terminated, truncated, _ = env.step(action)
+        current["observations"].append(observation)
+        current["actions"].append(action)
+        current["rewards"].append(float(reward))
+        current["terminations"].append(bool(terminated))
+        current["truncations"].append(bool(truncated) and not terminated)
+        if terminated or truncated:
+            close(truncate=False)
+            episode_seed += 1
+            observation, _ = env.reset(seed=episode_seed)
+            current = {"observations": [observation], "actions": [], "rewards": [],
+                       "terminations": [], "truncations": [], "seed": episode_seed}
+        if progress is not None and done_steps % 1_000 == 0:
+            progress(done_steps, steps)
     if current["actions"]:
         close(truncate=True)
     env.close()
@@ -239,12 +233,6 @@ def episode_statistics(episodes) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def split_segments(behaviour: Behaviour, split: str, size: int) -> list[tuple[object, int]]:
-    if split in ("random", "medium", "expert"):
-        return [(behaviour.policy(behaviour.step_of(split)), size)]
-    raise DatasetError(f"split '{split}' is not collected directly")
-
-
 def write_split(dataset_id: str, split: str, episodes: list, behaviour: Behaviour, root: Path,
                 seed: int, command: str) -> dict:
     from envs.generated import write_minari_dataset
@@ -297,7 +285,8 @@ def generate(env: str, splits=SPLITS, size: int = 1_000_000, seed: int = 0, root
             return replay_episodes(behaviour.replay())
         if split not in collected:
             bar = _ProgressBar(f"{env}-{split}", progress)
-            collected[split] = collect(env, split_segments(behaviour, split, size),
+            # random, medium and expert: sampled from that role's snapshot
+            collected[split] = collect(env, behaviour.policy(behaviour.step_of(split)), size,
                                        seed=seed * 1000 + SPLITS.index(split), progress=bar.update)
             bar.close()
         return collected[split]
@@ -445,8 +434,8 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
     reference = {}
     for role, bound in (("random", "min"), ("expert", "max")):
         # Stochastic actions, as the datasets are sampled; seeds disjoint from the datasets'.
-        episodes = collect(env, [(behaviour.policy(behaviour.step_of(role)),
-                                  reference_episodes * spec.max_episode_steps)], seed=10**6 + seed)
+        episodes = collect(env, behaviour.policy(behaviour.step_of(role)),
+                           reference_episodes * spec.max_episode_steps, seed=10**6 + seed)
         reference[bound] = episode_statistics(episodes)["return_mean"]
     manifest["reference"] = reference
     (out_dir / "policy.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -509,8 +498,7 @@ class CollectionLog:
         if len(prefix.get("rewards", ())) != steps:
             raise DatasetError(f"the collection log in '{self.directory}' holds fewer than {steps} "
                                "transitions; retrain from scratch.")
-        low, high = action_space.low, action_space.high
-        prefix["actions"] = (low + (prefix["actions"] + 1.0) * 0.5 * (high - low)).astype(np.float32)
+        prefix["actions"] = to_env_units(prefix["actions"], action_space)
         np.savez_compressed(path, **pack_transitions(prefix))
 
 
