@@ -20,6 +20,8 @@ For every algorithm, network width and number of vmapped seeds it measures
   * at the small width, a Python loop calling one jitted update per step, against the scan;
   * for algorithms with a pretraining stage (SPOT's VAE), that stage's own updates/s and compile
     time; its result then initialises the agent, as in a real run;
+  * with `--warmup-updates N`, N updates trained before timing, each chunk of 1000 timed and
+    printed as it ends: the speed along training, where it changes (PRDC's KD-tree search);
 and times the same IQL update in plain PyTorch (experiments/torch_iql.py) in a subprocess.
 Each configuration runs in a fresh process (`--worker`), killed and retried if it exceeds
 `--config-timeout`. Results go to a JSON file and a Markdown table (`--out`, default
@@ -43,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OBSERVATION_DIM, ACTION_DIM = 17, 6  # HalfCheetah's, so the pipeline can evaluate in HalfCheetah-v5
 EVAL_DATASET = ("d4rl", "halfcheetah-medium-v2")  # synthetic data: only its env and scores are used
 ENTRY_MARKER = "benchmark-entry: "
+WARMUP_CHUNK = 1000  # updates per timed warm-up chunk
 
 DEFINITIONS = {
     "update": "One gradient step of one seed on a batch sampled from the on-device dataset.",
@@ -124,8 +128,10 @@ DEFINITIONS = {
         "and are not in the agent's updates/s."),
     "options": "Algorithm fields set with --option key=value (those the algorithm has).",
     "warmup_updates": (
-        "Updates trained (untimed, in chunks of min(1000, N), so N rounded up to a multiple of "
-        "1000) between initialisation and the first timed call; 0 times a fresh agent."),
+        "Updates trained between initialisation and the first timed call, in chunks of "
+        "min(1000, N) (N rounded up to whole chunks); 0 times a fresh agent. Each warm-up chunk is "
+        "timed once (no repeats; compiled beforehand): warmup.updates_per_second_per_seed is the "
+        "speed along the way, chunk by chunk."),
 }
 
 FULL = {"dataset_size": 1_000_000, "chunk": 0, "chunk_seconds": 2.0, "repeats": 5,
@@ -543,6 +549,23 @@ def run_pipeline(algo, prepared, states, keys, chunks: dict, seeds: int, setting
     return states, keys, result
 
 
+def warm_up(algo, states, data, keys, updates: int, seeds: int):
+    """Train `updates` updates (rounded up to whole chunks) before timing, each chunk timed, so the
+    speed along the way is measured too (PRDC's search gets cheaper as the actor learns)."""
+    length = min(WARMUP_CHUNK, updates)
+    chunk, timing = aot_compile(loop.make_train_chunk(algo, length), states, data, keys)
+    rates = []
+    for index in range(-(-updates // length)):
+        tic = time.perf_counter()
+        states, keys, metrics = chunk(states, data, keys)
+        jax.block_until_ready((states, keys, metrics))
+        rates.append(length / (time.perf_counter() - tic))
+        print(f"    warm-up updates {(index + 1) * length}: {rates[-1]:.1f}/s per seed, {seeds} seed(s)",
+              file=sys.stderr, flush=True)
+    return states, keys, {"updates": len(rates) * length, "chunk_length": length,
+                          "compile": timing, "updates_per_second_per_seed": rates}
+
+
 def bench_config(name: str, width: int, seeds: int, prepared, settings, eval_info) -> dict:
     algo = make_algorithm(name, width, settings.batch_size, settings.options)
     spec = Spec(prepared.data.observations.shape[-1], prepared.data.actions.shape[-1], 1_000_000)
@@ -559,10 +582,8 @@ def bench_config(name: str, width: int, seeds: int, prepared, settings, eval_inf
                                                                prepared.data, settings)
         states = loop.init_states(algo, spec, prepared.data, init_keys, pretrained)
         if settings.warmup_updates:
-            entry["warmup_updates"] = settings.warmup_updates
-            warm = loop.make_train_chunk(algo, min(1000, settings.warmup_updates))
-            for _ in range(-(-settings.warmup_updates // 1000)):
-                states, keys, _ = warm(states, prepared.data, keys)
+            states, keys, entry["warmup"] = warm_up(algo, states, prepared.data, keys,
+                                                    settings.warmup_updates, seeds)
 
         # The one-step program gives XLA's FLOP count per update (see DEFINITIONS), the time per
         # step that sizes the chunk, and the per-step Python loop.
@@ -738,6 +759,14 @@ def markdown(report: dict) -> str:
                          f"| {stage['compile']['total_seconds']:.1f} "
                          f"| {stage['updates_per_second']:,.0f} "
                          f"| {stage['steps_in_a_real_run'] / stage['updates_per_second'] / 60:.1f} min |")
+    warmed = [e for e in report["results"] if "warmup" in e]
+    if warmed:
+        lines += ["", "Warm-up before timing, updates/s per seed for each chunk of "
+                  f"{warmed[0]['warmup']['chunk_length']:,} updates in order (timed once each):"]
+        for e in warmed:
+            rates = e["warmup"]["updates_per_second_per_seed"]
+            lines.append(f"- {_label(e)}, {e['seeds']} seed(s), {e['warmup']['updates']:,} updates: "
+                         + ", ".join(f"{rate:.1f}" for rate in rates))
     loops = [e for e in report["results"] if "python_loop" in e]
     if loops:
         lines += ["", "| algo | hidden | seeds | Python loop updates/s | scan updates/s "
@@ -832,6 +861,33 @@ def worker(settings, eval_info) -> None:
     print(ENTRY_MARKER + json.dumps(entry), flush=True)
 
 
+def run_echoing_progress(command: list[str], environment: dict, timeout: float):
+    """Run `command`; (exit code or None on timeout, stdout, stderr). Its stderr lines that start
+    with four spaces (the worker's progress) are echoed as they come."""
+    with tempfile.TemporaryFile("w+") as out, subprocess.Popen(
+            command, cwd=ROOT, env=environment, text=True, stdout=out,
+            stderr=subprocess.PIPE) as process:
+        lines = []
+
+        def pump():
+            for line in process.stderr:
+                lines.append(line)
+                if line.startswith("    "):
+                    print(line, end="", file=sys.stderr, flush=True)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            code = None
+        reader.join()
+        out.seek(0)
+        return code, out.read(), "".join(lines)
+
+
 def run_config(argv: list[str], name: str, width: int, seeds: int, settings) -> dict:
     """One configuration in a fresh process: compile times without warm caches, a peak RSS of its
     own, and a timeout with retries, so a deadlocked program (see "No LAPACK in compiled programs"
@@ -842,22 +898,19 @@ def run_config(argv: list[str], name: str, width: int, seeds: int, settings) -> 
                    "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     failures = []
     for _ in range(1 + settings.retries):
-        try:
-            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                                  env=environment, timeout=settings.config_timeout)
-        except subprocess.TimeoutExpired as error:
-            stderr = error.stderr.decode(errors="replace") if error.stderr else ""
+        code, stdout, stderr = run_echoing_progress(command, environment, settings.config_timeout)
+        if code is None:
             failures.append(f"timed out after {settings.config_timeout:.0f} s; stderr tail: "
                             f"{stderr[-3000:]}")
             continue
-        if done.returncode == 0:
+        if code == 0:
             # MuJoCo's C-level warnings share stdout and may be flushed after the entry.
-            lines = [line for line in done.stdout.splitlines() if line.startswith(ENTRY_MARKER)]
+            lines = [line for line in stdout.splitlines() if line.startswith(ENTRY_MARKER)]
             entry = json.loads(lines[-1][len(ENTRY_MARKER):])
             entry["attempts"] = len(failures) + 1
             entry["failed_attempts"] = failures
             return entry
-        failures.append(f"exit code {done.returncode}; stderr tail: {done.stderr[-3000:]}")
+        failures.append(f"exit code {code}; stderr tail: {stderr[-3000:]}")
     return {"algo": name, "hidden": [width, width], "seeds": seeds, "error": failures}
 
 

@@ -114,3 +114,40 @@ def test_pretraining_stage_is_timed_and_initialises_the_agent():
     assert timing["chunk_length"] == 5 and timing["updates_per_second"] > 0
     states = loop.init_states(algo, spec, prepared.data, jax.random.split(jax.random.key(0), 2), vae)
     np.testing.assert_array_equal(jax.tree.leaves(states.vae_params)[0][1], jax.tree.leaves(vae.params)[0])
+
+
+def test_warm_up_trains_whole_chunks_and_times_each(monkeypatch):
+    import jax
+    import numpy as np
+
+    from algorithms import Spec
+    from envs.dataset import from_arrays
+    from experiments import benchmark, loop
+
+    monkeypatch.setattr(benchmark, "WARMUP_CHUNK", 5)
+    algo = benchmark.make_algorithm("td3_bc", 16, 8, {})
+    rng = np.random.default_rng(0)
+    data = from_arrays(observations=rng.normal(size=(64, 3)), actions=rng.uniform(-1, 1, (64, 2)),
+                       rewards=rng.normal(size=64), next_observations=rng.normal(size=(64, 3)),
+                       terminals=np.zeros(64), timeouts=np.zeros(64), source="test")
+    prepared = loop.prepare(algo, data)
+    init_keys, keys = jax.random.split(jax.random.key(0), (2, 2))
+    states = loop.init_states(algo, Spec(3, 2, 100), prepared.data, init_keys)
+    states, _, warmup = benchmark.warm_up(algo, states, prepared.data, keys, 12, seeds=2)
+    assert int(states.step) == 15  # 12 rounded up to three chunks of 5
+    assert warmup["updates"] == 15 and warmup["chunk_length"] == 5
+    assert len(warmup["updates_per_second_per_seed"]) == 3
+    assert all(rate > 0 for rate in warmup["updates_per_second_per_seed"])
+
+
+def test_worker_progress_is_echoed_and_a_hung_worker_times_out(capfd):
+    from experiments import benchmark
+
+    script = "import sys; print('    step 1', file=sys.stderr); print('noise', file=sys.stderr); print('out')"
+    code, stdout, stderr = benchmark.run_echoing_progress([sys.executable, "-c", script],
+                                                          dict(os.environ), timeout=60)
+    assert (code, stdout) == (0, "out\n") and stderr == "    step 1\nnoise\n"
+    assert capfd.readouterr().err == "    step 1\n"  # only the progress lines reach the terminal
+    code, _, _ = benchmark.run_echoing_progress([sys.executable, "-c", "import time; time.sleep(30)"],
+                                                dict(os.environ), timeout=1)
+    assert code is None
