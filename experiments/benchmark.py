@@ -453,16 +453,21 @@ def run_pretraining(stage, spec: Spec, data, settings) -> tuple[object, dict]:
                    "updates_per_second": length / statistics.median(seconds)}
 
 
-def time_chunks(chunk, states, data, keys, repeats: int):
-    """Run `chunk` once to warm up, then `repeats` times; wall seconds of each timed call."""
+def timed_call(chunk, states, data, keys):
+    """One call of `chunk`, waited for; (states, keys, wall seconds)."""
+    tic = time.perf_counter()
     states, keys, metrics = chunk(states, data, keys)
     jax.block_until_ready((states, keys, metrics))
+    return states, keys, time.perf_counter() - tic
+
+
+def time_chunks(chunk, states, data, keys, repeats: int):
+    """Run `chunk` once to warm up, then `repeats` times; wall seconds of each timed call."""
+    states, keys, _ = timed_call(chunk, states, data, keys)
     seconds = []
     for _ in range(repeats):
-        tic = time.perf_counter()
-        states, keys, metrics = chunk(states, data, keys)
-        jax.block_until_ready((states, keys, metrics))
-        seconds.append(time.perf_counter() - tic)
+        states, keys, elapsed = timed_call(chunk, states, data, keys)
+        seconds.append(elapsed)
     return states, keys, seconds
 
 
@@ -557,10 +562,8 @@ def warm_up(algo, states, data, keys, updates: int, seeds: int):
     chunk, timing = aot_compile(loop.make_train_chunk(algo, length), states, data, keys)
     rates = []
     for index in range(-(-updates // length)):
-        tic = time.perf_counter()
-        states, keys, metrics = chunk(states, data, keys)
-        jax.block_until_ready((states, keys, metrics))
-        rates.append(length / (time.perf_counter() - tic))
+        states, keys, elapsed = timed_call(chunk, states, data, keys)
+        rates.append(length / elapsed)
         print(f"    warm-up updates {(index + 1) * length}: {rates[-1]:.1f}/s per seed, {seeds} seed(s)",
               file=sys.stderr, flush=True)
     return states, keys, {"updates": len(rates) * length, "chunk_length": length,
