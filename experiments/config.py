@@ -66,6 +66,9 @@ def register_resolvers() -> None:
     for name, resolver in (("by_family", by_family), ("by_dataset", by_dataset)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+    if not OmegaConf.has_resolver("offline_only"):  # true unless the run fine-tunes online
+        OmegaConf.register_new_resolver("offline_only",
+                                        lambda *, _root_: not _root_.get("online", {}).get("steps", 0))
     if not OmegaConf.has_resolver("slug"):
         OmegaConf.register_new_resolver("slug", lambda text: str(text).replace("/", "-"))
 

@@ -73,6 +73,17 @@ def cases(files: dict[str, Path], folder: Path) -> dict[str, SimpleNamespace]:
         "unknown_hyperparameter": case(["algo.not_a_field=1", *QUICK],
                                        ["Could not override", "algo.not_a_field"], app=False),
         "seeds_not_a_number": case(["seeds=abc", *QUICK], ["seeds", "abc"]),
+        # online fine-tuning: refused before any offline training
+        "online_without_environment": case(
+            ["dataset=d4rl/antmaze-umaze-v2", f"dataset.path={files['good']}", *QUICK,
+             "online.steps=10"], ["antmaze-umaze-v2", "no evaluation environment"]),
+        "online_environment_mismatch": case(
+            [*HOPPER, f"dataset.path={files['five_dim']}", *QUICK, "online.steps=10"],
+            ["5 values", "Hopper-v5", "11"]),
+        "online_negative_steps": case([*QUICK, "online.steps=-5"], ["online.steps", "-5"]),
+        "online_buffer_too_small": case(
+            [*HOPPER, f"dataset.path={files['good']}", *QUICK, "online.steps=10",
+             "algo.online.buffer_size=5"], ["buffer_size=5", "cannot hold the dataset"]),
         # the control: a valid file trains and writes results.json, so its absence above means
         # something
         "valid_control": case([*HOPPER, f"dataset.path={files['good']}", *QUICK,
@@ -121,7 +132,8 @@ BAD_INPUT = [
     "missing_file", "corrupt_file", "missing_key", "different_lengths", "nan_values",
     "observation_size", "unknown_minari_dataset", "unknown_algorithm", "unknown_dataset",
     "unknown_hyperparameter",
-    "seeds_not_a_number",
+    "seeds_not_a_number", "online_without_environment", "online_environment_mismatch",
+    "online_negative_steps", "online_buffer_too_small",
 ]
 
 
