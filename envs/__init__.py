@@ -8,6 +8,7 @@ from envs.dataset import Dataset, DatasetError
 from envs.environment import (
     action_bounds,
     check_observation_dim,
+    episode_seeds,
     evaluate,
     make_env,
     normalized_score,
@@ -17,7 +18,7 @@ from envs.registry import REGISTRY, DatasetInfo, lookup
 
 __all__ = [
     "REGISTRY", "Dataset", "DatasetError", "DatasetInfo", "Normalizer", "check_observation_dim",
-    "evaluate", "load", "lookup", "make_env", "normalize_states", "normalized_score",
+    "episode_seeds", "evaluate", "load", "lookup", "make_env", "normalize_states", "normalized_score",
     "transform_rewards",
 ]
 

@@ -22,7 +22,7 @@ import numpy as np
 from algorithms import Algorithm, Spec
 from algorithms.core.replay import ReplayBuffer
 from envs.dataset import Dataset
-from envs.environment import run_episodes
+from envs.environment import episode_seeds, run_episodes
 from experiments import loop
 
 
@@ -60,15 +60,15 @@ def make_actor(algo: Algorithm, deterministic: bool):
     return jax.jit(act)
 
 
-def evaluate_policy(actor, states, make_env: Callable, seeds: int, episodes: int, seed: int,
-                    key) -> np.ndarray:
-    """Undiscounted returns, shape (seeds, episodes), of `actor` on fresh environments."""
+def evaluate_policy(actor, states, make_env: Callable, env_seeds: np.ndarray, key) -> np.ndarray:
+    """Undiscounted returns, shape env_seeds.shape (seeds, episodes), of `actor` on fresh
+    environments reset with `env_seeds` (`envs.environment.episode_seeds`)."""
     counter = iter(range(10**9))
 
     def policy(observations):
         return np.asarray(actor(states, observations.astype(np.float32), key, next(counter)))
 
-    return run_episodes(policy, make_env, seeds, episodes, seed)
+    return run_episodes(policy, make_env, env_seeds)
 
 
 def initial_run(algo: Algorithm, spec: Spec, seeds: list[int], buffer_size: int) -> dict:
@@ -124,8 +124,8 @@ def train_online(algo: Algorithm, make_env: Callable, schedule: OnlineSchedule, 
     eval_every = schedule.eval_every or schedule.total_steps
 
     def evaluate(key):
-        returns = evaluate_policy(exploit, states, make_env, num_seeds, schedule.eval_episodes,
-                                  seed=10**6 + step, key=key)
+        env_seeds = episode_seeds(seeds, len(history["evaluations"]), schedule.eval_episodes)
+        returns = evaluate_policy(exploit, states, make_env, env_seeds, key=key)
         history["evaluations"].append({"step": step, "returns": returns.tolist()})
         if on_evaluation is not None:
             on_evaluation({"states": states, "buffers": buffers, "keys": keys, "step": step,

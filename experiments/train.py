@@ -117,7 +117,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             step = stop
             bar.update(length)
             if eval_every and (step % eval_every == 0 or step == cfg.steps):
-                record = _evaluate(policy, states, cfg, info, raw.observation_dim,
+                record = _evaluate(policy, states, seeds, cfg, info, raw.observation_dim,
                                    len(history["evaluations"]), step)
                 history["evaluations"].append(record)
                 _write(metrics_out, {"type": "eval", **record})
@@ -190,10 +190,12 @@ def _pretrain_cache_dir(algo, stage, prepared, cfg: DictConfig) -> Path | None:
     return Path(str(root)).expanduser() / stage.name / name
 
 
-def _evaluate(policy, states, cfg, info, observation_dim, index, step) -> dict:
+def _evaluate(policy, states, seeds, cfg, info, observation_dim, index, step) -> dict:
+    """Evaluation number `index` of every seed, on episodes that depend on the seed's value only
+    (`envs.episode_seeds`): a seed scores the same alone or in any batch."""
     tic = time.perf_counter()
-    returns = envs.evaluate(policy(states), info, cfg.seeds, cfg.eval.episodes,
-                            seed=cfg.seed * 1_000 + index, observation_dim=observation_dim)
+    env_seeds = envs.episode_seeds(seeds, index, cfg.eval.episodes)
+    returns = envs.evaluate(policy(states), info, env_seeds, observation_dim=observation_dim)
     scores = envs.normalized_score(returns, info)
     return {
         "step": step,
