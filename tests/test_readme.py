@@ -11,6 +11,8 @@ import numpy as np
 
 import algorithms
 from algorithms import Spec
+from algorithms.core.algorithm import Context
+from algorithms.core.replay import Transitions
 from envs.dataset import Dataset
 from experiments import loop
 from experiments.config import CONFIG_DIR, make_algorithm, register_configs
@@ -35,8 +37,9 @@ def test_add_an_algorithm_example_trains(tmp_path):
         data = Dataset(observations, np.tanh(observations[:, :2] - observations[:, 2:]), zeros,
                        observations, zeros, zeros)
         keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(np.arange(2)))
-        states = loop.init_states(algo, Spec(3, 2, 200), data, keys[0])
-        states, _, metrics = loop.make_train_chunk(algo, 200)(states, data, keys[1])
+        ctx = Context(Transitions.from_dataset(data))
+        states = loop.init_states(algo, Spec(3, 2, 200), ctx, keys[0])
+        states, _, _, metrics = loop.make_train_chunk(algo, 200)(states, None, keys[1], ctx)
         assert metrics["nll"].shape == (200, 2)
         assert np.all(metrics["nll"][-20:].mean(0) < metrics["nll"][:20].mean(0))
         # The README's YAML composes into the algorithm's paper defaults, as `algo=gaussian_bc`.
