@@ -7,6 +7,7 @@ from envs import d4rl, generated, minari_source
 from envs.dataset import Dataset, DatasetError
 from envs.environment import (
     action_bounds,
+    check_action_dim,
     check_observation_dim,
     evaluate,
     make_env,
@@ -43,5 +44,6 @@ def load(source: str, name: str, path: str | None = None, download: bool = True)
         raise DatasetError(f"unknown dataset source '{source}'; use d4rl, minari or local.")
     bounds = action_bounds(info)
     if bounds is not None:
+        check_action_dim(info, data.action_dim, bounds)
         data = rescale_actions(data, *bounds)
     return data, info

@@ -62,7 +62,7 @@ def cases(files: dict[str, Path], folder: Path) -> dict[str, SimpleNamespace]:
         "observation_size": case(
             [*HOPPER, f"dataset.path={files['five_dim']}", "steps=10", "log_every=10",
              "eval.every=10", "eval.episodes=1"],
-            ["5 values", "Hopper-v5", "11"]),
+            ["5 values", "Hopper-v4", "11"]),
         "unknown_minari_dataset": case(
             ["dataset=minari/custom", "dataset.name=nobody/nothing-v0", "dataset.download=false",
              *QUICK],
