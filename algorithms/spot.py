@@ -10,8 +10,11 @@ Stage 2: TD3 (algorithms/td3_bc.py: the same critic, delay and targets) whose ac
 with the density term estimated by the frozen VAE: the one-sample negative ELBO by default (the
 code's default), the importance-weighted estimate with `density="iwae"` (an option in the code and
 the paper). There is no alpha; lambda (per dataset, configs/algo/spot.yaml) is the only trade-off;
-TD3+BC's `alpha` field is unused. The actor has dropout 0.1 in its loss's forward pass (off when
-acting and in the target policy); 0 on AntMaze.
+TD3+BC's `alpha` field is unused. The actor has dropout 0.1 (0 on AntMaze) in its loss's forward
+pass and, as in the code, in the target policy of the TD target: SPOT.py makes the target actor a
+deepcopy of the actor in training mode and never switches it to eval (`select_action` alone does),
+so a' = pibar(s') is drawn with dropout. `target_dropout=False` gives the paper's plain TD3 target
+(a deterministic target policy). Acting (evaluation) is always without dropout.
 
 AntMaze (configs/algo/spot.yaml, the code's main.py): rewards r - 1 (0 at the goal, else -1), raw
 states (no normalization, for the VAE too), actor lr 1e-4, last layers initialised U(+-1e-3) (actor)
@@ -64,6 +67,7 @@ class SPOT(TD3BC):
     name = "spot"
     lambd: float = 0.1  # per dataset: configs/algo/spot.yaml
     actor_dropout: float = 0.1
+    target_dropout: bool = True  # the TD target's policy with dropout, as the code (False: without)
     actor_final_init: float | None = None  # U(+-value) last actor layer (AntMaze: 1e-3)
     critic_final_init: float | None = None  # U(+-value) last critic layer (AntMaze: 3e-3)
     density: str = "elbo"  # "elbo" (the code's default) or "iwae"
@@ -109,6 +113,12 @@ class SPOT(TD3BC):
             pretrained = self.pretraining().init(vae_key, spec, dataset)
         return SPOTState(td3.actor, td3.critic, td3.target_actor_params, td3.target_critic_params,
                          pretrained.params, td3.step)
+
+    def target_actions(self, state, next_observations, key):
+        """pibar(s') with dropout when `target_dropout` (the code's target actor in training mode)."""
+        dropout_key = jax.random.fold_in(key, 1)  # the policy noise keeps `key` itself
+        return state.actor.apply_fn(state.target_actor_params, next_observations, self.target_dropout,
+                                    rngs={"dropout": dropout_key})
 
     def actor_loss(self, params, state: SPOTState, batch, key):
         dropout_key, density_key = jax.random.split(key)

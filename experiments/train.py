@@ -26,29 +26,14 @@ import envs
 from algorithms import Spec
 from experiments import loop
 from experiments.checkpoints import Checkpointer
-from experiments.config import CONFIG_DIR, make_algorithm, setup
+from experiments.config import CONFIG_DIR, ConfigError, check_run_settings, make_algorithm, setup
 
 log = logging.getLogger("train")
 
 
-class ConfigError(ValueError):
-    pass
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Top-level run settings must be integers in range; name the first that is not."""
-    limits = {"seed": 0, "seeds": 1, "steps": 1, "log_every": 1, "eval.every": 0,
-              "eval.episodes": 0, "checkpoint.keep": 1, "checkpoint.every": 0}
-    for key, minimum in limits.items():
-        value = OmegaConf.select(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"{key} must be an integer >= {minimum} (got {value!r}); fix the "
-                              f"override {key}=...")
-
-
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train as configured, writing into `run_dir`; returns the results dict."""
-    check_config(cfg)
+    check_run_settings(cfg)
     algo = make_algorithm(cfg.algo)
     raw, info = envs.load(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path,
                           cfg.dataset.download)
