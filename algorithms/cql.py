@@ -138,6 +138,7 @@ class CQL(Algorithm):
     clip_dataset_actions: float | None = None  # JaxCQL: 0.999 (|a| <= this); None: as recorded
 
     def __post_init__(self):
+        super().__post_init__()
         # KeyError is what the train app reports as a one-line bad-override error.
         if self.backup not in BACKUPS:
             raise KeyError(f"algo.backup must be one of {', '.join(BACKUPS)} (got '{self.backup}')")

@@ -36,7 +36,7 @@ import numpy as np
 from flax.training.train_state import TrainState
 
 from algorithms import register
-from algorithms.core.algorithm import PretrainStage, Spec
+from algorithms.core.algorithm import PretrainStage, SettingsError, Spec
 from algorithms.core.networks import DeterministicActor, critic_ensemble
 from algorithms.core.vae import create_vae_state, elbo_loss, iwae_loss, vae_for, vae_step
 from algorithms.td3_bc import TD3BC
@@ -81,8 +81,10 @@ class SPOT(TD3BC):
     vae_seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.density not in DENSITIES:
-            raise ValueError(f"density must be one of {sorted(DENSITIES)}, not '{self.density}'")
+            raise SettingsError(f"algo.density must be one of {', '.join(sorted(DENSITIES))} (got "
+                                f"'{self.density}'); fix the override algo.density=...")
 
     def pretraining(self) -> PretrainStage:
         def init(key, spec: Spec, dataset):

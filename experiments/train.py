@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import envs
-from algorithms import Spec
+from algorithms import SettingsError, Spec
 from experiments import loop
-from experiments.checkpoints import Checkpointer
+from experiments.checkpoints import Checkpointer, CheckpointError
 from experiments.config import CONFIG_DIR, ConfigError, check_run_settings, make_algorithm, setup
 
 log = logging.getLogger("train")
@@ -242,7 +242,8 @@ def main(cfg: DictConfig) -> dict | None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
     try:
         results = run(cfg, run_dir)
-    except (envs.DatasetError, ConfigError, KeyError, loop.TrainingDiverged) as error:
+    except (envs.DatasetError, ConfigError, SettingsError, CheckpointError, KeyError,
+            loop.TrainingDiverged) as error:
         message = error.args[0] if error.args else str(error)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
