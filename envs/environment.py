@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -46,8 +47,10 @@ def _make_raw_env(info: DatasetInfo):
             f"{info.key} has no evaluation environment; train with eval.episodes=0."))
     _register_robotics(info)
     try:
-        return gym.make(info.env_id, max_episode_steps=info.max_episode_steps,
-                        **evaluation_env_kwargs(info))
+        with warnings.catch_warnings():  # the older version is chosen on purpose (envs/registry.py)
+            warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
+            return gym.make(info.env_id, max_episode_steps=info.max_episode_steps,
+                            **evaluation_env_kwargs(info))
     except Exception as error:  # gymnasium's own errors, and whatever an environment's code raises
         raise DatasetError(
             f"cannot create the evaluation env '{info.env_id}' for {info.key} ({type(error).__name__}: "
