@@ -198,7 +198,8 @@ def test_resume_falls_back_past_an_unreadable_checkpoint(outcomes):
     assert len(warnings) == 1 and "step 20" in warnings[0], report(outcome)
     assert "resuming from the checkpoint at step 10" in output
     assert (outcome.run_dir / "results.json").is_file()
-    steps = [json.loads(line)["step"] for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = (outcome.run_dir / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines]
     assert steps == [10, 20, 30]  # the damaged run's step-20 line was dropped and written again
 
 
