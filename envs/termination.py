@@ -19,7 +19,8 @@ above (`abs(s' < 100)`), adds a |s'| < 100 rule to Walker2d and ends HalfCheetah
 
 One difference from the environments cannot be removed: Hopper-v5 tests its range on the raw
 velocities while its observation clips them to [-10, 10], so a velocity beyond +-100 terminates the
-real environment but not this function (measured never to happen on the generated data).
+real environment but not this function. Measured: with random velocity kicks of up to +-200 (far
+beyond any data) 7 of 3000 rows disagreed, each with a velocity over 100.
 """
 
 from __future__ import annotations
