@@ -49,9 +49,8 @@ from algorithms.core.dynamics import (
     rollout,
     sample_start_states,
 )
-from algorithms.core.replay import ReplayBuffer
+from algorithms.core.replay import ReplayBuffer, Transitions
 from algorithms.sac import SAC, SACState
-from envs.dataset import Dataset
 from envs.termination import TERMINATIONS, termination_for
 
 
@@ -138,7 +137,7 @@ class MOPO(SAC):
     def refresh(self, state: SACState, buffer: ReplayBuffer, key: jax.Array, ctx: Context) -> ReplayBuffer:
         rolled = self.model_rollout(state, key, ctx)
         flat = lambda x: x.reshape((-1,) + x.shape[2:])
-        transitions = Dataset(flat(rolled.observations), flat(rolled.actions), flat(rolled.rewards),
-                              flat(rolled.next_observations), flat(rolled.terminals),
-                              jnp.zeros_like(flat(rolled.terminals)))
+        zeros = jnp.zeros_like(flat(rolled.terminals))
+        transitions = Transitions(flat(rolled.observations), flat(rolled.actions), flat(rolled.rewards),
+                                  flat(rolled.next_observations), flat(rolled.terminals), zeros, zeros)
         return buffer.add_where(transitions, flat(rolled.alive))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ import pytest
 # Every place the data sources read or write: the generated datasets, Minari's and D4RL's caches.
 DATA_ENV_VARS = {"offrl": "OFFRL_DATA_DIR", "minari": "MINARI_DATASETS_PATH", "d4rl": "D4RL_DATASET_DIR"}
 
+REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 MINARI_TEST_ID = "test/hopper/random-v0"
 HOPPER_REF = (-20.272305, 3234.3)  # D4RL's hopper reference returns (random, expert)
 
@@ -23,6 +25,8 @@ def _isolated_data_home(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         for key, variable in DATA_ENV_VARS.items():
             patch.setenv(variable, str(root / key))
+        # Commands the tests start (`python -m experiments.train`) import this checkout's code.
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
         yield root
 
 
@@ -110,37 +114,3 @@ def minari_hopper(tmp_path_factory):
         )
         env.close()
     return SimpleNamespace(root=root, dataset_id=MINARI_TEST_ID, episodes=episodes)
-
-
-@pytest.fixture
-def train_stage():
-    """Trains an `algorithms.core.algorithm.Stage` the way its docstring says the loop does (holdout
-    split, uniform batches, `validate` every `validate_every` updates until it asks to stop,
-    `finish`), in plain Python: returns (state, record, steps run)."""
-    import jax
-
-    from algorithms.core.replay import sample_batch
-
-    def train(stage, spec, data, key, steps=None):
-        split_key, init_key, key = jax.random.split(key, 3)
-        size = data.rewards.shape[0]
-        held = min(int(size * stage.holdout), stage.max_holdout or size)
-        order = jax.random.permutation(split_key, size)
-        holdout = jax.tree.map(lambda column: column[order[:held]], data)
-        training = jax.tree.map(lambda column: column[order[held:]], data)
-        state = stage.init(init_key, spec, training)
-        update = jax.jit(lambda state, key: stage.update(state, sample_batch(training, key, stage.batch_size),
-                                                         key))
-        validate = jax.jit(stage.validate)
-        done = 0
-        for done in range(1, (steps or stage.steps) + 1):
-            key, step_key = jax.random.split(key)
-            state, _ = update(state, step_key)
-            if stage.validate_every and done % stage.validate_every == 0:
-                state, stop, _ = validate(state, holdout)
-                if bool(stop):
-                    break
-        state, record = jax.jit(stage.finish)(state, holdout)
-        return state, record, done
-
-    return train

@@ -7,36 +7,24 @@ import pytest
 from test_dynamics import constant_model, soft_clamp
 
 from algorithms.core.algorithm import Context, Sampling, Spec
-from algorithms.core.replay import ReplayBuffer, sample_batch
+from algorithms.core.replay import Transitions, draw, sample_batch
 from algorithms.mopo import MOPO
 from algorithms.sac import SAC
-from envs.dataset import Dataset
 
 SPEC = Spec(observation_dim=2, action_dim=1, total_steps=100)
 SMALL = dict(hidden_dims=(8, 8), batch_size=16)
 
 
-def start_states(rows=64, height=1.25) -> Dataset:
+def start_states(rows=64, height=1.25) -> Transitions:
     """Dataset rows whose observations are (height, 0): a Hopper-like start for the rollouts."""
     observations = jnp.tile(jnp.array([[height, 0.0]]), (rows, 1))
     zeros = jnp.zeros(rows)
-    return Dataset(observations, jnp.zeros((rows, 1)), zeros, observations, zeros, zeros)
+    return Transitions(observations, jnp.zeros((rows, 1)), zeros, observations, zeros, zeros, zeros)
 
 
 def falling_model():
     """Every member: the height falls by 0.3 per step, reward 1, variance at the clamp's floor."""
     return constant_model(np.tile([-0.3, 0.0, 1.0], (3, 1)), np.full((3, 3), -30.0), elites=[0, 2])
-
-
-def draw(sampling: Sampling, data, buffer: ReplayBuffer, key, batch_size: int) -> Dataset:
-    """A batch as `Sampling` defines it: round(batch * fraction) dataset rows, the rest from the buffer."""
-    from_data = round(batch_size * sampling.dataset_fraction) if sampling.source == "mixed" else batch_size
-    data_key, buffer_key = jax.random.split(key)
-    rows = sample_batch(data, data_key, from_data)
-    if from_data == batch_size:
-        return rows
-    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), rows,
-                        buffer.sample(buffer_key, batch_size - from_data))
 
 
 def mopo(**overrides) -> MOPO:
@@ -101,9 +89,9 @@ def test_the_refresh_is_a_real_branch_under_vmapped_seeds():
 def test_without_model_data_mopo_updates_exactly_as_sac():
     """lambda = 0, h = 0 and real_ratio = 1: no rollouts, every row from the dataset, SAC's update."""
     keys = jax.random.split(jax.random.key(3), 6)
-    data = Dataset(jax.random.normal(keys[0], (64, 2)), jax.random.uniform(keys[1], (64, 1), minval=-1),
-                   jax.random.normal(keys[2], (64,)), jax.random.normal(keys[3], (64, 2)),
-                   jnp.zeros(64).at[5].set(1.0), jnp.zeros(64))
+    data = Transitions(jax.random.normal(keys[0], (64, 2)), jax.random.uniform(keys[1], (64, 1), minval=-1),
+                       jax.random.normal(keys[2], (64,)), jax.random.normal(keys[3], (64, 2)),
+                       jnp.zeros(64).at[5].set(1.0), jnp.zeros(64), jnp.zeros(64))
     ctx = Context(data, {"dynamics": falling_model()})
     algo, sac = mopo(penalty=0.0, rollout_length=0, real_ratio=1.0), SAC(**SMALL)
     ours, theirs = algo.init(keys[4], SPEC, ctx), sac.init(keys[4], SPEC, ctx)

@@ -163,6 +163,12 @@ class Algorithm:
         `ctx.host` (PRDC's KD-tree); none for most algorithms."""
         return {}
 
+    def returns_to_go(self, data) -> np.ndarray | None:
+        """Each dataset transition's Monte-Carlo return-to-go (`envs.returns_to_go`), computed once
+        on the preprocessed dataset and carried in every batch (`batch.returns_to_go`) for
+        algorithms that calibrate against it (Cal-QL); None (zeros) for most algorithms."""
+        return None
+
     def init(self, key: jax.Array, spec: Spec, ctx: Context) -> Any:
         """The initial state of one seed; `ctx.stages` holds the trained stages' results."""
         raise NotImplementedError
