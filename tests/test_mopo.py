@@ -127,3 +127,36 @@ def test_bad_settings_are_refused(overrides, message):
 def test_a_dataset_without_a_termination_rule_is_refused_before_training():
     with pytest.raises(ValueError, match="set algo.termination"):
         mopo(termination=None).stages(SPEC)
+
+
+def test_a_saved_dynamics_of_another_problem_or_a_corrupt_folder_is_refused(tmp_path):
+    """`stage_paths.dynamics=...` (experiments.stages.restore_result): the saved arrays' shapes are
+    checked before reading; a right one restores exactly."""
+    import orbax.checkpoint as ocp
+
+    from algorithms.core.dynamics import DynamicsConfig, dynamics_stage
+    from experiments.config import ConfigError
+    from experiments.stages import abstract_result, restore_result
+
+    data = start_states()
+    small = DynamicsConfig(num_members=3, num_elites=2, hidden_dims=(4,), weight_decays=(0, 0))
+    stage = dynamics_stage(small, SPEC)
+    model = stage.result(stage.init(jax.random.key(0), SPEC, data))
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save((tmp_path / "result").absolute(), model)
+    restored = restore_result(tmp_path / "result", abstract_result(stage, SPEC, data), "dynamics", SPEC, "x")
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(model), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    other_spec = Spec(observation_dim=5, action_dim=1, total_steps=0)
+    other = dynamics_stage(small, other_spec)
+    other_data = jax.tree.map(lambda column: jnp.zeros((8, 5)) if column.ndim == 2 and column.shape[1] == 2
+                              else column[:8], data)
+    with pytest.raises(ConfigError, match="does not hold a dynamics for this problem.*shapes"):
+        restore_result(tmp_path / "result", abstract_result(other, other_spec, other_data), "dynamics",
+                       other_spec, "stage_paths.dynamics=...")
+    (tmp_path / "corrupt" / "result").mkdir(parents=True)
+    (tmp_path / "corrupt" / "result" / "junk").write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match="corrupt or incomplete"):
+        restore_result(tmp_path / "corrupt" / "result", abstract_result(stage, SPEC, data), "dynamics",
+                       SPEC, "stage_paths.dynamics=...")
