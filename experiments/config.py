@@ -100,15 +100,18 @@ def make_algorithm(cfg: DictConfig) -> algorithms.Algorithm:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
-        if key == "reward":
-            value = algorithms.RewardConfig(**value)
+        if isinstance(value, dict) and key in fields:  # a nested settings dataclass (reward, online)
+            value = type(fields[key].default_factory())(**value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[key] = value
     unknown = set(kwargs) - set(fields)
     if unknown:
         raise KeyError(f"algo.{sorted(unknown)[0]} is not a hyperparameter of {cls.__name__}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:  # a setting out of range, named by the dataclass's own check
+        raise ConfigError(f"{error}; fix the algo.* override") from None
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:

@@ -341,9 +341,13 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
     import gymnasium as gym
     import jax
 
+    from algorithms.core.algorithm import Context, OnlineConfig, Sampling
     from algorithms.sac import SAC
+    from envs.dataset import Dataset
+    from envs.environment import run_episodes
+    from envs.preprocessing import Preprocessor
+    from experiments import loop, online
     from experiments.checkpoints import Checkpointer
-    from experiments.online import OnlineSchedule, environment_spec, initial_run, train_online
 
     spec = BEHAVIOUR_ENVS[env]
     out_dir = Path(out_dir)
@@ -354,56 +358,64 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
         ones = np.ones(raw.action_space.shape, raw.action_space.dtype)
         return gym.wrappers.RescaleAction(raw, -ones, ones)
 
-    algo = SAC(hidden_dims=tuple(hidden_dims))
-    schedule = OnlineSchedule(total_steps=total_steps, start_steps=start_steps, update_every=50,
-                              eval_every=snapshot_every, eval_episodes=eval_episodes,
-                              buffer_size=buffer_size)
-    env_spec = environment_spec(make_env, total_steps)
+    # SAC from scratch: 50 environment steps, then 50 updates, from its own buffer only.
+    algo = SAC(hidden_dims=tuple(hidden_dims), online=OnlineConfig(block=50))
+    schedule = online.OnlineSchedule(total_steps, eval_every=snapshot_every,
+                                     checkpoint_every=snapshot_every, log_every=0,
+                                     start_steps=start_steps)
+    env_spec = online.environment_spec(make_env, total_steps)
+    ctx = Context(None, phase="online")
+    run = online.fresh_run(algo, env_spec, ctx, [seed], buffer_size)
     checkpoint_dir = Path(checkpoint_dir or Path("runs") / "behaviour" / env)
     checkpointer = Checkpointer(checkpoint_dir, keep=1)
     collected = CollectionLog(checkpoint_dir / "collected")
-    run, snapshots, seconds = None, [], 0.0
-    if checkpointer.manager.latest_step() is not None:
-        template = initial_run(algo, env_spec, [seed], schedule.buffer_size)
+    snapshots, seconds = [], 0.0
+    if checkpointer.latest() is not None:
         try:
-            states, keys, step, saved = checkpointer.restore_latest(
-                {"agent": template["states"], "buffers": template["buffers"]}, template["keys"])
+            step, saved, trees = checkpointer.restore_latest(lambda record: {
+                "states": run.states, "buffers": run.buffers, "keys": run.keys})
         except ValueError as error:
             raise DatasetError(
                 f"cannot resume the training in '{checkpoint_dir}': it was made with other settings "
                 f"({str(error).splitlines()[0][:200]}). Pass the same train.* values as when it "
                 "started (train.buffer_size in particular), or delete that folder to start over."
             ) from None
-        run = {"states": states["agent"], "buffers": states["buffers"], "keys": keys,
-               "step": step, "history": saved["history"]}
+        run = online.OnlineRun(trees["states"], trees["buffers"], trees["keys"], step, saved["history"])
         snapshots, seconds = saved["snapshots"], saved["seconds"]
-        collected.resume(step, run["buffers"])
+        collected.resume(step, run.buffers)
         log(f"{env}: resuming SAC training from step {step}")
     started = time.perf_counter() - seconds
     pending: list = []  # transitions collected since the last checkpoint
+    policy = loop.make_policy(algo, Preprocessor.identity(env_spec.observation_dim))
 
     def on_collect(transitions, step):
-        pending.append(jax.tree.map(lambda x: x[:, 0], transitions))  # the one seed
+        pending.append(Dataset(*(transitions[name][:, 0] for name in Dataset._fields)))  # the one seed
 
-    def on_evaluation(run, returns):
-        step = run["step"]
-        params = jax.tree.map(lambda x: np.asarray(x[0]), run["states"].actor.params)
+    def evaluate(run):
+        step = run.env_step
+        returns = run_episodes(policy(run.states), make_env, 1, eval_episodes, seed=10**6 + step)
+        params = jax.tree.map(lambda x: np.asarray(x[0]), run.states.actor.params)
         name = f"actor_{step:08d}.msgpack"
         (out_dir / name).write_bytes(flax.serialization.msgpack_serialize(params))
         snapshots.append({"step": step, "file": name, "return_mean": float(returns.mean()),
                           "return_std": float(returns.std())})
-        elapsed = time.perf_counter() - started
-        if step > 0:
-            # The log first: a checkpoint never gets ahead of the transitions it was trained on.
-            collected.write(step, pending)
-            pending.clear()
-            checkpointer.save(step, {"agent": run["states"], "buffers": run["buffers"]}, run["keys"],
-                              {"history": run["history"], "snapshots": snapshots, "seconds": elapsed})
         log(f"{env} step {step}: evaluation return {returns.mean():.1f} ± {returns.std():.1f} "
-            f"({elapsed:.0f} s)")
+            f"({time.perf_counter() - started:.0f} s)")
 
-    train_online(algo, make_env, schedule, [seed], run=run, on_evaluation=on_evaluation,
-                 on_collect=on_collect)
+    def checkpoint(run):
+        # The log first: a checkpoint never gets ahead of the transitions it was trained on.
+        collected.write(run.env_step, pending)
+        pending.clear()
+        checkpointer.save(run.env_step, {"states": run.states, "buffers": run.buffers, "keys": run.keys},
+                          {"history": run.history, "snapshots": snapshots,
+                           "seconds": time.perf_counter() - started})
+
+    if run.env_step == 0:
+        evaluate(run)  # the untrained policy: the `random` role
+    runner = loop.ChunkRunner(algo, "online", sampling=Sampling("buffer"))
+    online.train_online(algo, ctx, Preprocessor.identity(env_spec.observation_dim), make_env, schedule,
+                        [seed], run, runner, evaluate=evaluate, checkpoint=checkpoint,
+                        on_collect=on_collect)
     checkpointer.wait()
     train_seconds = time.perf_counter() - started
 
