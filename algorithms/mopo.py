@@ -70,9 +70,8 @@ class MOPO(SAC):
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
 
     def __post_init__(self):
-        if isinstance(self.dynamics, dict):  # from a Hydra config
-            self.dynamics = DynamicsConfig(**{key: tuple(value) if isinstance(value, list) else value
-                                              for key, value in self.dynamics.items()})
+        if isinstance(self.dynamics, dict):
+            self.dynamics = DynamicsConfig(**self.dynamics)
         if self.uncertainty not in UNCERTAINTIES:
             raise ValueError(f"algo.uncertainty must be one of {UNCERTAINTIES}, not '{self.uncertainty}'")
         if self.penalty_members not in PENALTY_MEMBERS:
@@ -86,13 +85,12 @@ class MOPO(SAC):
         if self.normalize_states:
             raise ValueError("MOPO's termination rules read raw observations: "
                              "set algo.normalize_states=false")
-        if self.termination is not None:
-            self.termination_rule()  # fails early, naming the known ones
+        self.termination_rule()  # fails now, naming the known ones, not after the dynamics trained
 
     def termination_rule(self):
         if self.termination is None:
-            raise ValueError("MOPO needs the environment's termination rule: set algo.termination to one "
-                             f"of {', '.join(sorted(TERMINATIONS))}")
+            raise ValueError("MOPO needs the environment's termination rule and this dataset has none: "
+                             f"set algo.termination to one of {', '.join(sorted(TERMINATIONS))}")
         try:
             return termination_for(self.termination)
         except KeyError as error:
@@ -103,7 +101,6 @@ class MOPO(SAC):
         return self.rollout_length > 0 and self.real_ratio < 1.0
 
     def stages(self, spec: Spec) -> list[Stage]:
-        self.termination_rule()  # before anything trains
         return [dynamics_stage(self.dynamics, spec)]
 
     def sampling(self, phase: str) -> Sampling:

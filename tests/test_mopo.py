@@ -124,9 +124,9 @@ def test_bad_settings_are_refused(overrides, message):
         mopo(**overrides)
 
 
-def test_a_dataset_without_a_termination_rule_is_refused_before_training():
+def test_a_dataset_without_a_termination_rule_is_refused():
     with pytest.raises(ValueError, match="set algo.termination"):
-        mopo(termination=None).stages(SPEC)
+        mopo(termination=None)
 
 
 def test_a_saved_dynamics_of_another_problem_or_a_corrupt_folder_is_refused(tmp_path):

@@ -78,6 +78,7 @@ class DynamicsConfig:
     seed: int = 0
 
     def __post_init__(self):
+        self.hidden_dims, self.weight_decays = tuple(self.hidden_dims), tuple(self.weight_decays)
         if len(self.weight_decays) != len(self.hidden_dims) + 1:
             raise ValueError(f"dynamics.weight_decays needs one value per layer "
                              f"({len(self.hidden_dims) + 1}: the hidden layers and the output layer), "
