@@ -26,6 +26,8 @@ EXTRA = {  # later overrides win
     # the VAEs (750-750 in the papers) and A2PR's critics (4x256) at the test's width as well
     "spot": ["algo.vae_hidden_dims=[64,64]"],
     "a2pr": ["algo.critic_hidden_dims=[64,64]", "algo.vae_hidden_dims=[64,64]"],
+    # the dynamics ensemble (4x200 in the papers) at the test's width
+    "mopo": ["algo.dynamics.hidden_dims=[64,64,64,64]"],
 }
 MARGIN = 15.0  # normalized-score points
 
@@ -68,3 +70,10 @@ def test_offline_rl_beats_behaviour_cloning(final_scores, name):
 @pytest.mark.parametrize("name", ["prdc", "spot", "a2pr"])
 def test_constrained_policy_optimisation_beats_behaviour_cloning(final_scores, name):
     assert np.mean(final_scores[name]) > np.mean(final_scores["bc"]) + MARGIN, dict(final_scores)
+
+
+@pytest.mark.slow
+def test_model_based_offline_rl_beats_behaviour_cloning(final_scores):
+    """MOPO: the dynamics ensemble trained as a stage, then SAC on 5% data / 95% penalised model
+    rollouts (h = 5, lambda = 1, 10 000 start states every 1000 updates)."""
+    assert np.mean(final_scores["mopo"]) > np.mean(final_scores["bc"]) + MARGIN, dict(final_scores)
