@@ -344,7 +344,7 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
     from algorithms.core.algorithm import Context, OnlineConfig, Sampling
     from algorithms.sac import SAC
     from envs.dataset import Dataset
-    from envs.environment import run_episodes
+    from envs.environment import episode_seeds, run_episodes
     from envs.preprocessing import Preprocessor
     from experiments import loop, online
     from experiments.checkpoints import Checkpointer
@@ -393,7 +393,8 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
 
     def evaluate(run):
         step = run.env_step
-        returns = run_episodes(policy(run.states), make_env, 1, eval_episodes, seed=10**6 + step)
+        returns = run_episodes(policy(run.states), make_env,
+                               episode_seeds([seed], 10**6 + step, eval_episodes))
         params = jax.tree.map(lambda x: np.asarray(x[0]), run.states.actor.params)
         name = f"actor_{step:08d}.msgpack"
         (out_dir / name).write_bytes(flax.serialization.msgpack_serialize(params))
