@@ -160,3 +160,44 @@ def test_a_saved_dynamics_of_another_problem_or_a_corrupt_folder_is_refused(tmp_
     with pytest.raises(ConfigError, match="corrupt or incomplete"):
         restore_result(tmp_path / "corrupt" / "result", abstract_result(stage, SPEC, data), "dynamics",
                        SPEC, "stage_paths.dynamics=...")
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_exactly_with_its_rollout_buffers(tmp_path, monkeypatch):
+    """Killed after the checkpoint at step 20 (rollouts at 0 and 10 in the buffers), resumed: the
+    same numbers as a straight run, so the checkpoint holds the buffers and the shared step."""
+    import envs
+    from experiments import loop
+    from experiments.config import compose
+    from experiments.train import run
+    from test_loop import logged_numbers
+
+    envs.generated.ensure_pendulum_mixed(tmp_path / "data", episodes=10)
+    monkeypatch.setenv("OFFRL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("OFFRL_CACHE_DIR", str(tmp_path / "cache"))
+    settings = ["algo=mopo", "dataset=local/pendulum-mixed", "seeds=2", "steps=40", "log_every=10",
+                "eval.every=20", "eval.episodes=2", "algo.hidden_dims=[16,16]", "algo.batch_size=32",
+                "algo.rollout_freq=10", "algo.rollout_batch=16", "algo.rollout_length=2",
+                "algo.dynamics.hidden_dims=[8,8]", "algo.dynamics.weight_decays=[0,0,0]",
+                "algo.dynamics.max_steps=50", "algo.dynamics.batch_size=16"]
+    straight = run(compose(settings), tmp_path / "straight")
+    assert straight["stages"][0]["stage"] == "dynamics" and len(straight["stages"][0]["finish"]["elites"]) == 5
+
+    killed = tmp_path / "killed"
+    real_check = loop.check_finite
+
+    def crash_at_40(states, metrics, step, **kwargs):
+        if step == 40:
+            raise Interrupted
+        real_check(states, metrics, step, **kwargs)
+
+    monkeypatch.setattr(loop, "check_finite", crash_at_40)
+    with pytest.raises(Interrupted):
+        run(compose(settings), killed)
+    monkeypatch.setattr(loop, "check_finite", real_check)
+    resumed = run(compose([*settings, "resume=true"]), killed)
+    assert resumed["seeds"] == straight["seeds"]
+    assert logged_numbers(killed) == logged_numbers(tmp_path / "straight")
