@@ -50,6 +50,23 @@ def _isolated_data_home(tmp_path_factory):
         yield root
 
 
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A folder holding a small local/pendulum-mixed (10 episodes), generated once per session."""
+    from envs import generated
+
+    root = tmp_path_factory.mktemp("pendulum-mixed")
+    generated.ensure_pendulum_mixed(root, episodes=10)
+    return root
+
+
+@pytest.fixture
+def offline_data(data_dir, monkeypatch):
+    """OFFRL_DATA_DIR pointed at `data_dir`: `dataset=local/pendulum-mixed` trains on it."""
+    monkeypatch.setenv("OFFRL_DATA_DIR", str(data_dir))
+    return data_dir
+
+
 @pytest.fixture
 def data_dirs(tmp_path, monkeypatch):
     """Fresh, existing, empty data folders for one test: `.offrl`, `.minari`, `.d4rl`."""

@@ -20,19 +20,6 @@ SMALL = ["dataset=local/pendulum-mixed",
          "eval.every=20", "eval.episodes=2"]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    envs.generated.ensure_pendulum_mixed(root, episodes=10)
-    return root
-
-
-@pytest.fixture
-def offline_data(data_dir, monkeypatch):
-    monkeypatch.setenv("OFFRL_DATA_DIR", str(data_dir))
-    return data_dir
-
-
 def logged_numbers(run_dir):
     """metrics.jsonl without wall-clock timings."""
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

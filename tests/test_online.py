@@ -59,19 +59,6 @@ def test_prefilled_buffer_too_small_for_the_dataset_is_refused():
     assert online.buffer_capacity(algo.__class__(), 100, 1_000) == 1_000  # nothing evicted
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    envs.generated.ensure_pendulum_mixed(root, episodes=10)
-    return root
-
-
-@pytest.fixture
-def offline_data(data_dir, monkeypatch):
-    monkeypatch.setenv("OFFRL_DATA_DIR", str(data_dir))
-    return data_dir
-
-
 def test_online_transitions_are_preprocessed_like_the_dataset(offline_data):
     algo = algorithms.get("td3_bc")(hidden_dims=(16, 16), batch_size=16, normalize_states=True,
                                     reward=algorithms.RewardConfig(returns_span=1000.0, scale=2.0,
