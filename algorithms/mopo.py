@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from algorithms import register
-from algorithms.core.algorithm import Context, Sampling, Spec, Stage
+from algorithms.core.algorithm import Context, Sampling, SettingsError, Spec, Stage
 from algorithms.core.dynamics import (
     PENALTY_MEMBERS,
     UNCERTAINTIES,
@@ -72,29 +72,33 @@ class MOPO(SAC):
     def __post_init__(self):
         if isinstance(self.dynamics, dict):
             self.dynamics = DynamicsConfig(**self.dynamics)
+        # The shared checks want integers >= 1; a rollout length of 0 (no model data) is allowed.
+        length, self.rollout_length = self.rollout_length, max(1, self.rollout_length)
+        super().__post_init__()
+        self.rollout_length = length
+        if self.rollout_length < 0:
+            raise SettingsError(f"algo.rollout_length must be an integer >= 0 (got {self.rollout_length})")
         if self.uncertainty not in UNCERTAINTIES:
-            raise ValueError(f"algo.uncertainty must be one of {UNCERTAINTIES}, not '{self.uncertainty}'")
+            raise SettingsError(f"algo.uncertainty must be one of {', '.join(UNCERTAINTIES)} "
+                                f"(got '{self.uncertainty}')")
         if self.penalty_members not in PENALTY_MEMBERS:
-            raise ValueError(f"algo.penalty_members must be one of {PENALTY_MEMBERS}, "
-                             f"not '{self.penalty_members}'")
+            raise SettingsError(f"algo.penalty_members must be one of {', '.join(PENALTY_MEMBERS)} "
+                                f"(got '{self.penalty_members}')")
         if not 0.0 <= self.real_ratio <= 1.0:
-            raise ValueError(f"algo.real_ratio must lie in [0, 1] (got {self.real_ratio})")
-        if self.rollout_length < 0 or min(self.rollout_freq, self.rollout_batch, self.retain_epochs) < 1:
-            raise ValueError("algo.rollout_length must be >= 0 and algo.rollout_freq, algo.rollout_batch "
-                             "and algo.retain_epochs >= 1")
+            raise SettingsError(f"algo.real_ratio must lie in [0, 1] (got {self.real_ratio})")
         if self.normalize_states:
-            raise ValueError("MOPO's termination rules read raw observations: "
-                             "set algo.normalize_states=false")
+            raise SettingsError("MOPO's termination rules read raw observations: "
+                                "set algo.normalize_states=false")
         self.termination_rule()  # fails now, naming the known ones, not after the dynamics trained
 
     def termination_rule(self):
         if self.termination is None:
-            raise ValueError("MOPO needs the environment's termination rule and this dataset has none: "
-                             f"set algo.termination to one of {', '.join(sorted(TERMINATIONS))}")
+            raise SettingsError("MOPO needs the environment's termination rule and this dataset has none: "
+                                f"set algo.termination to one of {', '.join(sorted(TERMINATIONS))}")
         try:
             return termination_for(self.termination)
         except KeyError as error:
-            raise ValueError(f"algo.termination: {error.args[0]}") from None
+            raise SettingsError(f"algo.termination: {error.args[0]}") from None
 
     @property
     def uses_model_data(self) -> bool:

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from algorithms.core.algorithm import Spec, Stage
+from algorithms.core.algorithm import SettingsError, Spec, Stage
 from algorithms.core.replay import sample_batch
 
 ACTIVATIONS: dict[str, Callable] = {"swish": nn.swish, "relu": nn.relu}
@@ -80,17 +80,25 @@ class DynamicsConfig:
     def __post_init__(self):
         self.hidden_dims, self.weight_decays = tuple(self.hidden_dims), tuple(self.weight_decays)
         if len(self.weight_decays) != len(self.hidden_dims) + 1:
-            raise ValueError(f"dynamics.weight_decays needs one value per layer "
+            raise SettingsError(f"dynamics.weight_decays needs one value per layer "
                              f"({len(self.hidden_dims) + 1}: the hidden layers and the output layer), "
                              f"got {len(self.weight_decays)}")
         if not 0 < self.num_elites <= self.num_members:
-            raise ValueError(f"dynamics.num_elites must lie in 1..num_members ({self.num_members}), "
+            raise SettingsError(f"dynamics.num_elites must lie in 1..num_members ({self.num_members}), "
                              f"got {self.num_elites}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"dynamics.activation must be one of {sorted(ACTIVATIONS)}, "
+            raise SettingsError(f"dynamics.activation must be one of {sorted(ACTIVATIONS)}, "
                              f"not '{self.activation}'")
         if not 0.0 < self.holdout < 1.0:
-            raise ValueError(f"dynamics.holdout must lie in (0, 1) (got {self.holdout})")
+            raise SettingsError(f"dynamics.holdout must lie in (0, 1) (got {self.holdout})")
+        counts = {"hidden_dims": min(self.hidden_dims, default=0), "batch_size": self.batch_size,
+                  "patience": self.patience, "validate_every": self.validate_every,
+                  "max_steps": self.max_steps}
+        for name, value in counts.items():
+            if value < 1:
+                raise SettingsError(f"dynamics.{name} must be >= 1 (got {getattr(self, name)})")
+        if self.learning_rate <= 0:
+            raise SettingsError(f"dynamics.learning_rate must be > 0 (got {self.learning_rate})")
 
 
 class EnsembleDense(nn.Module):
