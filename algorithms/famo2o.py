@@ -154,9 +154,9 @@ class FamO2OIQL(PolicyFamily, IQL):
             return jnp.exp(params["value"]) * (entropy - self.balance_target_entropy)
 
         log_alpha = state.balance_log_alpha
-        log_alpha = log_alpha.apply_gradients(grads=jax.grad(temperature_loss)(log_alpha.params))
         metrics = {"balance_loss": loss, "balance": balance.mean(), "balance_q": q.mean(),
-                   "balance_entropy": entropy, "balance_alpha": jnp.exp(state.balance_log_alpha.params["value"])}
+                   "balance_entropy": entropy, "balance_alpha": jnp.exp(log_alpha.params["value"])}
+        log_alpha = log_alpha.apply_gradients(grads=jax.grad(temperature_loss)(log_alpha.params))
         return state.balance.apply_gradients(grads=grads), log_alpha, metrics
 
 
