@@ -16,7 +16,12 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["dataset=d4rl/hopper-medium-v2", "steps=10", "log_every=10", "eval.every=0", "algo=bc",
         "algo.hidden_dims=[8,8]", "algo.batch_size=8"]
 LAUNCHERS = {"basic": [], "parallel": ["hydra/launcher=parallel"],
-             "slurm_local": ["hydra/launcher=slurm_local"]}
+             "slurm_local": ["hydra/launcher=slurm_local"],
+             # a local Ray instance; the ray extra lives in its own environment (cloudpickle<3)
+             "ray": ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
+                     "+hydra.launcher.ray.init.include_dashboard=false"]}
+PLUGINS = {"slurm_local": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
+           "ray": ("hydra_plugins.hydra_ray_launcher", "ray")}
 
 
 def run_sweep(sweep_dir: Path, paths: list[Path], *extra: str) -> subprocess.CompletedProcess:
@@ -24,7 +29,7 @@ def run_sweep(sweep_dir: Path, paths: list[Path], *extra: str) -> subprocess.Com
                f"dataset.path={','.join(str(p) for p in paths)}", f"hydra.sweep.dir={sweep_dir}",
                *extra]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+                          env={**os.environ, "HYDRA_FULL_ERROR": "0", "RAY_AUTH_MODE": "disabled"})
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +52,13 @@ def basic_sweep(files, tmp_path_factory):
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_a_failing_job_never_loses_the_others(launcher, files, basic_sweep, tmp_path):
+def test_a_failing_job_never_loses_the_others(launcher, files, tmp_path, request):
     if launcher == "basic":
-        sweep_dir, process = basic_sweep
+        sweep_dir, process = request.getfixturevalue("basic_sweep")
     else:
-        if launcher == "slurm_local":
-            pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
-                                reason='the submitit extra: pip install -e ".[submitit]"')
+        if launcher in PLUGINS:
+            module, extra = PLUGINS[launcher]
+            pytest.importorskip(module, reason=f'the {extra} extra: pip install -e ".[{extra}]"')
         sweep_dir = tmp_path / "sweep"
         # the failing job first: with the basic launcher, everything after it would be lost
         process = run_sweep(sweep_dir, [files["missing"], files["good"]], *LAUNCHERS[launcher])
