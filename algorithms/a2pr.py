@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from flax.training.train_state import TrainState
 
 from algorithms import register
-from algorithms.core.algorithm import Spec
+from algorithms.core.algorithm import Context, Spec
 from algorithms.core.networks import DeterministicActor, ValueNetwork, critic_ensemble
 from algorithms.core.training import create_train_state
 from algorithms.core.vae import create_vae_state, vae_step
@@ -98,9 +98,9 @@ class A2PR(TD3BC):
         return (DeterministicActor(self.hidden_dims, spec.action_dim, init_scheme="torch"),
                 critic_ensemble(2, self.critic_hidden_dims, init_scheme="torch"))
 
-    def init(self, key, spec: Spec, dataset) -> A2PRState:
+    def init(self, key, spec: Spec, ctx: Context | None = None) -> A2PRState:
         td3_key, value_key, vae_key = jax.random.split(key, 3)
-        td3 = super().init(td3_key, spec, dataset)
+        td3 = super().init(td3_key, spec, ctx)
         value_net = ValueNetwork(self.critic_hidden_dims, init_scheme="torch")
         value_params = value_net.init(value_key, jnp.zeros((1, spec.observation_dim)))
         return A2PRState(
@@ -111,7 +111,7 @@ class A2PR(TD3BC):
             target_actor_params=td3.target_actor_params, target_critic_params=td3.target_critic_params,
             step=td3.step)
 
-    def update(self, state: A2PRState, batch, key):
+    def update(self, state: A2PRState, batch, key, ctx: Context | None = None):
         noise_key, vae_key, actor_key = jax.random.split(key, 3)
         v = state.value.apply_fn(state.value.params, batch.observations)  # before this step's V update
         state, metrics = self.critic_step(state, batch, noise_key)

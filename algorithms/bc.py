@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax.training.train_state import TrainState
 
 from algorithms import register
-from algorithms.core.algorithm import Algorithm, Spec
+from algorithms.core.algorithm import Algorithm, Context, Spec
 from algorithms.core.networks import DeterministicActor
 from algorithms.core.training import create_train_state
 
@@ -30,12 +30,12 @@ class BC(Algorithm):
     actor_lr: float = 3e-4
     normalize_states: bool = True
 
-    def init(self, key, spec: Spec, dataset) -> BCState:
+    def init(self, key, spec: Spec, ctx: Context | None = None) -> BCState:
         net = DeterministicActor(self.hidden_dims, spec.action_dim, init_scheme="torch")
         params = net.init(key, jnp.zeros((1, spec.observation_dim)))
         return BCState(create_train_state(net, params, self.actor_lr), jnp.zeros((), jnp.int32))
 
-    def update(self, state: BCState, batch, key):
+    def update(self, state: BCState, batch, key, ctx: Context | None = None):
         def bc_loss(params):
             pi = state.actor.apply_fn(params, batch.observations)
             return ((pi - batch.actions) ** 2).mean()

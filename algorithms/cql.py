@@ -59,7 +59,7 @@ import jax.numpy as jnp
 from flax.training.train_state import TrainState
 
 from algorithms import register
-from algorithms.core.algorithm import Algorithm, Spec
+from algorithms.core.algorithm import Algorithm, Context, Spec
 from algorithms.core.networks import ReferenceTanhGaussianActor, critic_ensemble
 from algorithms.core.training import copy_params, create_train_state, scalar_state, soft_update
 
@@ -147,7 +147,7 @@ class CQL(Algorithm):
                                  final_init_scale=self.critic_final_init_scale)
         return actor, critic
 
-    def init(self, key, spec: Spec, dataset) -> CQLState:
+    def init(self, key, spec: Spec, ctx: Context | None = None) -> CQLState:
         actor_key, critic_key = jax.random.split(key)
         actor_net, critic_net = self.networks(spec.action_dim)
         obs = jnp.zeros((1, spec.observation_dim))
@@ -162,7 +162,7 @@ class CQL(Algorithm):
             step=jnp.zeros((), jnp.int32),
         )
 
-    def update(self, state: CQLState, batch, key):
+    def update(self, state: CQLState, batch, key, ctx: Context | None = None):
         observations, actions = batch.observations, batch.actions
         batch_size, action_dim = actions.shape
         n = self.num_sampled_actions

@@ -23,7 +23,7 @@ import optax
 from flax.training.train_state import TrainState
 
 from algorithms import register
-from algorithms.core.algorithm import Algorithm, RewardConfig, Spec
+from algorithms.core.algorithm import Algorithm, Context, RewardConfig, Spec
 from algorithms.core.networks import GaussianActor, ValueNetwork, critic_ensemble
 from algorithms.core.training import copy_params, create_train_state, soft_update
 
@@ -59,7 +59,7 @@ class IQL(Algorithm):
     num_critics: int = 2
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(returns_span=1000.0))
 
-    def init(self, key, spec: Spec, dataset) -> IQLState:
+    def init(self, key, spec: Spec, ctx: Context | None = None) -> IQLState:
         actor_key, critic_key, value_key = jax.random.split(key, 3)
         obs = jnp.zeros((1, spec.observation_dim))
         act = jnp.zeros((1, spec.action_dim))
@@ -77,7 +77,7 @@ class IQL(Algorithm):
             step=jnp.zeros((), jnp.int32),
         )
 
-    def update(self, state: IQLState, batch, key):
+    def update(self, state: IQLState, batch, key, ctx: Context | None = None):
         target_q = state.critic.apply_fn(
             state.target_critic_params, batch.observations, batch.actions).min(axis=0)
 

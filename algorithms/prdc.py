@@ -13,11 +13,12 @@ flag is store_false, i.e. always on).
 The search is exact over the whole dataset, inside the compiled update (`neighbour_search`):
   "auto" (default): "kdtree" when the backend is a CPU, else "matmul" (chosen by measurement: README,
       PRDC section; on a CPU the in-graph brute force is far slower than the tree).
-  "kdtree": scipy's cKDTree over {[beta s_i, a_i]} built once on the host (`bind_dataset`, which the
-      loop calls), queried through `jax.pure_callback` on all cores (the reference code's
-      structure). Ties between identical dataset rows go to the lowest index. Its cost depends on
-      how far the queries are from the data: an untrained policy's actions are far and visit much
-      of the tree; once the actor has learnt (it is pulled towards the data) queries are close.
+  "kdtree": scipy's cKDTree over {[beta s_i, a_i]} built once on the host (`host_helpers`, which the
+      loop calls; every seed shares it through the context), queried through `jax.pure_callback`
+      on all cores (the reference code's structure). Ties between identical dataset rows go to
+      the lowest index. Its cost depends on how far the queries are from the data: an untrained
+      policy's actions are far and visit much of the tree; once the actor has learnt (it is pulled
+      towards the data) queries are close.
   "matmul": blocked brute force in the graph, GEMM distances with exact re-ranking
       (algorithms/core/neighbours.py); works on every backend, cost independent of the data.
   "direct": blocked brute force with exact elementwise distances only (slowest; a reference).
@@ -30,13 +31,14 @@ The code evaluates 50 episodes every 1000 steps; the run protocol here stays the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from algorithms import register
+from algorithms.core.algorithm import Context
 from algorithms.core.neighbours import nearest_neighbour
 from algorithms.td3_bc import TD3BC, delayed
 
@@ -83,50 +85,47 @@ class PRDC(TD3BC):
         if self.neighbour_search not in SEARCHES:
             raise ValueError(f"neighbour_search must be one of {SEARCHES}, not '{self.neighbour_search}'")
 
-    @property
-    def search(self) -> str:
-        """The method in use: "auto" is the KD-tree once `bind_dataset` has built it on a CPU
-        backend, else the in-graph "matmul"."""
+    def wants_tree(self) -> bool:
+        return self.neighbour_search == "kdtree" or (
+            self.neighbour_search == "auto" and jax.default_backend() == "cpu")
+
+    def host_helpers(self, data) -> dict:
+        """The KD-tree over {[beta s_i, a_i]}, built once from the preprocessed dataset and shared
+        by every seed through `ctx` (when the search method asks for it)."""
+        if not self.wants_tree():
+            return {}
+        observations = np.asarray(data.observations, np.float32)
+        keys = np.concatenate([np.float32(self.beta) * observations,
+                               np.asarray(data.actions, np.float32)], axis=1)
+        return {"kdtree": KDTreeSearch(keys)}
+
+    def search_method(self, ctx: Context | None) -> str:
+        """The method in use: "auto" is the KD-tree when the context holds one (built on a CPU
+        backend), else the in-graph "matmul"."""
         if self.neighbour_search == "auto":
-            return "kdtree" if getattr(self, "_tree", None) is not None else "matmul"
+            return "kdtree" if ctx is not None and ctx.helper("kdtree") is not None else "matmul"
         return self.neighbour_search
 
-    def bind_dataset(self, dataset) -> PRDC:
-        wants_tree = self.neighbour_search == "kdtree" or (
-            self.neighbour_search == "auto" and jax.default_backend() == "cpu")
-        if not wants_tree:
-            return self
-        observations = np.asarray(dataset.observations, np.float32)
-        keys = np.concatenate([np.float32(self.beta) * observations,
-                               np.asarray(dataset.actions, np.float32)], axis=1)
-        bound = replace(self)
-        bound._tree = KDTreeSearch(keys)
-        return bound
-
-    def nearest(self, queries: jax.Array, dataset) -> tuple[jax.Array, jax.Array]:
+    def nearest(self, queries: jax.Array, ctx: Context) -> tuple[jax.Array, jax.Array]:
         """(index, squared distance) of the dataset pair [beta s_i, a_i] nearest to each query."""
-        if self.search == "kdtree":
-            tree = getattr(self, "_tree", None)
+        if self.search_method(ctx) == "kdtree":
+            tree = ctx.helper("kdtree")
             if tree is None:
-                raise RuntimeError("neighbour_search='kdtree' needs the KD-tree: call "
-                                   "algo = algo.bind_dataset(data) before compiling the update")
+                raise RuntimeError("neighbour_search='kdtree' needs the KD-tree in the context: build "
+                                   "it with host_helpers(data) (the loop does) before compiling")
             return tree.query(queries)
-        return nearest_neighbour(queries, [dataset.observations, dataset.actions], [self.beta, 1.0],
-                                 self.search_block, self.search)
+        return nearest_neighbour(queries, [ctx.data.observations, ctx.data.actions], [self.beta, 1.0],
+                                 self.search_block, self.search_method(ctx))
 
-    def update(self, state, batch, key):
-        raise TypeError("PRDC's update searches the whole dataset: call "
-                        "update_with_data(state, batch, key, dataset)")
-
-    def update_with_data(self, state, batch, key, dataset):
+    def update(self, state, batch, key, ctx: Context):
         state, metrics = self.critic_step(state, batch, key)
 
         def actor_step(state):
             pi = state.actor.apply_fn(state.actor.params, batch.observations)
             query = jax.lax.stop_gradient(jnp.concatenate([self.beta * batch.observations, pi], -1))
-            index, distance = self.nearest(query, dataset)
+            index, distance = self.nearest(query, ctx)
             # TD3+BC's actor step with the neighbours' actions as the behaviour-cloning targets
-            state, actor_metrics = self.actor_step(state, batch._replace(actions=dataset.actions[index]),
+            state, actor_metrics = self.actor_step(state, batch._replace(actions=ctx.data.actions[index]),
                                                    jax.random.fold_in(key, 1))
             return state, {**actor_metrics, "neighbour_distance": distance.mean()}
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax.training.train_state import TrainState
 
 from algorithms import register
-from algorithms.core.algorithm import Algorithm, Spec
+from algorithms.core.algorithm import Algorithm, Context, Spec
 from algorithms.core.networks import TanhGaussianActor, critic_ensemble
 from algorithms.core.training import copy_params, create_train_state, scalar_state, soft_update
 
@@ -56,7 +56,7 @@ class SAC(Algorithm):
     init_temperature: float = 1.0
     target_entropy: float | None = None  # None: -|A|
 
-    def init(self, key, spec: Spec, dataset=None) -> SACState:
+    def init(self, key, spec: Spec, ctx: Context | None = None) -> SACState:
         actor_key, critic_key = jax.random.split(key)
         actor_net = TanhGaussianActor(self.hidden_dims, spec.action_dim)
         critic_net = critic_ensemble(self.num_critics, self.hidden_dims)
@@ -70,7 +70,7 @@ class SAC(Algorithm):
             step=jnp.zeros((), jnp.int32),
         )
 
-    def update(self, state: SACState, batch, key):
+    def update(self, state: SACState, batch, key, ctx: Context | None = None):
         next_key, actor_key = jax.random.split(key)
         alpha = jnp.exp(state.log_alpha.params["value"])
         action_dim = batch.actions.shape[-1]

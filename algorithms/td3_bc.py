@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax.training.train_state import TrainState
 
 from algorithms import register
-from algorithms.core.algorithm import Algorithm, Spec
+from algorithms.core.algorithm import Algorithm, Context, Spec
 from algorithms.core.networks import DeterministicActor, critic_ensemble
 from algorithms.core.training import copy_params, create_train_state, soft_update
 
@@ -62,6 +62,7 @@ class TD3BC(Algorithm):
     noise_clip: float = 0.5
     policy_freq: int = 2
     alpha: float = 2.5
+    exploration_noise: float = 0.1  # std of the Gaussian added to actions when exploring online
     normalize_states: bool = True
 
     def networks(self, spec: Spec):
@@ -69,7 +70,7 @@ class TD3BC(Algorithm):
         return (DeterministicActor(self.hidden_dims, spec.action_dim, init_scheme="torch"),
                 critic_ensemble(2, self.hidden_dims, init_scheme="torch"))
 
-    def init(self, key, spec: Spec, dataset) -> TD3BCState:
+    def init(self, key, spec: Spec, ctx: Context | None = None) -> TD3BCState:
         actor_key, critic_key = jax.random.split(key)
         obs = jnp.zeros((1, spec.observation_dim))
         act = jnp.zeros((1, spec.action_dim))
@@ -84,12 +85,12 @@ class TD3BC(Algorithm):
             step=jnp.zeros((), jnp.int32),
         )
 
-    def update(self, state: TD3BCState, batch, key):
+    def update(self, state: TD3BCState, batch, key, ctx: Context | None = None):
         state, metrics = self.critic_step(state, batch, key)
         # `step` is shared across seeds (see Algorithm), so this stays a real branch under vmap.
+        actor_key = jax.random.fold_in(key, 1)
         state, actor_metrics = delayed(state.step % self.policy_freq == 0,
-                                       lambda s: self.actor_step(s, batch, jax.random.fold_in(key, 1)),
-                                       state)
+                                       lambda s: self.actor_step(s, batch, actor_key, ctx=ctx), state)
         return state.replace(step=state.step + 1), {**metrics, **actor_metrics}
 
     def critic_step(self, state, batch, key):
@@ -126,7 +127,7 @@ class TD3BC(Algorithm):
             target_critic_params=soft_update(state.target_critic_params, state.critic.params, self.tau),
         ), {"actor_loss": loss, **metrics}
 
-    def actor_loss(self, params, state, batch, key):
+    def actor_loss(self, params, state, batch, key, ctx: Context | None = None):
         """TD3+BC's loss; the subclasses (PRDC, SPOT, ...) change only this."""
         pi = state.actor.apply_fn(params, batch.observations)
         q_pi = state.critic.apply_fn(state.critic.params, batch.observations, pi)[0]
@@ -134,4 +135,10 @@ class TD3BC(Algorithm):
         return loss, {"bc_loss": bc}
 
     def act(self, state: TD3BCState, observations, key, deterministic: bool = True):
-        return state.actor.apply_fn(state.actor.params, observations)
+        """pi(s); exploring, pi(s) + N(0, exploration_noise^2) clipped to [-1, 1] (TD3's and
+        CORL's online fine-tuning)."""
+        actions = state.actor.apply_fn(state.actor.params, observations)
+        if deterministic:
+            return actions
+        noise = self.exploration_noise * jax.random.normal(key, actions.shape)
+        return jnp.clip(actions + noise, -1.0, 1.0)

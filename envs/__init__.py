@@ -1,24 +1,33 @@
-"""Where data and environments come from. Knows nothing of algorithms (generating a local
-dataset on first use runs a shipped behaviour policy through experiments.generate)."""
+"""Where data and environments come from. Knows nothing of algorithms or of how training runs:
+it imports neither `algorithms` nor `experiments` (a local dataset that is not generated yet raises
+`NotGenerated`; experiments.data.load generates it from its shipped behaviour policy)."""
 
 from __future__ import annotations
 
 from envs import d4rl, generated, minari_source
-from envs.dataset import Dataset, DatasetError
+from envs.dataset import Dataset, DatasetError, returns_to_go
 from envs.environment import (
     action_bounds,
+    check_environment,
     check_observation_dim,
     evaluate,
     make_env,
     normalized_score,
 )
-from envs.preprocessing import Normalizer, normalize_states, rescale_actions, transform_rewards
+from envs.generated import NotGenerated
+from envs.preprocessing import (
+    Normalizer,
+    Preprocessor,
+    normalize_states,
+    rescale_actions,
+    transform_rewards,
+)
 from envs.registry import REGISTRY, DatasetInfo, lookup
 
 __all__ = [
-    "REGISTRY", "Dataset", "DatasetError", "DatasetInfo", "Normalizer", "check_observation_dim",
-    "evaluate", "load", "lookup", "make_env", "normalize_states", "normalized_score",
-    "transform_rewards",
+    "REGISTRY", "Dataset", "DatasetError", "DatasetInfo", "Normalizer", "NotGenerated",
+    "Preprocessor", "check_environment", "check_observation_dim", "evaluate", "load", "lookup",
+    "make_env", "normalize_states", "normalized_score", "returns_to_go", "transform_rewards",
 ]
 
 
@@ -37,7 +46,7 @@ def load(source: str, name: str, path: str | None = None, download: bool = True)
             root = generated.ensure_pendulum_mixed(path)
             info = DatasetInfo(**{**info.__dict__, "minari_id": generated.PENDULUM_MIXED_ID})
         else:
-            root = generated.ensure_behaviour_dataset(name, path)
+            root = generated.behaviour_dataset_root(name, path)
         data, info = minari_source.load(info, str(root))
     else:
         raise DatasetError(f"unknown dataset source '{source}'; use d4rl, minari or local.")

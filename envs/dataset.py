@@ -207,3 +207,27 @@ def episode_returns(data: Dataset) -> np.ndarray:
     cumulative = np.concatenate([[0.0], np.cumsum(data.rewards, dtype=np.float64)])
     starts = np.concatenate([[0], ends[:-1] + 1])
     return cumulative[ends + 1] - cumulative[starts]
+
+
+def returns_to_go(data: Dataset, discount: float, failure_reward: float | None = None) -> np.ndarray:
+    """Each transition's discounted Monte-Carlo return to the end of its (recorded) episode,
+    sum_k discount^k r_{t+k}, float32. With `failure_reward`, an episode whose every reward equals
+    it (a sparse-reward task never solved) gets failure_reward / (1 - discount) everywhere, the
+    value of failing forever, as Cal-QL's code does (its episodes end by the time limit, not by
+    failing)."""
+    from scipy.signal import lfilter
+
+    rewards = np.asarray(data.rewards, np.float64)
+    ends = np.flatnonzero(data.episode_ends)
+    if len(ends) == 0 or ends[-1] != data.size - 1:
+        ends = np.append(ends, data.size - 1)
+    result = np.empty_like(rewards)
+    start = 0
+    for end in ends:
+        episode = rewards[start:end + 1]
+        if failure_reward is not None and np.all(episode == failure_reward):
+            result[start:end + 1] = failure_reward / (1.0 - discount)
+        else:  # G_t = r_t + discount G_{t+1}: a first-order filter over the reversed episode
+            result[start:end + 1] = lfilter([1.0], [1.0, -discount], episode[::-1])[::-1]
+        start = end + 1
+    return result.astype(np.float32)

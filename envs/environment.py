@@ -82,6 +82,18 @@ def check_observation_dim(info: DatasetInfo, observation_dim: int) -> None:
         )
 
 
+def check_environment(info: DatasetInfo, observation_dim: int, action_dim: int) -> None:
+    """`check_observation_dim`, and the same for the action size (online fine-tuning acts in it)."""
+    check_observation_dim(info, observation_dim)
+    env = make_env(info)
+    env_dim = int(np.prod(env.action_space.shape))
+    env.close()
+    if env_dim != action_dim:
+        raise DatasetError(
+            f"the dataset's actions have {action_dim} values but {info.env_id} takes {env_dim}: the "
+            "data was recorded on another environment. Pick the matching dataset or environment.")
+
+
 def evaluate(
     policy: Callable[[np.ndarray], np.ndarray],
     info: DatasetInfo,

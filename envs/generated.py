@@ -186,14 +186,27 @@ def behaviour_dataset_id(env: str, split: str, size: int | None = None) -> str:
     return f"local/{env}/{split}-v0" if size is None else f"local/{env}/{split}-{size // 1000}k-v0"
 
 
-def ensure_behaviour_dataset(name: str, root: Path | None = None) -> Path:
-    """Generate `local/<name>` (`<env>-<split>` at the environment's default size, or one of
-    `SIZED`) from the shipped behaviour policy unless it is already in `root`."""
+class NotGenerated(DatasetError):
+    """A local dataset that has not been generated yet. `envs` cannot run a behaviour policy (that
+    needs the algorithms); the command-line layer (experiments.data.load) generates it and loads
+    again."""
+
+    def __init__(self, name: str, env: str, split: str, size: int | None, root: Path):
+        super().__init__(f"local/{name} has not been generated in {root}: run `python -m "
+                         f"experiments.generate env={env} splits=[{split}]`, or load it through "
+                         "experiments.data.load, which generates it on first use.")
+        self.env, self.split, self.size, self.root = env, split, size, root
+
+    @property
+    def generate_size(self) -> int:
+        return self.size or BEHAVIOUR_ENVS[self.env].default_size
+
+
+def behaviour_dataset_root(name: str, root: Path | None = None) -> Path:
+    """The folder holding `local/<name>` (`<env>-<split>` at the environment's default size, or
+    one of `SIZED`); NotGenerated when it is not there yet."""
     env, split, size = SIZED.get(name) or (*name.split("-", 1), None)
     root = Path(root or data_dir())
     if not dataset_complete(root, behaviour_dataset_id(env, split, size)):
-        from experiments.generate import generate  # running the policies needs the algorithms
-
-        generate(env, splits=(split,), size=size or BEHAVIOUR_ENVS[env].default_size, root=root,
-                 sized_name=size is not None)
+        raise NotGenerated(name, env, split, size, root)
     return root

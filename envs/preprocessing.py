@@ -6,6 +6,7 @@ the same state normalization is applied to the dataset and to observations durin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -42,13 +43,9 @@ def normalize_states(data: Dataset, normalizer: Normalizer) -> Dataset:
 def transform_rewards(data: Dataset, returns_span: float | None, scale: float, shift: float):
     """r <- scale * r' + shift, where r' = returns_span * r / (max return - min return) when
     `returns_span` is set (IQL's locomotion convention uses 1000) and r' = r otherwise."""
-    rewards = data.rewards.astype(np.float64)
-    if returns_span is not None:
-        returns = episode_returns(data)
-        spread = float(returns.max() - returns.min())
-        if spread > 0:
-            rewards = rewards * returns_span / spread
-    return data._replace(rewards=(scale * rewards + shift).astype(np.float32))
+    fitted = Preprocessor.fit(data, normalize_states=False, returns_span=returns_span, scale=scale,
+                              shift=shift)
+    return data._replace(rewards=fitted.rewards(data.rewards))
 
 
 def rescale_actions(data: Dataset, low: np.ndarray, high: np.ndarray) -> Dataset:
@@ -57,3 +54,48 @@ def rescale_actions(data: Dataset, low: np.ndarray, high: np.ndarray) -> Dataset
         return data
     actions = 2.0 * (data.actions - low) / (high - low) - 1.0
     return data._replace(actions=np.clip(actions, -1.0, 1.0).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """The dataset's state normalization and reward transform, fitted once on the dataset and then
+    applied identically to training batches, evaluation and exploration observations, and online
+    transitions (whose rewards must be on the dataset's scale, or fine-tuning starts from values
+    learnt for other rewards).
+
+    rewards: r <- scale * r * multiplier + shift, where multiplier = returns_span / (max - min
+    trajectory return of the dataset) when a span is given, else 1 (IQL's convention)."""
+
+    normalizer: Normalizer
+    reward_multiplier: float = 1.0
+    reward_scale: float = 1.0
+    reward_shift: float = 0.0
+
+    @classmethod
+    def fit(cls, data: Dataset, *, normalize_states: bool, returns_span: float | None = None,
+            scale: float = 1.0, shift: float = 0.0) -> Preprocessor:
+        normalizer = (Normalizer.from_dataset(data) if normalize_states
+                      else Normalizer.identity(data.observation_dim))
+        multiplier = 1.0
+        if returns_span is not None:
+            returns = episode_returns(data)
+            spread = float(returns.max() - returns.min())
+            if spread > 0:
+                multiplier = returns_span / spread
+        return cls(normalizer, multiplier, scale, shift)
+
+    def observations(self, observations):
+        return self.normalizer(observations)
+
+    def rewards(self, rewards):
+        rewards = np.asarray(rewards, np.float64) * self.reward_multiplier
+        return (self.reward_scale * rewards + self.reward_shift).astype(np.float32)
+
+    def __call__(self, data: Dataset) -> Dataset:
+        """Transitions (a dataset, or online rows with leading axes of any shape) as training
+        sees them."""
+        return data._replace(
+            observations=self.observations(data.observations).astype(np.float32),
+            next_observations=self.observations(data.next_observations).astype(np.float32),
+            rewards=self.rewards(data.rewards),
+        )

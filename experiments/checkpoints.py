@@ -1,4 +1,5 @@
-"""Orbax checkpoints of a multi-seed run: algorithm states, RNG keys, step and evaluation history.
+"""Orbax checkpoints of a multi-seed run: named pytrees (algorithm states, per-seed buffers, RNG
+keys) and a JSON record (phase, counters, evaluation history, stopped seeds).
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a run killed
 mid-save leaves the previous checkpoint intact and never a half-written one that would load.
@@ -9,7 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _storable(tree) -> dict:
+    """Typed PRNG keys as their raw key data (what orbax can write), in a dict (StandardSave takes
+    no bare array)."""
+    return {"tree": jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)}
+
+
+def _restored(stored: dict, template):
+    return jax.tree.map(lambda x, t: jax.random.wrap_key_data(x) if _is_key(t) else x, stored["tree"],
+                        template)
 
 
 class Checkpointer:
@@ -19,25 +36,36 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
 
-    def save(self, step: int, states, keys: jax.Array, history: dict) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            states=ocp.args.StandardSave(states),
-            keys=ocp.args.StandardSave({"keys": jax.random.key_data(keys)}),
-            history=ocp.args.JsonSave(history),
-        ))
+    def save(self, index: int, trees: dict, record: dict) -> None:
+        """`trees`: named pytrees (None allowed); `record`: anything JSON can hold."""
+        trees = {name: tree for name, tree in trees.items() if tree is not None}
+        self.manager.save(index, args=ocp.args.Composite(
+            record=ocp.args.JsonSave({**record, "trees": sorted(trees)}),
+            **{name: ocp.args.StandardSave(_storable(tree)) for name, tree in trees.items()}))
 
-    def restore_latest(self, template_states, template_keys):
-        """(states, keys, step, history) from the newest checkpoint, or None if there is none."""
-        step = self.manager.latest_step()
-        if step is None:
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def record(self, index: int) -> dict:
+        return self.manager.restore(index, args=ocp.args.Composite(record=ocp.args.JsonRestore()))[
+            "record"]
+
+    def restore(self, index: int, templates: dict) -> dict:
+        """The named pytrees of checkpoint `index`, shaped like `templates` (None: not saved)."""
+        wanted = {name: t for name, t in templates.items() if t is not None}
+        restored = self.manager.restore(index, args=ocp.args.Composite(
+            **{name: ocp.args.StandardRestore(_storable(t)) for name, t in wanted.items()}))
+        return {name: _restored(restored[name], t) if t is not None else None
+                for name, t in templates.items()}
+
+    def restore_latest(self, templates_for):
+        """(index, record, trees) of the newest checkpoint, or None if there is none;
+        `templates_for(record)` gives the templates (they depend on the phase it was saved in)."""
+        index = self.latest()
+        if index is None:
             return None
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            states=ocp.args.StandardRestore(template_states),
-            keys=ocp.args.StandardRestore({"keys": jax.random.key_data(template_keys)}),
-            history=ocp.args.JsonRestore(),
-        ))
-        keys = jax.random.wrap_key_data(restored["keys"]["keys"])
-        return restored["states"], keys, step, restored["history"]
+        record = self.record(index)
+        return index, record, self.restore(index, templates_for(record))
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

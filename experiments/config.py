@@ -19,6 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 import algorithms
 import envs
 
+
+class ConfigError(ValueError):
+    """A setting out of range or inconsistent with the data; the message names the fix."""
+
+
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 # The evaluation protocol of each dataset family (IQL's, the common one): steps, eval every, episodes.

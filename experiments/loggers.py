@@ -28,10 +28,10 @@ NOT_LOGGED = {"type", "step", "env_step", "phase", "stage", "episode_returns"}
 
 
 def scalars(row: dict) -> tuple[str, int, dict[str, float]]:
-    """(prefix, step, {name: value}) of one metrics.jsonl line: `train/q_loss` at `step`, or
-    `online/eval/normalized_score` at `env_step` for a line with a phase."""
-    phase = row.get("phase")
-    prefix = row["type"] if phase is None else f"{phase}/{row['type']}"
+    """(prefix, step, {name: value}) of one metrics.jsonl line: `train/q_loss` at `step` for an
+    offline line, `online/eval/normalized_score` at `env_step` for an online one."""
+    phase = row.get("phase", "offline")
+    prefix = row["type"] if phase == "offline" else f"{phase}/{row['type']}"
     step = row["env_step"] if phase == "online" and "env_step" in row else row["step"]
     values = {}
     for key, value in row.items():

@@ -1,10 +1,12 @@
 """The compiled training loop: every seed in one program, thousands of updates per dispatch.
 
-    states = jit(scan(vmap_seeds(sample + update), length=chunk))(states, data, keys)
+    states, buffers = jit(scan(vmap_seeds(fill_buffer + draw batch + update), length=chunk))(...)
 
-Data lives on the device and batches are sampled inside the compiled scan; nothing runs in Python
-per gradient step. Between chunks the host logs, evaluates all seeds in one vector env with one
-batched policy call per env step, and checkpoints.
+Data lives on the device and batches are drawn inside the compiled scan; nothing runs in Python per
+gradient step. `ChunkRunner` is the one place that runs those programs (offline, online and in the
+benchmark): it compiles one program per chunk length, guards it with a watchdog, checks that every
+seed stayed finite, and applies the algorithm's early stop. Between chunks the host logs,
+evaluates all seeds in one vector env with one batched policy call per env step, and checkpoints.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 import jax
@@ -22,8 +25,8 @@ import numpy as np
 
 import envs
 from algorithms import Algorithm, Spec
-from algorithms.core.algorithm import PretrainStage
-from algorithms.core.replay import sample_batch
+from algorithms.core.algorithm import Context, Sampling
+from algorithms.core.replay import ReplayBuffer, Transitions, draw
 
 
 class TrainingDiverged(RuntimeError):
@@ -31,23 +34,34 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingStopped(TrainingDiverged):
-    """The algorithm's own early-stop rule fired (`Algorithm.stop_reason`, e.g. SPOT's Q > 1e4)."""
+    """The algorithm's own early-stop rule fired for every seed (e.g. SPOT's Q > 1e4)."""
 
 
 @dataclass
 class PreparedData:
-    data: envs.Dataset  # on the device, preprocessed as the algorithm asks
-    normalizer: envs.Normalizer
+    data: Transitions  # on the device, preprocessed as the algorithm asks
+    preprocessor: envs.Preprocessor  # applied identically to evaluation and online transitions
 
 
-def prepare(algo: Algorithm, data: envs.Dataset) -> PreparedData:
+def prepare(algo: Algorithm, raw: envs.Dataset) -> PreparedData:
     """Apply the algorithm's reward convention and state normalization; move data to the device."""
     reward = algo.reward
-    data = envs.transform_rewards(data, reward.returns_span, reward.scale, reward.shift)
-    normalizer = (envs.Normalizer.from_dataset(data) if algo.normalize_states
-                  else envs.Normalizer.identity(data.observation_dim))
-    data = envs.normalize_states(data, normalizer)
-    return PreparedData(jax.device_put(data), normalizer)
+    preprocessor = envs.Preprocessor.fit(raw, normalize_states=algo.normalize_states,
+                                         returns_span=reward.returns_span, scale=reward.scale,
+                                         shift=reward.shift)
+    data = preprocessor(raw)
+    transitions = Transitions.from_dataset(data, algo.returns_to_go(data))
+    return PreparedData(jax.device_put(transitions), preprocessor)
+
+
+def make_context(algo: Algorithm, prepared: PreparedData | None, stages: dict | None = None,
+                 phase: str = "offline", phase_start: int = 0, host: dict | None = None) -> Context:
+    """The shared read-only context: the device dataset, the stages' results, and the algorithm's
+    host-side helpers (built here from the dataset unless `host` gives them)."""
+    data = None if prepared is None else prepared.data
+    if host is None:
+        host = {} if data is None else algo.host_helpers(jax.device_get(data))
+    return Context(data, dict(stages or {}), phase, phase_start, tuple(sorted(host.items())))
 
 
 def seed_axes(states):
@@ -55,117 +69,194 @@ def seed_axes(states):
     return jax.tree.map(lambda _: 0, states).replace(step=None)
 
 
-def init_states(algo: Algorithm, spec: Spec, data, keys: jax.Array, pretrained=None):
-    """Initialise one state per key (the leading axis of `keys`), all in one compiled call.
-    `pretrained`: the final state of the algorithm's pretraining stage, shared by all seeds."""
-    if algo.pretraining() is None:
-        init = jax.vmap(algo.init, in_axes=(0, None, None))
-        states = jax.jit(init, static_argnums=1)(keys, spec, data)
-    else:
-        if pretrained is None:
-            raise ValueError(f"{algo.name} starts from its pretraining stage "
-                             f"'{algo.pretraining().name}': run loop.pretrain first")
-        init = jax.vmap(lambda k, s, d, p: algo.init(k, s, d, pretrained=p), in_axes=(0, None, None, None))
-        states = jax.jit(init, static_argnums=1)(keys, spec, data, pretrained)
+def init_states(algo: Algorithm, spec: Spec, ctx: Context, keys: jax.Array):
+    """Initialise one state per key (the leading axis of `keys`), all in one compiled call."""
+    missing = [stage.name for stage in algo.stages(spec) if stage.name not in ctx.stages]
+    if missing:
+        raise ValueError(f"{algo.name} starts from its pretraining stage '{missing[0]}': train the "
+                         "algorithm's stages first (experiments.stages.train_stages)")
+    init = jax.vmap(algo.init, in_axes=(0, None, None))
+    states = jax.jit(init, static_argnums=1)(keys, spec, ctx)
     return states.replace(step=states.step[0])
 
 
-def shard_seeds(states, keys):
-    """Spread the seed axis over all devices (GPUs, TPU cores, or forced host devices) when it
-    divides evenly; the dataset stays replicated. On one device this changes nothing."""
+def init_buffers(algo: Algorithm, spec: Spec, ctx: Context, seeds: int):
+    """The per-seed buffers of the offline phase (None for most algorithms)."""
+    buffer = algo.init_buffer(spec, ctx)
+    if buffer is None:
+        return None
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds, *x.shape)).copy(), buffer)
+
+
+def replay_buffers(capacity: int, spec: Spec, seeds: int) -> ReplayBuffer:
+    """One empty online replay buffer per seed."""
+    return jax.vmap(lambda _: ReplayBuffer.create(capacity, spec.observation_dim, spec.action_dim))(
+        jnp.arange(seeds))
+
+
+def shard_seeds(*trees):
+    """Spread the seed axis of `trees` (states, buffers, keys) over all devices (GPUs, TPU cores,
+    or forced host devices) when it divides evenly; shared values stay replicated. On one device
+    this changes nothing."""
     devices = jax.devices()
-    if len(devices) == 1 or keys.shape[0] % len(devices):
-        return states, keys
+    seeds = jax.tree.leaves(trees[-1])[0].shape[0]
+    if len(devices) == 1 or seeds % len(devices):
+        return trees
     mesh = jax.sharding.Mesh(np.asarray(devices), ("seeds",))
     by_seed = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    shardings = jax.tree.map(lambda _: by_seed, states).replace(step=replicated)
-    return jax.device_put(states, shardings), jax.device_put(keys, by_seed)
+
+    def place(tree):
+        if tree is None:
+            return None
+        shardings = jax.tree.map(lambda _: by_seed, tree)
+        if hasattr(tree, "step"):
+            shardings = shardings.replace(step=replicated)
+        return jax.device_put(tree, shardings)
+
+    return tuple(place(tree) for tree in trees)
 
 
-def make_train_chunk(algo: Algorithm, length: int, replay: bool = False):
-    """A jitted function running `length` updates for every seed: (states, data, keys) ->
-    (states, keys, metrics) with metrics of shape (length, num_seeds). `data` is the device dataset
-    all seeds share or, with `replay=True` (online training), one ReplayBuffer per seed."""
+def make_train_chunk(algo: Algorithm, length: int, phase: str = "offline",
+                     sampling: Sampling | None = None):
+    """A jitted function running `length` updates for every seed:
+    (states, buffers, keys, ctx, rows=None) -> (states, buffers, keys, metrics), metrics of shape
+    (length, seeds). `rows`: new transitions per seed (seeds, n, ...) appended to the buffers first
+    (online collection). Batches are drawn as `sampling` (default `algo.sampling(phase)`) says."""
+    sampling = sampling or algo.sampling(phase)
 
-    def one_seed(state, data, key):
-        sample_key, update_key = jax.random.split(key)
-        if replay:
-            return algo.update(state, data.sample(sample_key, algo.batch_size), update_key)
-        batch = sample_batch(data, sample_key, algo.batch_size)
-        return algo.update_with_data(state, batch, update_key, data)
+    def one_seed(state, buffer, key, ctx):
+        fill_key, sample_key, update_key = jax.random.split(key, 3)
+        if phase == "offline":
+            buffer = algo.fill_buffer(state, buffer, fill_key, ctx)
+        batch = draw(sampling, ctx.data, buffer, sample_key, algo.batch_size)
+        state, metrics = algo.update(state, batch, update_key, ctx)
+        return state, buffer, metrics
 
-    def chunk(states, data, keys):
+    def chunk(states, buffers, keys, ctx, rows=None):
+        if rows is not None:
+            buffers = jax.vmap(ReplayBuffer.add)(buffers, rows)
         axes = seed_axes(states)
-        step_all = jax.vmap(one_seed, in_axes=(axes, 0 if replay else None, 0), out_axes=(axes, 0))
+        step_all = jax.vmap(one_seed, in_axes=(axes, 0, 0, None), out_axes=(axes, 0, 0))
 
         def body(carry, _):
-            states, keys = carry
+            states, buffers, keys = carry
             keys, step_keys = jnp.split(jax.vmap(jax.random.split)(keys), 2, axis=1)
-            states, metrics = step_all(states, data, step_keys[:, 0])
-            return (states, keys[:, 0]), metrics
+            states, buffers, metrics = step_all(states, buffers, step_keys[:, 0], ctx)
+            return (states, buffers, keys[:, 0]), metrics
 
-        (states, keys), metrics = jax.lax.scan(body, (states, keys), None, length=length)
-        return states, keys, metrics
+        (states, buffers, keys), metrics = jax.lax.scan(body, (states, buffers, keys), None,
+                                                        length=length)
+        return states, buffers, keys, metrics
 
-    return jax.jit(chunk, donate_argnums=(0, 2))
-
-
-def make_pretrain_chunk(stage: PretrainStage, length: int):
-    """A jitted function running `length` steps of a pretraining stage (one model, not vmapped):
-    (state, data, key) -> (state, key, metrics) with metrics of shape (length,)."""
-
-    def chunk(state, data, key):
-        def body(carry, _):
-            state, key = carry
-            key, sample_key, update_key = jax.random.split(key, 3)
-            batch = sample_batch(data, sample_key, stage.batch_size)
-            state, metrics = stage.update(state, batch, update_key)
-            return (state, key), metrics
-
-        (state, key), metrics = jax.lax.scan(body, (state, key), None, length=length)
-        return state, key, metrics
-
-    return jax.jit(chunk, donate_argnums=(0,))
+    return jax.jit(chunk, donate_argnums=(0, 1, 2))
 
 
-def pretrain(stage: PretrainStage, spec: Spec, data, chunk_length: int, progress=None):
-    """Run a pretraining stage from its seed (`stage.settings["seed"]`, default 0) in compiled
-    chunks of `chunk_length` steps. `progress(step, metrics)` is called after each chunk with the
-    chunk's mean metrics. Returns the final state."""
-    key = jax.random.key(int(stage.settings.get("seed", 0)))
-    init_key, key = jax.random.split(key)
-    state = jax.jit(stage.init, static_argnums=1)(init_key, spec, data)
-    chunks, step = {}, 0
-    while step < stage.steps:
-        length = min(chunk_length, stage.steps - step)
-        if length not in chunks:
-            chunks[length] = make_pretrain_chunk(stage, length)
-        state, key, metrics = chunks[length](state, data, key)
-        step += length
-        means = {name: float(np.mean(np.asarray(values, np.float64)))
-                 for name, values in jax.device_get(metrics).items()}
-        if not all(np.isfinite(list(means.values()))):
-            raise TrainingDiverged(f"pretraining stage '{stage.name}' diverged before step {step}: "
-                                   f"{means}. Lower its learning rate or check the data.")
-        if progress is not None:
-            progress(step, means)
-    return state
+@jax.jit
+def _append(buffers: ReplayBuffer, rows: Transitions) -> ReplayBuffer:
+    return jax.vmap(ReplayBuffer.add)(buffers, rows)
 
 
-def make_policy(algo: Algorithm, normalizer: envs.Normalizer):
-    """Batched deterministic policy for evaluation: raw observations (seeds, envs, obs_dim) ->
-    actions (seeds, envs, act_dim), normalized exactly as the training data was."""
-    mean, std = jnp.asarray(normalizer.mean), jnp.asarray(normalizer.std)
+@jax.jit
+def _keep_stopped(states, frozen, stopped):
+    """Every seed flagged in `stopped` gets its `frozen` parameters back (the shared step aside)."""
+    def pick(new, old):
+        return jnp.where(stopped.reshape((-1,) + (1,) * (new.ndim - 1)), old, new)
+    return jax.tree.map(pick, states.replace(step=None), frozen.replace(step=None)).replace(
+        step=states.step)
+
+
+class ChunkRunner:
+    """Runs compiled training chunks for one algorithm and phase: one program per chunk length
+    (compiled ahead of time, timed apart), a watchdog around each call, the finiteness check and
+    the algorithm's early stop after it. Seeds the early stop flags keep the parameters they had
+    then (`stopped`: seed index -> (step, reason)); when every seed has stopped, TrainingStopped."""
+
+    def __init__(self, algo: Algorithm, phase: str = "offline", watchdog_seconds: float = 0.0,
+                 stopped: dict | None = None, sampling: Sampling | None = None):
+        self.algo, self.phase, self.watchdog_seconds = algo, phase, watchdog_seconds
+        self.sampling = sampling
+        self.programs: dict = {}
+        self.stopped = dict(stopped or {})
+        self.frozen = None
+        self.compile_seconds = self.update_seconds = 0.0
+        self.updates = 0
+
+    def compile(self, length: int, *args):
+        key = (length, args[-1] is not None)
+        if key not in self.programs:
+            tic = time.perf_counter()
+            program = make_train_chunk(self.algo, length, self.phase, self.sampling)
+            self.programs[key] = program.lower(*args).compile()
+            self.compile_seconds += time.perf_counter() - tic
+        return self.programs[key]
+
+    def __call__(self, states, buffers, keys, ctx: Context, length: int, end_step: int, rows=None):
+        """`length` updates ending at step `end_step` (for messages); returns (states, buffers,
+        keys, metrics as host arrays of shape (length, seeds))."""
+        if length == 0:  # collecting only (e.g. before an online warm-up ends)
+            return states, _append(buffers, rows), keys, {}
+        program = self.compile(length, states, buffers, keys, ctx, rows)
+        if self.stopped and self.frozen is None:
+            self.frozen = jax.tree.map(jnp.copy, states)  # a resumed run: its states hold them
+        tic = time.perf_counter()
+        with watchdog(self.watchdog_seconds, end_step):
+            states, buffers, keys, metrics = program(states, buffers, keys, ctx, rows)
+            metrics = jax.device_get(metrics)
+        self.update_seconds += time.perf_counter() - tic
+        self.updates += length
+        check_finite(states, metrics, end_step, ignore=list(self.stopped))
+        return (self._early_stop(states, metrics, end_step), buffers, keys, metrics)
+
+    def _early_stop(self, states, metrics: dict, end_step: int):
+        flags, reason = self.algo.early_stop(metrics)
+        seeds = len(flags)
+        before = np.zeros(seeds, bool)
+        before[list(self.stopped)] = True
+        new = np.asarray(flags, bool) & ~before
+        for seed in np.flatnonzero(new):
+            self.stopped[int(seed)] = (end_step, reason)
+        if not self.stopped:
+            return states
+        if len(self.stopped) == seeds:
+            raise TrainingStopped(
+                f"{self.algo.name} stopped training before step {end_step}: {reason} (every seed); "
+                "the last checkpoint is kept and no results.json is written.")
+        if new.any():  # their parameters as they are now, kept from here on
+            self.frozen = (jax.tree.map(jnp.copy, states) if self.frozen is None
+                           else _keep_stopped(self.frozen, states, jnp.asarray(new)))
+        return _keep_stopped(states, self.frozen, jnp.asarray(before | new))
+
+    @property
+    def updates_per_second(self) -> float:
+        return self.updates / max(self.update_seconds, 1e-9)
+
+
+def make_policy(algo: Algorithm, preprocessor: envs.Preprocessor, deterministic: bool = True):
+    """The one batched policy of the project: `policy(states)` gives a function of raw observations
+    (seeds, n, obs_dim) [, per-seed keys (seeds,), counter] -> actions (seeds, n, act_dim) as host
+    arrays, with observations preprocessed exactly as the training data was. Exploring
+    (`deterministic=False`), each seed's key is folded with the counter on the device, so a seed
+    acts the same alone or batched with others; one dispatch per environment step."""
+    mean = jnp.asarray(preprocessor.normalizer.mean)
+    std = jnp.asarray(preprocessor.normalizer.std)
 
     @jax.jit
-    def act(states, observations):
+    def act(states, observations, keys, counter):
         axes = seed_axes(states)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, counter)
         observations = (observations - mean) / std
-        return jax.vmap(lambda s, o: algo.act(s, o, jax.random.key(0), True),
-                        in_axes=(axes, 0))(states, observations)
+        return jax.vmap(lambda s, o, k: algo.act(s, o, k, deterministic), in_axes=(axes, 0, 0))(
+            states, observations, keys)
 
-    return lambda states: (lambda obs: np.asarray(act(states, jnp.asarray(obs, jnp.float32))))
+    def bind(states, keys=None):
+        if keys is None:
+            keys = jax.vmap(jax.random.key)(jnp.zeros(jax.tree.leaves(states.replace(step=None))[0]
+                                                      .shape[0], jnp.uint32))
+        return lambda observations, counter=0: np.asarray(
+            act(states, jnp.asarray(observations, jnp.float32), keys, counter))
+
+    return bind
 
 
 def summarize_metrics(metrics: dict, log_every: int) -> list[dict]:
@@ -193,11 +284,13 @@ def finite_per_seed(states) -> jax.Array:
                       for leaf in leaves]).all(axis=0)
 
 
-def check_finite(states, metrics: dict, step: int) -> None:
-    """Raise TrainingDiverged if any seed's parameters became NaN/inf, or a metric reached inf."""
+def check_finite(states, metrics: dict, step: int, ignore=()) -> None:
+    """Raise TrainingDiverged if any seed (except those in `ignore`, already stopped) has NaN/inf
+    parameters, or a metric reached inf."""
     bad = ~np.asarray(finite_per_seed(states))
     for values in metrics.values():
         bad |= np.isinf(np.asarray(values, dtype=np.float64)).any(axis=0)
+    bad[list(ignore)] = False
     if bad.any():
         names = [name for name, v in metrics.items() if not np.isfinite(np.nan_to_num(
             np.asarray(v, dtype=np.float64), nan=0.0)).all()]

@@ -1,179 +1,195 @@
-"""Online training: gymnasium environments on the host, compiled update scans on the device.
+"""Online training: gymnasium environments on the host, compiled update chunks on the device.
 
-Each seed has its own environment, replay buffer and agent; all seeds step together. Every
-`update_every` environment steps the transitions collected meanwhile go to the device in one
-transfer and one compiled call runs as many updates per seed (an update-to-data ratio of 1, as
-in SAC), vmapped over seeds and scanned over updates. The only Python per environment step is
-the environment itself and one batched policy call.
+Every seed has its own environment (all in one vector env), its own replay buffer on the device
+and its own agent; all seeds step together with one batched policy call per environment step.
+Every `block` environment steps the transitions collected meanwhile are preprocessed as the
+dataset was (state normalization, reward transform), appended to the buffers, and
+block * updates_per_step updates run in one compiled call (`loop.ChunkRunner`), drawing batches as
+the algorithm's `sampling("online")` says (the dataset and the buffer as one pool, or mixed at a
+ratio). The only Python per environment step is the environment itself and that policy call.
+
+Terminals are true terminations only; a time-limit truncation is stored as a timeout and
+bootstrapped through. At every checkpoint the episodes in progress are cut (stored as truncated)
+and the environments restart from seeds derived from (training seed, environment step): the
+simulator state is not saved, and cutting in the uninterrupted run too is what makes a resumed run
+give exactly the same numbers.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algorithms import Algorithm, Spec
-from algorithms.core.replay import ReplayBuffer
-from envs.dataset import Dataset
-from envs.environment import run_episodes
+from algorithms import Algorithm
+from algorithms.core.algorithm import Context
+from algorithms.core.replay import ReplayBuffer, Transitions
+from envs import Dataset, Preprocessor
 from experiments import loop
+from experiments.config import ConfigError
 
 
 @dataclass
 class OnlineSchedule:
-    total_steps: int  # environment steps per seed
-    start_steps: int = 10_000  # uniformly random actions first (SAC's warm-up)
-    update_every: int = 50  # environment steps between compiled update calls
-    buffer_size: int = 1_000_000
+    steps: int  # environment steps per seed
     eval_every: int = 10_000  # environment steps; 0: only at the end
-    eval_episodes: int = 5
+    checkpoint_every: int = 0  # environment steps; 0: only at the end
+    log_every: int = 1_000  # environment steps per line of training metrics
+    start_steps: int = 0  # uniformly random actions first (SAC from scratch)
 
     def __post_init__(self):
-        if self.update_every <= 0 or self.total_steps <= 0:
-            raise ValueError("total_steps and update_every must be positive")
-        if self.eval_every and self.eval_every % self.update_every:
-            raise ValueError(f"eval_every ({self.eval_every}) must be a multiple of update_every "
-                             f"({self.update_every})")
+        if self.steps < 0:
+            raise ValueError(f"online.steps must be >= 0 (got {self.steps})")
 
 
-def fold_in_each(keys: jax.Array, data: int) -> jax.Array:
-    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
+@dataclass
+class OnlineRun:
+    """Everything a checkpoint of the online phase holds."""
+
+    states: object
+    buffers: ReplayBuffer
+    keys: jax.Array
+    env_step: int = 0
+    history: dict = field(default_factory=lambda: {"evaluations": [], "episodes": []})
 
 
-def make_actor(algo: Algorithm, deterministic: bool):
-    """jit: (states, observations (seeds, n, obs), keys (seeds,), counter) -> actions (seeds, n,
-    act); each seed's key is folded with the counter on the device: one dispatch per env step."""
-
-    def act(states, observations, keys, counter):
-        axes = loop.seed_axes(states)
-        keys = fold_in_each(keys, counter)
-        return jax.vmap(lambda s, o, k: algo.act(s, o, k, deterministic), in_axes=(axes, 0, 0))(
-            states, observations, keys)
-
-    return jax.jit(act)
+def environment_seed(seed: int, env_step: int) -> int:
+    """The reset seed of a training seed's environment after `env_step` steps: a function of those
+    two numbers only, so a seed's episodes do not depend on the seeds trained beside it."""
+    return int(np.random.SeedSequence([seed, env_step, 0x0411]).generate_state(1)[0])
 
 
-def evaluate_policy(actor, states, make_env: Callable, seeds: int, episodes: int, seed: int,
-                    key) -> np.ndarray:
-    """Undiscounted returns, shape (seeds, episodes), of `actor` on fresh environments."""
-    counter = iter(range(10**9))
-
-    def policy(observations):
-        return np.asarray(actor(states, observations.astype(np.float32), key, next(counter)))
-
-    return run_episodes(policy, make_env, seeds, episodes, seed)
+def uniform_actions(seeds: list[int], env_step: int, action_dim: int) -> np.ndarray:
+    return np.stack([np.random.default_rng([seed, env_step, 0x5eed]).uniform(-1.0, 1.0, action_dim)
+                     for seed in seeds])
 
 
-def initial_run(algo: Algorithm, spec: Spec, seeds: list[int], buffer_size: int) -> dict:
-    """A fresh run: one agent and one empty replay buffer per seed, at step 0. Also the template a
-    checkpoint is restored into."""
-    init_keys, keys = jnp.split(jax.vmap(jax.random.split)(
-        jax.vmap(jax.random.key)(np.asarray(seeds))), 2, axis=1)
-    states = loop.init_states(algo, spec, None, init_keys[:, 0])
-    buffers = jax.vmap(lambda _: ReplayBuffer.create(buffer_size, spec.observation_dim,
-                                                     spec.action_dim))(jnp.arange(len(seeds)))
-    return {"states": states, "buffers": buffers, "keys": keys[:, 0], "step": 0,
-            "history": {"evaluations": [], "episode_returns": []}}
+def buffer_capacity(algo: Algorithm, dataset_size: int, steps: int) -> int:
+    """Rows of each seed's online buffer. "prefilled": the buffer holds the dataset (drawn from the
+    shared device copy) and then online rows, `online.buffer_size` in all (None: nothing evicted).
+    "mixed": the online rows alone."""
+    size = algo.online.buffer_size
+    if algo.online.replay == "prefilled" and dataset_size:
+        if size is None:
+            return max(steps, 1)
+        if size < dataset_size:
+            raise ConfigError(
+                f"algo.online.buffer_size={size} cannot hold the dataset ({dataset_size} transitions) "
+                "that the pre-filled replay starts from; raise it (null: dataset + online.steps) or "
+                "use algo.online.replay=mixed.")
+        return max(size - dataset_size, 1)
+    return max(size or steps, 1)
 
 
-def environment_spec(make_env: Callable, total_steps: int) -> Spec:
-    env = make_env()
-    spec = Spec(env.observation_space.shape[0], env.action_space.shape[0], total_steps)
-    env.close()
-    return spec
+def _rows(preprocessor: Preprocessor, collected: dict) -> Transitions:
+    """Collected host arrays (steps, seeds, ...) -> preprocessed device rows (seeds, steps, ...)."""
+    raw = Dataset(*(np.stack(collected[name]) for name in Dataset._fields))
+    data = preprocessor(raw)
+    rows = Transitions.from_dataset(data)
+    return jax.tree.map(lambda x: jnp.asarray(np.swapaxes(np.asarray(x, np.float32), 0, 1)), rows)
 
 
-def train_online(algo: Algorithm, make_env: Callable, schedule: OnlineSchedule, seeds: list[int],
-                 *, run: dict | None = None, on_evaluation: Callable | None = None,
-                 on_collect: Callable | None = None, progress: Callable | None = None) -> dict:
-    """Train one agent per seed online; returns the run {"states", "buffers", "keys", "step",
-    "history"}. `make_env()` must give an environment with actions in [-1, 1].
+def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make_env: Callable,
+                 schedule: OnlineSchedule, seeds: list[int], run: OnlineRun, runner: loop.ChunkRunner,
+                 *, evaluate: Callable | None = None, checkpoint: Callable | None = None,
+                 log: Callable | None = None, on_collect: Callable | None = None) -> OnlineRun:
+    """Run the online phase from `run` (fresh or restored) to `schedule.steps` environment steps.
 
-    run: where to start (default `initial_run`; or one restored from a checkpoint). Environments
-        restart from fresh episodes on resuming (their simulator state is not saved).
-    on_evaluation(run, returns): after each evaluation, including one at step 0 (returns: (seeds,
-        episodes), deterministic actions); the place to snapshot or checkpoint;
-    on_collect(transitions, step): every batch of collected transitions, as host arrays of shape
-        (update_every, seeds, ...), before they enter the buffers;
-    progress(step, record): after each compiled update call, with the latest losses.
-    """
+    evaluate(run): at every `eval_every` environment steps and at the end;
+    checkpoint(run): at every `checkpoint_every` steps and at the end (episodes are cut after it);
+    log(env_step, record): every `log_every` steps, the losses of the last updates, the returns of
+        recent training episodes and the throughput;
+    on_collect(raw transitions (steps, seeds, ...), env_step): what the environments gave, before
+        preprocessing (the behaviour-data log of experiments.generate)."""
     num_seeds = len(seeds)
-    spec = environment_spec(make_env, schedule.total_steps)
-    run = dict(run or initial_run(algo, spec, seeds, schedule.buffer_size))
+    explore = loop.make_policy(algo, preprocessor, deterministic=False)
+    act_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 1))(jnp.asarray(seeds))
+    block, utd = algo.online.block, algo.online.updates_per_step
     envs = gym.vector.SyncVectorEnv([make_env for _ in seeds],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    chunk = loop.make_train_chunk(algo, schedule.update_every, replay=True)
-    add = jax.jit(jax.vmap(ReplayBuffer.add), donate_argnums=0)  # in place: no buffer copy
-    explore = make_actor(algo, deterministic=False)
-    exploit = make_actor(algo, deterministic=True)
-    states, buffers, keys, step, history = (run[k] for k in ("states", "buffers", "keys", "step",
-                                                             "history"))
-    rng = np.random.default_rng([*seeds, step])
-    observations, _ = envs.reset(seed=[s * 7_919 + step for s in seeds])
-    running_returns = np.zeros(num_seeds)
-    # Per seed, folded with the step count: a seed acts the same alone or batched with others.
-    act_key, eval_key = (jax.vmap(lambda s, i=i: jax.random.fold_in(jax.random.key(s), i))(
-        np.asarray(seeds)) for i in (1, 2))
-    eval_every = schedule.eval_every or schedule.total_steps
+    action_dim = envs.single_action_space.shape[0]
+    update_step = lambda: int(run.states.step)
+    host_steps = [s for s in (schedule.eval_every, schedule.checkpoint_every, schedule.log_every) if s]
 
-    def evaluate(key):
-        returns = evaluate_policy(exploit, states, make_env, num_seeds, schedule.eval_episodes,
-                                  seed=10**6 + step, key=key)
-        history["evaluations"].append({"step": step, "returns": returns.tolist()})
-        if on_evaluation is not None:
-            on_evaluation({"states": states, "buffers": buffers, "keys": keys, "step": step,
-                           "history": history}, returns)
+    def restart():
+        observations, _ = envs.reset(seed=[environment_seed(s, run.env_step) for s in seeds])
+        return observations, np.zeros(num_seeds), np.zeros(num_seeds, int)
 
-    if step == 0 and schedule.eval_episodes > 0:
-        evaluate(fold_in_each(eval_key, 0))
-    started, started_step = time.perf_counter(), step
-    while step < schedule.total_steps:
-        length = min(schedule.update_every, schedule.total_steps - step)
-        batch = {name: [] for name in Dataset._fields}
-        for _ in range(length):
-            if step < schedule.start_steps:
-                actions = rng.uniform(-1.0, 1.0, (num_seeds, spec.action_dim))
+    observations, returns, lengths = restart()
+    started, started_step, metrics = time.perf_counter(), run.env_step, {}
+    while run.env_step < schedule.steps:
+        # Collect up to the next block end or host event, whichever comes first.
+        stop = min(schedule.steps, (run.env_step // block + 1) * block,
+                   *((run.env_step // every + 1) * every for every in host_steps))
+        collected = {name: [] for name in Dataset._fields}
+        policy = explore(run.states, act_keys)
+        for env_step in range(run.env_step, stop):
+            if env_step < schedule.start_steps:
+                actions = uniform_actions(seeds, env_step, action_dim)
             else:
-                actions = np.asarray(explore(states, observations[:, None].astype(np.float32),
-                                             act_key, step))[:, 0]
+                actions = policy(observations[:, None].astype(np.float32), env_step)[:, 0]
             next_obs, rewards, terminated, truncated, info = envs.step(actions)
             done = terminated | truncated
             final = next_obs.copy()
             if done.any():  # SAME_STEP autoreset: next_obs already starts the next episode
                 final[done] = np.stack(info["final_obs"][done])
-            for name, value in zip(Dataset._fields, (observations, actions, rewards, final,
-                                                     terminated, truncated & ~terminated),
-                                   strict=True):
-                batch[name].append(np.asarray(value, np.float32))
-            running_returns += rewards
+            for name, value in zip(Dataset._fields, (observations, actions, rewards, final, terminated,
+                                                     truncated & ~terminated), strict=True):
+                collected[name].append(np.asarray(value, np.float32))
+            returns += rewards
+            lengths += 1
             for i in np.flatnonzero(done):
-                history["episode_returns"].append([step + 1, int(i), float(running_returns[i])])
-                running_returns[i] = 0.0
+                success = _success(info, i)
+                run.history["episodes"].append([env_step + 1, int(i), float(returns[i]),
+                                                int(lengths[i]), success])
+                returns[i], lengths[i] = 0.0, 0
             observations = next_obs
-            step += 1
-        transitions = Dataset(*(np.stack(batch[name]) for name in Dataset._fields))
+        run.env_step = stop
+        cut = checkpoint is not None and (stop == schedule.steps or (
+            schedule.checkpoint_every and stop % schedule.checkpoint_every == 0))
+        if cut:  # the episodes in progress end here (see the module docstring)
+            collected["timeouts"][-1] = np.maximum(collected["timeouts"][-1], lengths > 0)
         if on_collect is not None:
-            on_collect(transitions, step)
-        # (time, seeds, ...) -> (seeds, time, ...): each seed appends its own rows.
-        buffers = add(buffers, jax.tree.map(
-            lambda x: jnp.asarray(np.swapaxes(x, 0, 1)), transitions))
-        if step >= schedule.start_steps and length == schedule.update_every:
-            states, keys, metrics = chunk(states, buffers, keys)
-            if progress is not None:
-                record = {name: float(np.mean(value[-1])) for name, value in metrics.items()}
-                recent = [r for _, _, r in history["episode_returns"][-10 * num_seeds:]]
-                record["episode_return"] = float(np.mean(recent)) if recent else math.nan
-                record["env_steps_per_second"] = (step - started_step) / max(
-                    time.perf_counter() - started, 1e-9)
-                progress(step, record)
-        if schedule.eval_episodes > 0 and (step % eval_every == 0 or step == schedule.total_steps):
-            evaluate(fold_in_each(eval_key, step))
+            on_collect({name: np.stack(values) for name, values in collected.items()}, stop)
+        updates = utd * len(collected["rewards"]) if stop > schedule.start_steps else 0
+        rows = _rows(preprocessor, collected)
+        run.states, run.buffers, run.keys, chunk_metrics = runner(
+            run.states, run.buffers, run.keys, ctx, updates, update_step() + updates, rows=rows)
+        metrics = chunk_metrics if updates else metrics
+        if log is not None and schedule.log_every and stop % schedule.log_every == 0:
+            log(stop, _log_record(metrics, run, num_seeds, stop - started_step,
+                                  time.perf_counter() - started))
+        if evaluate is not None and (stop == schedule.steps or (
+                schedule.eval_every and stop % schedule.eval_every == 0)):
+            evaluate(run)
+        if cut:
+            checkpoint(run)
+            observations, returns, lengths = restart()
     envs.close()
-    return {"states": states, "buffers": buffers, "keys": keys, "step": step, "history": history}
+    return run
+
+
+def _success(info: dict, index: int):
+    """The goal-reaching flag of an episode that just ended, if the environment reports one
+    (gymnasium-robotics' `success`); else None. With same-step autoreset the last step's info is
+    under `final_info`."""
+    final = info.get("final_info", info)
+    for name in ("success", "is_success"):
+        if name in final and final.get(f"_{name}", np.ones(index + 1, bool))[index]:
+            return bool(final[name][index])
+    return None
+
+
+def _log_record(metrics: dict, run: OnlineRun, num_seeds: int, steps: int, seconds: float) -> dict:
+    record = {name: np.nanmean(np.asarray(values, np.float64)[-1:], axis=0).tolist()
+              for name, values in metrics.items() if np.size(values)}
+    recent = run.history["episodes"][-10 * num_seeds:]
+    record["episode_return"] = float(np.mean([e[2] for e in recent])) if recent else None
+    record["env_steps_per_second"] = steps / max(seconds, 1e-9)
+    return record
+

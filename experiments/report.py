@@ -20,6 +20,7 @@ A results file from another format or a half-written one is skipped with a warni
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -98,6 +99,15 @@ def collect(folders: list[Path]) -> tuple[dict[tuple[str, str], Cell], list[dict
             if found is None:
                 continue
             dataset, algo, seeds = found
+            for seed in seeds:
+                if seed.get("stopped"):  # the algorithm's early stop (e.g. SPOT's Q > 1e4): not counted
+                    stop = seed["stopped"]
+                    failures.append({"folder": str(path.parent), "algo": algo, "dataset": dataset,
+                                     "error": f"seed {seed.get('seed')} stopped at step {stop.get('step')}: "
+                                              f"{stop.get('reason')}"})
+            seeds = [seed for seed in seeds if not seed.get("stopped")]
+            if not seeds:
+                continue
             cell = cells.setdefault((dataset, algo), Cell(dataset, algo))
             cell.runs.append(path.parent)
             cell.final += [float(seed["final_score"]) for seed in seeds]
@@ -149,16 +159,27 @@ def mean_of(value) -> float:
     return float(value[0] if isinstance(value, list) else value)
 
 
+@contextlib.contextmanager
+def seeded_numpy(seed: int):
+    """rliable 1.2 draws its bootstrap indices from numpy's global generator (`np.random.choice`),
+    whatever `random_state` says: seed it for a reproducible report, and restore it afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def stratified_bootstrap(scores: np.ndarray, reps: int, seed: int = 0) -> dict[str, tuple]:
     """IQM and mean of a (runs x tasks) score matrix with rliable's 95% stratified-bootstrap CIs
     (runs resampled within each task)."""
     from rliable import library, metrics
 
     aggregate = lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
-    with warnings.catch_warnings():  # arch deprecates the RandomState that rliable passes it
-        warnings.simplefilter("ignore", FutureWarning)
-        points, intervals = library.get_interval_estimates(
-            {"_": scores}, aggregate, reps=reps, random_state=np.random.RandomState(seed))
+    with seeded_numpy(seed), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # arch deprecates the RandomState rliable passes
+        points, intervals = library.get_interval_estimates({"_": scores}, aggregate, reps=reps)
     return {name: (points["_"][i], intervals["_"][0, i], intervals["_"][1, i])
             for i, name in enumerate(("iqm", "mean"))}
 

@@ -105,13 +105,14 @@ def plot_profiles(cells: dict, out: Path, reps: int) -> Path | None:
     import matplotlib.pyplot as plt
     from rliable import library
 
-    from experiments.report import score_matrix
+    from experiments.report import score_matrix, seeded_numpy
 
     algos = sorted({algo for _, algo in cells})
     scores = {algo: score_matrix([cell for (_, name), cell in sorted(cells.items()) if name == algo])
               for algo in algos}
-    profiles, bands = library.create_performance_profile(scores, PROFILE_THRESHOLDS,
-                                                         reps=min(reps, 2000))
+    with seeded_numpy(0):
+        profiles, bands = library.create_performance_profile(scores, PROFILE_THRESHOLDS,
+                                                             reps=min(reps, 2000))
     figure, axis = plt.subplots(figsize=(5.5, 3.8))
     for algo in algos:
         (line,) = axis.plot(PROFILE_THRESHOLDS, profiles[algo], label=algo)

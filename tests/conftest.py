@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ import pytest
 # Every place the data sources read or write: the generated datasets, Minari's and D4RL's caches.
 DATA_ENV_VARS = {"offrl": "OFFRL_DATA_DIR", "minari": "MINARI_DATASETS_PATH", "d4rl": "D4RL_DATASET_DIR"}
 
+REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 MINARI_TEST_ID = "test/hopper/random-v0"
 HOPPER_REF = (-20.272305, 3234.3)  # D4RL's hopper reference returns (random, expert)
 
@@ -23,6 +25,8 @@ def _isolated_data_home(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         for key, variable in DATA_ENV_VARS.items():
             patch.setenv(variable, str(root / key))
+        # Commands the tests start (`python -m experiments.train`) import this checkout's code.
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
         yield root
 
 

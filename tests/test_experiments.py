@@ -16,7 +16,6 @@ from experiments.config import CONFIG_DIR, make_algorithm, setup
 from experiments.train import check_config
 
 EXPERIMENTS = sorted(path.stem for path in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
-HAS_ONLINE_GROUP = (Path(CONFIG_DIR) / "online").is_dir()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,8 +42,6 @@ def sweep_jobs(experiment: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_for_every_dataset_it_names(experiment):
-    if experiment.startswith("o2o_") and not HAS_ONLINE_GROUP:
-        pytest.skip("needs the online= config group of the offline-to-online training loop")
     jobs = sweep_jobs(experiment)
     datasets = {override for job in jobs for override in job if override.startswith("dataset=")}
     assert len(datasets) in (6, 9, 15), datasets  # AntMaze, locomotion, or with random and expert
@@ -54,6 +51,7 @@ def test_experiment_composes_for_every_dataset_it_names(experiment):
         assert experiment.split("_")[0] in ("offline", "o2o") or cfg.algo.name == experiment.rsplit("_", 1)[0]
         assert cfg.hydra.sweep.dir.startswith("multirun/")
         check_config(cfg)
+        assert (cfg.online.steps > 0) == experiment.startswith("o2o_")
         make_algorithm(cfg.algo)  # per-dataset hyperparameters resolve and fit the dataclass
         for key, value in cfg.items():  # every value resolves (hydra's own node needs a running job)
             if key != "hydra" and OmegaConf.is_config(value):

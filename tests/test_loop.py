@@ -37,11 +37,13 @@ def logged_numbers(run_dir):
     return [{k: v for k, v in line.items() if k != "seconds"} for line in lines]
 
 
-def train_states(algo, data, seeds, steps=30):
-    spec = Spec(data.observation_dim, data.action_dim, steps)
+def train_states(algo, prepared, seeds, steps=30):
+    data = prepared.data
+    spec = Spec(data.observations.shape[1], data.actions.shape[1], steps)
     keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(np.asarray(seeds)))
-    states = loop.init_states(algo, spec, data, keys[0])
-    states, _, metrics = loop.make_train_chunk(algo, steps)(states, data, keys[1])
+    ctx = loop.make_context(algo, prepared)
+    states = loop.init_states(algo, spec, ctx, keys[0])
+    states, _, _, metrics = loop.make_train_chunk(algo, steps)(states, None, keys[1], ctx)
     return states, metrics
 
 
@@ -50,7 +52,7 @@ def test_seed_batch_matches_single_seed_runs(name, offline_data):
     cfg = compose([f"algo={name}", *SMALL])
     algo = make_algorithm(cfg.algo)
     raw, _ = envs.load("local", "pendulum-mixed")
-    data = loop.prepare(algo, raw).data
+    data = loop.prepare(algo, raw)
     batched, batched_metrics = train_states(algo, data, [0, 1, 2, 3])
     for i, seed in enumerate([0, 1, 2, 3]):
         single, single_metrics = train_states(algo, data, [seed])
@@ -101,10 +103,10 @@ def test_resume_continues_exactly(offline_data, tmp_path, monkeypatch):
     killed = tmp_path / "killed"
     real_check = loop.check_finite
 
-    def crash_at_40(states, metrics, step):
+    def crash_at_40(states, metrics, step, **kwargs):
         if step == 40:
             raise Interrupted  # as if the job were killed after its first checkpoint
-        real_check(states, metrics, step)
+        real_check(states, metrics, step, **kwargs)
 
     monkeypatch.setattr(loop, "check_finite", crash_at_40)
     with pytest.raises(Interrupted):
@@ -129,9 +131,10 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(offline_data, tmp_path)
     assert checkpointer.manager.latest_step() == 20
     algo = make_algorithm(exploding.algo)
     raw, _ = envs.load("local", "pendulum-mixed")
-    data = loop.prepare(algo, raw).data
-    template, _ = train_states(algo, data, [0], steps=1)
-    states, _, step, _ = checkpointer.restore_latest(template, jax.random.split(jax.random.key(0), 1))
+    template, _ = train_states(algo, loop.prepare(algo, raw), [0], steps=1)
+    step, _, trees = checkpointer.restore_latest(lambda record: {
+        "states": template, "keys": jax.random.split(jax.random.key(0), 1)})
+    states = trees["states"]
     assert step == 20 and bool(loop.finite_per_seed(states).all())
 
 

@@ -9,6 +9,7 @@ import pytest
 
 import algorithms
 from algorithms import Spec
+from algorithms.core.algorithm import Context
 from algorithms.core.neighbours import nearest_neighbour
 from algorithms.prdc import KDTreeSearch
 from envs.dataset import Dataset
@@ -105,10 +106,11 @@ def test_actor_step_is_td3_bc_with_neighbour_actions():
     data = tiny_dataset()
     algo = small_prdc("matmul", beta=2.0)
     td3_bc = algorithms.get("td3_bc")(hidden_dims=(8, 8), batch_size=16)
-    state = algo.init(jax.random.key(0), SPEC, data)
+    ctx = Context(data)
+    state = algo.init(jax.random.key(0), SPEC, ctx)
     batch = jax.tree.map(lambda x: x[:16], data)
     key = jax.random.key(1)
-    new_state, metrics = jax.jit(algo.update_with_data)(state, batch, key, data)  # step 0: actor runs
+    new_state, metrics = jax.jit(algo.update)(state, batch, key, ctx)  # step 0: actor runs
     # by hand: the policy's query, its neighbour by brute force, then TD3+BC's step on those targets
     pi = np.asarray(state.actor.apply_fn(state.actor.params, batch.observations))
     index, distance = brute_force(np.concatenate([2.0 * batch.observations, pi], 1),
@@ -125,20 +127,18 @@ def test_actor_step_is_td3_bc_with_neighbour_actions():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert float(metrics["actor_loss"]) == pytest.approx(float(expected_metrics["actor_loss"]), rel=1e-5)
     assert float(metrics["neighbour_distance"]) == pytest.approx(distance.mean(), rel=1e-4)
-    with pytest.raises(TypeError, match="update_with_data"):
-        algo.update(state, batch, key)
 
 
 def trainer(algo, data, steps=6):
     """seeds -> (states, metrics) after `steps` updates through the loop's compiled chunk."""
-    algo = algo.bind_dataset(data)
+    ctx = Context(data, {}, host=tuple(algo.host_helpers(data).items()))
     chunks = {}
 
     def train(seeds):
         keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(np.asarray(seeds)))
-        states = loop.init_states(algo, SPEC, data, keys[0])
+        states = loop.init_states(algo, SPEC, ctx, keys[0])
         chunk = chunks.setdefault(len(seeds), loop.make_train_chunk(algo, steps))
-        states, _, metrics = chunk(states, data, keys[1])
+        states, _, _, metrics = chunk(states, None, keys[1], ctx)
         return states, metrics
 
     return train
@@ -159,18 +159,19 @@ def test_updates_are_deterministic_and_seeds_batch_exactly():
     assert np.isfinite(kdtree_metrics["neighbour_distance"][::2]).all()
 
 
-def test_kdtree_needs_bind_dataset_and_auto_picks_it_on_cpu():
+def test_kdtree_needs_the_context_helper_and_auto_picks_it_on_cpu():
     data = tiny_dataset()
     default = algorithms.get("prdc")()
-    assert default.neighbour_search == "auto" and default.search == "matmul"  # unbound: in-graph
-    bound = default.bind_dataset(data)
-    assert bound.search == ("kdtree" if jax.default_backend() == "cpu" else "matmul")
+    # without the helper in the context: in-graph
+    assert default.neighbour_search == "auto" and default.search_method(Context(data)) == "matmul"
+    bound = Context(data, host=tuple(default.host_helpers(data).items()))
+    assert default.search_method(bound) == ("kdtree" if jax.default_backend() == "cpu" else "matmul")
     matmul = algorithms.get("prdc")(neighbour_search="matmul")
-    assert matmul.bind_dataset(data) is matmul
+    assert matmul.host_helpers(data) == {}
     algo = small_prdc("kdtree")
-    state = algo.init(jax.random.key(0), SPEC, data)
-    with pytest.raises(RuntimeError, match="bind_dataset"):
-        algo.update_with_data(state, jax.tree.map(lambda x: x[:16], data), jax.random.key(1), data)
+    state = algo.init(jax.random.key(0), SPEC, Context(data))
+    with pytest.raises(RuntimeError, match="host_helpers"):
+        algo.update(state, jax.tree.map(lambda x: x[:16], data), jax.random.key(1), Context(data))
 
 
 @pytest.mark.parametrize("dataset, alpha, beta, scale", [

@@ -85,17 +85,14 @@ def test_known_scores_give_the_known_table(sweep, capsys):
 def independent_stratified_bootstrap_iqm(scores: np.ndarray, reps: int, seed: int) -> tuple:
     """IQM of all runs x tasks (25% trimmed from each end), and the 2.5/97.5 percentiles of the IQM
     over resamples that draw runs with replacement within each task."""
-    def iqm(x):
-        flat = np.sort(x, axis=None)
-        cut = int(np.floor(0.25 * flat.size))
-        return flat[cut:flat.size - cut].mean()
+    def iqm(x):  # over the last two axes
+        flat = np.sort(x.reshape(*x.shape[:-2], -1), axis=-1)
+        cut = int(np.floor(0.25 * flat.shape[-1]))
+        return flat[..., cut:flat.shape[-1] - cut].mean(axis=-1)
 
-    rng = np.random.default_rng(seed)
     runs, tasks = scores.shape
-    samples = []
-    for _ in range(reps):
-        picks = rng.integers(0, runs, size=(runs, tasks))
-        samples.append(iqm(np.take_along_axis(scores, picks, axis=0)))
+    picks = np.random.default_rng(seed).integers(0, runs, size=(reps, runs, tasks))
+    samples = iqm(scores[picks, np.arange(tasks)])
     return iqm(scores), np.percentile(samples, 2.5), np.percentile(samples, 97.5)
 
 
@@ -106,11 +103,12 @@ def test_iqm_and_its_confidence_interval_match_an_independent_computation(tmp_pa
     for algo, matrix in scores.items():
         for task, env in enumerate(("hopper", "walker2d", "halfcheetah")):
             write_run(tmp_path / f"{algo}-{env}", f"d4rl/{env}-medium-v2", algo, matrix[:, task].tolist())
-    code, _, _ = run_report(tmp_path, "--no-plots", capsys=capsys)
+    code = report.main([str(tmp_path), "--no-plots", "--reps", "20000"])
     assert code == 0
     aggregate = {row[0]: row for row in csv.reader(open(tmp_path / "report" / "aggregate.csv"))}
     for algo, matrix in scores.items():
-        point, low, high = independent_stratified_bootstrap_iqm(matrix, reps=4000, seed=1)
+        # with 20 000 resamples on each side the percentiles differ by ~0.1 (standard error)
+        point, low, high = independent_stratified_bootstrap_iqm(matrix, reps=20_000, seed=1)
         ours = [float(v) for v in re.findall(r"[\d.]+", aggregate[algo][3])]  # "72.8 [69.2, 77.5]"
         assert ours[0] == pytest.approx(point, abs=0.05)
         assert ours[1] == pytest.approx(low, abs=0.5) and ours[2] == pytest.approx(high, abs=0.5)
@@ -124,6 +122,9 @@ def test_iqm_by_hand(sweep, capsys):
     # iql: 6 runs sorted 60 65 70 76 80 90, a quarter (1 run) trimmed from each end
     assert float(aggregate["iql"][3].split()[0]) == pytest.approx(np.mean([65, 70, 76, 80]), abs=0.05)
     assert float(aggregate["iql"][4].split()[0]) == pytest.approx(np.mean([60, 70, 65, 80, 76, 90]), abs=0.05)
+    first = (sweep / "report" / "aggregate.csv").read_text()
+    run_report(sweep, "--no-plots", capsys=capsys)
+    assert (sweep / "report" / "aggregate.csv").read_text() == first  # the same folder, the same CIs
 
 
 def test_offline_to_online_fields_get_their_columns(tmp_path, capsys):
@@ -149,6 +150,11 @@ def test_failed_unfinished_and_broken_runs_are_listed_or_skipped_with_a_warning(
     half = sweep / "11_iql_half"
     half.mkdir()
     (half / "results.json").write_text('{"config": {"algo": {"name": "iql"}')
+    stopped = sweep / "13_bc_stopped"
+    write_run(stopped, "d4rl/hopper-medium-v2", "bc", [99.0, 98.0])
+    results = json.loads((stopped / "results.json").read_text())
+    results["seeds"][1]["stopped"] = {"step": 4000, "reason": "Q above 1e4"}
+    (stopped / "results.json").write_text(json.dumps(results))
     old = sweep / "12_iql_old"
     old.mkdir()
     (old / "results.json").write_text(json.dumps({"final_score": 50.0}))
@@ -161,6 +167,10 @@ def test_failed_unfinished_and_broken_runs_are_listed_or_skipped_with_a_warning(
     assert f"warning: skipping {old / 'results.json'}: no 'config' field" in err
     iql = {r[0]: r for r in table_rows(out, report.TITLES["scores"]) if r[1] == "iql"}
     assert iql["d4rl/hopper-medium-v2"][2] == "3"  # nothing counted from the broken files
+    bc = {r[0]: r for r in table_rows(out, report.TITLES["scores"]) if r[1] == "bc"}
+    assert bc["d4rl/hopper-medium-v2"][2] == "4"  # 3 seeds + the one of 13_bc_stopped not stopped
+    assert [str(stopped), "bc", "d4rl/hopper-medium-v2",
+            "seed 1 stopped at step 4000: Q above 1e4"] in failures
 
 
 def test_latex_and_csv_formats(sweep, capsys):

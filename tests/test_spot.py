@@ -11,11 +11,12 @@ import pytest
 import algorithms
 import envs
 from algorithms import Spec
+from algorithms.core.algorithm import Context
 from algorithms.core.vae import elbo_loss, iwae_loss, vae_for
 from algorithms.spot import spot_actor_loss
-from experiments import loop
+from experiments import loop, stages
 from experiments.config import compose, make_algorithm
-from experiments.train import _pretrain_cache_dir, run
+from experiments.train import run
 
 SPEC = Spec(observation_dim=3, action_dim=2, total_steps=100)
 TINY = ["dataset=local/pendulum-mixed",
@@ -43,19 +44,26 @@ def random_batch(size=16):
                         rng.normal(size=size).astype(np.float32), obs[::-1].copy(), zeros, zeros)
 
 
+def context_with_vae(algo, batch, seed=0):
+    """A context holding an (untrained) VAE from the algorithm's stage, as the loop would share it."""
+    stage = algo.stages(SPEC)[0]
+    return Context(batch, {"vae": stage.result(stage.init(jax.random.key(seed), SPEC, batch))})
+
+
 @pytest.mark.parametrize("density, estimate", [("elbo", elbo_loss), ("iwae", iwae_loss)])
 def test_actor_loss_uses_the_frozen_vae_density_of_the_policy_action(density, estimate):
     algo = algorithms.get("spot")(hidden_dims=(8, 8), vae_hidden_dims=(8,), actor_dropout=0.0,
                                   lambd=0.3, density=density, density_samples=3)
     batch = random_batch()
-    state = algo.init(jax.random.key(0), SPEC, batch)
+    ctx = context_with_vae(algo, batch)
+    state = algo.init(jax.random.key(0), SPEC, ctx)
     key = jax.random.key(1)
-    loss, metrics = algo.actor_loss(state.actor.params, state, batch, key)
+    loss, metrics = algo.actor_loss(state.actor.params, state, batch, key, ctx)
     pi = state.actor.apply_fn(state.actor.params, batch.observations)
     q_pi = state.critic.apply_fn(state.critic.params, batch.observations, pi)[0]
     vae = vae_for(2, (8,))
     _, density_key = jax.random.split(key)
-    neg_log = estimate(vae.apply, state.vae_params, batch.observations, pi, density_key, 0.5, 3)
+    neg_log = estimate(vae.apply, ctx.stages["vae"], batch.observations, pi, density_key, 0.5, 3)
     expected = -q_pi.mean() / jnp.abs(q_pi).mean() + 0.3 * neg_log.mean()
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
     assert float(metrics["density_loss"]) == pytest.approx(float(neg_log.mean()), rel=1e-5)
@@ -67,11 +75,12 @@ def test_actor_dropout_is_on_in_the_loss_and_off_when_acting():
     def losses(dropout):  # lambda 0: only the actor's forward pass depends on the key
         algo = algorithms.get("spot")(hidden_dims=(32, 32), vae_hidden_dims=(8,), actor_dropout=dropout,
                                       lambd=0.0)
-        state = algo.init(jax.random.key(0), SPEC, batch)
+        ctx = context_with_vae(algo, batch)
+        state = algo.init(jax.random.key(0), SPEC, ctx)
         acted = [algo.act(state, batch.observations, jax.random.key(k)) for k in range(2)]
         np.testing.assert_array_equal(acted[0], acted[1])
         # the loss value itself is +-1 when every Q has one sign; its gradient is not
-        grad = jax.grad(lambda params, key: algo.actor_loss(params, state, batch, key)[0])
+        grad = jax.grad(lambda params, key: algo.actor_loss(params, state, batch, key, ctx)[0])
         return {float(jax.tree.leaves(grad(state.actor.params, jax.random.key(k)))[0].sum())
                 for k in range(3)}
 
@@ -79,31 +88,34 @@ def test_actor_dropout_is_on_in_the_loss_and_off_when_acting():
     assert len(losses(0.0)) == 1
 
 
-def test_update_never_changes_the_vae():
-    algo = algorithms.get("spot")(hidden_dims=(8, 8), vae_hidden_dims=(8,), batch_size=16)
+def test_the_vae_lives_in_the_shared_context_not_in_each_seed():
+    algo = algorithms.get("spot")(hidden_dims=(8, 8), vae_hidden_dims=(8,), batch_size=16, lambd=1.0)
     batch = random_batch()
-    state = algo.init(jax.random.key(0), SPEC, batch)
+    contexts = [context_with_vae(algo, batch, seed) for seed in (0, 1)]
+    state = algo.init(jax.random.key(0), SPEC, contexts[0])
+    assert not any("vae" in name for name in vars(state))  # never copied into a seed's state
     update = jax.jit(algo.update)
-    new = state
-    for k in range(3):
-        new, metrics = update(new, batch, jax.random.key(k))
-    for a, b in zip(jax.tree.leaves(state.vae_params), jax.tree.leaves(new.vae_params), strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert np.isfinite(float(metrics["critic_loss"]))
+    actors = []
+    for ctx in contexts:  # step 0 runs the actor: its update reads the context's VAE
+        new, metrics = update(state, batch, jax.random.key(1), ctx)
+        actors.append(jax.tree.leaves(new.actor.params)[0])
+        assert np.isfinite(float(metrics["critic_loss"]))
+    assert not np.allclose(actors[0], actors[1])
 
 
-def test_stop_reason_when_q_explodes():
+def test_early_stop_flags_each_seed_whose_q_explodes():
     algo = algorithms.get("spot")()
-    assert algo.stop_reason({"q": np.array([[1.0, 5.0], [2.0, 3.0]])}) is None
-    message = algo.stop_reason({"q": np.array([[1.0, 5.0], [np.nan, 2e4]])})
-    assert "q_abort=10000" in message and "[1]" in message
-    assert algorithms.get("spot")(q_abort=0.0).stop_reason({"q": np.array([[1e9]])}) is None
+    flags, _ = algo.early_stop({"q_pi": np.array([[1.0, 5.0], [2.0, 3.0]])})
+    assert not flags.any()
+    flags, message = algo.early_stop({"q_pi": np.array([[1.0, 5.0], [np.nan, 2e4]])})
+    assert flags.tolist() == [False, True] and "q_abort=10000" in message
+    assert not algorithms.get("spot")(q_abort=0.0).early_stop({"q_pi": np.array([[1e9]])})[0].any()
 
 
 def test_loop_refuses_to_train_without_the_pretrained_stage():
     algo = algorithms.get("spot")(hidden_dims=(8, 8), vae_hidden_dims=(8,))
     with pytest.raises(ValueError, match="pretraining stage 'vae'"):
-        loop.init_states(algo, SPEC, random_batch(), jax.random.split(jax.random.key(0), 2))
+        loop.init_states(algo, SPEC, Context(random_batch()), jax.random.split(jax.random.key(0), 2))
 
 
 @pytest.fixture
@@ -118,8 +130,9 @@ def test_pretrained_vae_is_cached_reused_and_frozen(offline_data, tmp_path):
     overrides = [*TINY, "seeds=2", f"pretrain.cache_dir={tmp_path / 'cache'}"]
     first = run(compose(overrides), tmp_path / "a")
     second = run(compose(overrides), tmp_path / "b")
-    assert first["pretraining"]["reused"] is False and second["pretraining"]["reused"] is True
-    assert first["pretraining"]["cache"] == second["pretraining"]["cache"]
+    first_vae, second_vae = first["stages"][0], second["stages"][0]
+    assert first_vae["reused"] is False and second_vae["reused"] is True
+    assert first_vae["cache"] == second_vae["cache"]
     assert first["seeds"] == second["seeds"]  # the reused VAE is the trained one
     lines = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     pretrain = [line for line in lines if line["type"] == "pretrain"]
@@ -133,11 +146,13 @@ def test_pretrained_vae_is_cached_reused_and_frozen(offline_data, tmp_path):
         algo = make_algorithm(cfg.algo)
         raw, _ = envs.load(cfg.dataset.source, cfg.dataset.name)
         prepared = loop.prepare(algo, raw._replace(rewards=raw.rewards * data_scale))
-        return str(_pretrain_cache_dir(algo, algo.pretraining(), prepared, cfg))
+        stage = algo.stages(Spec(3, 1, 20))[0]
+        return str(stages.cache_dir(cfg.pretrain.cache_dir, algo, stage, prepared.data,
+                                    (cfg.dataset.source, cfg.dataset.name, cfg.dataset.path)))
 
-    assert cache_of([]) == first["pretraining"]["cache"]
-    assert cache_of(["algo.vae_steps=20"]) != first["pretraining"]["cache"]
-    assert cache_of([], data_scale=2.0) != first["pretraining"]["cache"]
+    assert cache_of([]) == first_vae["cache"]
+    assert cache_of(["algo.vae_steps=20"]) != first_vae["cache"]
+    assert cache_of([], data_scale=2.0) != first_vae["cache"]
 
 
 def test_q_explosion_stops_the_run(offline_data, tmp_path):

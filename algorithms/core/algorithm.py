@@ -1,4 +1,18 @@
-"""The contract every algorithm follows, and the data-preprocessing choices it declares."""
+"""The contract every algorithm follows: what the training loop calls, and nothing more.
+
+    stages()                                   models trained once on the dataset before the agent
+    init(key, spec, ctx) -> state              one seed's agent
+    update(state, batch, key, ctx) -> (state, metrics)
+    act(state, observations, key, deterministic) -> actions in [-1, 1]
+    sampling(phase) -> Sampling                where each batch comes from
+    init_buffer(spec, ctx) / fill_buffer(...)  a per-seed buffer the algorithm fills itself (MOPO)
+    early_stop(metrics) -> (stop per seed, reason)
+
+`ctx` is the shared, read-only `Context` (the device dataset, the frozen stage results, host-side
+helpers such as PRDC's KD-tree): every seed reads the same one and it never enters a seed's state
+or a checkpoint. Hyperparameters are dataclass fields whose defaults are the paper's; the methods
+are pure functions of pytrees, so the loop can jit, scan, vmap (seeds) and shard them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
+import flax
 import jax
+import numpy as np
 
 
 class Spec(NamedTuple):
@@ -14,30 +30,100 @@ class Spec(NamedTuple):
 
     observation_dim: int
     action_dim: int  # actions always lie in [-1, 1]; environments are rescaled to match
-    total_steps: int  # length of training, for learning-rate schedules
+    total_steps: int  # offline gradient steps, for learning-rate schedules
 
 
 @dataclass
 class RewardConfig:
     """r <- scale * r' + shift, with r' = returns_span * r / (max - min trajectory return) when
     `returns_span` is set, else r' = r. Papers differ per dataset family; each algorithm's config
-    states its own convention."""
+    states its own convention. Online transitions get the same transform, with the dataset's
+    return spread (see envs.Preprocessor)."""
 
     returns_span: float | None = None
     scale: float = 1.0
     shift: float = 0.0
 
 
-@dataclass(frozen=True)
-class PretrainStage:
-    """A model trained on the dataset before the agent and frozen or reused afterwards (SPOT's VAE; a
-    BC ensemble; a dynamics model). The loop runs it as its own compiled scan, once per dataset and
-    `settings` (the result is cached on disk and reused by later runs), then passes its final state to
-    `Algorithm.init(..., pretrained=state)`. Not vmapped over seeds: all seeds share it.
+REPLAYS = ("prefilled", "mixed")
 
-    init(key, spec, dataset) -> state;  update(state, batch, key) -> (state, metrics)
-    settings: everything besides the data that determines the result (hyperparameters, steps,
-    batch size, seed); part of the cache key."""
+
+@dataclass
+class OnlineConfig:
+    """How the algorithm fine-tunes online after its offline steps (run with `online.steps=N`).
+
+    replay: "prefilled" - one buffer holding the dataset and then every online transition, sampled
+        uniformly, nothing evicted (IQL's and CORL's fine-tuning); "mixed" - the dataset and the
+        online transitions kept apart and each batch drawn with exactly `dataset_fraction` of its
+        rows from the dataset (Cal-QL, RLPD).
+    buffer_size: transitions the prefilled buffer holds, dataset included (None: the dataset plus
+        every online step, so nothing is evicted); in "mixed", the online buffer's size (None:
+        every online step). Smaller than the dataset with "prefilled" is refused.
+    updates_per_step: the update-to-data ratio.
+    block: environment steps collected between compiled update calls (then block * updates_per_step
+        updates run at once). 1 is the references' "one step, one update" order; larger blocks
+        dispatch less often and are faster, with slightly staler data.
+    """
+
+    replay: str = "prefilled"
+    dataset_fraction: float = 0.5
+    buffer_size: int | None = None
+    updates_per_step: int = 1
+    block: int = 1
+
+    def __post_init__(self):
+        if self.replay not in REPLAYS:
+            raise ValueError(f"online.replay must be one of {REPLAYS}, not '{self.replay}'")
+        if not 0.0 <= self.dataset_fraction <= 1.0:
+            raise ValueError(f"online.dataset_fraction must lie in [0, 1] (got {self.dataset_fraction})")
+        if self.updates_per_step < 0 or self.block < 1:
+            raise ValueError("online.updates_per_step must be >= 0 and online.block >= 1")
+
+
+class Sampling(NamedTuple):
+    """Where the rows of a batch come from.
+
+    source: "dataset" (the shared device dataset), "buffer" (the seed's own buffer), "union" (the
+        dataset and the buffer as one pool, uniformly: a buffer pre-filled with the dataset, without
+        copying it into every seed's buffer) or "mixed" (exactly round(batch * dataset_fraction)
+        rows from the dataset, the rest from the buffer)."""
+
+    source: str = "dataset"
+    dataset_fraction: float = 1.0
+
+
+@flax.struct.dataclass
+class Context:
+    """Shared by every seed's `init` and `update`, read-only.
+
+    data: the preprocessed dataset on the device; stages: {stage name: frozen result};
+    phase: "offline" or "online"; phase_start: the gradient step at which this phase began;
+    host: host-side helpers that are not arrays (PRDC's KD-tree), keyed by name."""
+
+    data: Any
+    stages: dict = flax.struct.field(default_factory=dict)
+    phase: str = flax.struct.field(pytree_node=False, default="offline")
+    phase_start: int = flax.struct.field(pytree_node=False, default=0)
+    host: tuple = flax.struct.field(pytree_node=False, default=())
+
+    def helper(self, name: str):
+        return dict(self.host).get(name)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A model trained on the dataset before the agent, shared by all seeds and frozen afterwards
+    (SPOT's VAE, a dynamics ensemble, a BC ensemble, value functions). The loop trains it in
+    compiled chunks from `settings["seed"]`, once per dataset fingerprint and `settings` (cached on
+    disk), and gives `result(state)` to every seed as `ctx.stages[name]`.
+
+    init(key, spec, data) -> state;  update(state, batch, key) -> (state, metrics)
+    holdout: fraction of the dataset held out (at most `max_holdout` rows) for `validate`;
+    validate(state, holdout) -> (state, stop, metrics), every `validate_every` steps: may keep a
+        best snapshot in the state and asks to stop early (bool);
+    finish(state, holdout) -> (state, record): after the last step (elite selection); `record` (a
+        dict of arrays) is written to the run's results;
+    settings: everything besides the data that determines the result; part of the cache key."""
 
     name: str
     steps: int
@@ -45,6 +131,12 @@ class PretrainStage:
     init: Callable[..., Any]
     update: Callable[..., tuple[Any, dict]]
     settings: dict
+    result: Callable[[Any], Any] = lambda state: state
+    holdout: float = 0.0
+    max_holdout: int | None = None
+    validate_every: int = 0
+    validate: Callable[..., tuple[Any, Any, dict]] | None = None
+    finish: Callable[..., tuple[Any, dict]] | None = None
 
 
 @dataclass
@@ -60,33 +152,55 @@ class Algorithm:
     batch_size: int = 256
     normalize_states: bool = False  # standardize states with dataset mean / (std + 1e-3)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
 
-    def init(self, key: jax.Array, spec: Spec, dataset) -> Any:
-        """The initial state. Algorithms with a `pretraining` stage take `pretrained=` as well."""
+    def stages(self, spec: Spec) -> list[Stage]:
+        """Models to train on the dataset before the agent (see Stage); none for most algorithms."""
+        return []
+
+    def host_helpers(self, data) -> dict:
+        """Host-side objects built once from the (preprocessed, host) dataset and shared through
+        `ctx.host` (PRDC's KD-tree); none for most algorithms."""
+        return {}
+
+    def returns_to_go(self, data) -> np.ndarray | None:
+        """Each dataset transition's Monte-Carlo return-to-go (`envs.returns_to_go`), computed once
+        on the preprocessed dataset and carried in every batch (`batch.returns_to_go`) for
+        algorithms that calibrate against it (Cal-QL); None (zeros) for most algorithms."""
+        return None
+
+    def init(self, key: jax.Array, spec: Spec, ctx: Context) -> Any:
+        """The initial state of one seed; `ctx.stages` holds the trained stages' results."""
         raise NotImplementedError
 
-    def pretraining(self) -> PretrainStage | None:
-        """A stage the loop trains before the agent (see PretrainStage); None for most algorithms."""
-        return None
-
-    def bind_dataset(self, dataset) -> Algorithm:
-        """Host-side preparation that needs the concrete training data (e.g. a KD-tree over it),
-        called once by the loop before compiling; returns the algorithm to train with."""
-        return self
-
-    def update_with_data(self, state, batch, key: jax.Array, dataset):
-        """What the loop calls: `update`, for algorithms that also read the whole (device) dataset
-        in their update (PRDC's nearest-neighbour search) instead of only the sampled batch."""
-        return self.update(state, batch, key)
-
-    def stop_reason(self, metrics: dict) -> str | None:
-        """Checked by the host after each compiled chunk on its metrics ((steps, seeds) arrays): a
-        message to stop training early (e.g. SPOT's Q > 1e4 abort), else None."""
-        return None
-
-    def update(self, state, batch, key: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
+    def update(self, state, batch, key: jax.Array, ctx: Context) -> tuple[Any, dict[str, jax.Array]]:
         """One gradient step on `batch` (a Dataset of `batch_size` transitions)."""
         raise NotImplementedError
 
     def act(self, state, observations: jax.Array, key: jax.Array, deterministic: bool = True):
+        """Actions in [-1, 1] for preprocessed observations; `deterministic=False` explores."""
         raise NotImplementedError
+
+    def sampling(self, phase: str) -> Sampling:
+        """Offline: the dataset. Online: as `self.online.replay` says."""
+        if phase == "offline":
+            return Sampling("dataset")
+        if self.online.replay == "mixed":
+            return Sampling("mixed", self.online.dataset_fraction)
+        return Sampling("union")
+
+    def init_buffer(self, spec: Spec, ctx: Context):
+        """A per-seed buffer for the offline phase, filled by `fill_buffer` (MOPO's model
+        rollouts); None for most algorithms. Online, the loop gives every seed a replay buffer."""
+        return None
+
+    def fill_buffer(self, state, buffer, key: jax.Array, ctx: Context):
+        """Called before each offline batch is drawn; returns the (possibly refreshed) buffer."""
+        return buffer
+
+    def early_stop(self, metrics: dict) -> tuple[np.ndarray, str]:
+        """Checked on the host after every compiled chunk, offline and online, on the chunk's
+        metrics ((steps, seeds) arrays): a boolean per seed that must stop training now, and why.
+        Stopped seeds keep the parameters they had then and are reported as stopped."""
+        seeds = np.shape(next(iter(metrics.values())))[1] if metrics else 0
+        return np.zeros(seeds, bool), ""

@@ -1,18 +1,46 @@
-"""Sampling transitions inside compiled code: from a dataset held on the device, and from a ring
-replay buffer that online training fills."""
+"""Transitions as training sees them, and drawing batches inside compiled code: from the dataset
+held on the device, from a seed's own ring buffer (online replay, model rollouts), or from both.
+"""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from algorithms.core.algorithm import Sampling
 from envs.dataset import Dataset
 
 
+class Transitions(NamedTuple):
+    """The rows of the device dataset, of every buffer and of every batch: `envs.Dataset`'s fields
+    (preprocessed) plus each transition's discounted Monte-Carlo return-to-go from the dataset's
+    trajectory (zero where the algorithm does not ask for it, and for online rows)."""
+
+    observations: jax.Array
+    actions: jax.Array
+    rewards: jax.Array
+    next_observations: jax.Array
+    terminals: jax.Array
+    timeouts: jax.Array
+    returns_to_go: jax.Array
+
+    @classmethod
+    def from_dataset(cls, data: Dataset, returns_to_go=None) -> Transitions:
+        rtg = np.zeros(np.shape(data.rewards), np.float32) if returns_to_go is None else returns_to_go
+        return cls(*data, np.asarray(rtg, np.float32))
+
+    @property
+    def size(self) -> int:
+        return int(self.rewards.shape[0])
+
+
 def sample_batch(data, key: jax.Array, batch_size: int):
-    """Uniformly sample `batch_size` transitions (with replacement) from a pytree of arrays that
-    share their leading axis, e.g. an `envs.Dataset` already on the device."""
+    """Uniformly sample `batch_size` rows (with replacement) from a pytree of arrays that share
+    their leading axis."""
     size = jax.tree.leaves(data)[0].shape[0]
     indices = jax.random.randint(key, (batch_size,), 0, size)
     return jax.tree.map(lambda column: column[indices], data)
@@ -22,7 +50,7 @@ def sample_batch(data, key: jax.Array, batch_size: int):
 class ReplayBuffer:
     """A fixed-capacity ring of transitions on the device; the oldest are overwritten first."""
 
-    transitions: Dataset  # every field has leading axis `capacity`
+    transitions: Transitions  # every field has leading axis `capacity`
     size: jax.Array  # transitions held, <= capacity
     position: jax.Array  # where the next transition goes
 
@@ -31,15 +59,15 @@ class ReplayBuffer:
         def zeros(*shape):
             return jnp.zeros((capacity, *shape), jnp.float32)
 
-        empty = Dataset(zeros(observation_dim), zeros(action_dim), zeros(), zeros(observation_dim),
-                        zeros(), zeros())
+        empty = Transitions(zeros(observation_dim), zeros(action_dim), zeros(), zeros(observation_dim),
+                            zeros(), zeros(), zeros())
         return cls(empty, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     @property
     def capacity(self) -> int:
         return self.transitions.rewards.shape[0]
 
-    def add(self, transitions: Dataset) -> ReplayBuffer:
+    def add(self, transitions: Transitions) -> ReplayBuffer:
         """Append the rows of `transitions` (in order), wrapping around at capacity."""
         count = transitions.rewards.shape[0]
         indices = (self.position + jnp.arange(count)) % self.capacity
@@ -48,13 +76,44 @@ class ReplayBuffer:
         return ReplayBuffer(stored, jnp.minimum(self.size + count, self.capacity),
                             (self.position + count) % self.capacity)
 
-    def sample(self, key: jax.Array, batch_size: int) -> Dataset:
+    def sample(self, key: jax.Array, batch_size: int) -> Transitions:
+        """Uniform over the rows held (never an unfilled slot)."""
         indices = jax.random.randint(key, (batch_size,), 0, jnp.maximum(self.size, 1))
         return jax.tree.map(lambda column: column[indices], self.transitions)
 
-    def ordered(self) -> Dataset:
+    def ordered(self) -> Transitions:
         """The stored transitions oldest first (host-side use: saving what the buffer held)."""
         size, position = int(self.size), int(self.position)
         start = position - size if size < self.capacity else position
         indices = (start + jnp.arange(size)) % self.capacity
         return jax.tree.map(lambda column: column[indices], self.transitions)
+
+
+def dataset_rows(batch_size: int, dataset_fraction: float) -> int:
+    """Rows of a "mixed" batch drawn from the dataset: exactly round(batch * fraction)."""
+    return int(round(batch_size * dataset_fraction))
+
+
+def draw(sampling: Sampling, data, buffer: ReplayBuffer | None, key: jax.Array, batch_size: int):
+    """One batch of `batch_size` rows as `sampling` says (see algorithms.core.algorithm.Sampling)."""
+    if sampling.source == "dataset":
+        return sample_batch(data, key, batch_size)
+    if sampling.source == "buffer":
+        return buffer.sample(key, batch_size)
+    if sampling.source == "union":
+        # One pool of dataset rows then buffer rows, uniformly: what a buffer pre-filled with the
+        # dataset gives, without a copy of the dataset in every seed's buffer.
+        size = data.rewards.shape[0]
+        indices = jax.random.randint(key, (batch_size,), 0, size + buffer.size)
+        from_data = jax.tree.map(lambda column: column[jnp.minimum(indices, size - 1)], data)
+        from_buffer = jax.tree.map(
+            lambda column: column[jnp.clip(indices - size, 0, buffer.capacity - 1)], buffer.transitions)
+        take_data = indices < size
+        return jax.tree.map(lambda d, b: jnp.where(take_data.reshape((-1,) + (1,) * (d.ndim - 1)), d, b),
+                            from_data, from_buffer)
+    if sampling.source == "mixed":
+        count = dataset_rows(batch_size, sampling.dataset_fraction)
+        data_key, buffer_key = jax.random.split(key)
+        parts = [sample_batch(data, data_key, count), buffer.sample(buffer_key, batch_size - count)]
+        return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), *parts)
+    raise ValueError(f"unknown sampling source '{sampling.source}'")

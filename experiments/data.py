@@ -1,0 +1,19 @@
+"""Loading a dataset for a run: `envs.load`, plus generating a local dataset on first use (running
+its shipped behaviour policy needs the algorithms, so it happens here and not in `envs`)."""
+
+from __future__ import annotations
+
+import envs
+
+
+def load(source: str, name: str, path: str | None = None, download: bool = True):
+    """(Dataset with actions in [-1, 1], DatasetInfo), as `envs.load`; a `local/<env>-<split>`
+    dataset that is not there yet is generated first (experiments.generate)."""
+    try:
+        return envs.load(source, name, path, download)
+    except envs.NotGenerated as missing:
+        from experiments.generate import generate
+
+        generate(missing.env, splits=(missing.split,), size=missing.generate_size, root=missing.root,
+                 sized_name=missing.size is not None)
+        return envs.load(source, name, path, download)

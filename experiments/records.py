@@ -1,0 +1,136 @@
+"""What a run writes: metrics.jsonl lines, evaluation records, and results.json."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from omegaconf import OmegaConf
+
+import envs
+from experiments.loop import iqm
+
+
+class MetricsFile:
+    """metrics.jsonl: one JSON object per line, flushed as written."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def write(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as out:
+            out.write(json.dumps(record) + "\n")
+
+    def truncate(self, step: int, env_step: int) -> None:
+        """On resume, drop the lines written after the checkpoint being resumed from (offline
+        lines after its gradient step, online lines after its environment step)."""
+        if not self.path.exists():
+            return
+
+        def kept(line: dict) -> bool:
+            if line["type"] in ("pretrain", "validate"):
+                return True
+            if line.get("phase") == "online":
+                return line.get("env_step", 0) <= env_step and env_step > 0
+            return line["step"] <= step
+
+        lines = [line for line in self.path.read_text().splitlines() if line and kept(json.loads(line))]
+        self.path.write_text("".join(line + "\n" for line in lines))
+
+
+def evaluation(policy, info, seeds: list[int], cfg, phase: str, step: int, env_step: int, index: int,
+               observation_dim: int) -> dict:
+    """Evaluate every seed's deterministic policy; one record with every episode's return."""
+    tic = time.perf_counter()
+    episodes = int(cfg.eval.episodes if phase == "offline" else cfg.online.episodes)
+    returns = envs.evaluate(policy, info, len(seeds), episodes, seed=seeds[0] * 1_000 + index,
+                            observation_dim=observation_dim)
+    scores = envs.normalized_score(returns, info)
+    return {
+        "phase": phase,
+        "step": step,
+        "env_step": env_step,
+        "return": returns.mean(axis=1).tolist(),
+        "normalized_score": None if scores is None else scores.mean(axis=1).tolist(),
+        "episode_returns": returns.tolist(),
+        "seconds": time.perf_counter() - tic,
+    }
+
+
+def _scores(evaluations: list[dict], i: int) -> list[float]:
+    return [e["normalized_score"][i] for e in evaluations if e["normalized_score"]]
+
+
+def regret(episodes: list, seed_index: int, info) -> float | None:
+    """CORL's online regret: the mean over the seed's online training episodes of (1 - success) on
+    goal-reaching tasks; elsewhere of (1 - normalized return / 100). None without episodes."""
+    mine = [e for e in episodes if e[1] == seed_index]
+    if not mine:
+        return None
+    successes = [e[4] for e in mine if e[4] is not None]
+    if successes:
+        return float(1.0 - np.mean(successes))
+    scores = envs.normalized_score([e[2] for e in mine], info)
+    return None if scores is None else float(np.mean(1.0 - np.asarray(scores) / 100.0))
+
+
+def results(cfg, seeds: list[int], history: dict, info, updates_per_second: float,
+            compile_seconds: float, stopped: dict, online_runner=None) -> dict:
+    """results.json: per seed the final and best score (offline, and online when it ran), every
+    evaluation episode; mean, std and IQM over the seeds that were not stopped early."""
+    offline = [e for e in history["evaluations"] if e.get("phase", "offline") == "offline"]
+    online = [e for e in history["evaluations"] if e.get("phase") == "online"]
+    per_seed = []
+    for i, seed in enumerate(seeds):
+        offline_scores, online_scores = _scores(offline, i), _scores(online, i)
+        last = (online or offline)[-1] if (online or offline) else None
+        entry = {
+            "seed": seed,
+            "final_return": last["return"][i] if last else None,
+            "final_score": (online_scores or offline_scores or [None])[-1],
+            "best_score": max(online_scores or offline_scores) if (online_scores or offline_scores)
+            else None,
+            "episode_returns": {e["step"]: e["episode_returns"][i] for e in offline},
+        }
+        if online:
+            entry.update({
+                "offline_score": offline_scores[-1] if offline_scores else None,
+                "online_final_score": online_scores[-1] if online_scores else None,
+                "online_best_score": max(online_scores) if online_scores else None,
+                "online_episode_returns": {e["env_step"]: e["episode_returns"][i] for e in online},
+                "regret": regret(history["episodes"], i, info),
+            })
+        if i in stopped:
+            entry["stopped"] = {"step": stopped[i][0], "reason": stopped[i][1]}
+        per_seed.append(entry)
+    counted = [s for s in per_seed if "stopped" not in s and s["final_score"] is not None]
+    summary = None
+    if counted:
+        finals = [s["final_score"] for s in counted]
+        summary = {"final_score_mean": float(np.mean(finals)), "final_score_std": float(np.std(finals)),
+                   "final_score_iqm": iqm(finals),
+                   "best_score_mean": float(np.mean([s["best_score"] for s in counted])),
+                   "seeds_counted": [s["seed"] for s in counted]}
+        if online:
+            offline_scores = [s["offline_score"] for s in counted if s["offline_score"] is not None]
+            summary["offline_score_mean"] = float(np.mean(offline_scores)) if offline_scores else None
+            regrets = [s["regret"] for s in counted if s["regret"] is not None]
+            summary["regret_mean"] = float(np.mean(regrets)) if regrets else None
+    out = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "summary": summary,
+        "seeds": per_seed,
+        "updates_per_second_per_seed": updates_per_second,
+        "updates_per_second_total": updates_per_second * len(seeds),
+        "compile_seconds": compile_seconds,
+        "devices": [str(d) for d in jax.devices()],
+    }
+    if online_runner is not None:
+        out["online"] = {"updates_per_second_per_seed": online_runner.updates_per_second,
+                         "compile_seconds": online_runner.compile_seconds,
+                         "episodes": history["episodes"]}
+    return out
