@@ -125,8 +125,9 @@ def collect(folders: list[Path]) -> tuple[dict[tuple[str, str], Cell], list[dict
             if not (metrics.parent / RESULTS_FILE).exists() and not (metrics.parent / FAILURE_FILE).exists():
                 unfinished.append(metrics.parent)
     if not cells:
+        failed = f"; {len(failures)} failed job(s) left failure.json there" if failures else ""
         raise ReportError(f"no results.json with normalized scores under {', '.join(map(str, folders))} "
-                          "(runs write it when training completes)")
+                          f"(runs write it when training completes){failed}")
     return cells, failures, unfinished
 
 
