@@ -10,6 +10,7 @@ from envs.environment import (
     action_bounds,
     check_environment,
     check_observation_dim,
+    episode_seeds,
     evaluate,
     make_env,
     normalized_score,
@@ -26,8 +27,9 @@ from envs.registry import REGISTRY, DatasetInfo, lookup
 
 __all__ = [
     "REGISTRY", "Dataset", "DatasetError", "DatasetInfo", "Normalizer", "NotGenerated",
-    "Preprocessor", "check_environment", "check_observation_dim", "evaluate", "load", "lookup",
-    "make_env", "normalize_states", "normalized_score", "returns_to_go", "transform_rewards",
+    "Preprocessor", "check_environment", "check_observation_dim", "episode_seeds", "evaluate",
+    "load", "lookup", "make_env", "normalize_states", "normalized_score", "returns_to_go",
+    "transform_rewards",
 ]
 
 

@@ -94,34 +94,55 @@ def check_environment(info: DatasetInfo, observation_dim: int, action_dim: int) 
             "data was recorded on another environment. Pick the matching dataset or environment.")
 
 
+def episode_seeds(training_seeds, evaluation_index: int, episodes: int) -> np.ndarray:
+    """The environment seed of every evaluation episode, shape (len(training_seeds), episodes).
+
+    Episode `e` of evaluation number `evaluation_index` (0, 1, ... in the order a run evaluates) of
+    the policy trained with seed `s` resets its environment with
+    `SeedSequence([s, evaluation_index, e]).generate_state(1, uint64)[0]`: a hash of those three
+    numbers and nothing else. So a seed evaluates on the same episodes whichever seeds are trained
+    beside it (seed 1 of `seed=0 seeds=2` meets exactly the episodes of `seed=1 seeds=1`), and runs
+    with different seeds, or one seed's successive evaluations, do not share episodes (a 64-bit
+    hash: a collision is as unlikely as any two random 64-bit numbers being equal).
+
+    Phases that evaluate separately (e.g. online fine-tuning after offline training) count their
+    evaluations on from the last index used before them, so that no episode repeats an earlier one.
+    """
+    seeds = [int(seed) for seed in training_seeds]
+    return np.array([[np.random.SeedSequence([seed, int(evaluation_index), episode])
+                      .generate_state(1, np.uint64)[0] for episode in range(episodes)]
+                     for seed in seeds], dtype=np.uint64).reshape(len(seeds), episodes)
+
+
 def evaluate(
     policy: Callable[[np.ndarray], np.ndarray],
     info: DatasetInfo,
-    num_seeds: int,
-    episodes: int,
-    seed: int,
+    env_seeds: np.ndarray,
     observation_dim: int,
 ) -> np.ndarray:
-    """Run `episodes` episodes for each of `num_seeds` policies in one vector env.
+    """Run one episode per entry of `env_seeds` (shape (seeds, episodes), from `episode_seeds`),
+    all in one vector env.
 
-    `policy` maps raw observations of shape (num_seeds, episodes, obs_dim) to actions of shape
-    (num_seeds, episodes, act_dim) in [-1, 1]: one batched call per environment step for all seeds.
-    Returns the undiscounted return of every episode, shape (num_seeds, episodes).
+    `policy` maps raw observations of shape (seeds, episodes, obs_dim) to actions of shape
+    (seeds, episodes, act_dim) in [-1, 1]: one batched call per environment step for all seeds.
+    Returns the undiscounted return of every episode, shape (seeds, episodes).
     """
     check_observation_dim(info, observation_dim)
-    return run_episodes(policy, lambda: make_env(info), num_seeds, episodes, seed)
+    return run_episodes(policy, lambda: make_env(info), env_seeds)
 
 
-def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_factory: Callable, num_seeds: int,
-                 episodes: int, seed: int) -> np.ndarray:
-    """`evaluate` for any environment factory: returns of shape (num_seeds, episodes)."""
+def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_factory: Callable,
+                 env_seeds: np.ndarray) -> np.ndarray:
+    """`evaluate` for any environment factory: returns of shape env_seeds.shape, the episode at
+    [i, e] started by resetting its environment with seed env_seeds[i, e]."""
     import gymnasium as gym
 
+    num_seeds, episodes = np.shape(env_seeds)
     count = num_seeds * episodes
     envs = gym.vector.SyncVectorEnv(
         [env_factory for _ in range(count)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP
     )
-    observations, _ = envs.reset(seed=[seed * 10_000 + i for i in range(count)])
+    observations, _ = envs.reset(seed=np.asarray(env_seeds).reshape(count).tolist())
     returns = np.zeros(count)
     running = np.ones(count, dtype=bool)
     while running.any():

@@ -72,6 +72,11 @@ class Preprocessor:
     reward_shift: float = 0.0
 
     @classmethod
+    def identity(cls, observation_dim: int) -> Preprocessor:
+        """Raw states and rewards (online training from scratch, without a dataset)."""
+        return cls(Normalizer.identity(observation_dim))
+
+    @classmethod
     def fit(cls, data: Dataset, *, normalize_states: bool, returns_span: float | None = None,
             scale: float = 1.0, shift: float = 0.0) -> Preprocessor:
         normalizer = (Normalizer.from_dataset(data) if normalize_states

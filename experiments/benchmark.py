@@ -523,8 +523,9 @@ def run_pipeline(algo, prepared, states, keys, chunks: dict, seeds: int, setting
             step = stop
             if step % period == 0 or step == steps:
                 tic = time.perf_counter()
-                returns = envs.evaluate(policy(states), eval_info, seeds,
-                                        settings.pipeline_episodes, seed=len(evaluations),
+                env_seeds = envs.episode_seeds(range(seeds), len(evaluations),
+                                               settings.pipeline_episodes)
+                returns = envs.evaluate(policy(states), eval_info, env_seeds,
                                         observation_dim=observation_dim)
                 scores = envs.normalized_score(returns, eval_info)
                 record = {"step": step, "return": returns.mean(axis=1).tolist(),

@@ -1,10 +1,11 @@
 """Hydra configuration: algorithm schemas from their dataclasses, datasets from the registry.
 
 Algorithm hyperparameters are defined once, as the fields of each algorithm's dataclass (the
-paper's defaults); they are stored in Hydra's ConfigStore as `algo/<name>_base` and
-`configs/algo/<name>.yaml` adds per-family and per-dataset choices on top (`${by_family:...}`,
-`${by_dataset:...}`). Every registered dataset becomes a
-choice `dataset=<source>/<name>`.
+paper's defaults); they are stored in Hydra's ConfigStore as `/<name>_base`, outside the `algo`
+group so that only the YAML files are offered as `algo=` choices (in `--help` and in the error for
+an unknown name), and `configs/algo/<name>.yaml` takes `- /<name>_base` as its default and adds
+per-family and per-dataset choices on top (`${by_family:...}`, `${by_dataset:...}`). Every
+registered dataset becomes a choice `dataset=<source>/<name>`.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ def register_resolvers() -> None:
     for name, resolver in (("by_family", by_family), ("by_dataset", by_dataset)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+    if not OmegaConf.has_resolver("offline_only"):  # true unless the run fine-tunes online
+        OmegaConf.register_new_resolver("offline_only",
+                                        lambda *, _root_: not _root_.get("online", {}).get("steps", 0))
     if not OmegaConf.has_resolver("slug"):
         OmegaConf.register_new_resolver("slug", lambda text: str(text).replace("/", "-"))
 
@@ -77,7 +81,7 @@ def register_configs() -> None:
         OmegaConf.set_struct(schema, False)
         schema.name = name
         OmegaConf.set_struct(schema, True)
-        store.store(group="algo", name=f"{name}_base", node=schema)
+        store.store(name=f"{name}_base", node=schema)
     for info in envs.REGISTRY.values():
         group, _, leaf = f"dataset/{info.key}".rpartition("/")
         node = {"source": info.source, "name": info.name, "path": None, "download": True,
@@ -100,15 +104,18 @@ def make_algorithm(cfg: DictConfig) -> algorithms.Algorithm:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
-        if key == "reward":
-            value = algorithms.RewardConfig(**value)
+        if isinstance(value, dict) and key in fields:  # a nested settings dataclass (reward, online)
+            value = type(fields[key].default_factory())(**value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[key] = value
     unknown = set(kwargs) - set(fields)
     if unknown:
         raise KeyError(f"algo.{sorted(unknown)[0]} is not a hyperparameter of {cls.__name__}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:  # a setting out of range, named by the dataclass's own check
+        raise ConfigError(f"{error}; fix the algo.* override") from None
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:

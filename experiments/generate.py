@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+import flax
 import numpy as np
 
 from envs.dataset import DatasetError
@@ -78,21 +79,16 @@ class Behaviour:
         return int(self.manifest["roles"][role])
 
     @functools.cached_property
-    def sampler(self):
-        """jit: (params, observation, key, counter) -> an action in [-1, 1] drawn from the
-        policy with the key folded with the counter (one dispatch per environment step)."""
-        import jax
+    def _policy(self):
+        """The project's one batched policy (experiments.loop.make_policy) for SAC's actor,
+        stochastic, on raw observations."""
+        from algorithms.sac import SAC
+        from envs.preprocessing import Preprocessor
+        from experiments import loop
 
-        from algorithms.core.networks import TanhGaussianActor
-
-        module = TanhGaussianActor(tuple(self.manifest["hidden_dims"]), self.manifest["action_dim"])
-
-        @jax.jit
-        def sample(params, observation, key, counter):
-            return module.apply(params, observation[None]).sample(
-                seed=jax.random.fold_in(key, counter))[0]
-
-        return sample
+        algo = SAC(hidden_dims=tuple(self.manifest["hidden_dims"]))
+        return loop.make_policy(algo, Preprocessor.identity(self.manifest["observation_dim"]),
+                                deterministic=False)
 
     def replay(self) -> dict:
         """The transitions training collected up to the medium snapshot, oldest first, as host
@@ -105,9 +101,15 @@ class Behaviour:
             raise DatasetError(f"cannot read the medium-replay transitions '{path}' ({error}); "
                                "restore it from the repository or retrain with retrain=true.") from None
 
-    def policy(self, step: int):
-        """(sampler, params) of the snapshot taken at training step `step`."""
+    def policy(self, step: int, seed: int):
+        """The snapshot taken at training step `step` as a function (observation, counter) -> an
+        action in [-1, 1], drawn with the key of `seed` folded with the counter."""
         import flax.serialization
+        import jax
+        import optax
+        from flax.training.train_state import TrainState
+
+        from algorithms.core.networks import TanhGaussianActor
 
         path = self.directory / self.snapshots[step]["file"]
         try:
@@ -115,7 +117,21 @@ class Behaviour:
         except (OSError, ValueError) as error:
             raise DatasetError(f"cannot read behaviour snapshot '{path}' ({error}); restore it "
                                "from the repository or retrain with retrain=true.") from None
-        return self.sampler, params
+        module = TanhGaussianActor(tuple(self.manifest["hidden_dims"]), self.manifest["action_dim"])
+        actor = jax.tree.map(lambda x: jax.numpy.asarray(x)[None],  # a batch of one "seed"
+                             TrainState.create(apply_fn=module.apply, tx=optax.identity(), params=params))
+        act = self._policy(ActorSnapshot(actor, jax.numpy.zeros((), "int32")),
+                           jax.random.key(seed)[None])
+        return lambda observation, counter: act(np.asarray(observation, np.float32)[None, None],
+                                                counter)[0, 0]
+
+
+@flax.struct.dataclass
+class ActorSnapshot:
+    """The part of a SAC state that acting reads."""
+
+    actor: object
+    step: object
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,17 +146,14 @@ def to_env_units(unit_actions: np.ndarray, space) -> np.ndarray:
 
 
 def collect(env_name: str, policy, steps: int, seed: int, progress=None) -> list:
-    """Run one environment for `steps` steps with `policy` ((sampler, params) from
-    `Behaviour.policy`), sampling its stochastic actions. Returns Minari EpisodeBuffers holding
-    exactly `steps` transitions (the last episode cut short)."""
+    """Run one environment for `steps` steps with `policy` (from `Behaviour.policy(step, seed)`),
+    sampling its stochastic actions. Returns Minari EpisodeBuffers holding exactly `steps`
+    transitions (the last episode cut short)."""
     import gymnasium as gym
-    import jax
     from minari.data_collector import EpisodeBuffer
 
     spec = BEHAVIOUR_ENVS[env_name]
     env = gym.make(spec.env_id, max_episode_steps=spec.max_episode_steps)
-    sampler, params = policy
-    key = jax.random.key(seed)
     episodes, episode_seed = [], seed * 1_000_003
     observation, _ = env.reset(seed=episode_seed)
     current = {"observations": [observation], "actions": [], "rewards": [], "terminations": [],
@@ -154,7 +167,7 @@ def collect(env_name: str, policy, steps: int, seed: int, progress=None) -> list
             **{name: np.asarray(value) for name, value in current.items()}))
 
     for done_steps in range(1, steps + 1):
-        unit = np.asarray(sampler(params, np.asarray(observation, np.float32), key, done_steps - 1))
+        unit = policy(observation, done_steps - 1)
         action = to_env_units(unit, env.action_space)
         observation, reward, terminated, truncated, _ = env.step(action)
         current["observations"].append(observation)
@@ -286,8 +299,9 @@ def generate(env: str, splits=SPLITS, size: int = 1_000_000, seed: int = 0, root
         if split not in collected:
             bar = _ProgressBar(f"{env}-{split}", progress)
             # random, medium and expert: sampled from that role's snapshot
-            collected[split] = collect(env, behaviour.policy(behaviour.step_of(split)), size,
-                                       seed=seed * 1000 + SPLITS.index(split), progress=bar.update)
+            split_seed = seed * 1000 + SPLITS.index(split)
+            collected[split] = collect(env, behaviour.policy(behaviour.step_of(split), split_seed),
+                                       size, seed=split_seed, progress=bar.update)
             bar.close()
         return collected[split]
 
@@ -341,9 +355,13 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
     import gymnasium as gym
     import jax
 
+    from algorithms.core.algorithm import Context, OnlineConfig, Sampling
     from algorithms.sac import SAC
+    from envs.dataset import Dataset
+    from envs.environment import episode_seeds, run_episodes
+    from envs.preprocessing import Preprocessor
+    from experiments import loop, online
     from experiments.checkpoints import Checkpointer
-    from experiments.online import OnlineSchedule, environment_spec, initial_run, train_online
 
     spec = BEHAVIOUR_ENVS[env]
     out_dir = Path(out_dir)
@@ -354,56 +372,65 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
         ones = np.ones(raw.action_space.shape, raw.action_space.dtype)
         return gym.wrappers.RescaleAction(raw, -ones, ones)
 
-    algo = SAC(hidden_dims=tuple(hidden_dims))
-    schedule = OnlineSchedule(total_steps=total_steps, start_steps=start_steps, update_every=50,
-                              eval_every=snapshot_every, eval_episodes=eval_episodes,
-                              buffer_size=buffer_size)
-    env_spec = environment_spec(make_env, total_steps)
+    # SAC from scratch: 50 environment steps, then 50 updates, from its own buffer only.
+    algo = SAC(hidden_dims=tuple(hidden_dims), online=OnlineConfig(block=50))
+    schedule = online.OnlineSchedule(total_steps, eval_every=snapshot_every,
+                                     checkpoint_every=snapshot_every, log_every=0,
+                                     start_steps=start_steps)
+    env_spec = online.environment_spec(make_env, total_steps)
+    ctx = Context(None, phase="online")
+    run = online.fresh_run(algo, env_spec, ctx, [seed], buffer_size)
     checkpoint_dir = Path(checkpoint_dir or Path("runs") / "behaviour" / env)
     checkpointer = Checkpointer(checkpoint_dir, keep=1)
     collected = CollectionLog(checkpoint_dir / "collected")
-    run, snapshots, seconds = None, [], 0.0
-    if checkpointer.manager.latest_step() is not None:
-        template = initial_run(algo, env_spec, [seed], schedule.buffer_size)
+    snapshots, seconds = [], 0.0
+    if checkpointer.latest() is not None:
         try:
-            states, keys, step, saved = checkpointer.restore_latest(
-                {"agent": template["states"], "buffers": template["buffers"]}, template["keys"])
+            step, saved, trees = checkpointer.restore_latest(lambda record: {
+                "states": run.states, "buffers": run.buffers, "keys": run.keys})
         except ValueError as error:
             raise DatasetError(
                 f"cannot resume the training in '{checkpoint_dir}': it was made with other settings "
                 f"({str(error).splitlines()[0][:200]}). Pass the same train.* values as when it "
                 "started (train.buffer_size in particular), or delete that folder to start over."
             ) from None
-        run = {"states": states["agent"], "buffers": states["buffers"], "keys": keys,
-               "step": step, "history": saved["history"]}
+        run = online.OnlineRun(trees["states"], trees["buffers"], trees["keys"], step, saved["history"])
         snapshots, seconds = saved["snapshots"], saved["seconds"]
-        collected.resume(step, run["buffers"])
+        collected.resume(step, run.buffers)
         log(f"{env}: resuming SAC training from step {step}")
     started = time.perf_counter() - seconds
     pending: list = []  # transitions collected since the last checkpoint
+    policy = loop.make_policy(algo, Preprocessor.identity(env_spec.observation_dim))
 
     def on_collect(transitions, step):
-        pending.append(jax.tree.map(lambda x: x[:, 0], transitions))  # the one seed
+        pending.append(Dataset(*(transitions[name][:, 0] for name in Dataset._fields)))  # the one seed
 
-    def on_evaluation(run, returns):
-        step = run["step"]
-        params = jax.tree.map(lambda x: np.asarray(x[0]), run["states"].actor.params)
+    def evaluate(run):
+        step = run.env_step
+        returns = run_episodes(policy(run.states), make_env,
+                               episode_seeds([seed], 10**6 + step, eval_episodes))
+        params = jax.tree.map(lambda x: np.asarray(x[0]), run.states.actor.params)
         name = f"actor_{step:08d}.msgpack"
         (out_dir / name).write_bytes(flax.serialization.msgpack_serialize(params))
         snapshots.append({"step": step, "file": name, "return_mean": float(returns.mean()),
                           "return_std": float(returns.std())})
-        elapsed = time.perf_counter() - started
-        if step > 0:
-            # The log first: a checkpoint never gets ahead of the transitions it was trained on.
-            collected.write(step, pending)
-            pending.clear()
-            checkpointer.save(step, {"agent": run["states"], "buffers": run["buffers"]}, run["keys"],
-                              {"history": run["history"], "snapshots": snapshots, "seconds": elapsed})
         log(f"{env} step {step}: evaluation return {returns.mean():.1f} ± {returns.std():.1f} "
-            f"({elapsed:.0f} s)")
+            f"({time.perf_counter() - started:.0f} s)")
 
-    train_online(algo, make_env, schedule, [seed], run=run, on_evaluation=on_evaluation,
-                 on_collect=on_collect)
+    def checkpoint(run):
+        # The log first: a checkpoint never gets ahead of the transitions it was trained on.
+        collected.write(run.env_step, pending)
+        pending.clear()
+        checkpointer.save(run.env_step, {"states": run.states, "buffers": run.buffers, "keys": run.keys},
+                          {"history": run.history, "snapshots": snapshots,
+                           "seconds": time.perf_counter() - started})
+
+    if run.env_step == 0:
+        evaluate(run)  # the untrained policy: the `random` role
+    runner = loop.ChunkRunner(algo, "online", sampling=Sampling("buffer"))
+    online.train_online(algo, ctx, Preprocessor.identity(env_spec.observation_dim), make_env, schedule,
+                        [seed], run, runner, evaluate=evaluate, checkpoint=checkpoint,
+                        on_collect=on_collect)
     checkpointer.wait()
     train_seconds = time.perf_counter() - started
 
@@ -434,7 +461,7 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
     reference = {}
     for role, bound in (("random", "min"), ("expert", "max")):
         # Stochastic actions, as the datasets are sampled; seeds disjoint from the datasets'.
-        episodes = collect(env, behaviour.policy(behaviour.step_of(role)),
+        episodes = collect(env, behaviour.policy(behaviour.step_of(role), 10**6 + seed),
                            reference_episodes * spec.max_episode_steps, seed=10**6 + seed)
         reference[bound] = episode_statistics(episodes)["return_mean"]
     manifest["reference"] = reference

@@ -58,6 +58,23 @@ class OnlineRun:
     history: dict = field(default_factory=lambda: {"evaluations": [], "episodes": []})
 
 
+def fresh_run(algo: Algorithm, spec, ctx: Context, seeds: list[int], capacity: int) -> OnlineRun:
+    """A run that starts online (no offline phase): one new agent and an empty replay buffer per
+    seed, keys from the seeds as in train.py."""
+    init_keys, keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
+    return OnlineRun(loop.init_states(algo, spec, ctx, init_keys),
+                     loop.replay_buffers(capacity, spec, len(seeds)), keys)
+
+
+def environment_spec(make_env: Callable, steps: int):
+    from algorithms import Spec
+
+    env = make_env()
+    spec = Spec(env.observation_space.shape[0], env.action_space.shape[0], steps)
+    env.close()
+    return spec
+
+
 def environment_seed(seed: int, env_step: int) -> int:
     """The reset seed of a training seed's environment after `env_step` steps: a function of those
     two numbers only, so a seed's episodes do not depend on the seeds trained beside it."""
@@ -156,7 +173,7 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
             collected["timeouts"][-1] = np.maximum(collected["timeouts"][-1], lengths > 0)
         if on_collect is not None:
             on_collect({name: np.stack(values) for name, values in collected.items()}, stop)
-        updates = utd * len(collected["rewards"]) if stop > schedule.start_steps else 0
+        updates = utd * len(collected["rewards"]) if stop >= schedule.start_steps else 0
         rows = _rows(preprocessor, collected)
         run.states, run.buffers, run.keys, chunk_metrics = runner(
             run.states, run.buffers, run.keys, ctx, updates, update_step() + updates, rows=rows)
@@ -186,8 +203,8 @@ def _success(info: dict, index: int):
 
 
 def _log_record(metrics: dict, run: OnlineRun, num_seeds: int, steps: int, seconds: float) -> dict:
-    record = {name: np.nanmean(np.asarray(values, np.float64)[-1:], axis=0).tolist()
-              for name, values in metrics.items() if np.size(values)}
+    # the losses of the last compiled call, averaged over its updates (NaN of skipped updates aside)
+    record = loop.summarize_metrics(metrics, len(next(iter(metrics.values()))))[0] if metrics else {}
     recent = run.history["episodes"][-10 * num_seeds:]
     record["episode_return"] = float(np.mean([e[2] for e in recent])) if recent else None
     record["env_steps_per_second"] = steps / max(seconds, 1e-9)

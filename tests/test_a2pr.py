@@ -10,6 +10,7 @@ from test_spot import random_batch  # the same small 3-d / 2-d batch
 import algorithms
 from algorithms import Spec
 from algorithms.a2pr import a2pr_actor_loss, value_target
+from algorithms.core.algorithm import Context
 from experiments import loop
 from experiments.config import compose, make_algorithm
 
@@ -103,8 +104,9 @@ def test_seed_batch_matches_single_seed():
 
     def train(seeds):
         keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(np.asarray(seeds)))
-        states = loop.init_states(algo, SPEC, data, keys[0])
-        return loop.make_train_chunk(algo, 4)(states, data, keys[1])[0]
+        ctx = Context(data)
+        states = loop.init_states(algo, SPEC, ctx, keys[0])
+        return loop.make_train_chunk(algo, 4)(states, None, keys[1], ctx)[0]
 
     batched, single = train([0, 1]), train([1])
     for a, b in zip(jax.tree.leaves(batched.replace(step=None)), jax.tree.leaves(single.replace(step=None)),

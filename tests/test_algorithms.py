@@ -8,12 +8,14 @@ import pytest
 
 import algorithms
 from algorithms import Spec
+from algorithms.core.algorithm import Context
 from algorithms.core.networks import (
     GaussianActor,
     TanhGaussianActor,
     critic_ensemble,
     orthogonal_init,
 )
+from algorithms.core.replay import Transitions
 from algorithms.iql import expectile_loss
 from algorithms.td3_bc import td3_bc_actor_loss
 from envs.dataset import Dataset
@@ -201,6 +203,11 @@ def test_compiled_programs_call_no_custom_kernels(name):
     programs = [init.lower(keys, SPEC, data).as_text()]
     states = jax.eval_shape(jax.vmap(lambda key: algo.init(key, SPEC, data)), keys)
     states = states.replace(step=jax.ShapeDtypeStruct((), states.step.dtype))
-    programs.append(loop.make_train_chunk(algo, 2).lower(states, data, keys).as_text())
+    ctx = Context(Transitions.from_dataset(data))
+    if name in ("spot",):  # its stage's result is part of the context
+        stage = algo.stages(SPEC)[0]
+        ctx = ctx.replace(stages={"vae": stage.result(stage.init(jax.random.key(0), SPEC, data))})
+    buffers = loop.init_buffers(algo, SPEC, ctx, 3)
+    programs.append(loop.make_train_chunk(algo, 2).lower(states, buffers, keys, ctx).as_text())
     for text in programs:
         assert "custom_call" not in text

@@ -7,17 +7,17 @@ once per module, two at a time, and the tests below check one outcome each.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import REPO, _d4rl_steps, _write_hdf5, cli_env, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
+import algorithms
+
 QUICK = ["steps=10", "log_every=10", "eval.every=0"]
 HOPPER = ["dataset=d4rl/hopper-medium-v2"]
 
@@ -73,32 +73,31 @@ def cases(files: dict[str, Path], folder: Path) -> dict[str, SimpleNamespace]:
         "unknown_hyperparameter": case(["algo.not_a_field=1", *QUICK],
                                        ["Could not override", "algo.not_a_field"], app=False),
         "seeds_not_a_number": case(["seeds=abc", *QUICK], ["seeds", "abc"]),
+        # online fine-tuning: refused before any offline training
+        "online_without_environment": case(
+            ["dataset=d4rl/antmaze-umaze-v2", f"dataset.path={files['good']}", *QUICK,
+             "online.steps=10"], ["antmaze-umaze-v2", "no evaluation environment"]),
+        "online_environment_mismatch": case(
+            [*HOPPER, f"dataset.path={files['five_dim']}", *QUICK, "online.steps=10"],
+            ["5 values", "Hopper-v5", "11"]),
+        "online_negative_steps": case([*QUICK, "online.steps=-5"], ["online.steps", "-5"]),
+        "online_buffer_too_small": case(
+            [*HOPPER, f"dataset.path={files['good']}", *QUICK, "online.steps=10",
+             "algo.online.buffer_size=5"], ["buffer_size=5", "cannot hold the dataset"]),
         # the control: a valid file trains and writes results.json, so its absence above means
         # something
         "valid_control": case([*HOPPER, f"dataset.path={files['good']}", *QUICK,
                                "algo.batch_size=8", "algo.hidden_dims=[8,8]"], []),
+        "help": case(["--help"], []),
     }
-
-
-def run_cli(overrides: list[str], run_dir: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.train", *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    from conftest import _d4rl_steps, _write_hdf5
-
     root = tmp_path_factory.mktemp("cli")
     files = make_files(root / "files", _d4rl_steps, _write_hdf5)
-    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["JAX_PLATFORMS"] = "cpu"
-    for variable, folder in [("OFFRL_DATA_DIR", "offrl"), ("MINARI_DATASETS_PATH", "minari"),
-                             ("D4RL_DATASET_DIR", "d4rl")]:
-        env[variable] = str(root / folder)
+    env = cli_env(**{variable: str(root / folder) for variable, folder in [
+        ("OFFRL_DATA_DIR", "offrl"), ("MINARI_DATASETS_PATH", "minari"), ("D4RL_DATASET_DIR", "d4rl")]})
     table = cases(files, root)
 
     def launch(name):
@@ -121,7 +120,8 @@ BAD_INPUT = [
     "missing_file", "corrupt_file", "missing_key", "different_lengths", "nan_values",
     "observation_size", "unknown_minari_dataset", "unknown_algorithm", "unknown_dataset",
     "unknown_hyperparameter",
-    "seeds_not_a_number",
+    "seeds_not_a_number", "online_without_environment", "online_environment_mismatch",
+    "online_negative_steps", "online_buffer_too_small",
 ]
 
 
@@ -145,3 +145,23 @@ def test_valid_control_writes_results(outcomes):
     assert outcome.process.returncode == 0, report(outcome)
     assert (outcome.run_dir / "results.json").is_file()
     assert "error:" not in outcome.process.stderr
+
+
+# What a user can pass as algo=<name>: the YAML files in configs/algo (the `<name>_base` schemas they
+# build on are internal and must not be offered).
+ALGO_CHOICES = sorted(path.stem for path in (REPO / "configs" / "algo").glob("*.yaml"))
+
+
+def test_unknown_algorithm_lists_the_algorithms_to_choose_from(outcomes):
+    outcome = outcomes["unknown_algorithm"]
+    listed = outcome.process.stderr.split("Available options in 'algo':\n", 1)[-1].splitlines()
+    offered = [line.strip() for line in itertools.takewhile(lambda line: line.startswith("\t"), listed)]
+    assert offered == ALGO_CHOICES, report(outcome)
+    assert set(algorithms.available()) <= set(offered)  # every algorithm can be chosen
+
+
+def test_help_offers_only_real_algorithms(outcomes):
+    outcome = outcomes["help"]
+    assert outcome.process.returncode == 0, report(outcome)
+    lines = [line for line in outcome.process.stdout.splitlines() if line.startswith("algo: ")]
+    assert lines and lines[0].removeprefix("algo: ").split(", ") == ALGO_CHOICES, report(outcome)

@@ -10,6 +10,7 @@ import pytest
 
 import algorithms
 from algorithms import Spec
+from algorithms.core.algorithm import Context, Sampling
 from algorithms.cql import backup_value, conservative_gap, lagrange_penalty, scalar_state
 from envs.dataset import Dataset
 from experiments.config import compose, make_algorithm
@@ -186,3 +187,40 @@ def test_named_configs_per_family():
         assert (antmaze.reward.scale, antmaze.reward.shift) == (4.0, -2.0)  # (r - 0.5) * 4
     with pytest.raises(KeyError, match="algo.backup"):
         make_algorithm(compose(["algo=cql", "algo.backup=maximum"]).algo)
+
+
+def test_cal_ql_pushes_policy_actions_down_only_to_the_behaviour_value():
+    algo = algorithms.get("cal_ql")(num_sampled_actions=2)
+    q = jnp.array([[[0.0, 5.0, -3.0, 1.0, -9.0, 7.0]]])  # (1 critic, 1 state, 3n): uniform | pi(s) | pi(s')
+    batch = SimpleNamespace(returns_to_go=jnp.array([2.0]))
+    calibrated = algo.push_down_values(q, batch, Context(None))
+    # uniform actions as they are; the policy's max(Q, V^mu = 2)
+    np.testing.assert_array_equal(calibrated, [[[0.0, 5.0, 2.0, 2.0, 2.0, 7.0]]])
+    online = Context(None, phase="online")
+    np.testing.assert_array_equal(algo.push_down_values(q, batch, online), q)  # CORL: off online
+    on = algorithms.get("cal_ql")(num_sampled_actions=2, online_calibration=True)
+    np.testing.assert_array_equal(on.push_down_values(q, batch, online), calibrated)
+    np.testing.assert_array_equal(algorithms.get("cql")().push_down_values(q, batch, None), q)
+
+
+def test_cal_ql_batches_carry_the_datasets_returns_to_go():
+    from experiments import loop
+
+    rewards = np.array([-5.0, -5.0, -5.0, 1.0, 2.0], np.float32)
+    obs = np.zeros((5, 3), np.float32)
+    ends = np.array([0, 0, 1, 0, 1], np.float32)  # two episodes: a failure, then rewards 1, 2
+    data = Dataset(obs, np.zeros((5, 2), np.float32), rewards, obs, ends * 0, ends)
+    algo = algorithms.get("cal_ql")(discount=0.5, failure_reward=-5.0)
+    prepared = loop.prepare(algo, data)
+    # failure: -5 / (1 - 0.5) everywhere; then 1 + 0.5 * 2 and 2
+    np.testing.assert_allclose(prepared.data.returns_to_go, [-10.0, -10.0, -10.0, 2.0, 2.0])
+    assert not np.asarray(loop.prepare(algorithms.get("cql")(), data).data.returns_to_go).any()
+    assert algo.sampling("online") == Sampling("mixed", 0.5)
+
+
+def test_cal_ql_config_is_the_codes_antmaze_recipe():
+    algo = make_algorithm(compose(["algo=cal_ql", "dataset=d4rl/antmaze-medium-play-v2"]).algo)
+    assert (algo.lagrange, algo.target_action_gap, algo.backup) == (True, 0.8, "max")
+    assert algo.critic_hidden_dims == (256,) * 4 and algo.hidden_dims == (256, 256)
+    assert (algo.reward.scale, algo.reward.shift, algo.failure_reward) == (10.0, -5.0, -5.0)
+    assert algo.online.replay == "mixed" and algo.online.dataset_fraction == 0.5

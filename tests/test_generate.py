@@ -11,19 +11,24 @@ import numpy as np
 import pytest
 
 import envs
-from algorithms.core.replay import ReplayBuffer
+from algorithms.core.algorithm import Context, OnlineConfig, Sampling
+from algorithms.core.replay import ReplayBuffer, Transitions
 from algorithms.sac import SAC, temperature_loss
 from envs import generated
 from envs.dataset import Dataset, DatasetError
-from experiments import generate
-from experiments.online import OnlineSchedule, train_online
+from envs.environment import episode_seeds, run_episodes
+from envs.preprocessing import Preprocessor
+from experiments import generate, loop
+from experiments.data import ensure_generated, load
+from experiments.online import OnlineSchedule, environment_spec, fresh_run, train_online
 
 PENDULUM = generate.BEHAVIOUR_DIR / "pendulum"
 
 
-def rows(start: int, count: int) -> Dataset:
+def rows(start: int, count: int) -> Transitions:
     values = np.arange(start, start + count, dtype=np.float32)
-    return Dataset(values[:, None], values[:, None], values, values[:, None], values * 0, values * 0)
+    return Transitions.from_dataset(
+        Dataset(values[:, None], values[:, None], values, values[:, None], values * 0, values * 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,30 +68,38 @@ def pendulum_env():
     return gym.wrappers.RescaleAction(env, -np.ones(1, np.float32), np.ones(1, np.float32))
 
 
+def train_sac_online(steps: int, start_steps: int, seeds: list[int], evaluate=None, **sac):
+    """SAC from scratch through the engine's online phase: 50 environment steps, then 50 updates."""
+    algo = SAC(**sac, online=OnlineConfig(block=50))
+    ctx = Context(None, phase="online")
+    run = fresh_run(algo, environment_spec(pendulum_env, steps), ctx, seeds, 1_000)
+    schedule = OnlineSchedule(steps, eval_every=0, log_every=0, start_steps=start_steps)
+    runner = loop.ChunkRunner(algo, "online", sampling=Sampling("buffer"))
+    return algo, train_online(algo, ctx, Preprocessor.identity(3), pendulum_env, schedule, seeds, run,
+                              runner, evaluate=evaluate)
+
+
 def test_online_training_is_deterministic_and_fills_the_buffer():
-    schedule = OnlineSchedule(total_steps=300, start_steps=100, update_every=50, eval_every=0,
-                              eval_episodes=1, buffer_size=1_000)
-    algo = SAC(hidden_dims=(16, 16), batch_size=32)
-    first = train_online(algo, pendulum_env, schedule, [0, 1])
-    second = train_online(algo, pendulum_env, schedule, [0, 1])
-    assert first["step"] == 300 and np.asarray(first["buffers"].size).tolist() == [300, 300]
-    assert int(first["states"].step) == 250  # 50 updates per 50 steps once 100 warm-up steps are in
-    for a, b in zip(jax.tree.leaves(first["states"]), jax.tree.leaves(second["states"]), strict=True):
+    evaluated = []
+    _, first = train_sac_online(300, 100, [0, 1], evaluated.append, hidden_dims=(16, 16), batch_size=32)
+    _, second = train_sac_online(300, 100, [0, 1], hidden_dims=(16, 16), batch_size=32)
+    assert first.env_step == 300 and np.asarray(first.buffers.size).tolist() == [300, 300]
+    assert int(first.states.step) == 250  # 50 updates per 50 steps once 100 warm-up steps are in
+    for a, b in zip(jax.tree.leaves(first.states), jax.tree.leaves(second.states), strict=True):
         np.testing.assert_array_equal(a, b)
-    held = first["buffers"].transitions
+    held = first.buffers.transitions
     assert held.timeouts[0].sum() == 1 and held.timeouts[0][199] == 1  # the 200-step time limit
     assert held.terminals.sum() == 0  # Pendulum never terminates
     # the next observation of one step is the observation of the next, within an episode
     np.testing.assert_array_equal(held.next_observations[0][:199], held.observations[0][1:200])
-    assert len(first["history"]["evaluations"]) == 2  # at step 0 and at the end
+    assert len(evaluated) == 1  # at the end (eval_every=0)
 
 
 @pytest.mark.slow
 def test_sac_learns_pendulum():
-    schedule = OnlineSchedule(total_steps=8_000, start_steps=1_000, update_every=50,
-                              eval_every=0, eval_episodes=5)
-    run = train_online(SAC(hidden_dims=(64, 64)), pendulum_env, schedule, [0])
-    returns = np.asarray(run["history"]["evaluations"][-1]["returns"])
+    algo, run = train_sac_online(8_000, 1_000, [0], hidden_dims=(64, 64))
+    policy = loop.make_policy(algo, Preprocessor.identity(3))(run.states)
+    returns = run_episodes(policy, pendulum_env, episode_seeds([0], 123, 5))
     assert returns.mean() > -400, returns  # random actions: about -1200; swung up and held: > -200
 
 
@@ -208,9 +221,9 @@ def test_replay_episodes_cut_at_ends_and_at_resumed_training():
 def test_collection_log_resumes_and_keeps_the_prefix(tmp_path):
     log = generate.CollectionLog(tmp_path / "collected")
     whole = rows(0, 30)
-    log.write(10, [Dataset(*(c[:5] for c in whole)), Dataset(*(c[5:10] for c in whole))])
-    log.write(20, [Dataset(*(c[10:20] for c in whole))])
-    log.write(30, [Dataset(*(c[20:30] for c in whole))])
+    log.write(10, [Dataset(*(c[:5] for c in whole[:6])), Dataset(*(c[5:10] for c in whole[:6]))])
+    log.write(20, [Dataset(*(c[10:20] for c in whole[:6]))])
+    log.write(30, [Dataset(*(c[20:30] for c in whole[:6]))])
     log.resume(20, buffers=None)  # the checkpoint at 20: the part after it is collected again
     assert [p.stem for p in log.parts()] == ["000000010", "000000020"]
     space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
@@ -248,8 +261,10 @@ def test_same_seed_same_arrays(pendulum_splits, tmp_path, monkeypatch):
     assert not np.array_equal(first.actions, other.actions)
 
 
-def test_generated_on_first_use_through_envs_load(data_dirs):
-    data, info = envs.load("local", "pendulum-expert")
+def test_generated_on_first_use_by_the_command_line_layer(data_dirs):
+    with pytest.raises(envs.NotGenerated, match="experiments.generate env=pendulum"):
+        envs.load("local", "pendulum-expert")  # envs cannot run a behaviour policy itself
+    data, info = load("local", "pendulum-expert")
     assert data.size == generated.BEHAVIOUR_ENVS["pendulum"].default_size
     assert info.env_id == "Pendulum-v1" and info.ref_max_score is not None
     assert np.abs(data.actions).max() <= 1.0  # rescaled from torque
@@ -314,7 +329,7 @@ def test_corrupt_cached_split_is_reported(tmp_path):
 
 def test_sized_variant_is_generated_apart_from_the_default_size(data_dirs, monkeypatch):
     monkeypatch.setitem(generated.SIZED, "pendulum-medium-2k", ("pendulum", "medium", 2_000))
-    generated.ensure_behaviour_dataset("pendulum-medium-2k")
+    ensure_generated("pendulum-medium-2k")
     assert generated.dataset_complete(data_dirs.offrl, "local/pendulum/medium-2k-v0")
     assert not generated.dataset_complete(data_dirs.offrl, "local/pendulum/medium-v0")
     info = envs.DatasetInfo("pendulum-medium-2k", "local", "Pendulum-v1", "toy", None, None,

@@ -68,3 +68,19 @@ def test_offline_rl_beats_behaviour_cloning(final_scores, name):
 @pytest.mark.parametrize("name", ["prdc", "spot", "a2pr"])
 def test_constrained_policy_optimisation_beats_behaviour_cloning(final_scores, name):
     assert np.mean(final_scores[name]) > np.mean(final_scores["bc"]) + MARGIN, dict(final_scores)
+
+
+@pytest.mark.slow
+def test_iql_fine_tuning_ends_above_its_offline_score(tmp_path, monkeypatch):
+    """IQL on `local/pendulum-medium` (the medium behaviour policy's 20k transitions, normalized
+    score ~33), 5k offline steps, then 20k environment steps of fine-tuning (updates every 10 steps,
+    10 at a time). Measured here (2 seeds, a busy 2-core CPU, 95 s): offline 44.9 ± 1.0, online
+    47.1, 44.5, 78.5, 88.0 ± 1.7 at 5k, 10k, 15k, 20k environment steps."""
+    monkeypatch.setenv("OFFRL_DATA_DIR", str(tmp_path / "datasets"))
+    results = run(compose([
+        "algo=iql", "dataset=local/pendulum-medium", "algo.hidden_dims=[64,64]", "seeds=2",
+        "steps=5000", "log_every=1000", "eval.every=5000", "eval.episodes=10", "online.steps=20000",
+        "online.eval_every=5000", "online.episodes=10", "algo.online.block=10"]), tmp_path / "run")
+    offline = [seed["offline_score"] for seed in results["seeds"]]
+    online = [seed["online_final_score"] for seed in results["seeds"]]
+    assert np.mean(online) > np.mean(offline) + MARGIN, (offline, online)

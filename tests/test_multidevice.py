@@ -29,10 +29,10 @@ SCRIPT = textwrap.dedent("""
     assert len(jax.devices()) == 4, jax.devices()
     sharded = []
     real_shard = loop.shard_seeds
-    def spy(states, keys):
-        states, keys = real_shard(states, keys)
-        sharded.append(len(jax.tree.leaves(states.actor.params)[0].sharding.device_set))
-        return states, keys
+    def spy(*trees):
+        trees = real_shard(*trees)
+        sharded.append(len(jax.tree.leaves(trees[0].actor.params)[0].sharding.device_set))
+        return trees
     loop.shard_seeds = spy
     run(compose(json.loads(sys.argv[1])), Path(sys.argv[2]))
     assert sharded == [4], sharded

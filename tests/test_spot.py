@@ -118,14 +118,6 @@ def test_loop_refuses_to_train_without_the_pretrained_stage():
         loop.init_states(algo, SPEC, Context(random_batch()), jax.random.split(jax.random.key(0), 2))
 
 
-@pytest.fixture
-def offline_data(tmp_path_factory, monkeypatch):
-    root = tmp_path_factory.mktemp("datasets")
-    envs.generated.ensure_pendulum_mixed(root, episodes=10)
-    monkeypatch.setenv("OFFRL_DATA_DIR", str(root))
-    return root
-
-
 def test_pretrained_vae_is_cached_reused_and_frozen(offline_data, tmp_path):
     overrides = [*TINY, "seeds=2", f"pretrain.cache_dir={tmp_path / 'cache'}"]
     first = run(compose(overrides), tmp_path / "a")
