@@ -210,6 +210,8 @@ def build_tables(cells, failures, unfinished, papers, sources, reps) -> dict[str
             "published offline → online", "ours − published (online)", "source"]]
     for (dataset, algo), cell in sorted(cells.items()):
         value, source = paper_score(papers, algo, dataset, "final", sources)
+        if cell.o2o["online_final"]:  # its final score is after fine-tuning: compared in the next table
+            value, source = None, None
         approx = "≈ " if paper_name(dataset)[1] and value is not None else ""
         tables["scores"].append([
             dataset, algo, str(len(cell.final)), fmt(cell.final), fmt(cell.best),
@@ -220,7 +222,7 @@ def build_tables(cells, failures, unfinished, papers, sources, reps) -> dict[str
             paper, diff = "–", "–"
             if value is not None:
                 offline, online = mean_of(value["offline"]), mean_of(value["online"])
-                paper = f"{offline:.1f} → {online:.1f}"
+                paper = f"{'≈ ' if paper_name(dataset)[1] else ''}{offline:.1f} → {online:.1f}"
                 diff = f"{np.mean(cell.o2o['online_final']) - online:+.1f}"
             o2o.append([dataset, algo, str(len(cell.o2o["online_final"])),
                         f"{fmt(cell.o2o['offline'])} → {fmt(cell.o2o['online_final'])}",
