@@ -37,6 +37,9 @@ Where the two reference codes differ, and what is done here:
     clamps mu to [-9, 9] when it scores dataset actions (BC warm-up); not done here.
   - Actor learning rate 1e-4 and a 40 000-step BC warm-up (`policy_eval_start`) in the original;
     3e-4 and none in JaxCQL. The original clips dataset actions inside atanh at 1 - 1e-6; so do we.
+  - Dataset actions. JaxCQL clips them to +-0.999 when it loads the data (conservative_sac_main.py:
+    `clip_action=0.999`), so the TD and conservative terms see Q(s, clip(a)); the original does not.
+    `clip_dataset_actions` (None: off, the original; 0.999 in configs/algo/cql_jaxcql.yaml).
   - JaxCQL's optional clipping of Gap (default +-inf, i.e. off) is not implemented.
 The field defaults here are the original's; configs/algo/cql.yaml is the original's recipe and
 configs/algo/cql_jaxcql.yaml JaxCQL's.
@@ -134,8 +137,10 @@ class CQL(Algorithm):
     lagrange: bool = False
     target_action_gap: float = 5.0  # tau_gap, used with lagrange=True
     init_log_alpha_prime: float = 0.0
+    clip_dataset_actions: float | None = None  # JaxCQL: 0.999 (|a| <= this); None: as recorded
 
     def __post_init__(self):
+        super().__post_init__()
         # KeyError is what the train app reports as a one-line bad-override error.
         if self.backup not in BACKUPS:
             raise KeyError(f"algo.backup must be one of {', '.join(BACKUPS)} (got '{self.backup}')")
@@ -171,6 +176,8 @@ class CQL(Algorithm):
 
     def update(self, state: CQLState, batch, key, ctx: Context | None = None):
         observations, actions = batch.observations, batch.actions
+        if self.clip_dataset_actions is not None:
+            actions = jnp.clip(actions, -self.clip_dataset_actions, self.clip_dataset_actions)
         batch_size, action_dim = actions.shape
         n = self.num_sampled_actions
         next_key, current_key, uniform_key = jax.random.split(key, 3)

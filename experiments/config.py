@@ -31,8 +31,38 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 PROTOCOL = {
     "locomotion": {"steps": 1_000_000, "eval_every": 5_000, "eval_episodes": 10},
     "antmaze": {"steps": 1_000_000, "eval_every": 100_000, "eval_episodes": 100},
+    "adroit": {"steps": 1_000_000, "eval_every": 5_000, "eval_episodes": 10},
+    "kitchen": {"steps": 1_000_000, "eval_every": 5_000, "eval_episodes": 10},
     "toy": {"steps": 20_000, "eval_every": 2_000, "eval_episodes": 10},
 }
+
+
+# Top-level run settings: integers with their smallest allowed value, and booleans.
+RUN_INTEGERS = {"seed": 0, "seeds": 1, "steps": 0, "log_every": 1, "eval.every": 0, "eval.episodes": 0,
+                "checkpoint.every": 0, "checkpoint.keep": 1, "online.steps": 0, "online.eval_every": 0,
+                "online.episodes": 0, "online.log_every": 0, "online.checkpoint_every": 0,
+                "online.start_steps": 0}
+RUN_BOOLEANS = ("resume", "dataset.download")
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    """Every top-level run setting must have its type and be in range; name the first that is not."""
+    for key, minimum in RUN_INTEGERS.items():
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{key} must be an integer >= {minimum} (got {value!r}); fix the "
+                              f"override {key}=...")
+    watchdog = OmegaConf.select(cfg, "watchdog_seconds")
+    if isinstance(watchdog, bool) or not isinstance(watchdog, int | float) or watchdog < 0:
+        raise ConfigError(f"watchdog_seconds must be a number of seconds >= 0, 0 to turn it off (got "
+                          f"{watchdog!r}); fix the override watchdog_seconds=...")
+    for key in RUN_BOOLEANS:
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false (got {value!r}); fix the override {key}=...")
+    if cfg.steps == 0 and cfg.online.steps == 0:
+        raise ConfigError("steps=0 and online.steps=0: nothing to train; set steps=N (offline "
+                          "gradient steps) and/or online.steps=N (environment steps)")
 
 
 def family_of(cfg_root) -> str:
@@ -112,10 +142,7 @@ def make_algorithm(cfg: DictConfig) -> algorithms.Algorithm:
     unknown = set(kwargs) - set(fields)
     if unknown:
         raise KeyError(f"algo.{sorted(unknown)[0]} is not a hyperparameter of {cls.__name__}")
-    try:
-        return cls(**kwargs)
-    except ValueError as error:  # a setting out of range, named by the dataclass's own check
-        raise ConfigError(f"{error}; fix the algo.* override") from None
+    return cls(**kwargs)
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:

@@ -88,6 +88,25 @@ def test_actor_distributions():
     assert dist.mode().shape == (4, 2)
 
 
+def test_iql_policy_mean_layer_is_orthogonal_with_gain_sqrt2():
+    """The reference initialises the mean layer with default_init() = orthogonal(sqrt 2): its 2
+    columns are orthogonal with norm sqrt 2."""
+    gaussian = GaussianActor((16,), 2)
+    params = gaussian.init(jax.random.key(0), jnp.ones((1, 3)))["params"]
+    mean_kernels = [v["kernel"] for k, v in params.items() if k.startswith("Dense")]
+    (kernel,) = mean_kernels  # the MLP's own layers live in its submodule
+    np.testing.assert_allclose(kernel.T @ kernel, 2.0 * np.eye(2), atol=1e-5)
+
+
+def test_iql_actor_dropout_acts_only_in_the_loss():
+    obs = jnp.ones((4, 3))
+    actor = GaussianActor((64,), 2, dropout_rate=0.5)
+    params = actor.init(jax.random.key(0), obs)
+    means = [actor.apply(params, obs, True, rngs={"dropout": jax.random.key(k)}).mode() for k in range(2)]
+    assert not np.allclose(means[0], means[1])
+    np.testing.assert_array_equal(actor.apply(params, obs).mode(), actor.apply(params, obs).mode())
+
+
 @pytest.mark.parametrize("name", ["bc", "td3_bc", "iql", "sac"])
 def test_update_and_act_shapes_and_determinism(name):
     algo = small(name)

@@ -21,6 +21,7 @@ CONFIGS = {
     "default": dict(bc_warmup_steps=1),
     "lagrange_max": dict(bc_warmup_steps=0, lagrange=True, backup="max", policy_head="jaxcql",
                          target_action_gap=0.0, num_critics=3, critic_lr=3e-3),
+    "clipped_actions": dict(bc_warmup_steps=0, clip_dataset_actions=0.999),
 }
 _compiled = {}
 
@@ -174,6 +175,18 @@ def test_update_and_act_shapes_and_determinism(config):
     np.testing.assert_allclose(actions, jnp.tanh(mean), rtol=1e-6)  # the mode: tanh(mu)
 
 
+def test_jaxcql_clips_dataset_actions():
+    """With clip_dataset_actions=0.999 (JaxCQL) an update on actions at +-1 is the update on the
+    same actions clipped to +-0.999; without the clip the critics would see different inputs."""
+    cql = small("clipped_actions")
+    batch = narrow_batch(jax.random.key(0))
+    edge = batch._replace(actions=jnp.sign(batch.actions - 0.45))  # every action at -1 or +1
+    state = cql.init(batch)
+    at_edge, _ = cql.update(state, edge, jax.random.key(2))
+    clipped, _ = cql.update(state, edge._replace(actions=0.999 * edge.actions), jax.random.key(2))
+    assert all(jax.tree.leaves(jax.tree.map(jnp.array_equal, at_edge, clipped)))
+
+
 def test_named_configs_per_family():
     original = make_algorithm(compose(["algo=cql", "dataset=d4rl/hopper-medium-v2"]).algo)
     assert (original.hidden_dims, original.actor_lr, original.bc_warmup_steps) == ((256,) * 3, 1e-4, 40_000)
@@ -181,6 +194,7 @@ def test_named_configs_per_family():
     jax_cql = make_algorithm(compose(["algo=cql_jaxcql", "dataset=d4rl/hopper-medium-v2"]).algo)
     assert jax_cql.name == "cql" and jax_cql.hidden_dims == (256, 256) and jax_cql.actor_lr == 3e-4
     assert (jax_cql.bc_warmup_steps, jax_cql.init_log_alpha_prime, jax_cql.policy_head) == (0, 1.0, "jaxcql")
+    assert (original.clip_dataset_actions, jax_cql.clip_dataset_actions) == (None, 0.999)
     for name in ("cql", "cql_jaxcql"):
         antmaze = make_algorithm(compose([f"algo={name}", "dataset=d4rl/antmaze-umaze-v2"]).algo)
         assert antmaze.lagrange and (antmaze.target_action_gap, antmaze.min_q_weight) == (5.0, 5.0)
