@@ -12,8 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from experiments.config import CONFIG_DIR, make_algorithm, setup
-from experiments.train import check_config
+from experiments.config import CONFIG_DIR, check_run_settings, make_algorithm, setup
 
 EXPERIMENTS = sorted(path.stem for path in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 
@@ -50,7 +49,7 @@ def test_experiment_composes_for_every_dataset_it_names(experiment):
         assert cfg.seeds == 5  # seeds vmapped inside each job
         assert experiment.split("_")[0] in ("offline", "o2o") or cfg.algo.name == experiment.rsplit("_", 1)[0]
         assert cfg.hydra.sweep.dir.startswith("multirun/")
-        check_config(cfg)
+        check_run_settings(cfg)
         assert (cfg.online.steps > 0) == experiment.startswith("o2o_")
         make_algorithm(cfg.algo)  # per-dataset hyperparameters resolve and fit the dataclass
         for key, value in cfg.items():  # every value resolves (hydra's own node needs a running job)
