@@ -135,7 +135,10 @@ def make_algorithm(cfg: DictConfig) -> algorithms.Algorithm:
     kwargs = {}
     for key, value in values.items():
         if isinstance(value, dict) and key in fields:  # a nested settings dataclass (reward, online)
-            value = type(fields[key].default_factory())(**value)
+            try:
+                value = type(fields[key].default_factory())(**value)
+            except ValueError as error:
+                raise ConfigError(f"{error}; fix the algo.{key}.* override") from None
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[key] = value

@@ -208,6 +208,10 @@ def test_orthogonal_init_matches_flax_without_lapack(shape):
     np.testing.assert_allclose(gram, 1.5**2 * np.eye(len(gram)), atol=1e-4)
 
 
+# Settings an algorithm cannot run without, and small rollouts (MOPO's buffer is allocated here).
+REQUIRED = {"mopo": {"termination": "hopper", "rollout_batch": 8}}
+
+
 @pytest.mark.parametrize("name", algorithms.available())
 def test_compiled_programs_call_no_custom_kernels(name):
     """Batched LAPACK kernels (QR, Cholesky, ...) wait on XLA's CPU thread pool from inside it
@@ -215,7 +219,7 @@ def test_compiled_programs_call_no_custom_kernels(name):
     init or in the training chunk of any algorithm."""
     from experiments import loop
 
-    algo = small(name)
+    algo = small(name, **REQUIRED.get(name, {}))
     data = random_batch(jax.random.key(0), size=64)
     keys = jax.random.split(jax.random.key(1), 3)
     init = jax.jit(jax.vmap(algo.init, in_axes=(0, None, None)), static_argnums=1)
@@ -223,9 +227,9 @@ def test_compiled_programs_call_no_custom_kernels(name):
     states = jax.eval_shape(jax.vmap(lambda key: algo.init(key, SPEC, data)), keys)
     states = states.replace(step=jax.ShapeDtypeStruct((), states.step.dtype))
     ctx = Context(Transitions.from_dataset(data))
-    if name in ("spot",):  # its stage's result is part of the context
-        stage = algo.stages(SPEC)[0]
-        ctx = ctx.replace(stages={"vae": stage.result(stage.init(jax.random.key(0), SPEC, data))})
+    # the stages' results (SPOT's VAE, MOPO's dynamics) are part of the context
+    ctx = ctx.replace(stages={stage.name: stage.result(stage.init(jax.random.key(0), SPEC, data))
+                              for stage in algo.stages(SPEC)})
     buffers = loop.init_buffers(algo, SPEC, ctx, 3)
     programs.append(loop.make_train_chunk(algo, 2).lower(states, buffers, keys, ctx).as_text())
     for text in programs:

@@ -87,7 +87,7 @@ def cases(files: dict[str, Path], folder: Path) -> dict[str, SimpleNamespace]:
         # online fine-tuning: refused before any offline training
         "online_without_environment": case(
             ["dataset=d4rl/antmaze-umaze-v2", f"dataset.path={files['good']}", *QUICK,
-             "online.steps=10"], ["antmaze-umaze-v2", "no evaluation environment"]),
+             "online.steps=10"], ["AntMaze environment needs mujoco-py", "minari/D4RL/antmaze"]),
         "online_environment_mismatch": case(
             [*HOPPER, f"dataset.path={files['five_dim']}", *QUICK, "online.steps=10"],
             ["5 values", "Hopper-v4", "11"]),

@@ -149,9 +149,9 @@ class SettingsError(ValueError):
 
 def check_settings(algo) -> None:
     """Reject settings that cannot train, by what each field is: layer widths (`*hidden_dims`) and
-    counts (integers: batch sizes, numbers of critics and samples, delays) >= 1, step counts and seeds
-    (`*_steps`, `*_seed`) >= 0, learning rates (`*_lr`) > 0, `discount` in [0, 1], `tau` in (0, 1],
-    `expectile` in (0, 1), dropout rates (`*_dropout`) in [0, 1)."""
+    counts (integers: batch sizes, numbers of critics and samples, delays) >= 1, step counts, seeds
+    and lengths (`*_steps`, `*_seed`, `*_length`) >= 0, learning rates (`*_lr`) > 0, `discount` in
+    [0, 1], `tau` in (0, 1], `expectile` in (0, 1), dropout rates (`*_dropout`) in [0, 1)."""
     for item in dataclasses.fields(algo):
         value = getattr(algo, item.name)
         requirement = _unmet_requirement(item.name, str(item.type), value)
@@ -167,7 +167,7 @@ def _unmet_requirement(name: str, annotation: str, value) -> str | None:
         return None if widths_ok else "a list of layer widths, each an integer >= 1, e.g. [256,256]"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    if name.endswith(("_steps", "_seed")):
+    if name.endswith(("_steps", "_seed", "_length")):
         return None if value >= 0 else "an integer >= 0"
     if annotation == "int":
         return None if value >= 1 else "an integer >= 1"
