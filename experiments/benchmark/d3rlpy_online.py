@@ -86,7 +86,7 @@ def main() -> None:
                "updates": (means.get("time_sample_batch", 0.0) + means.get("time_algorithm_update", 0.0))
                * steps,
                "seconds": means["time_step"] * steps}
-    record = {"library": f"d3rlpy {d3rlpy.__version__}", "torch": torch.__version__,
+    record = {"version": d3rlpy.__version__, "torch": torch.__version__,
               "gymnasium": gymnasium.__version__, "threads": args.threads,
               "hidden": list(args.hidden), "batch_size": args.batch_size, "env_steps": steps,
               "dataset_transitions": int(buffer.transition_count), "timings": seconds,

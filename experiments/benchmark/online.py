@@ -33,9 +33,9 @@ import numpy as np
 from experiments.benchmark.machine import ROOT, cores, load_average, machine_info, subprocess_environment
 
 FULL = {"dataset": "local/hopper-medium-50k", "steps": 2000, "widths": [256, 64], "seeds": [1, 8],
-        "config_timeout": 1800}
+        "config_timeout": 1800, "d3rlpy_threads": sorted({cores(), 1}, reverse=True)}
 QUICK = {"dataset": "local/pendulum-mixed", "steps": 100, "widths": [16], "seeds": [1, 2],
-         "config_timeout": 600}
+         "config_timeout": 600, "d3rlpy_threads": [1]}
 PARTS = ("policy", "environment", "updates")
 
 
@@ -52,14 +52,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--d3rlpy-python", default=os.environ.get("D3RLPY_PYTHON", sys.executable),
                         help="the Python that runs d3rlpy (default: $D3RLPY_PYTHON, else this one)")
     parser.add_argument("--d3rlpy-threads", nargs="+", type=int,
-                        help="torch threads for d3rlpy (default: the cores available)")
+                        help="torch thread counts for d3rlpy (default: the cores available, then 1; "
+                        "--quick: 1)")
     parser.add_argument("--config-timeout", type=float, help="seconds before a run is abandoned")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "online.json")
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.d3rlpy_threads = args.d3rlpy_threads or [cores()]
+    if os.sep in args.d3rlpy_python:  # it runs from a temporary folder
+        args.d3rlpy_python = str(Path(args.d3rlpy_python).absolute())
     if "/" not in args.dataset:
         parser.error(f"--dataset takes source/name (e.g. local/hopper-medium-50k), not '{args.dataset}'")
     return args
