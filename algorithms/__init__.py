@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from algorithms.core.algorithm import Algorithm, RewardConfig, Spec
+from algorithms.core.algorithm import Algorithm, RewardConfig, SettingsError, Spec
 
 ALGORITHMS: dict[str, type[Algorithm]] = {}
 
@@ -39,4 +39,4 @@ def available() -> list[str]:
     return sorted(ALGORITHMS)
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "RewardConfig", "Spec", "available", "get", "register"]
+__all__ = ["ALGORITHMS", "Algorithm", "RewardConfig", "SettingsError", "Spec", "available", "get", "register"]

@@ -37,6 +37,9 @@ Where the two reference codes differ, and what is done here:
     clamps mu to [-9, 9] when it scores dataset actions (BC warm-up); not done here.
   - Actor learning rate 1e-4 and a 40 000-step BC warm-up (`policy_eval_start`) in the original;
     3e-4 and none in JaxCQL. The original clips dataset actions inside atanh at 1 - 1e-6; so do we.
+  - Dataset actions. JaxCQL clips them to +-0.999 when it loads the data (conservative_sac_main.py:
+    `clip_action=0.999`), so the TD and conservative terms see Q(s, clip(a)); the original does not.
+    `clip_dataset_actions` (None: off, the original; 0.999 in configs/algo/cql_jaxcql.yaml).
   - JaxCQL's optional clipping of Gap (default +-inf, i.e. off) is not implemented.
 The field defaults here are the original's; configs/algo/cql.yaml is the original's recipe and
 configs/algo/cql_jaxcql.yaml JaxCQL's.
@@ -51,15 +54,16 @@ the right w differ from maze to maze; the multiplier instead holds w * Gap near 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import flax
 import jax
 import jax.numpy as jnp
 from flax.training.train_state import TrainState
 
+import envs
 from algorithms import register
-from algorithms.core.algorithm import Algorithm, Context, Spec
+from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, Spec
 from algorithms.core.networks import ReferenceTanhGaussianActor, critic_ensemble
 from algorithms.core.training import copy_params, create_train_state, scalar_state, soft_update
 
@@ -115,6 +119,7 @@ def backup_value(next_q: jax.Array, next_log_probs: jax.Array, alpha: jax.Array,
 class CQL(Algorithm):
     name = "cql"
     hidden_dims: tuple[int, ...] = (256, 256, 256)
+    critic_hidden_dims: tuple[int, ...] = ()  # (): hidden_dims
     actor_lr: float = 1e-4  # also the entropy temperature's
     critic_lr: float = 3e-4  # also the Lagrange multiplier's
     discount: float = 0.99
@@ -132,8 +137,10 @@ class CQL(Algorithm):
     lagrange: bool = False
     target_action_gap: float = 5.0  # tau_gap, used with lagrange=True
     init_log_alpha_prime: float = 0.0
+    clip_dataset_actions: float | None = None  # JaxCQL: 0.999 (|a| <= this); None: as recorded
 
     def __post_init__(self):
+        super().__post_init__()
         # KeyError is what the train app reports as a one-line bad-override error.
         if self.backup not in BACKUPS:
             raise KeyError(f"algo.backup must be one of {', '.join(BACKUPS)} (got '{self.backup}')")
@@ -143,9 +150,14 @@ class CQL(Algorithm):
 
     def networks(self, action_dim: int):
         actor = ReferenceTanhGaussianActor(self.hidden_dims, action_dim, self.policy_head)
-        critic = critic_ensemble(self.num_critics, self.hidden_dims,
+        critic = critic_ensemble(self.num_critics, self.critic_hidden_dims or self.hidden_dims,
                                  final_init_scale=self.critic_final_init_scale)
         return actor, critic
+
+    def push_down_values(self, q_sampled: jax.Array, batch, ctx: Context | None) -> jax.Array:
+        """The Q-values of the sampled actions (N, B, 3n: uniform, pi(s), pi(s')) that enter the
+        gap's logsumexp; CQL uses them as they are (Cal-QL overrides this)."""
+        return q_sampled
 
     def init(self, key, spec: Spec, ctx: Context | None = None) -> CQLState:
         actor_key, critic_key = jax.random.split(key)
@@ -164,6 +176,8 @@ class CQL(Algorithm):
 
     def update(self, state: CQLState, batch, key, ctx: Context | None = None):
         observations, actions = batch.observations, batch.actions
+        if self.clip_dataset_actions is not None:
+            actions = jnp.clip(actions, -self.clip_dataset_actions, self.clip_dataset_actions)
         batch_size, action_dim = actions.shape
         n = self.num_sampled_actions
         next_key, current_key, uniform_key = jax.random.split(key, 3)
@@ -228,7 +242,8 @@ class CQL(Algorithm):
             q = state.critic.apply_fn(params, observations, all_actions)  # (N, B, 1 + 3n)
             q_data = q[..., 0]
             td_loss = ((q_data - td_target) ** 2).mean(axis=1)
-            gaps = conservative_gap(q_data, q[..., 1:], log_density, self.cql_temperature).mean(axis=1)
+            q_sampled = self.push_down_values(q[..., 1:], batch, ctx)
+            gaps = conservative_gap(q_data, q_sampled, log_density, self.cql_temperature).mean(axis=1)
             if self.lagrange:
                 penalty = lagrange_penalty(gaps, state.log_alpha_prime.params["value"], self.min_q_weight,
                                            self.target_action_gap)[0]
@@ -262,3 +277,39 @@ class CQL(Algorithm):
     def act(self, state: CQLState, observations, key, deterministic: bool = True):
         dist = state.actor.apply_fn(state.actor.params, observations)
         return dist.mode() if deterministic else dist.sample(seed=key)
+
+
+@register
+@dataclass
+class CalQL(CQL):
+    """Cal-QL (Nakamoto et al., NeurIPS 2023), as in `nakamotoo/Cal-QL` (JaxCQL/conservative_sac.py):
+    CQL whose push-down on the policy's actions stops at the behaviour policy's value,
+        Q(s, a_j) -> max(Q(s, a_j), V^mu(s)) for a_j ~ pi(.|s) and a'_j ~ pi(.|s') in the gap
+    (not for the uniform actions), with V^mu(s) the discounted Monte-Carlo return-to-go of the
+    dataset trajectory through s (`batch.returns_to_go`; a never-solved sparse-reward trajectory
+    gets failure_reward / (1 - gamma) everywhere, as the code's `calc_return_to_go`). Q then stays
+    calibrated (>= V^mu) and does not "unlearn" when fine-tuning starts.
+
+    Online, batches are half dataset, half online transitions (`online.replay=mixed`, the code's
+    mixing_ratio 0.5). Where the original and CORL differ online: the original keeps the
+    calibration on and computes the online transitions' returns-to-go when each trajectory ends;
+    CORL (`algorithms/finetune/cal_ql.py`, switch_calibration) turns it off at the switch. We
+    follow CORL (`online_calibration=False`, the default): the engine stores online rows as they
+    arrive, before their trajectory's return is known. configs/algo/cal_ql.yaml holds the code's
+    AntMaze recipe (Lagrange with gap 0.8, max backup, Q 4x256, actor lr 1e-4, r <- 10 r - 5)."""
+
+    name = "cal_ql"
+    failure_reward: float | None = None  # sparse tasks: the (transformed) reward of every failed step
+    online_calibration: bool = False
+    online: OnlineConfig = field(default_factory=lambda: OnlineConfig(replay="mixed",
+                                                                      dataset_fraction=0.5))
+
+    def returns_to_go(self, data):
+        return envs.returns_to_go(data, self.discount, self.failure_reward)
+
+    def push_down_values(self, q_sampled, batch, ctx):
+        if ctx is not None and ctx.phase == "online" and not self.online_calibration:
+            return q_sampled
+        n = self.num_sampled_actions
+        bound = batch.returns_to_go[None, :, None]  # (1, B, 1): every critic, every action
+        return jnp.concatenate([q_sampled[..., :n], jnp.maximum(q_sampled[..., n:], bound)], axis=-1)

@@ -8,8 +8,11 @@ One update, in the reference order:
 The value and actor use the *target* critics and the just-updated V, as the reference code does.
 The actor is N(tanh(mu(s)), exp(log_std)) with a state-independent log std, its learning rate
 follows a cosine decay over training, and dataset actions are clipped to +-(1 - 1e-5) before their
-log-likelihood is taken. Defaults are the paper's Gym-locomotion values (expectile 0.7,
-temperature 3.0); configs/algo/iql.yaml switches AntMaze to 0.9 / 10.0 and the reward conventions.
+log-likelihood is taken. Every layer is initialised orthogonally with gain sqrt(2), the policy's
+mean layer too (the reference's `default_init()`). Defaults are the paper's Gym-locomotion values
+(expectile 0.7, temperature 3.0, no dropout); configs/algo/iql.yaml switches AntMaze to 0.9 / 10.0,
+Kitchen and Adroit to temperature 0.5 with actor dropout 0.1 (the reference's kitchen_config.py),
+and the reward conventions.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class IQL(Algorithm):
     tau: float = 0.005
     expectile: float = 0.7
     temperature: float = 3.0  # beta, the inverse temperature of advantage weighting
+    actor_dropout: float = 0.0  # dropout after each hidden layer of the policy, in its loss only
     max_weight: float = 100.0
     cosine_actor_lr: bool = True  # False in the reference fine-tuning script
     num_critics: int = 2
@@ -63,7 +67,7 @@ class IQL(Algorithm):
         actor_key, critic_key, value_key = jax.random.split(key, 3)
         obs = jnp.zeros((1, spec.observation_dim))
         act = jnp.zeros((1, spec.action_dim))
-        actor_net = GaussianActor(self.hidden_dims, spec.action_dim)
+        actor_net = GaussianActor(self.hidden_dims, spec.action_dim, dropout_rate=self.actor_dropout)
         critic_net = critic_ensemble(self.num_critics, self.hidden_dims, init_scheme="orthogonal")
         value_net = ValueNetwork(self.hidden_dims, init_scheme="orthogonal")
         actor_lr = (optax.cosine_decay_schedule(self.actor_lr, spec.total_steps)
@@ -93,7 +97,8 @@ class IQL(Algorithm):
         dataset_actions = jnp.clip(batch.actions, -1.0 + 1e-5, 1.0 - 1e-5)
 
         def actor_loss(params):
-            log_prob = state.actor.apply_fn(params, batch.observations).log_prob(dataset_actions)
+            dist = state.actor.apply_fn(params, batch.observations, True, rngs={"dropout": key})
+            log_prob = dist.log_prob(dataset_actions)
             return -(weights * log_prob).mean()
 
         pi_loss, grads = jax.value_and_grad(actor_loss)(state.actor.params)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from algorithms import register
-from algorithms.core.algorithm import Context
+from algorithms.core.algorithm import Context, SettingsError
 from algorithms.core.neighbours import nearest_neighbour
 from algorithms.td3_bc import TD3BC, delayed
 
@@ -82,8 +82,10 @@ class PRDC(TD3BC):
     search_block: int = 8192  # dataset rows per block of the in-graph searches
 
     def __post_init__(self):
+        super().__post_init__()
         if self.neighbour_search not in SEARCHES:
-            raise ValueError(f"neighbour_search must be one of {SEARCHES}, not '{self.neighbour_search}'")
+            raise SettingsError(f"algo.neighbour_search must be one of {', '.join(SEARCHES)} (got "
+                                f"'{self.neighbour_search}'); fix the override algo.neighbour_search=...")
 
     def wants_tree(self) -> bool:
         return self.neighbour_search == "kdtree" or (

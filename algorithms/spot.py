@@ -11,8 +11,11 @@ Stage 2: TD3 (algorithms/td3_bc.py: the same critic, delay and targets) whose ac
 with the density term estimated by the frozen VAE: the one-sample negative ELBO by default (the
 code's default), the importance-weighted estimate with `density="iwae"` (an option in the code and
 the paper). There is no alpha; lambda (per dataset, configs/algo/spot.yaml) is the only trade-off;
-TD3+BC's `alpha` field is unused. The actor has dropout 0.1 in its loss's forward pass (off when
-acting and in the target policy); 0 on AntMaze.
+TD3+BC's `alpha` field is unused. The actor has dropout 0.1 (0 on AntMaze) in its loss's forward
+pass and, as in the code, in the target policy of the TD target: SPOT.py makes the target actor a
+deepcopy of the actor in training mode and never switches it to eval (`select_action` alone does),
+so a' = pibar(s') is drawn with dropout. `target_dropout=False` gives the paper's plain TD3 target
+(a deterministic target policy). Acting (evaluation) is always without dropout.
 
 AntMaze (configs/algo/spot.yaml, the code's main.py): rewards r - 1 (0 at the goal, else -1), raw
 states (no normalization, for the VAE too), actor lr 1e-4, last layers initialised U(+-1e-3) (actor)
@@ -38,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from algorithms import register
-from algorithms.core.algorithm import Context, Spec, Stage
+from algorithms.core.algorithm import Context, SettingsError, Spec, Stage
 from algorithms.core.networks import DeterministicActor, critic_ensemble
 from algorithms.core.vae import create_vae_state, elbo_loss, iwae_loss, vae_for, vae_step
 from algorithms.td3_bc import TD3BC
@@ -59,6 +62,7 @@ class SPOT(TD3BC):
     name = "spot"
     lambd: float = 0.1  # per dataset: configs/algo/spot.yaml
     actor_dropout: float = 0.1
+    target_dropout: bool = True  # the TD target's policy with dropout, as the code (False: without)
     actor_final_init: float | None = None  # U(+-value) last actor layer (AntMaze: 1e-3)
     critic_final_init: float | None = None  # U(+-value) last critic layer (AntMaze: 3e-3)
     density: str = "elbo"  # "elbo" (the code's default) or "iwae"
@@ -76,8 +80,10 @@ class SPOT(TD3BC):
     vae_seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.density not in DENSITIES:
-            raise ValueError(f"density must be one of {sorted(DENSITIES)}, not '{self.density}'")
+            raise SettingsError(f"algo.density must be one of {', '.join(sorted(DENSITIES))} (got "
+                                f"'{self.density}'); fix the override algo.density=...")
 
     def stages(self, spec: Spec) -> list[Stage]:
         def init(key, spec: Spec, data):
@@ -106,6 +112,12 @@ class SPOT(TD3BC):
         if ctx.phase == "online" and self.online_discount is not None:
             return TD3BC.update(replace(self, discount=self.online_discount), state, batch, key, ctx)
         return super().update(state, batch, key, ctx)
+
+    def target_actions(self, state, next_observations, key):
+        """pibar(s') with dropout when `target_dropout` (the code's target actor in training mode)."""
+        dropout_key = jax.random.fold_in(key, 1)  # the policy noise keeps `key` itself
+        return state.actor.apply_fn(state.target_actor_params, next_observations, self.target_dropout,
+                                    rngs={"dropout": dropout_key})
 
     def lambd_at(self, step, ctx: Context):
         """lambda, cooled online to lambda max(lambd_end, 1 - t / lambd_cool_steps) after t online

@@ -110,10 +110,14 @@ class TD3BC(Algorithm):
 
     def smoothed_target_actions(self, state, next_observations, key):
         """a' = clip(pibar(s') + clip(eps, -c, c), -1, 1), eps ~ N(0, sigma^2)."""
-        next_actions = state.actor.apply_fn(state.target_actor_params, next_observations)
+        next_actions = self.target_actions(state, next_observations, key)
         noise = jax.random.normal(key, next_actions.shape) * self.policy_noise
         noise = jnp.clip(noise, -self.noise_clip, self.noise_clip)
         return jnp.clip(next_actions + noise, -1.0, 1.0)
+
+    def target_actions(self, state, next_observations, key):
+        """pibar(s'), the target policy's actions before smoothing (`key`: for subclasses)."""
+        return state.actor.apply_fn(state.target_actor_params, next_observations)
 
     def actor_step(self, state, batch, key, **context):
         """One step on `actor_loss` (which also receives `context`), then Polyak updates of both

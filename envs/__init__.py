@@ -8,8 +8,9 @@ from envs import d4rl, generated, minari_source
 from envs.dataset import Dataset, DatasetError, returns_to_go
 from envs.environment import (
     action_bounds,
-    check_environment,
+    check_action_dim,
     check_observation_dim,
+    episode_seeds,
     evaluate,
     make_env,
     normalized_score,
@@ -26,8 +27,9 @@ from envs.registry import REGISTRY, DatasetInfo, lookup
 
 __all__ = [
     "REGISTRY", "Dataset", "DatasetError", "DatasetInfo", "Normalizer", "NotGenerated",
-    "Preprocessor", "check_environment", "check_observation_dim", "evaluate", "load", "lookup",
-    "make_env", "normalize_states", "normalized_score", "returns_to_go", "transform_rewards",
+    "Preprocessor", "check_action_dim", "check_observation_dim", "episode_seeds", "evaluate",
+    "load", "lookup", "make_env", "normalize_states", "normalized_score", "returns_to_go",
+    "transform_rewards",
 ]
 
 
@@ -52,5 +54,6 @@ def load(source: str, name: str, path: str | None = None, download: bool = True)
         raise DatasetError(f"unknown dataset source '{source}'; use d4rl, minari or local.")
     bounds = action_bounds(info)
     if bounds is not None:
+        check_action_dim(info, data.action_dim, bounds)
         data = rescale_actions(data, *bounds)
     return data, info

@@ -28,6 +28,13 @@ def cache_dir() -> Path:
 def locate(info: DatasetInfo, path: str | None = None, download: bool = True) -> Path:
     if path:
         file = Path(path).expanduser()
+        if file.is_dir():
+            hdf5 = sorted(child.name for child in file.glob("*.hdf5"))[:3]
+            raise DatasetError(
+                f"dataset.path '{file}' is a folder, not a D4RL file"
+                + (f" (it holds {', '.join(hdf5)})" if hdf5 else "")
+                + ". Give the .hdf5 file itself: dataset.path=FILE."
+            )
         if not file.is_file():
             raise DatasetError(
                 f"dataset file '{file}' does not exist. Fix dataset.path=... or drop it to use "

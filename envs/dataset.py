@@ -52,6 +52,9 @@ def from_arrays(
     source: str = "dataset",
 ) -> Dataset:
     """Cast to the canonical dtypes and validate; `source` names the data in error messages."""
+    check_numeric({"observations": observations, "actions": actions, "rewards": rewards,
+                   "next_observations": next_observations, "terminals": terminals,
+                   "timeouts": timeouts}, source)
     data = Dataset(
         observations=np.asarray(observations, dtype=np.float32),
         actions=np.asarray(actions, dtype=np.float32),
@@ -62,6 +65,17 @@ def from_arrays(
     )
     validate(data, source)
     return data
+
+
+def check_numeric(arrays: dict, source: str = "dataset") -> None:
+    """Every field must hold numbers or booleans (a file may hold strings or objects instead)."""
+    for name, value in arrays.items():
+        dtype = np.asarray(value).dtype
+        if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+            raise DatasetError(
+                f"{source}: field '{name}' holds non-numeric values (dtype {dtype}); every field must "
+                "be numbers. The file was written wrongly: re-create it with numeric arrays."
+            )
 
 
 def validate(data: Dataset, source: str = "dataset") -> None:
@@ -115,6 +129,8 @@ def qlearning_transitions(
     terminal (truncated, or cut by the end of the data), so that episode boundaries are known
     exactly (IQL's return-range reward scaling needs them).
     """
+    check_numeric({"observations": observations, "actions": actions, "rewards": rewards,
+                   "terminals": terminals, **({} if timeouts is None else {"timeouts": timeouts})}, source)
     n = len(rewards)
     terminals = np.asarray(terminals).reshape(-1).astype(bool)
     if timeouts is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def open_dataset(dataset_id: str, path: str | None = None, download: bool = True
         return _open_dataset(dataset_id, download)
     # a folder holding Minari datasets (what MINARI_DATASETS_PATH would name), for this call only
     root = Path(path).expanduser()
+    if root.is_file():
+        raise DatasetError(f"dataset.path '{root}' is a file; for Minari datasets give the folder that "
+                           "holds them (what MINARI_DATASETS_PATH would name).")
     if not root.is_dir():
         raise DatasetError(f"Minari datasets folder '{root}' does not exist; fix dataset.path.")
     previous = os.environ.get("MINARI_DATASETS_PATH")
@@ -91,18 +95,36 @@ def load(info: DatasetInfo, path: str | None = None, download: bool = True):
 
 
 def complete_info(info: DatasetInfo, metadata: dict) -> DatasetInfo:
-    """Prefer the reference scores and environment the dataset itself records."""
-    import gymnasium as gym
+    """`info` completed from what the dataset records about itself.
 
+    Reference scores: the dataset's own when it has them (computed in the environment it was
+    recorded in), else the registry's. Evaluation environment: the one the dataset names for
+    evaluation (`eval_env_spec`, what `MinariDataset.recover_environment(eval_env=True)` builds; else
+    the recording env `env_spec`), id and keyword arguments (e.g. AntMaze's evaluation maze); the
+    registry's `eval_overrides` (the family's evaluation protocol) still apply on top, and a
+    registered dataset keeps the protocol's episode length."""
     updates = {}
     for key in ("ref_min_score", "ref_max_score"):
         if metadata.get(key) is not None:
             updates[key] = float(metadata[key])
-    spec_json = metadata.get("eval_env_spec") or metadata.get("env_spec")
-    if spec_json and info.env_id is None:
-        spec = gym.envs.registration.EnvSpec.from_json(spec_json)
+    spec = recorded_env_spec(metadata)
+    if spec is not None:
         updates["env_id"] = spec.id
         updates["env_kwargs"] = dict(spec.kwargs or {})
-        if spec.max_episode_steps:
+        if spec.max_episode_steps and info.env_id is None:  # not registered: the data's own length
             updates["max_episode_steps"] = int(spec.max_episode_steps)
     return dataclasses.replace(info, **updates)
+
+
+def recorded_env_spec(metadata: dict):
+    """The EnvSpec the dataset names for evaluation (else the one it was recorded in), or None.
+    Specs written by older gymnasium versions carry keys gymnasium 1.x dropped; they are ignored."""
+    import gymnasium as gym
+
+    spec_json = metadata.get("eval_env_spec") or metadata.get("env_spec")
+    if not spec_json:
+        return None
+    fields = {f.name for f in dataclasses.fields(gym.envs.registration.EnvSpec) if f.init}
+    parsed = {key: value for key, value in json.loads(spec_json).items() if key in fields}
+    parsed.setdefault("additional_wrappers", [])
+    return gym.envs.registration.EnvSpec.from_json(json.dumps(parsed))

@@ -1,10 +1,11 @@
 """Hydra configuration: algorithm schemas from their dataclasses, datasets from the registry.
 
 Algorithm hyperparameters are defined once, as the fields of each algorithm's dataclass (the
-paper's defaults); they are stored in Hydra's ConfigStore as `algo/<name>_base` and
-`configs/algo/<name>.yaml` adds per-family and per-dataset choices on top (`${by_family:...}`,
-`${by_dataset:...}`). Every registered dataset becomes a
-choice `dataset=<source>/<name>`.
+paper's defaults); they are stored in Hydra's ConfigStore as `/<name>_base`, outside the `algo`
+group so that only the YAML files are offered as `algo=` choices (in `--help` and in the error for
+an unknown name), and `configs/algo/<name>.yaml` takes `- /<name>_base` as its default and adds
+per-family and per-dataset choices on top (`${by_family:...}`, `${by_dataset:...}`). Every
+registered dataset becomes a choice `dataset=<source>/<name>`.
 """
 
 from __future__ import annotations
@@ -30,8 +31,38 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 PROTOCOL = {
     "locomotion": {"steps": 1_000_000, "eval_every": 5_000, "eval_episodes": 10},
     "antmaze": {"steps": 1_000_000, "eval_every": 100_000, "eval_episodes": 100},
+    "adroit": {"steps": 1_000_000, "eval_every": 5_000, "eval_episodes": 10},
+    "kitchen": {"steps": 1_000_000, "eval_every": 5_000, "eval_episodes": 10},
     "toy": {"steps": 20_000, "eval_every": 2_000, "eval_episodes": 10},
 }
+
+
+# Top-level run settings: integers with their smallest allowed value, and booleans.
+RUN_INTEGERS = {"seed": 0, "seeds": 1, "steps": 0, "log_every": 1, "eval.every": 0, "eval.episodes": 0,
+                "checkpoint.every": 0, "checkpoint.keep": 1, "online.steps": 0, "online.eval_every": 0,
+                "online.episodes": 0, "online.log_every": 0, "online.checkpoint_every": 0,
+                "online.start_steps": 0}
+RUN_BOOLEANS = ("resume", "dataset.download")
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    """Every top-level run setting must have its type and be in range; name the first that is not."""
+    for key, minimum in RUN_INTEGERS.items():
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{key} must be an integer >= {minimum} (got {value!r}); fix the "
+                              f"override {key}=...")
+    watchdog = OmegaConf.select(cfg, "watchdog_seconds")
+    if isinstance(watchdog, bool) or not isinstance(watchdog, int | float) or watchdog < 0:
+        raise ConfigError(f"watchdog_seconds must be a number of seconds >= 0, 0 to turn it off (got "
+                          f"{watchdog!r}); fix the override watchdog_seconds=...")
+    for key in RUN_BOOLEANS:
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false (got {value!r}); fix the override {key}=...")
+    if cfg.steps == 0 and cfg.online.steps == 0:
+        raise ConfigError("steps=0 and online.steps=0: nothing to train; set steps=N (offline "
+                          "gradient steps) and/or online.steps=N (environment steps)")
 
 
 def family_of(cfg_root) -> str:
@@ -66,6 +97,9 @@ def register_resolvers() -> None:
     for name, resolver in (("by_family", by_family), ("by_dataset", by_dataset)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+    if not OmegaConf.has_resolver("offline_only"):  # true unless the run fine-tunes online
+        OmegaConf.register_new_resolver("offline_only",
+                                        lambda *, _root_: not _root_.get("online", {}).get("steps", 0))
     if not OmegaConf.has_resolver("slug"):
         OmegaConf.register_new_resolver("slug", lambda text: str(text).replace("/", "-"))
 
@@ -77,7 +111,7 @@ def register_configs() -> None:
         OmegaConf.set_struct(schema, False)
         schema.name = name
         OmegaConf.set_struct(schema, True)
-        store.store(group="algo", name=f"{name}_base", node=schema)
+        store.store(name=f"{name}_base", node=schema)
     for info in envs.REGISTRY.values():
         group, _, leaf = f"dataset/{info.key}".rpartition("/")
         node = {"source": info.source, "name": info.name, "path": None, "download": True,
@@ -101,17 +135,17 @@ def make_algorithm(cfg: DictConfig) -> algorithms.Algorithm:
     kwargs = {}
     for key, value in values.items():
         if isinstance(value, dict) and key in fields:  # a nested settings dataclass (reward, online)
-            value = type(fields[key].default_factory())(**value)
+            try:
+                value = type(fields[key].default_factory())(**value)
+            except ValueError as error:
+                raise ConfigError(f"{error}; fix the algo.{key}.* override") from None
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[key] = value
     unknown = set(kwargs) - set(fields)
     if unknown:
         raise KeyError(f"algo.{sorted(unknown)[0]} is not a hyperparameter of {cls.__name__}")
-    try:
-        return cls(**kwargs)
-    except ValueError as error:  # a setting out of range, named by the dataclass's own check
-        raise ConfigError(f"{error}; fix the algo.* override") from None
+    return cls(**kwargs)
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:

@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+import flax
 import numpy as np
 
 from envs.dataset import DatasetError
@@ -78,21 +79,16 @@ class Behaviour:
         return int(self.manifest["roles"][role])
 
     @functools.cached_property
-    def sampler(self):
-        """jit: (params, observation, key, counter) -> an action in [-1, 1] drawn from the
-        policy with the key folded with the counter (one dispatch per environment step)."""
-        import jax
+    def _policy(self):
+        """The project's one batched policy (experiments.loop.make_policy) for SAC's actor,
+        stochastic, on raw observations."""
+        from algorithms.sac import SAC
+        from envs.preprocessing import Preprocessor
+        from experiments import loop
 
-        from algorithms.core.networks import TanhGaussianActor
-
-        module = TanhGaussianActor(tuple(self.manifest["hidden_dims"]), self.manifest["action_dim"])
-
-        @jax.jit
-        def sample(params, observation, key, counter):
-            return module.apply(params, observation[None]).sample(
-                seed=jax.random.fold_in(key, counter))[0]
-
-        return sample
+        algo = SAC(hidden_dims=tuple(self.manifest["hidden_dims"]))
+        return loop.make_policy(algo, Preprocessor.identity(self.manifest["observation_dim"]),
+                                deterministic=False)
 
     def replay(self) -> dict:
         """The transitions training collected up to the medium snapshot, oldest first, as host
@@ -105,9 +101,15 @@ class Behaviour:
             raise DatasetError(f"cannot read the medium-replay transitions '{path}' ({error}); "
                                "restore it from the repository or retrain with retrain=true.") from None
 
-    def policy(self, step: int):
-        """(sampler, params) of the snapshot taken at training step `step`."""
+    def policy(self, step: int, seed: int):
+        """The snapshot taken at training step `step` as a function (observation, counter) -> an
+        action in [-1, 1], drawn with the key of `seed` folded with the counter."""
         import flax.serialization
+        import jax
+        import optax
+        from flax.training.train_state import TrainState
+
+        from algorithms.core.networks import TanhGaussianActor
 
         path = self.directory / self.snapshots[step]["file"]
         try:
@@ -115,7 +117,21 @@ class Behaviour:
         except (OSError, ValueError) as error:
             raise DatasetError(f"cannot read behaviour snapshot '{path}' ({error}); restore it "
                                "from the repository or retrain with retrain=true.") from None
-        return self.sampler, params
+        module = TanhGaussianActor(tuple(self.manifest["hidden_dims"]), self.manifest["action_dim"])
+        actor = jax.tree.map(lambda x: jax.numpy.asarray(x)[None],  # a batch of one "seed"
+                             TrainState.create(apply_fn=module.apply, tx=optax.identity(), params=params))
+        act = self._policy(ActorSnapshot(actor, jax.numpy.zeros((), "int32")),
+                           jax.random.key(seed)[None])
+        return lambda observation, counter: act(np.asarray(observation, np.float32)[None, None],
+                                                counter)[0, 0]
+
+
+@flax.struct.dataclass
+class ActorSnapshot:
+    """The part of a SAC state that acting reads."""
+
+    actor: object
+    step: object
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,17 +146,14 @@ def to_env_units(unit_actions: np.ndarray, space) -> np.ndarray:
 
 
 def collect(env_name: str, policy, steps: int, seed: int, progress=None) -> list:
-    """Run one environment for `steps` steps with `policy` ((sampler, params) from
-    `Behaviour.policy`), sampling its stochastic actions. Returns Minari EpisodeBuffers holding
-    exactly `steps` transitions (the last episode cut short)."""
+    """Run one environment for `steps` steps with `policy` (from `Behaviour.policy(step, seed)`),
+    sampling its stochastic actions. Returns Minari EpisodeBuffers holding exactly `steps`
+    transitions (the last episode cut short)."""
     import gymnasium as gym
-    import jax
     from minari.data_collector import EpisodeBuffer
 
     spec = BEHAVIOUR_ENVS[env_name]
     env = gym.make(spec.env_id, max_episode_steps=spec.max_episode_steps)
-    sampler, params = policy
-    key = jax.random.key(seed)
     episodes, episode_seed = [], seed * 1_000_003
     observation, _ = env.reset(seed=episode_seed)
     current = {"observations": [observation], "actions": [], "rewards": [], "terminations": [],
@@ -154,7 +167,7 @@ def collect(env_name: str, policy, steps: int, seed: int, progress=None) -> list
             **{name: np.asarray(value) for name, value in current.items()}))
 
     for done_steps in range(1, steps + 1):
-        unit = np.asarray(sampler(params, np.asarray(observation, np.float32), key, done_steps - 1))
+        unit = policy(observation, done_steps - 1)
         action = to_env_units(unit, env.action_space)
         observation, reward, terminated, truncated, _ = env.step(action)
         current["observations"].append(observation)
@@ -286,8 +299,9 @@ def generate(env: str, splits=SPLITS, size: int = 1_000_000, seed: int = 0, root
         if split not in collected:
             bar = _ProgressBar(f"{env}-{split}", progress)
             # random, medium and expert: sampled from that role's snapshot
-            collected[split] = collect(env, behaviour.policy(behaviour.step_of(split)), size,
-                                       seed=seed * 1000 + SPLITS.index(split), progress=bar.update)
+            split_seed = seed * 1000 + SPLITS.index(split)
+            collected[split] = collect(env, behaviour.policy(behaviour.step_of(split), split_seed),
+                                       size, seed=split_seed, progress=bar.update)
             bar.close()
         return collected[split]
 
@@ -344,7 +358,7 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
     from algorithms.core.algorithm import Context, OnlineConfig, Sampling
     from algorithms.sac import SAC
     from envs.dataset import Dataset
-    from envs.environment import run_episodes
+    from envs.environment import episode_seeds, run_episodes
     from envs.preprocessing import Preprocessor
     from experiments import loop, online
     from experiments.checkpoints import Checkpointer
@@ -393,7 +407,8 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
 
     def evaluate(run):
         step = run.env_step
-        returns = run_episodes(policy(run.states), make_env, 1, eval_episodes, seed=10**6 + step)
+        returns = run_episodes(policy(run.states), make_env,
+                               episode_seeds([seed], 10**6 + step, eval_episodes))
         params = jax.tree.map(lambda x: np.asarray(x[0]), run.states.actor.params)
         name = f"actor_{step:08d}.msgpack"
         (out_dir / name).write_bytes(flax.serialization.msgpack_serialize(params))
@@ -446,7 +461,7 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
     reference = {}
     for role, bound in (("random", "min"), ("expert", "max")):
         # Stochastic actions, as the datasets are sampled; seeds disjoint from the datasets'.
-        episodes = collect(env, behaviour.policy(behaviour.step_of(role)),
+        episodes = collect(env, behaviour.policy(behaviour.step_of(role), 10**6 + seed),
                            reference_episodes * spec.max_episode_steps, seed=10**6 + seed)
         reference[bound] = episode_statistics(episodes)["return_mean"]
     manifest["reference"] = reference

@@ -227,8 +227,8 @@ def _success(info: dict, index: int):
 
 
 def _log_record(metrics: dict, run: OnlineRun, num_seeds: int, steps: int, seconds: float) -> dict:
-    record = {name: np.nanmean(np.asarray(values, np.float64)[-1:], axis=0).tolist()
-              for name, values in metrics.items() if np.size(values)}
+    # the losses of the last compiled call, averaged over its updates (NaN of skipped updates aside)
+    record = loop.summarize_metrics(metrics, len(next(iter(metrics.values()))))[0] if metrics else {}
     recent = run.history["episodes"][-10 * num_seeds:]
     record["episode_return"] = float(np.mean([e[2] for e in recent])) if recent else None
     record["env_steps_per_second"] = steps / max(seconds, 1e-9)

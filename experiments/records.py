@@ -44,10 +44,12 @@ class MetricsFile:
 
 def evaluation(policy, info, seeds: list[int], cfg, phase: str, step: int, env_step: int, index: int,
                observation_dim: int) -> dict:
-    """Evaluate every seed's deterministic policy; one record with every episode's return."""
+    """Evaluation number `index` of every seed's deterministic policy, on episodes that depend on
+    the seed's value and `index` only (`envs.episode_seeds`: a seed scores the same alone or in any
+    batch; the online phase's evaluations continue the offline index); every episode's return."""
     tic = time.perf_counter()
     episodes = int(cfg.eval.episodes if phase == "offline" else cfg.online.episodes)
-    returns = envs.evaluate(policy, info, len(seeds), episodes, seed=seeds[0] * 1_000 + index,
+    returns = envs.evaluate(policy, info, envs.episode_seeds(seeds, index, episodes),
                             observation_dim=observation_dim)
     scores = envs.normalized_score(returns, info)
     return {

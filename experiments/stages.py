@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,37 @@ def abstract_result(stage: Stage, spec: Spec, data):
     return jax.eval_shape(build, jax.random.key(0))
 
 
+def restore_result(path: Path, template, name: str, spec: Spec, source: str):
+    """A saved stage result, restored into `template`'s structure; a folder that is corrupt or holds
+    arrays of other shapes (another problem's sizes or settings) is a ConfigError, checked on the
+    saved metadata before any array is read."""
+    import orbax.checkpoint as ocp
+
+    def refuse(reason: str):
+        return ConfigError(f"{source} does not hold a {name} for this problem ({spec.observation_dim} "
+                           f"observation and {spec.action_dim} action values, these settings): {reason}. "
+                           f"Point it at a {name} trained with them, or drop the override (a corrupt "
+                           "cache folder: delete it)")
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    with ocp.StandardCheckpointer() as checkpointer:
+        absl.setLevel(logging.ERROR)  # orbax warns about missing metadata files before we can say so
+        try:
+            saved = checkpointer.metadata(path.absolute())
+        except (ValueError, FileNotFoundError, OSError) as error:
+            raise refuse(f"unreadable ({str(error).splitlines()[0][:160]})") from None
+        finally:
+            absl.setLevel(level)
+        saved = getattr(saved, "item_metadata", saved)
+        shapes = lambda tree: sorted(tuple(leaf.shape) for leaf in jax.tree.leaves(tree))
+        if not shapes(saved):
+            raise refuse("no saved arrays in it (corrupt or incomplete)")
+        if shapes(saved) != shapes(template):
+            raise refuse(f"its arrays have shapes {shapes(saved)[:6]}..., expected {shapes(template)[:6]}...")
+        return checkpointer.restore(path.absolute(), template)
+
+
 def train_stages(algo: Algorithm, spec: Spec, data, *, cache_root: str | None, dataset_key,
                  log_every: int, progress=None, paths: dict | None = None):
     """Every stage of `algo`: restored from `paths[name]` (an explicit result folder) or from the
@@ -156,8 +188,9 @@ def train_stages(algo: Algorithm, spec: Spec, data, *, cache_root: str | None, d
         folder = Path(explicit) if explicit else cache_dir(cache_root, algo, stage, data, dataset_key)
         if folder is not None and (folder / "result").exists():
             template = abstract_result(stage, spec, data)
-            results[stage.name] = ocp.StandardCheckpointer().restore((folder / "result").absolute(),
-                                                                     template)
+            results[stage.name] = restore_result(folder / "result", template, stage.name, spec,
+                                                 f"stage_paths.{stage.name}={explicit}" if explicit
+                                                 else f"the cached {folder}")
             saved = json.loads((folder / "record.json").read_text()) if (
                 folder / "record.json").exists() else {}
             records.append(StageRecord(**{**saved, "stage": stage.name, "cache": str(folder),

@@ -24,40 +24,25 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import envs
-from algorithms import Spec
+from algorithms import SettingsError, Spec
 from experiments import loop, online, stages
-from experiments.checkpoints import Checkpointer
-from experiments.config import CONFIG_DIR, ConfigError, make_algorithm, setup
+from experiments.checkpoints import Checkpointer, CheckpointError
+from experiments.config import CONFIG_DIR, ConfigError, check_run_settings, make_algorithm, setup
 from experiments.data import load
 from experiments.records import MetricsFile, evaluation, results
 
 log = logging.getLogger("train")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Top-level run settings must be integers in range; name the first that is not."""
-    limits = {"seed": 0, "seeds": 1, "steps": 0, "log_every": 1, "eval.every": 0,
-              "eval.episodes": 0, "checkpoint.keep": 1, "checkpoint.every": 0, "online.steps": 0,
-              "online.eval_every": 0, "online.episodes": 0, "online.start_steps": 0}
-    for key, minimum in limits.items():
-        value = OmegaConf.select(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"{key} must be an integer >= {minimum} (got {value!r}); fix the "
-                              f"override {key}=...")
-    if cfg.steps == 0 and cfg.online.steps == 0:
-        raise ConfigError("steps=0 and online.steps=0: nothing to train; set steps=N (offline "
-                          "gradient steps) and/or online.steps=N (environment steps)")
-
-
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train as configured, writing into `run_dir`; returns the results dict."""
-    check_config(cfg)
+    check_run_settings(cfg)
     algo = make_algorithm(cfg.algo)
     raw, info = load(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path, cfg.dataset.download)
     online_steps = int(cfg.online.steps)
     evaluating = cfg.eval.every > 0 and cfg.eval.episodes > 0
     if evaluating or online_steps:  # fail now, not after hours of training, if the env does not fit
-        envs.check_environment(info, raw.observation_dim, raw.action_dim)
+        envs.check_observation_dim(info, raw.observation_dim)  # (actions: checked by load)
     prepared = loop.prepare(algo, raw)
     spec = Spec(raw.observation_dim, raw.action_dim, int(cfg.steps))
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
@@ -190,7 +175,8 @@ def main(cfg: DictConfig) -> dict | None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
     try:
         out = run(cfg, run_dir)
-    except (envs.DatasetError, ConfigError, KeyError, loop.TrainingDiverged) as error:
+    except (envs.DatasetError, ConfigError, SettingsError, CheckpointError, KeyError,
+            loop.TrainingDiverged) as error:
         message = error.args[0] if error.args else str(error)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,9 +14,27 @@ import pytest
 # Every place the data sources read or write: the generated datasets, Minari's and D4RL's caches.
 DATA_ENV_VARS = {"offrl": "OFFRL_DATA_DIR", "minari": "MINARI_DATASETS_PATH", "d4rl": "D4RL_DATASET_DIR"}
 
-REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 MINARI_TEST_ID = "test/hopper/random-v0"
 HOPPER_REF = (-20.272305, 3234.3)  # D4RL's hopper reference returns (random, expert)
+REPO = Path(__file__).resolve().parent.parent
+REPO_ROOT = str(REPO)
+
+
+def cli_env(**variables: str) -> dict:
+    """The environment for running our commands in a subprocess: this repository importable, JAX on
+    the CPU, Hydra's errors as its short messages (no HYDRA_FULL_ERROR), plus `variables`."""
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["JAX_PLATFORMS"] = "cpu"
+    return {**env, **variables}
+
+
+def run_cli(overrides: list[str], run_dir: Path, env: dict) -> subprocess.CompletedProcess:
+    """`python -m experiments.train <overrides>` writing into `run_dir`."""
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.train", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=300,
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,6 +48,23 @@ def _isolated_data_home(tmp_path_factory):
         # Commands the tests start (`python -m experiments.train`) import this checkout's code.
         patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
         yield root
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A folder holding a small local/pendulum-mixed (10 episodes), generated once per session."""
+    from envs import generated
+
+    root = tmp_path_factory.mktemp("pendulum-mixed")
+    generated.ensure_pendulum_mixed(root, episodes=10)
+    return root
+
+
+@pytest.fixture
+def offline_data(data_dir, monkeypatch):
+    """OFFRL_DATA_DIR pointed at `data_dir`: `dataset=local/pendulum-mixed` trains on it."""
+    monkeypatch.setenv("OFFRL_DATA_DIR", str(data_dir))
+    return data_dir
 
 
 @pytest.fixture

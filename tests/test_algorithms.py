@@ -88,6 +88,25 @@ def test_actor_distributions():
     assert dist.mode().shape == (4, 2)
 
 
+def test_iql_policy_mean_layer_is_orthogonal_with_gain_sqrt2():
+    """The reference initialises the mean layer with default_init() = orthogonal(sqrt 2): its 2
+    columns are orthogonal with norm sqrt 2."""
+    gaussian = GaussianActor((16,), 2)
+    params = gaussian.init(jax.random.key(0), jnp.ones((1, 3)))["params"]
+    mean_kernels = [v["kernel"] for k, v in params.items() if k.startswith("Dense")]
+    (kernel,) = mean_kernels  # the MLP's own layers live in its submodule
+    np.testing.assert_allclose(kernel.T @ kernel, 2.0 * np.eye(2), atol=1e-5)
+
+
+def test_iql_actor_dropout_acts_only_in_the_loss():
+    obs = jnp.ones((4, 3))
+    actor = GaussianActor((64,), 2, dropout_rate=0.5)
+    params = actor.init(jax.random.key(0), obs)
+    means = [actor.apply(params, obs, True, rngs={"dropout": jax.random.key(k)}).mode() for k in range(2)]
+    assert not np.allclose(means[0], means[1])
+    np.testing.assert_array_equal(actor.apply(params, obs).mode(), actor.apply(params, obs).mode())
+
+
 @pytest.mark.parametrize("name", ["bc", "td3_bc", "iql", "sac"])
 def test_update_and_act_shapes_and_determinism(name):
     algo = small(name)
@@ -189,6 +208,10 @@ def test_orthogonal_init_matches_flax_without_lapack(shape):
     np.testing.assert_allclose(gram, 1.5**2 * np.eye(len(gram)), atol=1e-4)
 
 
+# Settings an algorithm cannot run without, and small rollouts (MOPO's buffer is allocated here).
+REQUIRED = {"mopo": {"termination": "hopper", "rollout_batch": 8}}
+
+
 @pytest.mark.parametrize("name", algorithms.available())
 def test_compiled_programs_call_no_custom_kernels(name):
     """Batched LAPACK kernels (QR, Cholesky, ...) wait on XLA's CPU thread pool from inside it
@@ -196,7 +219,7 @@ def test_compiled_programs_call_no_custom_kernels(name):
     init or in the training chunk of any algorithm."""
     from experiments import loop
 
-    algo = small(name)
+    algo = small(name, **REQUIRED.get(name, {}))
     data = random_batch(jax.random.key(0), size=64)
     keys = jax.random.split(jax.random.key(1), 3)
     init = jax.jit(jax.vmap(algo.init, in_axes=(0, None, None)), static_argnums=1)
@@ -204,9 +227,9 @@ def test_compiled_programs_call_no_custom_kernels(name):
     states = jax.eval_shape(jax.vmap(lambda key: algo.init(key, SPEC, data)), keys)
     states = states.replace(step=jax.ShapeDtypeStruct((), states.step.dtype))
     ctx = Context(Transitions.from_dataset(data))
-    if name in ("spot",):  # its stage's result is part of the context
-        stage = algo.stages(SPEC)[0]
-        ctx = ctx.replace(stages={"vae": stage.result(stage.init(jax.random.key(0), SPEC, data))})
+    # the stages' results (SPOT's VAE, MOPO's dynamics) are part of the context
+    ctx = ctx.replace(stages={stage.name: stage.result(stage.init(jax.random.key(0), SPEC, data))
+                              for stage in algo.stages(SPEC)})
     buffers = loop.init_buffers(algo, SPEC, ctx, 3)
     programs.append(loop.make_train_chunk(algo, 2).lower(states, buffers, keys, ctx).as_text())
     for text in programs:

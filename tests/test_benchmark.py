@@ -168,17 +168,13 @@ def test_worker_progress_is_echoed_and_a_hung_worker_times_out(capfd):
     assert code is None
 
 
-def test_online_benchmark_runs_end_to_end(tmp_path):
+def test_online_benchmark_runs_end_to_end(offline_data, tmp_path):
     """The online benchmark on a tiny config: our IQL online phase through `experiments.train`, one
     and two seeds, and d3rlpy's fit_online where d3rlpy imports ($D3RLPY_PYTHON), else a reason."""
-    import envs
-
-    data = tmp_path / "datasets"
-    envs.generated.ensure_pendulum_mixed(data, episodes=10)
     out = tmp_path / "online.json"
     command = [sys.executable, "-m", "experiments.benchmark.online", "--quick", "--steps", "40",
                "--out", str(out)]
-    environment = {**os.environ, "OFFRL_DATA_DIR": str(data),
+    environment = {**os.environ,  # OFFRL_DATA_DIR: the small local/pendulum-mixed of conftest
                    "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True,
                           timeout=900)

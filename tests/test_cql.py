@@ -10,6 +10,7 @@ import pytest
 
 import algorithms
 from algorithms import Spec
+from algorithms.core.algorithm import Context, Sampling
 from algorithms.cql import backup_value, conservative_gap, lagrange_penalty, scalar_state
 from envs.dataset import Dataset
 from experiments.config import compose, make_algorithm
@@ -20,6 +21,7 @@ CONFIGS = {
     "default": dict(bc_warmup_steps=1),
     "lagrange_max": dict(bc_warmup_steps=0, lagrange=True, backup="max", policy_head="jaxcql",
                          target_action_gap=0.0, num_critics=3, critic_lr=3e-3),
+    "clipped_actions": dict(bc_warmup_steps=0, clip_dataset_actions=0.999),
 }
 _compiled = {}
 
@@ -173,6 +175,18 @@ def test_update_and_act_shapes_and_determinism(config):
     np.testing.assert_allclose(actions, jnp.tanh(mean), rtol=1e-6)  # the mode: tanh(mu)
 
 
+def test_jaxcql_clips_dataset_actions():
+    """With clip_dataset_actions=0.999 (JaxCQL) an update on actions at +-1 is the update on the
+    same actions clipped to +-0.999; without the clip the critics would see different inputs."""
+    cql = small("clipped_actions")
+    batch = narrow_batch(jax.random.key(0))
+    edge = batch._replace(actions=jnp.sign(batch.actions - 0.45))  # every action at -1 or +1
+    state = cql.init(batch)
+    at_edge, _ = cql.update(state, edge, jax.random.key(2))
+    clipped, _ = cql.update(state, edge._replace(actions=0.999 * edge.actions), jax.random.key(2))
+    assert all(jax.tree.leaves(jax.tree.map(jnp.array_equal, at_edge, clipped)))
+
+
 def test_named_configs_per_family():
     original = make_algorithm(compose(["algo=cql", "dataset=d4rl/hopper-medium-v2"]).algo)
     assert (original.hidden_dims, original.actor_lr, original.bc_warmup_steps) == ((256,) * 3, 1e-4, 40_000)
@@ -180,9 +194,47 @@ def test_named_configs_per_family():
     jax_cql = make_algorithm(compose(["algo=cql_jaxcql", "dataset=d4rl/hopper-medium-v2"]).algo)
     assert jax_cql.name == "cql" and jax_cql.hidden_dims == (256, 256) and jax_cql.actor_lr == 3e-4
     assert (jax_cql.bc_warmup_steps, jax_cql.init_log_alpha_prime, jax_cql.policy_head) == (0, 1.0, "jaxcql")
+    assert (original.clip_dataset_actions, jax_cql.clip_dataset_actions) == (None, 0.999)
     for name in ("cql", "cql_jaxcql"):
         antmaze = make_algorithm(compose([f"algo={name}", "dataset=d4rl/antmaze-umaze-v2"]).algo)
         assert antmaze.lagrange and (antmaze.target_action_gap, antmaze.min_q_weight) == (5.0, 5.0)
         assert (antmaze.reward.scale, antmaze.reward.shift) == (4.0, -2.0)  # (r - 0.5) * 4
     with pytest.raises(KeyError, match="algo.backup"):
         make_algorithm(compose(["algo=cql", "algo.backup=maximum"]).algo)
+
+
+def test_cal_ql_pushes_policy_actions_down_only_to_the_behaviour_value():
+    algo = algorithms.get("cal_ql")(num_sampled_actions=2)
+    q = jnp.array([[[0.0, 5.0, -3.0, 1.0, -9.0, 7.0]]])  # (1 critic, 1 state, 3n): uniform | pi(s) | pi(s')
+    batch = SimpleNamespace(returns_to_go=jnp.array([2.0]))
+    calibrated = algo.push_down_values(q, batch, Context(None))
+    # uniform actions as they are; the policy's max(Q, V^mu = 2)
+    np.testing.assert_array_equal(calibrated, [[[0.0, 5.0, 2.0, 2.0, 2.0, 7.0]]])
+    online = Context(None, phase="online")
+    np.testing.assert_array_equal(algo.push_down_values(q, batch, online), q)  # CORL: off online
+    on = algorithms.get("cal_ql")(num_sampled_actions=2, online_calibration=True)
+    np.testing.assert_array_equal(on.push_down_values(q, batch, online), calibrated)
+    np.testing.assert_array_equal(algorithms.get("cql")().push_down_values(q, batch, None), q)
+
+
+def test_cal_ql_batches_carry_the_datasets_returns_to_go():
+    from experiments import loop
+
+    rewards = np.array([-5.0, -5.0, -5.0, 1.0, 2.0], np.float32)
+    obs = np.zeros((5, 3), np.float32)
+    ends = np.array([0, 0, 1, 0, 1], np.float32)  # two episodes: a failure, then rewards 1, 2
+    data = Dataset(obs, np.zeros((5, 2), np.float32), rewards, obs, ends * 0, ends)
+    algo = algorithms.get("cal_ql")(discount=0.5, failure_reward=-5.0)
+    prepared = loop.prepare(algo, data)
+    # failure: -5 / (1 - 0.5) everywhere; then 1 + 0.5 * 2 and 2
+    np.testing.assert_allclose(prepared.data.returns_to_go, [-10.0, -10.0, -10.0, 2.0, 2.0])
+    assert not np.asarray(loop.prepare(algorithms.get("cql")(), data).data.returns_to_go).any()
+    assert algo.sampling("online") == Sampling("mixed", 0.5)
+
+
+def test_cal_ql_config_is_the_codes_antmaze_recipe():
+    algo = make_algorithm(compose(["algo=cal_ql", "dataset=d4rl/antmaze-medium-play-v2"]).algo)
+    assert (algo.lagrange, algo.target_action_gap, algo.backup) == (True, 0.8, "max")
+    assert algo.critic_hidden_dims == (256,) * 4 and algo.hidden_dims == (256, 256)
+    assert (algo.reward.scale, algo.reward.shift, algo.failure_reward) == (10.0, -5.0, -5.0)
+    assert algo.online.replay == "mixed" and algo.online.dataset_fraction == 0.5

@@ -251,7 +251,7 @@ def test_d4rl_file_by_path(tmp_path, data_dirs, d4rl_steps, write_hdf5):
     file = write_hdf5(tmp_path / "anything.hdf5", contents)
     data, info = envs.load("d4rl", "hopper-medium-v2", path=str(file))
     check_d4rl_data(data, steps)
-    assert (info.env_id, info.ref_min_score, info.ref_max_score) == ("Hopper-v5", *HOPPER_REF)
+    assert (info.env_id, info.ref_min_score, info.ref_max_score) == ("Hopper-v4", *HOPPER_REF)
     assert list(data_dirs.d4rl.iterdir()) == []  # an explicit path never touches the cache
 
 

@@ -16,7 +16,7 @@ from algorithms.core.replay import ReplayBuffer, Transitions
 from algorithms.sac import SAC, temperature_loss
 from envs import generated
 from envs.dataset import Dataset, DatasetError
-from envs.environment import run_episodes
+from envs.environment import episode_seeds, run_episodes
 from envs.preprocessing import Preprocessor
 from experiments import generate, loop
 from experiments.data import ensure_generated, load
@@ -99,7 +99,7 @@ def test_online_training_is_deterministic_and_fills_the_buffer():
 def test_sac_learns_pendulum():
     algo, run = train_sac_online(8_000, 1_000, [0], hidden_dims=(64, 64))
     policy = loop.make_policy(algo, Preprocessor.identity(3))(run.states)
-    returns = run_episodes(policy, pendulum_env, 1, 5, seed=123)
+    returns = run_episodes(policy, pendulum_env, episode_seeds([0], 123, 5))
     assert returns.mean() > -400, returns  # random actions: about -1200; swung up and held: > -200
 
 

@@ -88,6 +88,24 @@ def test_actor_dropout_is_on_in_the_loss_and_off_when_acting():
     assert len(losses(0.0)) == 1
 
 
+@pytest.mark.parametrize("target_dropout", [True, False])
+def test_target_policy_runs_with_dropout_as_in_the_code(target_dropout):
+    """SPOT.py's target actor is a copy of the actor left in training mode: its actions in the TD
+    target vary with the dropout mask. `target_dropout=False`: the deterministic target policy."""
+    batch = random_batch()
+    algo = algorithms.get("spot")(hidden_dims=(32, 32), vae_hidden_dims=(8,), actor_dropout=0.5,
+                                  target_dropout=target_dropout)
+    state = algo.init(jax.random.key(0), SPEC, batch)
+    targets = [algo.target_actions(state, batch.next_observations, jax.random.key(k)) for k in range(3)]
+    plain = state.actor.apply_fn(state.target_actor_params, batch.next_observations)
+    if target_dropout:
+        assert not np.allclose(targets[0], targets[1]) and not np.allclose(targets[0], plain)
+    else:
+        for actions in targets:
+            np.testing.assert_array_equal(actions, plain)
+    assert algorithms.get("spot")().target_dropout  # the code's behaviour is the default
+
+
 def test_the_vae_lives_in_the_shared_context_not_in_each_seed():
     algo = algorithms.get("spot")(hidden_dims=(8, 8), vae_hidden_dims=(8,), batch_size=16, lambd=1.0)
     batch = random_batch()
@@ -116,14 +134,6 @@ def test_loop_refuses_to_train_without_the_pretrained_stage():
     algo = algorithms.get("spot")(hidden_dims=(8, 8), vae_hidden_dims=(8,))
     with pytest.raises(ValueError, match="pretraining stage 'vae'"):
         loop.init_states(algo, SPEC, Context(random_batch()), jax.random.split(jax.random.key(0), 2))
-
-
-@pytest.fixture
-def offline_data(tmp_path_factory, monkeypatch):
-    root = tmp_path_factory.mktemp("datasets")
-    envs.generated.ensure_pendulum_mixed(root, episodes=10)
-    monkeypatch.setenv("OFFRL_DATA_DIR", str(root))
-    return root
 
 
 def test_pretrained_vae_is_cached_reused_and_frozen(offline_data, tmp_path):
@@ -169,6 +179,8 @@ def test_q_explosion_stops_the_run(offline_data, tmp_path):
     ("d4rl/walker2d-medium-expert-v2", 0.5), ("d4rl/antmaze-umaze-v2", 0.25),
     ("d4rl/antmaze-umaze-diverse-v2", 0.25), ("d4rl/antmaze-medium-play-v2", 0.05),
     ("d4rl/antmaze-medium-diverse-v2", 0.025), ("d4rl/antmaze-large-play-v2", 0.025),
+    # no paper value: the environment's (configs/algo/spot.yaml), else 0.1
+    ("d4rl/halfcheetah-random-v2", 0.05), ("d4rl/walker2d-expert-v2", 0.2), ("d4rl/pen-human-v1", 0.1),
 ])
 def test_paper_lambda_is_chosen_by_dataset(dataset, lambd):
     algo = make_algorithm(compose(["algo=spot", f"dataset={dataset}"]).algo)

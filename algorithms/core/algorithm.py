@@ -16,6 +16,7 @@ are pure functions of pytrees, so the loop can jit, scan, vmap (seeds) and shard
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
@@ -72,12 +73,15 @@ class OnlineConfig:
     block: int = 1
 
     def __post_init__(self):
-        if self.replay not in REPLAYS:
-            raise ValueError(f"online.replay must be one of {REPLAYS}, not '{self.replay}'")
-        if not 0.0 <= self.dataset_fraction <= 1.0:
-            raise ValueError(f"online.dataset_fraction must lie in [0, 1] (got {self.dataset_fraction})")
-        if self.updates_per_step < 0 or self.block < 1:
-            raise ValueError("online.updates_per_step must be >= 0 and online.block >= 1")
+        problems = [(self.replay in REPLAYS, "replay", f"one of {', '.join(REPLAYS)}"),
+                     (0.0 <= self.dataset_fraction <= 1.0, "dataset_fraction", "in [0, 1]"),
+                     (self.buffer_size is None or self.buffer_size >= 1, "buffer_size", "null or >= 1"),
+                     (self.updates_per_step >= 0, "updates_per_step", "an integer >= 0"),
+                     (self.block >= 1, "block", "an integer >= 1")]
+        for fine, name, requirement in problems:
+            if not fine:
+                raise SettingsError(f"algo.online.{name} must be {requirement} (got "
+                                    f"{getattr(self, name)!r}); fix the override algo.online.{name}=...")
 
 
 class Sampling(NamedTuple):
@@ -139,6 +143,42 @@ class Stage:
     finish: Callable[..., tuple[Any, dict]] | None = None
 
 
+class SettingsError(ValueError):
+    """A hyperparameter no network or update can use; the message names it and the fix."""
+
+
+def check_settings(algo) -> None:
+    """Reject settings that cannot train, by what each field is: layer widths (`*hidden_dims`) and
+    counts (integers: batch sizes, numbers of critics and samples, delays) >= 1, step counts, seeds
+    and lengths (`*_steps`, `*_seed`, `*_length`) >= 0, learning rates (`*_lr`) > 0, `discount` in
+    [0, 1], `tau` in (0, 1], `expectile` in (0, 1), dropout rates (`*_dropout`) in [0, 1)."""
+    for item in dataclasses.fields(algo):
+        value = getattr(algo, item.name)
+        requirement = _unmet_requirement(item.name, str(item.type), value)
+        if requirement:
+            raise SettingsError(f"algo.{item.name} must be {requirement} (got {value!r}); fix the "
+                                f"override algo.{item.name}=...")
+
+
+def _unmet_requirement(name: str, annotation: str, value) -> str | None:
+    """What `value` of field `name` must be, when it is not; else None."""
+    if name.endswith("hidden_dims"):
+        widths_ok = all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in value)
+        return None if widths_ok else "a list of layer widths, each an integer >= 1, e.g. [256,256]"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if name.endswith(("_steps", "_seed", "_length")):
+        return None if value >= 0 else "an integer >= 0"
+    if annotation == "int":
+        return None if value >= 1 else "an integer >= 1"
+    ranges = [(name.endswith("_lr"), value > 0, "a learning rate > 0"),
+              (name == "discount", 0 <= value <= 1, "in [0, 1]"),
+              (name == "tau", 0 < value <= 1, "in (0, 1]"),
+              (name == "expectile", 0 < value < 1, "in (0, 1)"),
+              (name.endswith("_dropout"), 0 <= value < 1, "a dropout rate in [0, 1)")]
+    return next((text for applies, ok, text in ranges if applies and not ok), None)
+
+
 @dataclass
 class Algorithm:
     """Base class: hyperparameters are dataclass fields (defaults are the paper's), methods are pure.
@@ -153,6 +193,10 @@ class Algorithm:
     normalize_states: bool = False  # standardize states with dataset mean / (std + 1e-3)
     reward: RewardConfig = field(default_factory=RewardConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
+
+    def __post_init__(self):
+        """Subclasses that check more call this first."""
+        check_settings(self)
 
     def stages(self, spec: Spec) -> list[Stage]:
         """Models to train on the dataset before the agent (see Stage); none for most algorithms."""

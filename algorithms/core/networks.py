@@ -166,19 +166,25 @@ class DeterministicActor(nn.Module):
 
 class GaussianActor(nn.Module):
     """IQL's policy: N(tanh(mu(s)), exp(log_std)) with a state-independent, clipped log std and no
-    tanh squashing of samples; actions are clipped to [-1, 1] only when acting."""
+    tanh squashing of samples; actions are clipped to [-1, 1] only when acting. With the orthogonal
+    scheme every layer, the mean layer included, is orthogonal with gain sqrt(2), as in the reference
+    (implicit_q_learning policy.py: `nn.Dense(action_dim, kernel_init=default_init())`, common.py:
+    `default_init(scale=sqrt(2))`). Dropout (IQL's Kitchen and Adroit setting) follows each hidden
+    activation when `training`."""
 
     hidden_dims: Sequence[int]
     action_dim: int
     log_std_min: float = -5.0
     log_std_max: float = 2.0
     init_scheme: str = "orthogonal"
+    dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, observations: jax.Array) -> distrax.Distribution:
-        features = MLP(self.hidden_dims, init_scheme=self.init_scheme)(observations)  # ends activated
+    def __call__(self, observations: jax.Array, training: bool = False) -> distrax.Distribution:
+        features = MLP(self.hidden_dims, init_scheme=self.init_scheme,
+                       dropout_rate=self.dropout_rate)(observations, training)  # ends activated
         orthogonal = self.init_scheme == "orthogonal"
-        mean_init = orthogonal_init(1.0) if orthogonal else nn.initializers.lecun_normal()
+        mean_init = orthogonal_init() if orthogonal else nn.initializers.lecun_normal()
         mean = nn.Dense(self.action_dim, kernel_init=mean_init)(features)
         log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
         log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)

@@ -76,6 +76,20 @@ class ReplayBuffer:
         return ReplayBuffer(stored, jnp.minimum(self.size + count, self.capacity),
                             (self.position + count) % self.capacity)
 
+    def add_where(self, transitions: Transitions, keep: jax.Array) -> ReplayBuffer:
+        """Append only the rows where `keep` is true (in order), wrapping around at capacity: a
+        fixed-shape write for a varying number of rows (model rollouts that terminated early). Of
+        more kept rows than the capacity, the last `capacity` are stored."""
+        keep = keep.astype(bool)
+        count = keep.sum()
+        rank = jnp.cumsum(keep) - 1  # the position of each kept row among the kept rows
+        keep = keep & (rank >= count - self.capacity)
+        indices = jnp.where(keep, (self.position + rank) % self.capacity, self.capacity)  # dropped
+        stored = jax.tree.map(lambda column, new: column.at[indices].set(new, mode="drop"),
+                              self.transitions, transitions)
+        return ReplayBuffer(stored, jnp.minimum(self.size + count, self.capacity).astype(jnp.int32),
+                            ((self.position + count) % self.capacity).astype(jnp.int32))
+
     def sample(self, key: jax.Array, batch_size: int) -> Transitions:
         """Uniform over the rows held (never an unfilled slot)."""
         indices = jax.random.randint(key, (batch_size,), 0, jnp.maximum(self.size, 1))

@@ -1,0 +1,182 @@
+"""Online fine-tuning on the engine: batches drawn with exact counts, online transitions preprocessed
+exactly as the dataset was, a run killed during the online phase resumes to the same numbers."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import algorithms
+import envs
+from algorithms import Spec
+from algorithms.core.algorithm import OnlineConfig, Sampling
+from algorithms.core.replay import ReplayBuffer, Transitions, draw
+from envs.dataset import Dataset
+from experiments import loop, online
+from experiments.config import compose
+from experiments.train import run
+
+TINY = ["dataset=local/pendulum-mixed", "algo.hidden_dims=[16,16]", "algo.batch_size=32", "steps=40",
+        "log_every=20", "eval.every=40", "eval.episodes=2", "online.steps=60", "online.eval_every=20",
+        "online.log_every=20", "online.episodes=2", "seeds=2"]
+
+
+def rows(values, dim=2) -> Transitions:
+    values = np.asarray(values, np.float32)
+    column = np.repeat(values[:, None], dim, axis=1)
+    return Transitions.from_dataset(Dataset(column, column[:, :1], values, column, values * 0, values * 0))
+
+
+@pytest.mark.parametrize("fraction, batch", [(0.5, 64), (0.25, 40), (0.1, 7), (0.0, 16), (1.0, 16)])
+def test_mixed_batches_draw_exactly_the_configured_counts(fraction, batch):
+    data = rows(np.arange(100))  # rewards < 1000: dataset rows
+    buffer = ReplayBuffer.create(50, 2, 1).add(rows(1000 + np.arange(30)))  # 30 of 50 slots filled
+    for seed in range(5):
+        drawn = draw(Sampling("mixed", fraction), data, buffer, jax.random.key(seed), batch)
+        rewards = np.asarray(drawn.rewards)
+        assert (rewards < 1000).sum() == round(batch * fraction)
+        assert set(rewards[rewards >= 1000]) <= set(1000 + np.arange(30))  # never an empty slot
+        np.testing.assert_array_equal(np.asarray(drawn.observations)[:, 0], rewards)  # rows whole
+
+
+def test_union_draws_uniformly_over_dataset_and_buffer_as_one_pool():
+    data = rows(np.arange(300))
+    buffer = ReplayBuffer.create(1000, 2, 1).add(rows(1000 + np.arange(100)))
+    rewards = np.asarray(draw(Sampling("union"), data, buffer, jax.random.key(0), 40_000).rewards)
+    assert abs((rewards < 1000).mean() - 0.75) < 0.01  # 300 of the 400 rows held
+    assert rewards.max() < 1100  # never an empty slot
+    counts = np.bincount(np.where(rewards < 1000, rewards, rewards - 700).astype(int), minlength=400)
+    assert counts.min() > 50 and counts.max() < 150  # every row about 100 times
+
+
+def test_prefilled_buffer_too_small_for_the_dataset_is_refused():
+    algo = algorithms.get("iql")(online=OnlineConfig(buffer_size=50))
+    with pytest.raises(ValueError, match="cannot hold the dataset"):
+        online.buffer_capacity(algo, 100, 1_000)
+    assert online.buffer_capacity(algo.__class__(online=OnlineConfig(buffer_size=150)), 100, 10) == 50
+    assert online.buffer_capacity(algo.__class__(), 100, 1_000) == 1_000  # nothing evicted
+
+
+def test_online_transitions_are_preprocessed_like_the_dataset(offline_data):
+    algo = algorithms.get("td3_bc")(hidden_dims=(16, 16), batch_size=16, normalize_states=True,
+                                    reward=algorithms.RewardConfig(returns_span=1000.0, scale=2.0,
+                                                                   shift=-1.0),
+                                    online=OnlineConfig(block=10))
+    raw, info = envs.load("local", "pendulum-mixed")
+    prepared = loop.prepare(algo, raw)
+    spec = Spec(raw.observation_dim, raw.action_dim, 10)
+    ctx = loop.make_context(algo, prepared, phase="online")
+    run_state = online.fresh_run(algo, spec, ctx, [3], 100)
+    collected = []
+    online.train_online(algo, ctx, prepared.preprocessor, lambda: envs.make_env(info),
+                        online.OnlineSchedule(30, eval_every=0, log_every=0), [3], run_state,
+                        loop.ChunkRunner(algo, "online"),
+                        on_collect=lambda transitions, step: collected.append(transitions))
+    raw_rows = {name: np.concatenate([c[name][:, 0] for c in collected]) for name in Dataset._fields}
+    stored = jax.tree.map(lambda x: np.asarray(x[0, :30]), run_state.buffers.transitions)
+    # by hand, from the dataset's statistics: states standardized, rewards as the dataset's
+    mean = raw.observations.mean(0)
+    std = raw.observations.std(0) + 1e-3
+    returns = envs.dataset.episode_returns(raw)
+    rewards = 2.0 * raw_rows["rewards"] * 1000.0 / (returns.max() - returns.min()) - 1.0
+    np.testing.assert_allclose(stored.observations, (raw_rows["observations"] - mean) / std, rtol=1e-4,
+                               atol=1e-4)
+    np.testing.assert_allclose(stored.next_observations, (raw_rows["next_observations"] - mean) / std,
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(stored.rewards, rewards, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(stored.actions, raw_rows["actions"])
+    assert not stored.terminals.any()  # Pendulum only truncates
+    # the dataset itself went through the same preprocessor
+    np.testing.assert_allclose(np.asarray(prepared.data.observations), (raw.observations - mean) / std,
+                               rtol=1e-4, atol=1e-4)
+
+
+def logged(run_dir):
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k not in ("seconds", "env_steps_per_second")}
+            for line in lines]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_during_the_online_phase_gives_the_same_numbers(offline_data, tmp_path, monkeypatch):
+    cfg = compose(["algo=iql", *TINY])
+    straight = run(cfg, tmp_path / "straight")
+    killed = tmp_path / "killed"
+    real_check = loop.check_finite
+
+    def crash(states, metrics, step, **kwargs):
+        if step == 40 + 30:  # the online phase, between its checkpoints at environment steps 20 and 40
+            raise Interrupted
+        real_check(states, metrics, step, **kwargs)
+
+    monkeypatch.setattr(loop, "check_finite", crash)
+    with pytest.raises(Interrupted):
+        run(cfg, killed)
+    assert not (killed / "results.json").exists()
+    monkeypatch.setattr(loop, "check_finite", real_check)
+    resumed = run(compose(["algo=iql", *TINY, "resume=true"]), killed)
+    assert resumed["seeds"] == straight["seeds"]
+    assert logged(killed) == logged(tmp_path / "straight")
+    for seed in straight["seeds"]:
+        assert set(seed["online_episode_returns"]) == {20, 40, 60}
+        assert seed["offline_score"] is not None and seed["online_best_score"] >= seed["online_final_score"]
+
+
+def test_offline_then_online_results_and_metrics(offline_data, tmp_path):
+    results = run(compose(["algo=spot", "algo.vae_hidden_dims=[16,16]", "algo.vae_steps=20",
+                           "algo.vae_batch_size=32", "pretrain.cache_dir=null", *TINY]), tmp_path)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    online_lines = [line for line in lines if line.get("phase") == "online"]
+    assert [line["env_step"] for line in online_lines if line["type"] == "train"] == [20, 40, 60]
+    assert [line["step"] for line in online_lines if line["type"] == "train"] == [60, 80, 100]  # UTD 1
+    assert [line["env_step"] for line in online_lines if line["type"] == "eval"] == [20, 40, 60]
+    assert results["summary"]["offline_score_mean"] is not None
+    assert results["online"]["updates_per_second_per_seed"] > 0
+    for seed in results["seeds"]:
+        assert seed["final_score"] == seed["online_final_score"]
+        assert seed["regret"] is None  # no 200-step Pendulum episode ended within 60 steps
+
+
+def test_regret_is_corls():
+    from experiments.records import regret
+
+    info = envs.lookup("d4rl", "hopper-medium-v2")
+    low, high = info.ref_min_score, info.ref_max_score
+    episodes = [[100, 0, low, 100, None], [200, 0, high, 100, None], [300, 1, low, 100, None]]
+    assert regret(episodes, 0, info) == pytest.approx(0.5)  # 1 - normalized return / 100
+    assert regret(episodes, 1, info) == pytest.approx(1.0)
+    assert regret(episodes, 2, info) is None
+    goals = [[100, 0, -500.0, 700, True], [800, 0, -700.0, 700, False], [900, 0, -700.0, 700, False]]
+    assert regret(goals, 0, info) == pytest.approx(2 / 3)  # 1 - success on goal-reaching tasks
+
+
+def test_a_seed_that_stops_early_keeps_its_parameters_and_the_others_go_on(offline_data):
+    algo = algorithms.get("td3_bc")(hidden_dims=(8, 8), batch_size=16)
+    raw, _ = envs.load("local", "pendulum-mixed")
+    prepared = loop.prepare(algo, raw)
+    ctx = loop.make_context(algo, prepared)
+    keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(jnp.arange(2)))
+    states = loop.init_states(algo, Spec(3, 1, 30), ctx, keys[0])
+
+    class StopSecond(type(algo)):
+        def early_stop(self, metrics):
+            return np.array([False, True]), "seed 1 asked to stop"
+
+    runner = loop.ChunkRunner(StopSecond(hidden_dims=(8, 8), batch_size=16))
+    states, _, keys, _ = runner(states, None, keys[1], ctx, 10, 10)
+    frozen = jax.tree.map(lambda x: np.asarray(x[1]), states.actor.params)
+    moving = jax.tree.map(lambda x: np.asarray(x[0]), states.actor.params)
+    states, _, keys, _ = runner(states, None, keys, ctx, 10, 20)
+    assert runner.stopped == {1: (10, "seed 1 asked to stop")}
+    for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(states.actor.params), strict=True):
+        np.testing.assert_array_equal(a, b[1])
+    assert not all(np.array_equal(a, b[0]) for a, b in
+                   zip(jax.tree.leaves(moving), jax.tree.leaves(states.actor.params), strict=True))
+    with pytest.raises(loop.TrainingStopped, match="every seed"):
+        all_stop = type("StopAll", (type(algo),), {"early_stop": lambda self, m: (np.ones(2, bool), "x")})
+        loop.ChunkRunner(all_stop(hidden_dims=(8, 8), batch_size=16))(states, None, keys, ctx, 5, 25)
