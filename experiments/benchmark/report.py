@@ -34,7 +34,8 @@ DEFINITIONS = {
         "so environment steps per gradient step are those of a real run (2 per seed), but the "
         "vector env is `eval_scale` times narrower, so there are eval_scale times more batched "
         "policy calls per update: the measured fraction slightly underestimates a real run's. "
-        "HalfCheetah-v5 never terminates, so every episode is 1000 steps, as for a good policy."),
+        "HalfCheetah (the synthetic data evaluates in the D4RL file's environment) never terminates, "
+        "so every episode is 1000 steps, as for a good policy."),
     "compile_seconds": (
         "loop.ChunkRunner.compile of the train chunk (AOT lower + compile), wall clock. With a "
         "persistent compilation cache configured (see meta) it measures cache hits."),

@@ -28,7 +28,7 @@ from experiments.data import load
 from experiments.stages import train_stage
 
 SYNTHETIC_DATASET = "d4rl/halfcheetah-medium-v2"  # synthetic data: only its env and scores are used
-OBSERVATION_DIM, ACTION_DIM = 17, 6  # HalfCheetah's, so the pipeline can evaluate in HalfCheetah-v5
+OBSERVATION_DIM, ACTION_DIM = 17, 6  # HalfCheetah's, so the pipeline can evaluate in its environment
 WARMUP_CHUNK = 1000  # updates per timed warm-up chunk
 
 
