@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 import envs
 from algorithms import SettingsError, Spec
-from experiments import loop, online, stages
+from experiments import loop, online, stages, sweep
 from experiments.checkpoints import Checkpointer, CheckpointError
 from experiments.config import CONFIG_DIR, ConfigError, check_run_settings, make_algorithm, setup
 from experiments.data import load
@@ -173,13 +172,14 @@ setup()
 def main(cfg: DictConfig) -> dict | None:
     run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
+    if cfg.skip_done and (done := sweep.completed_results(run_dir)) is not None:
+        log.info("skip_done=true: %s already has results.json; not training again", run_dir)
+        return done["summary"] and done["summary"]["final_score_mean"]
     try:
         out = run(cfg, run_dir)
     except (envs.DatasetError, ConfigError, SettingsError, CheckpointError, KeyError,
             loop.TrainingDiverged) as error:
-        message = error.args[0] if error.args else str(error)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        sweep.fail(error.args[0] if error.args else str(error))  # exit 2; in a sweep: this job fails
     summary = out["summary"]
     if summary:
         print(f"final normalized score {summary['final_score_mean']:.1f} ± "
