@@ -86,7 +86,7 @@ DEFINITIONS = {
 
 
 def run_torch(settings, widths: list[int]) -> dict:
-    """Time experiments/torch_iql.py in a fresh process per setting, so PyTorch's and XLA's thread
+    """Time experiments/benchmark/torch_iql.py in a fresh process per setting, so PyTorch's and XLA's thread
     pools never compete and each gets its own peak RSS."""
     if not settings.torch:
         return {"available": None, "skipped": "--no-torch"}
