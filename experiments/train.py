@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import hydra
@@ -103,6 +104,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     # ---- offline phase ------------------------------------------------------------------------
     runner = loop.ChunkRunner(algo, "offline", float(cfg.watchdog_seconds), stopped)
     step = record["step"]
+    offline_started = time.perf_counter()
     if record["phase"] == "offline" and step < cfg.steps:
         eval_every = int(cfg.eval.every) if evaluating else 0
         save_every = int(cfg.checkpoint.every)
@@ -123,6 +125,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             if (save_every and step % save_every == 0) or step == cfg.steps:
                 save("offline", states, buffers, keys, step, 0, runner.stopped)
         bar.close()
+    timings = {"offline": {"seconds": time.perf_counter() - offline_started}, "online": {}}
     offline_seconds = runner.updates_per_second
 
     # ---- online phase -------------------------------------------------------------------------
@@ -150,13 +153,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             online_runner, log=log_online,
             evaluate=lambda r: evaluate(r.states, "online", int(r.states.step), r.env_step),
             checkpoint=lambda r: save("online", r.states, r.buffers, r.keys, int(cfg.steps), r.env_step,
-                                      online_runner.stopped))
+                                      online_runner.stopped), timings=timings["online"])
         bar.close()
     checkpointer.wait()
     stopped = (online_runner or runner).stopped
     out = results(cfg, seeds, history, info, offline_seconds, runner.compile_seconds, stopped,
                   online_runner)
     out["stages"] = [record.__dict__ for record in stage_records]
+    out["timings"] = timings  # wall clock of the offline loop; the online phase's split (online.py)
     (run_dir / "results.json").write_text(json.dumps(out, indent=1))
     return out
 
