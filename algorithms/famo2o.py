@@ -37,10 +37,10 @@ CQL (algorithms/cql.py) with every loss at the parameters from before the update
 Settings from the code: JaxCQL's networks with LayerNorm after every hidden layer of the critics,
 w = 1, no Lagrange, dataset actions clipped to +-0.999, range [0.5, 1.5], 2M offline steps
 (`steps=2000000`) and online blocks of 1000 environment steps followed by 1000 updates
-(`online.block=1000`). The code maps the balance model's x as b = low + x (high - low), so online b
-lies in (-0.5, 1.5) while offline training saw [0.5, 1.5] (b < 0 even inverts the improvement term);
-that is the default here (`balance_map=jaxcql`), `balance_map=clamped` clips b to the range and
-`balance_map=affine` maps as the IQL code does.
+(`algo.online.block=1000`, the default). The code maps the balance model's x as
+b = low + x (high - low), so online b lies in (-0.5, 1.5) while offline training saw [0.5, 1.5]
+(b < 0 even inverts the improvement term); that is the default here (`balance_map=jaxcql`),
+`balance_map=clamped` clips b to the range and `balance_map=affine` maps as the IQL code does.
 """
 
 from __future__ import annotations
