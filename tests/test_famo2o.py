@@ -2,6 +2,7 @@
 family against IQL and CQL at a fixed balance, where the policy's b comes from in each phase, acting."""
 
 import functools
+import json
 import math
 
 import jax
@@ -17,6 +18,9 @@ from algorithms.core.training import create_train_state
 from algorithms.cql import CQLState
 from algorithms.iql import IQLState
 from envs.dataset import Dataset
+from experiments import loop
+from experiments.config import compose
+from experiments.train import run
 
 SPEC = Spec(observation_dim=3, action_dim=2, total_steps=100)
 OFFLINE, ONLINE = Context(None, phase="offline"), Context(None, phase="online")
@@ -282,3 +286,43 @@ def test_cql_online_balances_follow_the_code_map_unless_clamped():
         balances[mapping] = float(metrics["actor_balance"])
     np.testing.assert_allclose(balances["jaxcql"], 0.5 - 0.6, atol=1e-5)
     np.testing.assert_allclose(balances["clamped"], 0.5, atol=1e-6)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_famo2o_resumes_during_the_online_phase_to_the_same_numbers(offline_data, tmp_path, monkeypatch):
+    """Both phases through the engine: a run killed between two online checkpoints resumes (the
+    balance model, its temperature and the policy family restored) to an uninterrupted run's numbers,
+    with offline and online scores and metrics lines per phase."""
+    settings = ["algo=famo2o_iql", "dataset=local/pendulum-mixed", "algo.hidden_dims=[16,16]",
+                "algo.batch_size=32", "steps=40", "log_every=20", "eval.every=40", "eval.episodes=2",
+                "online.steps=60", "online.eval_every=20", "online.log_every=20", "online.episodes=2",
+                "seeds=2"]
+    straight = run(compose(settings), tmp_path / "straight")
+    real_check = loop.check_finite
+
+    def crash(states, metrics, step, **kwargs):
+        if step == 40 + 30:  # online, between the checkpoints at environment steps 20 and 40
+            raise Interrupted
+        real_check(states, metrics, step, **kwargs)
+
+    monkeypatch.setattr(loop, "check_finite", crash)
+    with pytest.raises(Interrupted):
+        run(compose(settings), tmp_path / "killed")
+    monkeypatch.setattr(loop, "check_finite", real_check)
+    resumed = run(compose([*settings, "resume=true"]), tmp_path / "killed")
+    assert resumed["seeds"] == straight["seeds"]
+
+    def logged(folder):
+        lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in line.items() if k not in ("seconds", "env_steps_per_second")}
+                for line in lines]
+
+    lines = logged(tmp_path / "straight")
+    assert logged(tmp_path / "killed") == lines
+    train = {line["phase"] for line in lines if line["type"] == "train" and "actor_balance" in line}
+    assert train == {"offline", "online"}
+    for seed in straight["seeds"]:
+        assert seed["offline_score"] is not None and seed["online_final_score"] is not None
