@@ -124,7 +124,7 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
     on_collect(raw transitions (steps, seeds, ...), env_step): what the environments gave, before
         preprocessing (the behaviour-data log of experiments.generate)."""
     num_seeds = len(seeds)
-    explore = loop.make_policy(algo, preprocessor, deterministic=False)
+    explore = loop.make_policy(algo, preprocessor, deterministic=False, values=runner.values)
     act_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 1))(jnp.asarray(seeds))
     block, utd = algo.online.block, algo.online.updates_per_step
     envs = gym.vector.SyncVectorEnv([make_env for _ in seeds],
