@@ -231,8 +231,9 @@ def _trace_problem(algo, names, spec, prepared, contexts, capacity) -> str | Non
         # static place (an optimiser schedule) and the update then reads fails here too.
         states = jax.eval_shape(lambda v: loop.init_states(algo, spec, ctx, keys, values=v), values)
         for phase, phase_ctx in contexts.items():
-            buffers = jax.eval_shape(lambda: loop.init_buffers(algo, spec, ctx, 1) if phase == "offline"
-                                     else loop.replay_buffers(capacity, spec, 1))
+            buffers = jax.eval_shape(
+                (lambda: loop.init_buffers(algo, spec, ctx, 1)) if phase == "offline"
+                else (lambda: loop.replay_buffers(capacity, spec, 1)))
             jax.eval_shape(loop.make_train_chunk(algo, 1, phase), states, buffers, keys, phase_ctx,
                            None, values)
         observations = jax.ShapeDtypeStruct((1, 1, spec.observation_dim), jnp.float32)

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -38,14 +39,15 @@ def trained(algo, prepared, seeds, values=None, steps=30, chunk=None):
     return states, metrics
 
 
-@pytest.mark.parametrize("name, field, points", [("td3_bc", "alpha", [1.0, 2.5, 5.0]),
-                                                 ("td3_bc", "actor_lr", [1e-4, 3e-4, 1e-3]),
-                                                 ("iql", "expectile", [0.5, 0.7, 0.9])])
-def test_a_3_point_grid_of_2_seeds_gives_the_numbers_of_6_separate_runs(name, field, points, offline_data):
+@pytest.mark.parametrize("name, points", [
+    ("td3_bc", [{"alpha": 1.0, "actor_lr": 1e-4}, {"alpha": 2.5, "actor_lr": 3e-4},  # a learning
+                {"alpha": 5.0, "actor_lr": 1e-3}]),                                  # rate too
+    ("iql", [{"expectile": 0.5}, {"expectile": 0.7}, {"expectile": 0.9}])])
+def test_a_3_point_grid_of_2_seeds_gives_the_numbers_of_6_separate_runs(name, points, offline_data):
     algo = make_algorithm(compose([f"algo={name}", *SMALL]).algo)
     raw, _ = envs.load("local", "pendulum-mixed")
     prepared = loop.prepare(algo, raw)
-    grid = Grid((0, 1), (field,), tuple({field: value} for value in points))
+    grid = Grid((0, 1), tuple(points[0]), tuple(points))
     batched, batched_metrics = trained(algo, prepared, grid.training_seeds, grid.values())
     chunks = {}  # one program per value, called for each seed alone
     for i, seed in enumerate(grid.training_seeds):
@@ -178,3 +180,36 @@ def test_a_structural_field_in_the_grid_stops_the_command_with_one_error_line(da
     assert len(lines) == 1 and lines[0].startswith("error: grid.algo.policy_freq cannot be a grid axis")
     assert "-m algo.policy_freq=" in lines[0]
     assert not (tmp_path / "results.json").exists()
+
+
+SHARDED = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import jax
+    from experiments import loop
+    from experiments.config import compose
+    from experiments.train import run
+
+    assert len(jax.devices()) == 4, jax.devices()
+    sharded = []
+    real_shard = loop.shard_seeds
+    def spy(*trees):
+        trees = real_shard(*trees)
+        sharded.append(len(trees[2]["alpha"].sharding.device_set))  # the grid values
+        return trees
+    loop.shard_seeds = spy
+    run(compose(json.loads(sys.argv[1])), Path(sys.argv[2]))
+    assert sharded == [4], sharded
+""")
+
+
+def test_the_training_axis_of_a_grid_is_sharded_over_devices(offline_data, tmp_path):
+    overrides = ["algo=td3_bc", "seeds=2", "grid.algo.alpha=[1.0,5.0]", *SMALL[:-3], "eval.every=0"]
+    one = run(compose(overrides), tmp_path / "one")
+    env = cli_env(OFFRL_DATA_DIR=str(offline_data), XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    subprocess.run([sys.executable, "-c", SHARDED, json.dumps(overrides), str(tmp_path / "four")],
+                   check=True, env=env, cwd=tmp_path)
+    losses = [[json.loads(line)["critic_loss"] for line in (tmp_path / name / "metrics.jsonl")
+               .read_text().splitlines()] for name in ("one", "four")]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+    assert len(one["seeds"]) == 4

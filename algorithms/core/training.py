@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-
 _ADAM_STATIC = tuple(set(inspect.signature(optax.adam).parameters) - {"learning_rate"})
 
 
