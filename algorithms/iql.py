@@ -71,7 +71,7 @@ class IQL(Algorithm):
         critic_net = critic_ensemble(self.num_critics, self.hidden_dims, init_scheme="orthogonal")
         value_net = ValueNetwork(self.hidden_dims, init_scheme="orthogonal")
         actor_lr = (optax.cosine_decay_schedule(self.actor_lr, spec.total_steps)
-                    if self.cosine_actor_lr else self.actor_lr)
+                    if self.cosine_actor_lr and spec.total_steps > 0 else self.actor_lr)
         critic_params = critic_net.init(critic_key, obs, act)
         return IQLState(
             actor=create_train_state(actor_net, actor_net.init(actor_key, obs), actor_lr),

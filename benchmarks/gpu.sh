@@ -9,7 +9,7 @@
 # JAX with CUDA is expected on the GPU machine (checked first); the rest comes from
 # benchmarks/wheels/ when it exists (no network needed), else from the package index. PyTorch is
 # timed when it is importable there (its CUDA wheels are too large to carry). Sizes, timed seconds
-# and the time budget are experiments/gpu_benchmark.py's defaults (about 7 minutes of
+# and the time budget are experiments/benchmark/gpu.py's defaults (about 7 minutes of
 # measurements); extra arguments are passed on to it, e.g. `benchmarks/gpu.sh --algos iql`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,4 +58,4 @@ fi
 
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # the peak memory figures are then the programs' own
-exec $PYTHON -m experiments.gpu_benchmark --torch "$@"
+exec $PYTHON -m experiments.benchmark.gpu --torch "$@"

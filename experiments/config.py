@@ -42,7 +42,7 @@ RUN_INTEGERS = {"seed": 0, "seeds": 1, "steps": 0, "log_every": 1, "eval.every":
                 "checkpoint.every": 0, "checkpoint.keep": 1, "online.steps": 0, "online.eval_every": 0,
                 "online.episodes": 0, "online.log_every": 0, "online.checkpoint_every": 0,
                 "online.start_steps": 0}
-RUN_BOOLEANS = ("resume", "dataset.download")
+RUN_BOOLEANS = ("resume", "skip_done", "dataset.download")
 
 
 def check_run_settings(cfg: DictConfig) -> None:

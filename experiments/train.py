@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -25,7 +25,7 @@ from tqdm import tqdm
 import envs
 from algorithms import SettingsError, Spec
 from experiments import grid as grids
-from experiments import loop, online, stages
+from experiments import loop, online, stages, sweep
 from experiments.checkpoints import Checkpointer, CheckpointError
 from experiments.config import CONFIG_DIR, ConfigError, check_run_settings, make_algorithm, setup
 from experiments.data import load
@@ -115,6 +115,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     runner = loop.ChunkRunner(algo, "offline", float(cfg.watchdog_seconds), stopped, values=values,
                               early_stop=grid.early_stop(algo))
     step = record["step"]
+    offline_started = time.perf_counter()
     if record["phase"] == "offline" and step < cfg.steps:
         eval_every = int(cfg.eval.every) if evaluating else 0
         save_every = int(cfg.checkpoint.every)
@@ -135,6 +136,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             if (save_every and step % save_every == 0) or step == cfg.steps:
                 save("offline", states, buffers, keys, step, 0, runner.stopped)
         bar.close()
+    timings = {"offline": {"seconds": time.perf_counter() - offline_started}, "online": {}}
     offline_seconds = runner.updates_per_second
 
     # ---- online phase -------------------------------------------------------------------------
@@ -161,13 +163,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             online_runner, log=log_online,
             evaluate=lambda r: evaluate(r.states, "online", int(r.states.step), r.env_step),
             checkpoint=lambda r: save("online", r.states, r.buffers, r.keys, int(cfg.steps), r.env_step,
-                                      online_runner.stopped))
+                                      online_runner.stopped), timings=timings["online"])
         bar.close()
     checkpointer.wait()
     stopped = (online_runner or runner).stopped
     out = results(cfg, seeds, history, info, offline_seconds, runner.compile_seconds, stopped,
                   online_runner, grid)
     out["stages"] = [record.__dict__ for record in stage_records]
+    out["timings"] = timings  # wall clock of the offline loop; the online phase's split (online.py)
     (run_dir / "results.json").write_text(json.dumps(out, indent=1))
     return out
 
@@ -179,13 +182,14 @@ setup()
 def main(cfg: DictConfig) -> dict | None:
     run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
+    if cfg.skip_done and (done := sweep.completed_results(run_dir)) is not None:
+        log.info("skip_done=true: %s already has results.json; not training again", run_dir)
+        return done["summary"] and done["summary"]["final_score_mean"]
     try:
         out = run(cfg, run_dir)
     except (envs.DatasetError, ConfigError, SettingsError, CheckpointError, KeyError,
             loop.TrainingDiverged) as error:
-        message = error.args[0] if error.args else str(error)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        sweep.fail(error.args[0] if error.args else str(error))  # exit 2; in a sweep: this job fails
     summary = out["summary"]
     for point in out.get("grid", {}).get("points", []):
         if point["summary"]:

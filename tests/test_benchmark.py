@@ -1,4 +1,4 @@
-"""The benchmark's --quick mode runs end to end and writes the JSON and Markdown it promises."""
+"""The benchmarks' --quick modes run end to end and write the JSON and Markdown they promise."""
 
 from __future__ import annotations
 
@@ -79,19 +79,19 @@ def test_markdown_table(report):
 
 
 def test_algorithm_options_apply_where_the_algorithm_has_the_field():
-    from experiments import benchmark
+    from experiments.benchmark import cli, updates
 
-    prdc = benchmark.make_algorithm("prdc", 64, 32, {"neighbour_search": "kdtree", "lambd": 0.5})
-    spot = benchmark.make_algorithm("spot", 64, 32, {"neighbour_search": "kdtree", "lambd": 0.5})
+    prdc = updates.make_algorithm("prdc", 64, 32, {"neighbour_search": "kdtree", "lambd": 0.5})
+    spot = updates.make_algorithm("spot", 64, 32, {"neighbour_search": "kdtree", "lambd": 0.5})
     assert prdc.neighbour_search == "kdtree" and not hasattr(prdc, "lambd")
     assert spot.lambd == 0.5 and spot.hidden_dims == (64, 64) and spot.batch_size == 32
-    args = benchmark.parse_args(["--option", "neighbour_search=kdtree", "--option", "alpha=2.5"])
+    args = cli.parse_args(["--option", "neighbour_search=kdtree", "--option", "alpha=2.5"])
     assert args.options == {"neighbour_search": "kdtree", "alpha": 2.5}
     with pytest.raises(SystemExit):
-        benchmark.parse_args(["--option", "no-equals-sign"])
+        cli.parse_args(["--option", "no-equals-sign"])
 
 
-def test_pretraining_stage_is_timed_and_initialises_the_agent():
+def test_stage_is_timed_and_starts_the_agent():
     import argparse
 
     import jax
@@ -99,9 +99,10 @@ def test_pretraining_stage_is_timed_and_initialises_the_agent():
 
     from algorithms import Spec
     from envs.dataset import from_arrays
-    from experiments import benchmark, loop
+    from experiments import loop
+    from experiments.benchmark import updates
 
-    algo = benchmark.make_algorithm("spot", 16, 32, {"vae_hidden_dims": (16, 16), "vae_batch_size": 32})
+    algo = updates.make_algorithm("spot", 16, 32, {"vae_hidden_dims": (16, 16), "vae_batch_size": 32})
     rng = np.random.default_rng(0)
     data = from_arrays(observations=rng.normal(size=(64, 3)), actions=rng.uniform(-1, 1, (64, 2)),
                        rewards=rng.normal(size=64), next_observations=rng.normal(size=(64, 3)),
@@ -109,11 +110,22 @@ def test_pretraining_stage_is_timed_and_initialises_the_agent():
     prepared = loop.prepare(algo, data)
     spec = Spec(3, 2, 100)
     settings = argparse.Namespace(chunk=5, chunk_seconds=0.1, repeats=2)
-    vae, timing = benchmark.run_pretraining(algo.pretraining(), spec, prepared.data, settings)
+    (stage,) = algo.stages(spec)
+    vae, timing = updates.time_stage(stage, spec, prepared.data, settings)
     assert timing["stage"] == "vae" and timing["steps_in_a_real_run"] == algo.vae_steps
     assert timing["chunk_length"] == 5 and timing["updates_per_second"] > 0
-    states = loop.init_states(algo, spec, prepared.data, jax.random.split(jax.random.key(0), 2), vae)
-    np.testing.assert_array_equal(jax.tree.leaves(states.vae_params)[0][1], jax.tree.leaves(vae.params)[0])
+    assert len(timing["chunk_seconds"]) == 2 and timing["compile"]["total_seconds"] >= 0
+    # It trained: the result differs from the stage's initial parameters.
+    untrained = stage.result(stage.init(jax.random.split(jax.random.key(0))[0], spec, prepared.data))
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(vae), jax.tree.leaves(untrained),
+                                                      strict=True))
+    keys = jax.random.split(jax.random.key(0), 2)
+    with pytest.raises(ValueError, match="vae"):
+        loop.init_states(algo, spec, loop.make_context(algo, prepared), keys)
+    ctx = loop.make_context(algo, prepared, {"vae": vae})
+    states = loop.init_states(algo, spec, ctx, keys)
+    states, _, _, metrics = loop.make_train_chunk(algo, 2)(states, None, keys, ctx)
+    assert int(states.step) == 2 and np.isfinite(np.asarray(metrics["critic_loss"])).all()
 
 
 def test_warm_up_trains_whole_chunks_and_times_each(monkeypatch):
@@ -122,18 +134,21 @@ def test_warm_up_trains_whole_chunks_and_times_each(monkeypatch):
 
     from algorithms import Spec
     from envs.dataset import from_arrays
-    from experiments import benchmark, loop
+    from experiments import loop
+    from experiments.benchmark import updates
 
-    monkeypatch.setattr(benchmark, "WARMUP_CHUNK", 5)
-    algo = benchmark.make_algorithm("td3_bc", 16, 8, {})
+    monkeypatch.setattr(updates, "WARMUP_CHUNK", 5)
+    algo = updates.make_algorithm("td3_bc", 16, 8, {})
     rng = np.random.default_rng(0)
     data = from_arrays(observations=rng.normal(size=(64, 3)), actions=rng.uniform(-1, 1, (64, 2)),
                        rewards=rng.normal(size=64), next_observations=rng.normal(size=(64, 3)),
                        terminals=np.zeros(64), timeouts=np.zeros(64), source="test")
     prepared = loop.prepare(algo, data)
     init_keys, keys = jax.random.split(jax.random.key(0), (2, 2))
-    states = loop.init_states(algo, Spec(3, 2, 100), prepared.data, init_keys)
-    states, _, warmup = benchmark.warm_up(algo, states, prepared.data, keys, 12, seeds=2)
+    ctx = loop.make_context(algo, prepared)
+    states = loop.init_states(algo, Spec(3, 2, 100), ctx, init_keys)
+    runner = loop.ChunkRunner(algo)
+    states, _, _, warmup = updates.warm_up(runner, states, None, keys, ctx, 12, seeds=2)
     assert int(states.step) == 15  # 12 rounded up to three chunks of 5
     assert warmup["updates"] == 15 and warmup["chunk_length"] == 5
     assert len(warmup["updates_per_second_per_seed"]) == 3
@@ -141,13 +156,48 @@ def test_warm_up_trains_whole_chunks_and_times_each(monkeypatch):
 
 
 def test_worker_progress_is_echoed_and_a_hung_worker_times_out(capfd):
-    from experiments import benchmark
+    from experiments.benchmark.machine import run_echoing_progress
 
     script = "import sys; print('    step 1', file=sys.stderr); print('noise', file=sys.stderr); print('out')"
-    code, stdout, stderr = benchmark.run_echoing_progress([sys.executable, "-c", script],
+    code, stdout, stderr = run_echoing_progress([sys.executable, "-c", script],
                                                           dict(os.environ), timeout=60)
     assert (code, stdout) == (0, "out\n") and stderr == "    step 1\nnoise\n"
     assert capfd.readouterr().err == "    step 1\n"  # only the progress lines reach the terminal
-    code, _, _ = benchmark.run_echoing_progress([sys.executable, "-c", "import time; time.sleep(30)"],
+    code, _, _ = run_echoing_progress([sys.executable, "-c", "import time; time.sleep(30)"],
                                                 dict(os.environ), timeout=1)
     assert code is None
+
+
+def test_online_benchmark_runs_end_to_end(offline_data, tmp_path):
+    """The online benchmark on a tiny config: our IQL online phase through `experiments.train`, one
+    and two seeds, and d3rlpy's fit_online where d3rlpy imports ($D3RLPY_PYTHON), else a reason."""
+    out = tmp_path / "online.json"
+    command = [sys.executable, "-m", "experiments.benchmark.online", "--quick", "--steps", "40",
+               "--out", str(out)]
+    environment = {**os.environ,  # OFFRL_DATA_DIR: the small local/pendulum-mixed of conftest
+                   "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["environment"] == "Pendulum-v1" and len(report["meta"]["load_average_start"]) == 3
+    ours = [row for row in report["results"] if row["library"] == "offrl-jax"]
+    assert [(row["hidden"], row["seeds"]) for row in ours] == [([16, 16], 1), ([16, 16], 2)]
+    for row in report["results"]:
+        assert "error" not in row, row.get("error")
+        assert row["env_steps_per_second_per_seed"] > 0
+        assert row["env_steps_per_second_total"] == pytest.approx(
+            row["env_steps_per_second_per_seed"] * row["seeds"])
+        parts = row["parts_seconds"]
+        assert all(parts[name] > 0 for name in ("policy", "environment", "updates"))
+        assert sum(parts.values()) == pytest.approx(row["seconds"])
+    for row in ours:  # every step but the first block (one step), which compiles
+        assert row["env_steps"] == 39 and row["timings"]["env_steps"] == 39
+    if report["d3rlpy"]["skipped"]:
+        assert "d3rlpy" in report["d3rlpy"]["skipped"] and not report["comparisons"]
+    else:
+        (theirs,) = [row for row in report["results"] if row["library"] == "d3rlpy"]
+        assert theirs["env_steps"] == 40 and theirs["dataset_transitions"] > 0
+        assert {(r["seeds"], r["per_seed"] > 0) for r in report["comparisons"]} == {(1, True), (2, True)}
+    table = out.with_suffix(".md").read_text()
+    assert "| library | hidden | seeds |" in table and table.count("| offrl-jax | 16x2 |") == 2

@@ -188,7 +188,7 @@ def test_antmaze_score_is_the_success_rate(antmaze_dataset):
     ant.set_state(qpos, ant.data.qvel.copy())
     _, reward, terminated, _, info_step = env.step(zeros)
     assert (reward, terminated, info_step["success"]) == (1.0, True, True)
-    returns = envs.evaluate(lambda obs: np.zeros(obs.shape[:-1] + (8,)), info, num_seeds=1,
-                            episodes=1, seed=0, observation_dim=31)
+    returns = envs.evaluate(lambda obs: np.zeros(obs.shape[:-1] + (8,)), info,
+                            envs.episode_seeds([0], 0, 1), observation_dim=31)
     assert returns.tolist() == [[0.0]]  # standing still never reaches the goal
     assert envs.normalized_score([1.0, 0.0, 1.0, 1.0], info).mean() == 75.0

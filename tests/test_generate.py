@@ -338,12 +338,11 @@ def test_sized_variant_is_generated_apart_from_the_default_size(data_dirs, monke
     assert data.size == 2_000
 
 
-def test_default_run_is_the_small_hopper_medium():
+def test_small_hopper_medium_is_registered_apart_with_a_short_protocol():
     from experiments.config import compose
 
-    cfg = compose([])
-    assert (cfg.dataset.source, cfg.dataset.name) == ("local", generated.QUICKSTART)
-    assert cfg.algo.name == "iql" and cfg.steps == 20_000 and cfg.eval.episodes == 10
+    cfg = compose([f"dataset=local/{generated.QUICKSTART}"])
+    assert cfg.steps == 20_000 and cfg.eval.episodes == 10
     info = envs.lookup("local", generated.QUICKSTART)
     assert info.env_id == "Hopper-v5" and info.family == "locomotion"
     assert info.minari_id == "local/hopper/medium-50k-v0" != envs.lookup("local", "hopper-medium").minari_id

@@ -3,7 +3,7 @@ sizes on the CPU: every figure it promises is written, for plain seeds and for s
 
 import json
 
-from experiments import gpu_benchmark
+from experiments.benchmark import gpu as gpu_benchmark
 from experiments.grid import Grid
 
 

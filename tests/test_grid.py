@@ -213,3 +213,29 @@ def test_the_training_axis_of_a_grid_is_sharded_over_devices(offline_data, tmp_p
                .read_text().splitlines()] for name in ("one", "four")]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
     assert len(one["seeds"]) == 4
+
+
+def test_the_report_gives_one_row_per_grid_point(tmp_path, capsys):
+    from experiments import report
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    finals = {1.0: [40.0, 50.0], 5.0: [70.0, 80.0]}
+    seeds = [{"seed": seed, "grid": {"alpha": alpha}, "final_return": 0.0, "final_score": score,
+              "best_score": score, "episode_returns": {}}
+             for alpha, scores in finals.items() for seed, score in enumerate(scores)]
+    (folder / "results.json").write_text(json.dumps({
+        "config": {"algo": {"name": "td3_bc"}, "dataset": {"source": "d4rl", "name": "hopper-medium-v2"}},
+        "summary": None, "seeds": seeds}))
+    columns = {"seed": [0, 1, 0, 1], "grid": {"alpha": [1.0, 1.0, 5.0, 5.0]}}
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(
+        {"type": "eval", "step": step, "normalized_score": [40.0, 50.0, 70.0, 80.0], **columns}) + "\n"
+        for step in (5, 10)))
+    assert report.main([str(tmp_path), "--reps", "200"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| d4rl/hopper-medium-v2")]
+    assert any("td3_bc (alpha=1)" in row and "45.0" in row for row in rows), rows
+    assert any("td3_bc (alpha=5)" in row and "75.0" in row for row in rows), rows
+    from experiments.report_plots import pooled_curves
+    curves = pooled_curves([(folder, {"alpha": 5.0})])
+    np.testing.assert_array_equal(curves["offline"][1], [[70.0, 70.0], [80.0, 80.0]])

@@ -1,8 +1,8 @@
 """How many trainings one accelerator holds: throughput with 1 to 512 trainings per program.
 
     benchmarks/gpu.sh                                  # on the GPU machine: installs, runs, writes
-    python -m experiments.gpu_benchmark --out benchmarks/gpu.json     # any backend
-    python -m experiments.gpu_benchmark --trainings 1 4 --width 16 --dataset-size 5000 \\
+    python -m experiments.benchmark.gpu --out benchmarks/gpu.json     # any backend
+    python -m experiments.benchmark.gpu --trainings 1 4 --width 16 --dataset-size 5000 \\
         --seconds 0.5 --eval-steps 5 --out /tmp/gpu.json               # a CPU smoke test
 
 For IQL, TD3+BC and CQL at 256 wide (CQL: its 3 hidden layers) and each number of trainings per
@@ -17,8 +17,8 @@ on 1M synthetic transitions of HalfCheetah's shapes held on the device, batch 25
   * for IQL, the evaluation cost: the batched policy of N trainings stepping N HalfCheetah-v5
     environments of one gymnasium vector env on the host CPUs, seconds per step, and what the
     D4RL protocol's evaluation (10 episodes of 1000 steps per training) costs at that rate;
-  * with `--torch`, the same IQL update in eager PyTorch (experiments/torch_iql.py) on the same
-    device, one training, when torch is importable.
+  * with `--torch`, the same IQL update in eager PyTorch (experiments/benchmark/torch_iql.py) on
+    the same device, one training, when torch is importable.
 The anchor (issue 16): JAX-CORL's 1M IQL updates in 9 min on one GTX 1080 Ti, one training per
 program; the target is 100 trainings of 1M IQL updates in less wall time on one modern GPU.
 Writes JSON and Markdown (`--out`), rewritten after every configuration; stops starting new
@@ -129,11 +129,11 @@ def bench_evaluation(policy_parts, trainings: int, steps: int) -> dict:
 
 
 def bench_torch(width: int, dataset_size: int, seconds: float) -> dict:
-    """IQL in eager PyTorch (experiments/torch_iql.py's update) on the GPU if there is one."""
+    """IQL in eager PyTorch (experiments/benchmark/torch_iql.py's update) on the GPU if there is one."""
     try:
         import torch
 
-        from experiments import torch_iql
+        from experiments.benchmark import torch_iql
     except ImportError as error:
         return {"skipped": f"torch not importable: {error}"}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -214,7 +214,7 @@ def main(argv=None) -> dict:
     out = Path(args.out or f"benchmarks/gpu-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}.json")
     report = {"device": name, "devices": [str(d) for d in jax.devices()], "backend": jax.default_backend(),
               "jax": jax.__version__, "cores": len(os.sched_getaffinity(0)),
-              "command": " ".join(["python -m experiments.gpu_benchmark",
+              "command": " ".join(["python -m experiments.benchmark.gpu",
                                    *(sys.argv[1:] if argv is None else argv)]), "configs": []}
     raw = synthetic_dataset(args.dataset_size)
 

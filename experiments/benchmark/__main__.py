@@ -1,0 +1,3 @@
+from experiments.benchmark.cli import main
+
+main()
