@@ -117,6 +117,10 @@ def register_configs() -> None:
         node = {"source": info.source, "name": info.name, "path": None, "download": True,
                 **PROTOCOL[info.family], **info.protocol}
         store.store(group=group, name=leaf, node=node, package="dataset")
+    # grid.algo.<field>=[...] (experiments/grid.py): every algorithm's field may be named, unset.
+    fields = {item.name for name in algorithms.available()
+              for item in dataclasses.fields(algorithms.get(name))}
+    store.store(name="grid_base", node={"grid": {"algo": dict.fromkeys(sorted(fields))}})
     store.store(group="dataset/minari", name="custom", package="dataset", node={
         "source": "minari", "name": "???", "path": None, "download": True,
         **PROTOCOL["locomotion"]})

@@ -12,6 +12,7 @@ evaluates all seeds in one vector env with one batched policy call per env step,
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import sys
@@ -69,14 +70,29 @@ def seed_axes(states):
     return jax.tree.map(lambda _: 0, states).replace(step=None)
 
 
-def init_states(algo: Algorithm, spec: Spec, ctx: Context, keys: jax.Array):
-    """Initialise one state per key (the leading axis of `keys`), all in one compiled call."""
+def with_values(algo: Algorithm, values: dict | None) -> Algorithm:
+    """`algo` with the fields named in `values` replaced by those (traced) values: one training's
+    grid point inside the compiled program (experiments/grid.py). A shallow copy that skips
+    `__post_init__`, whose checks need concrete numbers: the grid's values are checked on the host."""
+    if not values:
+        return algo
+    specialised = copy.copy(algo)
+    for name, value in values.items():
+        object.__setattr__(specialised, name, value)
+    return specialised
+
+
+def init_states(algo: Algorithm, spec: Spec, ctx: Context, keys: jax.Array, *,
+                values: dict | None = None):
+    """Initialise one state per key (the leading axis of `keys`), all in one compiled call;
+    `values`: per-training grid values {field: (trainings,)} (None: no grid)."""
     missing = [stage.name for stage in algo.stages(spec) if stage.name not in ctx.stages]
     if missing:
         raise ValueError(f"{algo.name} starts from its pretraining stage '{missing[0]}': train the "
                          "algorithm's stages first (experiments.stages.train_stages)")
-    init = jax.vmap(algo.init, in_axes=(0, None, None))
-    states = jax.jit(init, static_argnums=1)(keys, spec, ctx)
+    init = jax.vmap(lambda key, ctx, values: with_values(algo, values).init(key, spec, ctx),
+                    in_axes=(0, None, 0))
+    states = jax.jit(init)(keys, ctx, values)
     return states.replace(step=states.step[0])
 
 
@@ -120,29 +136,31 @@ def shard_seeds(*trees):
 def make_train_chunk(algo: Algorithm, length: int, phase: str = "offline",
                      sampling: Sampling | None = None):
     """A jitted function running `length` updates for every seed:
-    (states, buffers, keys, ctx, rows=None) -> (states, buffers, keys, metrics), metrics of shape
-    (length, seeds). `rows`: new transitions per seed (seeds, n, ...) appended to the buffers first
-    (online collection). Batches are drawn as `sampling` (default `algo.sampling(phase)`) says."""
+    (states, buffers, keys, ctx, rows=None, values=None) -> (states, buffers, keys, metrics),
+    metrics of shape (length, seeds). `rows`: new transitions per seed (seeds, n, ...) appended to
+    the buffers first (online collection). `values`: per-training grid values (`with_values`).
+    Batches are drawn as `sampling` (default `algo.sampling(phase)`) says."""
     sampling = sampling or algo.sampling(phase)
 
-    def one_seed(state, buffer, key, ctx):
+    def one_seed(state, buffer, key, values, ctx):
+        algo_here = with_values(algo, values)
         fill_key, sample_key, update_key = jax.random.split(key, 3)
         if phase == "offline":
-            buffer = algo.fill_buffer(state, buffer, fill_key, ctx)
+            buffer = algo_here.fill_buffer(state, buffer, fill_key, ctx)
         batch = draw(sampling, ctx.data, buffer, sample_key, algo.batch_size)
-        state, metrics = algo.update(state, batch, update_key, ctx)
+        state, metrics = algo_here.update(state, batch, update_key, ctx)
         return state, buffer, metrics
 
-    def chunk(states, buffers, keys, ctx, rows=None):
+    def chunk(states, buffers, keys, ctx, rows=None, values=None):
         if rows is not None:
             buffers = jax.vmap(ReplayBuffer.add)(buffers, rows)
         axes = seed_axes(states)
-        step_all = jax.vmap(one_seed, in_axes=(axes, 0, 0, None), out_axes=(axes, 0, 0))
+        step_all = jax.vmap(one_seed, in_axes=(axes, 0, 0, 0, None), out_axes=(axes, 0, 0))
 
         def body(carry, _):
             states, buffers, keys = carry
             keys, step_keys = jnp.split(jax.vmap(jax.random.split)(keys), 2, axis=1)
-            states, buffers, metrics = step_all(states, buffers, step_keys[:, 0], ctx)
+            states, buffers, metrics = step_all(states, buffers, step_keys[:, 0], values, ctx)
             return (states, buffers, keys[:, 0]), metrics
 
         (states, buffers, keys), metrics = jax.lax.scan(body, (states, buffers, keys), None,
@@ -170,12 +188,15 @@ class ChunkRunner:
     """Runs compiled training chunks for one algorithm and phase: one program per chunk length
     (compiled ahead of time, timed apart), a watchdog around each call, the finiteness check and
     the algorithm's early stop after it. Seeds the early stop flags keep the parameters they had
-    then (`stopped`: seed index -> (step, reason)); when every seed has stopped, TrainingStopped."""
+    then (`stopped`: seed index -> (step, reason)); when every seed has stopped, TrainingStopped.
+    `values`: per-training grid values, with `early_stop` their per-training rule (experiments/grid.py)."""
 
     def __init__(self, algo: Algorithm, phase: str = "offline", watchdog_seconds: float = 0.0,
-                 stopped: dict | None = None, sampling: Sampling | None = None):
+                 stopped: dict | None = None, sampling: Sampling | None = None,
+                 values: dict | None = None, early_stop=None):
         self.algo, self.phase, self.watchdog_seconds = algo, phase, watchdog_seconds
-        self.sampling = sampling
+        self.sampling, self.values = sampling, values
+        self.early_stop = early_stop or algo.early_stop
         self.programs: dict = {}
         self.stopped = dict(stopped or {})
         self.frozen = None
@@ -183,7 +204,7 @@ class ChunkRunner:
         self.updates = 0
 
     def compile(self, length: int, *args):
-        key = (length, args[-1] is not None)
+        key = (length, args[4] is not None)
         if key not in self.programs:
             tic = time.perf_counter()
             program = make_train_chunk(self.algo, length, self.phase, self.sampling)
@@ -196,12 +217,12 @@ class ChunkRunner:
         keys, metrics as host arrays of shape (length, seeds))."""
         if length == 0:  # collecting only (e.g. before an online warm-up ends)
             return states, _append(buffers, rows), keys, {}
-        program = self.compile(length, states, buffers, keys, ctx, rows)
+        program = self.compile(length, states, buffers, keys, ctx, rows, self.values)
         if self.stopped and self.frozen is None:
             self.frozen = jax.tree.map(jnp.copy, states)  # a resumed run: its states hold them
         tic = time.perf_counter()
         with watchdog(self.watchdog_seconds, end_step):
-            states, buffers, keys, metrics = program(states, buffers, keys, ctx, rows)
+            states, buffers, keys, metrics = program(states, buffers, keys, ctx, rows, self.values)
             metrics = jax.device_get(metrics)
         self.update_seconds += time.perf_counter() - tic
         self.updates += length
@@ -209,7 +230,7 @@ class ChunkRunner:
         return (self._early_stop(states, metrics, end_step), buffers, keys, metrics)
 
     def _early_stop(self, states, metrics: dict, end_step: int):
-        flags, reason = self.algo.early_stop(metrics)
+        flags, reason = self.early_stop(metrics)
         seeds = len(flags)
         before = np.zeros(seeds, bool)
         before[list(self.stopped)] = True
@@ -232,29 +253,39 @@ class ChunkRunner:
         return self.updates / max(self.update_seconds, 1e-9)
 
 
-def make_policy(algo: Algorithm, preprocessor: envs.Preprocessor, deterministic: bool = True):
-    """The one batched policy of the project: `policy(states)` gives a function of raw observations
-    (seeds, n, obs_dim) [, per-seed keys (seeds,), counter] -> actions (seeds, n, act_dim) as host
-    arrays, with observations preprocessed exactly as the training data was. Exploring
-    (`deterministic=False`), each seed's key is folded with the counter on the device, so a seed
-    acts the same alone or batched with others; one dispatch per environment step."""
+def policy_program(algo: Algorithm, preprocessor: envs.Preprocessor, deterministic: bool = True):
+    """The jitted batched policy: (states, raw observations (seeds, n, obs_dim), keys (seeds,),
+    counter, values) -> actions (seeds, n, act_dim); see `make_policy`."""
     mean = jnp.asarray(preprocessor.normalizer.mean)
     std = jnp.asarray(preprocessor.normalizer.std)
 
     @jax.jit
-    def act(states, observations, keys, counter):
+    def act(states, observations, keys, counter, values=None):
         axes = seed_axes(states)
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, counter)
         observations = (observations - mean) / std
-        return jax.vmap(lambda s, o, k: algo.act(s, o, k, deterministic), in_axes=(axes, 0, 0))(
-            states, observations, keys)
+        return jax.vmap(lambda s, o, k, v: with_values(algo, v).act(s, o, k, deterministic),
+                        in_axes=(axes, 0, 0, 0))(states, observations, keys, values)
+
+    return act
+
+
+def make_policy(algo: Algorithm, preprocessor: envs.Preprocessor, deterministic: bool = True,
+                values: dict | None = None):
+    """The one batched policy of the project: `policy(states)` gives a function of raw observations
+    (seeds, n, obs_dim) [, per-seed keys (seeds,), counter] -> actions (seeds, n, act_dim) as host
+    arrays, with observations preprocessed exactly as the training data was. Exploring
+    (`deterministic=False`), each seed's key is folded with the counter on the device, so a seed
+    acts the same alone or batched with others; one dispatch per environment step. `values`: the
+    trainings' grid values (`with_values`)."""
+    act = policy_program(algo, preprocessor, deterministic)
 
     def bind(states, keys=None):
         if keys is None:
             keys = jax.vmap(jax.random.key)(jnp.zeros(jax.tree.leaves(states.replace(step=None))[0]
                                                       .shape[0], jnp.uint32))
         return lambda observations, counter=0: np.asarray(
-            act(states, jnp.asarray(observations, jnp.float32), keys, counter))
+            act(states, jnp.asarray(observations, jnp.float32), keys, counter, values))
 
     return bind
 

@@ -81,11 +81,14 @@ def regret(episodes: list, seed_index: int, info) -> float | None:
 
 
 def results(cfg, seeds: list[int], history: dict, info, updates_per_second: float,
-            compile_seconds: float, stopped: dict, online_runner=None) -> dict:
+            compile_seconds: float, stopped: dict, online_runner=None, grid=None) -> dict:
     """results.json: per seed the final and best score (offline, and online when it ran), every
-    evaluation episode; mean, std and IQM over the seeds that were not stopped early."""
+    evaluation episode; mean, std and IQM over the seeds that were not stopped early. With a
+    hyperparameter grid (experiments/grid.py), `seeds` holds one entry per training with its grid
+    values under "grid", "summary" is None and "grid" gives each point's summary."""
     offline = [e for e in history["evaluations"] if e.get("phase", "offline") == "offline"]
     online = [e for e in history["evaluations"] if e.get("phase") == "online"]
+    gridded = grid is not None and bool(grid.fields)
     per_seed = []
     for i, seed in enumerate(seeds):
         offline_scores, online_scores = _scores(offline, i), _scores(online, i)
@@ -108,7 +111,32 @@ def results(cfg, seeds: list[int], history: dict, info, updates_per_second: floa
             })
         if i in stopped:
             entry["stopped"] = {"step": stopped[i][0], "reason": stopped[i][1]}
+        if gridded:
+            entry["grid"] = grid.point_of(i)
         per_seed.append(entry)
+    out = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "summary": None if gridded else summarize(per_seed, bool(online)),
+        "seeds": per_seed,
+        "updates_per_second_per_seed": updates_per_second,
+        "updates_per_second_total": updates_per_second * len(seeds),
+        "compile_seconds": compile_seconds,
+        "devices": [str(d) for d in jax.devices()],
+    }
+    if gridded:
+        out["grid"] = {"fields": list(grid.fields), "points": [
+            {"values": point, "summary": summarize([s for s in per_seed if s["grid"] == point],
+                                                   bool(online))} for point in grid.points]}
+    if online_runner is not None:
+        out["online"] = {"updates_per_second_per_seed": online_runner.updates_per_second,
+                         "compile_seconds": online_runner.compile_seconds,
+                         "episodes": history["episodes"]}
+    return out
+
+
+def summarize(per_seed: list[dict], online: bool) -> dict | None:
+    """Mean, std and IQM of the final scores (and the mean best score, offline score and regret)
+    over the entries not stopped early; None when none has a score."""
     counted = [s for s in per_seed if "stopped" not in s and s["final_score"] is not None]
     summary = None
     if counted:
@@ -122,17 +150,4 @@ def results(cfg, seeds: list[int], history: dict, info, updates_per_second: floa
             summary["offline_score_mean"] = float(np.mean(offline_scores)) if offline_scores else None
             regrets = [s["regret"] for s in counted if s["regret"] is not None]
             summary["regret_mean"] = float(np.mean(regrets)) if regrets else None
-    out = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "summary": summary,
-        "seeds": per_seed,
-        "updates_per_second_per_seed": updates_per_second,
-        "updates_per_second_total": updates_per_second * len(seeds),
-        "compile_seconds": compile_seconds,
-        "devices": [str(d) for d in jax.devices()],
-    }
-    if online_runner is not None:
-        out["online"] = {"updates_per_second_per_seed": online_runner.updates_per_second,
-                         "compile_seconds": online_runner.compile_seconds,
-                         "episodes": history["episodes"]}
-    return out
+    return summary

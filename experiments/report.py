@@ -51,10 +51,11 @@ class ReportError(ValueError):
 
 @dataclass
 class Cell:
-    """Every seed of one algorithm on one dataset, pooled over the runs found."""
+    """Every seed of one algorithm on one dataset, pooled over the runs found. The trainings of a
+    hyperparameter grid (experiments/grid.py) are one cell per grid point, its values in `algo`."""
     dataset: str
     algo: str
-    runs: list[Path] = field(default_factory=list)
+    runs: list = field(default_factory=list)  # folders; (folder, grid point) for a grid's trainings
     final: list[float] = field(default_factory=list)
     best: list[float] = field(default_factory=list)
     o2o: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key in O2O_FIELDS})
@@ -87,6 +88,20 @@ def read_results(path: Path) -> tuple[str, str, list[dict]] | None:
     return dataset, algo, seeds
 
 
+def add_to_cell(cells: dict, dataset: str, algo: str, folder: Path, point: dict | None,
+                seeds: list[dict]) -> None:
+    """Pool `seeds` of one run into the cell of (dataset, algo and grid point)."""
+    label = algo if not point else f"{algo} ({', '.join(f'{k}={v:g}' for k, v in point.items())})"
+    cell = cells.setdefault((dataset, label), Cell(dataset, label))
+    cell.runs.append((folder, point) if point else folder)
+    cell.final += [float(seed["final_score"]) for seed in seeds]
+    cell.best += [float(seed["best_score"]) for seed in seeds]
+    for key, names in O2O_FIELDS.items():
+        values = [next((seed[n] for n in names if seed.get(n) is not None), None) for seed in seeds]
+        if all(value is not None for value in values):
+            cell.o2o[key] += [float(value) for value in values]
+
+
 def collect(folders: list[Path]) -> tuple[dict[tuple[str, str], Cell], list[dict], list[Path]]:
     """Cells by (dataset, algo), failure records, and run folders that have neither results nor a
     failure record (still running, interrupted or killed)."""
@@ -105,17 +120,12 @@ def collect(folders: list[Path]) -> tuple[dict[tuple[str, str], Cell], list[dict
                     failures.append({"folder": str(path.parent), "algo": algo, "dataset": dataset,
                                      "error": f"seed {seed.get('seed')} stopped at step {stop.get('step')}: "
                                               f"{stop.get('reason')}"})
-            seeds = [seed for seed in seeds if not seed.get("stopped")]
-            if not seeds:
-                continue
-            cell = cells.setdefault((dataset, algo), Cell(dataset, algo))
-            cell.runs.append(path.parent)
-            cell.final += [float(seed["final_score"]) for seed in seeds]
-            cell.best += [float(seed["best_score"]) for seed in seeds]
-            for key, names in O2O_FIELDS.items():
-                values = [next((seed[n] for n in names if seed.get(n) is not None), None) for seed in seeds]
-                if all(value is not None for value in values):
-                    cell.o2o[key] += [float(value) for value in values]
+            by_point: dict[str, list[dict]] = {}
+            for seed in seeds:
+                if not seed.get("stopped"):
+                    by_point.setdefault(json.dumps(seed.get("grid"), sort_keys=True), []).append(seed)
+            for point, seeds in by_point.items():
+                add_to_cell(cells, dataset, algo, path.parent, json.loads(point), seeds)
         for path in sorted(folder.rglob(FAILURE_FILE)):
             try:
                 failures.append({"folder": str(path.parent), **json.loads(path.read_text())})

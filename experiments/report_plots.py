@@ -17,8 +17,9 @@ import numpy as np
 PROFILE_THRESHOLDS = np.linspace(0.0, 120.0, 121)
 
 
-def eval_curves(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """phase -> (x, scores[seeds, points]) from one run's metrics.jsonl (empty when absent)."""
+def eval_curves(run_dir: Path, point: dict | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """phase -> (x, scores[seeds, points]) from one run's metrics.jsonl (empty when absent); with a
+    hyperparameter grid point (experiments/grid.py), only the trainings of that point."""
     rows = defaultdict(list)
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -31,17 +32,22 @@ def eval_curves(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if row.get("type") == "eval" and row.get("normalized_score"):
             phase = row.get("phase", "offline")
             x = row["env_step"] if phase == "online" and "env_step" in row else row["step"]
-            rows[phase].append((x, row["normalized_score"]))
+            scores = row["normalized_score"]
+            if point:  # the columns of this grid point's trainings
+                scores = [s for i, s in enumerate(scores)
+                          if all(row["grid"][name][i] == value for name, value in point.items())]
+            rows[phase].append((x, scores))
     return {phase: (np.array([x for x, _ in points]), np.array([s for _, s in points]).T)
             for phase, points in rows.items()}
 
 
-def pooled_curves(runs: list[Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def pooled_curves(runs: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Curves of several runs of one algorithm on one dataset, seeds stacked, at the evaluation
-    points every run has."""
+    points every run has; a run is a folder, or (folder, grid point) for a grid's trainings."""
     by_phase = defaultdict(list)
     for run in runs:
-        for phase, curve in eval_curves(run).items():
+        folder, point = run if isinstance(run, tuple) else (run, None)
+        for phase, curve in eval_curves(folder, point).items():
             by_phase[phase].append(curve)
     pooled = {}
     for phase, curves in by_phase.items():

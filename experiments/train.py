@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import envs
 from algorithms import SettingsError, Spec
+from experiments import grid as grids
 from experiments import loop, online, stages, sweep
 from experiments.checkpoints import Checkpointer, CheckpointError
 from experiments.config import CONFIG_DIR, ConfigError, check_run_settings, make_algorithm, setup
@@ -37,6 +38,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train as configured, writing into `run_dir`; returns the results dict."""
     check_run_settings(cfg)
     algo = make_algorithm(cfg.algo)
+    grid = grids.make_grid(cfg, algo, list(range(cfg.seed, cfg.seed + cfg.seeds)))
     raw, info = load(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path, cfg.dataset.download)
     online_steps = int(cfg.online.steps)
     evaluating = cfg.eval.every > 0 and cfg.eval.episodes > 0
@@ -44,7 +46,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         envs.check_observation_dim(info, raw.observation_dim)  # (actions: checked by load)
     prepared = loop.prepare(algo, raw)
     spec = Spec(raw.observation_dim, raw.action_dim, int(cfg.steps))
-    seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
+    grids.check_host_fields(grid, algo, spec, raw)
+    seeds = grid.training_seeds  # one per training: every grid point's seeds
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(
         jax.vmap(jax.random.key)(jnp.asarray(seeds)))
     if online_steps:  # before any training: a buffer too small for the dataset is refused now
@@ -61,7 +64,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         log_every=int(cfg.log_every), progress=stage_progress,
         paths=OmegaConf.to_container(cfg.stage_paths) if "stage_paths" in cfg else None)
     ctx = loop.make_context(algo, prepared, stage_results)
-    states = loop.init_states(algo, spec, ctx, init_keys)
+    online_ctx = loop.make_context(algo, prepared, stage_results, "online", int(cfg.steps),
+                                   host=dict(ctx.host))
+    grids.check_traceable(grid, algo, spec, prepared, {"offline": ctx, **(
+        {"online": online_ctx} if online_steps else {})}, capacity if online_steps else 0)
+    values = grid.values()
+    states = loop.init_states(algo, spec, ctx, init_keys, values=values)
     templates = {"offline": {"states": states, "buffers": loop.init_buffers(algo, spec, ctx, len(seeds)),
                              "keys": train_keys}}
     if online_steps:
@@ -82,14 +90,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     metrics.truncate(record["step"], record["env_step"])
     history = record["history"]
     stopped = {int(seed): tuple(value) for seed, value in record["stopped"].items()}
-    states, buffers, keys = loop.shard_seeds(trees["states"], trees["buffers"], trees["keys"])
-    policy = loop.make_policy(algo, prepared.preprocessor)
+    states, buffers, values, keys = loop.shard_seeds(trees["states"], trees["buffers"], values,
+                                                     trees["keys"])
+    policy = loop.make_policy(algo, prepared.preprocessor, values=values)
+    columns = grid.columns()  # each training's seed and grid values, for metrics.jsonl
 
     def evaluate(states, phase, step, env_step=0):
         entry = evaluation(policy(states), info, seeds, cfg, phase, step, env_step,
                            index=len(history["evaluations"]), observation_dim=raw.observation_dim)
         history["evaluations"].append(entry)
-        metrics.write({"type": "eval", **entry})
+        metrics.write({"type": "eval", **entry, **columns})
         score = entry["normalized_score"] or entry["return"]
         log.info("%s step %d%s: %s %.1f ± %.1f over %d seed(s) (%.1f s)", phase, step,
                  f" (environment step {env_step})" if phase == "online" else "",
@@ -102,7 +112,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                            "stopped": {str(k): list(v) for k, v in stopped.items()}})
 
     # ---- offline phase ------------------------------------------------------------------------
-    runner = loop.ChunkRunner(algo, "offline", float(cfg.watchdog_seconds), stopped)
+    runner = loop.ChunkRunner(algo, "offline", float(cfg.watchdog_seconds), stopped, values=values,
+                              early_stop=grid.early_stop(algo))
     step = record["step"]
     offline_started = time.perf_counter()
     if record["phase"] == "offline" and step < cfg.steps:
@@ -117,7 +128,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                                    loop.summarize_metrics(chunk_metrics, int(cfg.log_every)),
                                    strict=True):
                 metrics.write({"type": "train", "phase": "offline",
-                               "step": min(offset + int(cfg.log_every), stop), **row})
+                               "step": min(offset + int(cfg.log_every), stop), **row, **columns})
             bar.update(stop - step)
             step = stop
             if eval_every and (step % eval_every == 0 or step == cfg.steps):
@@ -131,22 +142,21 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     # ---- online phase -------------------------------------------------------------------------
     online_runner = None
     if online_steps:
-        online_runner = loop.ChunkRunner(algo, "online", float(cfg.watchdog_seconds), runner.stopped)
+        online_runner = loop.ChunkRunner(algo, "online", float(cfg.watchdog_seconds), runner.stopped,
+                                         values=values, early_stop=grid.early_stop(algo))
         if record["phase"] == "offline":  # starting it: fresh replay buffers, same states and keys
             buffers = loop.shard_seeds(templates["online"]["buffers"], keys)[0]
         schedule = online.OnlineSchedule(online_steps, int(cfg.online.eval_every),
                                          int(cfg.checkpoint.every and cfg.online.checkpoint_every),
                                          int(cfg.online.log_every), int(cfg.online.start_steps))
         state = online.OnlineRun(states, buffers, keys, record["env_step"], history)
-        online_ctx = loop.make_context(algo, prepared, stage_results, "online", int(cfg.steps),
-                                       host=dict(ctx.host))
         bar = tqdm(total=online_steps, initial=state.env_step, desc=f"{algo.name} online",
                    unit="env step", dynamic_ncols=True, disable=None)
 
         def log_online(env_step, row):
             bar.update(env_step - bar.n)
             metrics.write({"type": "train", "phase": "online", "step": int(state.states.step),
-                           "env_step": env_step, **row})
+                           "env_step": env_step, **row, **columns})
 
         online.train_online(
             algo, online_ctx, prepared.preprocessor, lambda: envs.make_env(info), schedule, seeds, state,
@@ -158,7 +168,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     checkpointer.wait()
     stopped = (online_runner or runner).stopped
     out = results(cfg, seeds, history, info, offline_seconds, runner.compile_seconds, stopped,
-                  online_runner)
+                  online_runner, grid)
     out["stages"] = [record.__dict__ for record in stage_records]
     out["timings"] = timings  # wall clock of the offline loop; the online phase's split (online.py)
     (run_dir / "results.json").write_text(json.dumps(out, indent=1))
@@ -181,11 +191,18 @@ def main(cfg: DictConfig) -> dict | None:
             loop.TrainingDiverged) as error:
         sweep.fail(error.args[0] if error.args else str(error))  # exit 2; in a sweep: this job fails
     summary = out["summary"]
+    for point in out.get("grid", {}).get("points", []):
+        if point["summary"]:
+            print(f"{grids.describe(point['values'])}: ", end="")
+            print_summary(point["summary"], cfg.seeds, run_dir)
     if summary:
-        print(f"final normalized score {summary['final_score_mean']:.1f} ± "
-              f"{summary['final_score_std']:.1f} (IQM {summary['final_score_iqm']:.1f}) over "
-              f"{cfg.seeds} seed(s); results in {run_dir}")
+        print_summary(summary, cfg.seeds, run_dir)
     return summary and summary["final_score_mean"]
+
+
+def print_summary(summary: dict, seeds: int, run_dir: Path) -> None:
+    print(f"final normalized score {summary['final_score_mean']:.1f} ± {summary['final_score_std']:.1f} "
+          f"(IQM {summary['final_score_iqm']:.1f}) over {seeds} seed(s); results in {run_dir}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+"""The accelerator benchmark's Python part (benchmarks/gpu.sh runs it on a GPU) end to end at tiny
+sizes on the CPU: every figure it promises is written, for plain seeds and for seeds x grid."""
+
+import json
+
+from experiments.benchmark import gpu as gpu_benchmark
+from experiments.grid import Grid
+
+
+def test_trainings_are_seeds_times_grid_points():
+    assert gpu_benchmark.trainings_grid("iql", 1) == Grid((0,))
+    grid = gpu_benchmark.trainings_grid("td3_bc", 32)
+    assert grid.trainings == 32 and len(grid.seeds) == 4 and grid.fields == ("alpha",)
+    assert [p["alpha"] for p in grid.points][::7] == [1.0, 10.0]
+
+
+def test_the_benchmark_writes_every_figure(tmp_path):
+    out = tmp_path / "gpu.json"
+    report = gpu_benchmark.main(["--algos", "iql", "--trainings", "1", "4", "--width", "8",
+                                 "--dataset-size", "2000", "--seconds", "0.2", "--chunk", "5",
+                                 "--eval-steps", "3", "--torch", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["device"] and report["backend"] == "cpu"
+    assert [(e["trainings"], e["seeds"]) for e in report["configs"]] == [(1, 1), (4, 4)]
+    for entry in report["configs"]:
+        assert entry["updates_per_second_total"] == entry["updates_per_second_per_training"] * entry[
+            "trainings"] > 0
+        assert entry["seconds_to_1M_updates"] == 1e6 / entry["updates_per_second_per_training"]
+        assert entry["eval_envs"] == entry["trainings"] and entry["eval_seconds_per_step"] > 0
+        assert entry["xla_temp_bytes"] > 0 and entry["compile_seconds"] > 0
+    assert report["configs"][1]["grid"] == {"expectile": [0.6]}
+    assert "torch" in report
+    table = out.with_suffix(".md").read_text()
+    assert "| iql | 4 (4 x 1) |" in table and "1080 Ti" in table
