@@ -55,6 +55,7 @@ the right w differ from maze to maze; the multiplier instead holds w * Gap near 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import flax
 import jax
@@ -79,6 +80,15 @@ class CQLState:
     log_alpha: TrainState  # entropy temperature
     log_alpha_prime: TrainState  # Lagrange multiplier of the conservative gap (unused without Lagrange)
     step: jax.Array
+
+
+class PolicyInputs(NamedTuple):
+    """What the policy sees at s (`current`) and at s' (`next`), and the weight of Q in its loss,
+    one per row or a number; CQL: the states and 1."""
+
+    current: jax.Array
+    next: jax.Array
+    q_weight: jax.Array | float = 1.0
 
 
 def conservative_gap(q_data: jax.Array, q_sampled: jax.Array, log_density: jax.Array,
@@ -175,6 +185,11 @@ class CQL(Algorithm):
         )
 
     def update(self, state: CQLState, batch, key, ctx: Context | None = None):
+        return self.conservative_update(state, batch, key, ctx, PolicyInputs(batch.observations,
+                                                                              batch.next_observations))
+
+    def conservative_update(self, state: CQLState, batch, key, ctx: Context | None, inputs: PolicyInputs):
+        """The update above, with the policy seeing `inputs` (FamO2O: states with an encoded balance)."""
         observations, actions = batch.observations, batch.actions
         if self.clip_dataset_actions is not None:
             actions = jnp.clip(actions, -self.clip_dataset_actions, self.clip_dataset_actions)
@@ -186,20 +201,20 @@ class CQL(Algorithm):
 
         # pi(.|s'): n actions for the gap, then the backup's a' (n of them for the max backup)
         backup_size = n if self.backup == "max" else 1
-        next_dist = state.actor.apply_fn(state.actor.params, batch.next_observations)
+        next_dist = state.actor.apply_fn(state.actor.params, inputs.next)
         next_actions, next_log_probs = next_dist.sample_and_log_prob(
             seed=next_key, sample_shape=(n + backup_size,))
         next_actions, next_log_probs = jnp.swapaxes(next_actions, 0, 1), next_log_probs.T  # (B, K, .)
 
         def actor_loss(params):
             # One draw of 1 + n actions: the first trains the actor, the other n go to the gap.
-            dist = state.actor.apply_fn(params, observations)
+            dist = state.actor.apply_fn(params, inputs.current)
             sampled, log_probs = dist.sample_and_log_prob(seed=current_key, sample_shape=(1 + n,))
             log_pi = log_probs[0]
 
             def soft_q_loss():
                 q = state.critic.apply_fn(state.critic.params, observations, sampled[0]).min(axis=0)
-                return (alpha * log_pi - q).mean()
+                return (alpha * log_pi - inputs.q_weight * q).mean()
 
             def behaviour_cloning_loss():
                 # the original clamps 1 +- a at 1e-6 inside atanh
@@ -268,7 +283,7 @@ class CQL(Algorithm):
                 grads=jax.grad(multiplier_loss)(log_alpha_prime.params))
             metrics["alpha_prime"] = jnp.clip(jnp.exp(state.log_alpha_prime.params["value"]), 0.0, 1e6)
 
-        new_state = CQLState(
+        new_state = state.replace(
             actor=actor, critic=critic,
             target_critic_params=soft_update(state.target_critic_params, critic.params, self.tau),
             log_alpha=log_alpha, log_alpha_prime=log_alpha_prime, step=state.step + 1)

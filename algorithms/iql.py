@@ -45,6 +45,11 @@ def expectile_loss(diff: jax.Array, expectile: float) -> jax.Array:
     return weight * diff**2
 
 
+def awr_weights(advantage: jax.Array, temperature, max_weight: float) -> jax.Array:
+    """min(exp(beta A), max_weight); `temperature` beta is a number or one per row."""
+    return jnp.minimum(jnp.exp(temperature * advantage), max_weight)
+
+
 @register
 @dataclass
 class IQL(Algorithm):
@@ -82,6 +87,22 @@ class IQL(Algorithm):
         )
 
     def update(self, state: IQLState, batch, key, ctx: Context | None = None):
+        value, target_q, value_metrics = self.update_value(state, batch)
+        advantage = target_q - value.apply_fn(value.params, batch.observations)
+        weights = awr_weights(advantage, self.temperature, self.max_weight)
+        actor, actor_loss = self.update_actor(state.actor, batch.observations, batch.actions, weights, key)
+        critic, critic_metrics = self.update_critic(state, batch, value)
+        new_state = state.replace(
+            actor=actor, critic=critic, value=value,
+            target_critic_params=soft_update(state.target_critic_params, critic.params, self.tau),
+            step=state.step + 1,
+        )
+        metrics = {**value_metrics, "actor_loss": actor_loss, **critic_metrics, "adv_weight": weights.mean()}
+        return new_state, metrics
+
+    def update_value(self, state: IQLState, batch) -> tuple[TrainState, jax.Array, dict]:
+        """Step 1: V towards the expectile of min_i Qbar_i(s, a); returns the new V, min_i Qbar_i(s, a)
+        and the metrics."""
         target_q = state.critic.apply_fn(
             state.target_critic_params, batch.observations, batch.actions).min(axis=0)
 
@@ -90,20 +111,22 @@ class IQL(Algorithm):
             return expectile_loss(target_q - v, self.expectile).mean(), v
 
         (v_loss, v), grads = jax.value_and_grad(value_loss, has_aux=True)(state.value.params)
-        value = state.value.apply_gradients(grads=grads)
+        return state.value.apply_gradients(grads=grads), target_q, {"value_loss": v_loss, "v": v.mean()}
 
-        advantage = target_q - value.apply_fn(value.params, batch.observations)
-        weights = jnp.minimum(jnp.exp(self.temperature * advantage), self.max_weight)
-        dataset_actions = jnp.clip(batch.actions, -1.0 + 1e-5, 1.0 - 1e-5)
+    def update_actor(self, actor: TrainState, policy_inputs, actions, weights, key):
+        """Step 2: the weighted log-likelihood of the dataset actions; `policy_inputs` are what the
+        policy sees (the states; FamO2O: the states with the encoded balance)."""
+        dataset_actions = jnp.clip(actions, -1.0 + 1e-5, 1.0 - 1e-5)
 
         def actor_loss(params):
-            dist = state.actor.apply_fn(params, batch.observations, True, rngs={"dropout": key})
-            log_prob = dist.log_prob(dataset_actions)
-            return -(weights * log_prob).mean()
+            dist = actor.apply_fn(params, policy_inputs, True, rngs={"dropout": key})
+            return -(weights * dist.log_prob(dataset_actions)).mean()
 
-        pi_loss, grads = jax.value_and_grad(actor_loss)(state.actor.params)
-        actor = state.actor.apply_gradients(grads=grads)
+        pi_loss, grads = jax.value_and_grad(actor_loss)(actor.params)
+        return actor.apply_gradients(grads=grads), pi_loss
 
+    def update_critic(self, state: IQLState, batch, value: TrainState) -> tuple[TrainState, dict]:
+        """Step 3: Q_i towards r + gamma (1 - d) V(s') with the just-updated V."""
         next_v = value.apply_fn(value.params, batch.next_observations)
         td_target = batch.rewards + self.discount * (1.0 - batch.terminals) * next_v
 
@@ -112,16 +135,7 @@ class IQL(Algorithm):
             return ((q - td_target) ** 2).sum(axis=0).mean(), q
 
         (q_loss, q), grads = jax.value_and_grad(critic_loss, has_aux=True)(state.critic.params)
-        critic = state.critic.apply_gradients(grads=grads)
-
-        new_state = IQLState(
-            actor=actor, critic=critic, value=value,
-            target_critic_params=soft_update(state.target_critic_params, critic.params, self.tau),
-            step=state.step + 1,
-        )
-        metrics = {"value_loss": v_loss, "actor_loss": pi_loss, "critic_loss": q_loss,
-                   "v": v.mean(), "q": q.mean(), "adv_weight": weights.mean()}
-        return new_state, metrics
+        return state.critic.apply_gradients(grads=grads), {"critic_loss": q_loss, "q": q.mean()}
 
     def act(self, state: IQLState, observations, key, deterministic: bool = True):
         dist = state.actor.apply_fn(state.actor.params, observations)

@@ -200,4 +200,4 @@ def test_online_benchmark_runs_end_to_end(offline_data, tmp_path):
         assert theirs["env_steps"] == 40 and theirs["dataset_transitions"] > 0
         assert {(r["seeds"], r["per_seed"] > 0) for r in report["comparisons"]} == {(1, True), (2, True)}
     table = out.with_suffix(".md").read_text()
-    assert "| library | hidden | seeds |" in table and table.count("| offrl-jax | 16x2 |") == 2
+    assert "| library | hidden | seeds |" in table and table.count("| offrl-jax iql | 16x2 |") == 2

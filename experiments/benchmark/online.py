@@ -4,7 +4,7 @@ d3rlpy's `fit_online` for IQL on the same environment and data, and where the ti
     python -m experiments.benchmark.online --d3rlpy-python .venv-d3rlpy/bin/python
     python -m experiments.benchmark.online --quick --out /tmp/online.json     # a smoke test
 
-Ours is the training command itself, one fresh process per (width, seeds, block):
+Ours is the training command itself, one fresh process per (algorithm, width, seeds, block):
 `python -m experiments.train algo=iql dataset=<dataset> steps=1 online.steps=<steps> ...`, IQL's
 online settings (one update per environment step, `algo.online.block` steps per compiled call,
 buffer pre-filled with the dataset). Its split comes from the run's results.json
@@ -14,8 +14,10 @@ which compiles, and the final evaluation and checkpoint are not counted. d3rlpy 
 d3rlpy_online.py in its own interpreter (`--d3rlpy-python`; skipped where d3rlpy does not import),
 one seed (it has no seed batching), timed by d3rlpy's own per-step timers. Both start from
 untrained networks (`steps=1`: IQL's cosine schedule needs one offline step): the figures measure
-speed, not learning. Writes benchmarks/online.json and .md by default, with the load average
-before and after: on a shared machine the numbers say little without it.
+speed, not learning. `--algos iql famo2o_iql` adds other algorithms on the same settings (FamO2O's
+balance model costs this much); d3rlpy is compared with IQL only. Writes benchmarks/online.json and
+.md by default, with the load average before and after: on a shared machine the numbers say little
+without it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="online environment steps per seed")
     parser.add_argument("--widths", nargs="+", type=int, help="hidden widths, two layers each")
     parser.add_argument("--seeds", nargs="+", type=int, help="seed counts trained together")
+    parser.add_argument("--algos", nargs="+", default=["iql"],
+                        help="our algorithms, on IQL's online settings (d3rlpy runs IQL)")
     parser.add_argument("--blocks", nargs="+", type=int, default=[1],
                         help="algo.online.block values (environment steps per compiled update call)")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -79,15 +83,15 @@ def split(timings: dict, steps: int, seeds: int, utd: int = 1) -> dict:
             "updates_per_second_total": rate * seeds * utd}
 
 
-def run_ours(args, width: int, seeds: int, block: int, folder: Path) -> dict:
-    run_dir = folder / f"ours-{width}-{seeds}-{block}"
-    command = [sys.executable, "-m", "experiments.train", "algo=iql", f"dataset={args.dataset}",
+def run_ours(args, algo: str, width: int, seeds: int, block: int, folder: Path) -> dict:
+    run_dir = folder / f"ours-{algo}-{width}-{seeds}-{block}"
+    command = [sys.executable, "-m", "experiments.train", f"algo={algo}", f"dataset={args.dataset}",
                f"algo.hidden_dims=[{width},{width}]", f"algo.batch_size={args.batch_size}",
                f"algo.online.block={block}", f"seeds={seeds}", "steps=1", "eval.every=0",
                f"online.steps={args.steps}", "online.eval_every=0", "online.episodes=1",
                f"hydra.run.dir={run_dir}"]
-    row = {"library": "offrl-jax", "hidden": [width, width], "seeds": seeds, "block": block,
-           "command": " ".join(command[1:])}
+    row = {"library": "offrl-jax", "algo": algo, "hidden": [width, width], "seeds": seeds,
+           "block": block, "command": " ".join(command[1:])}
     error = _run(command, args.config_timeout)
     if error:
         return {**row, "error": error}
@@ -140,7 +144,7 @@ def d3rlpy_available(python: str) -> str | None:
 def comparisons(rows: list[dict]) -> list[dict]:
     """Ours over d3rlpy's one-seed environment steps per second, per width and d3rlpy thread
     count: at one seed (the same work), and our total over seeds."""
-    ours = [r for r in rows if r["library"] == "offrl-jax" and "error" not in r]
+    ours = [r for r in rows if r["library"] == "offrl-jax" and r["algo"] == "iql" and "error" not in r]
     out = []
     for theirs in (r for r in rows if r["library"] == "d3rlpy" and "error" not in r):
         for row in (r for r in ours if r["hidden"] == theirs["hidden"]):
@@ -156,7 +160,8 @@ def comparisons(rows: list[dict]) -> list[dict]:
 def markdown(report: dict) -> str:
     meta, settings = report["meta"], report["settings"]
     lines = [f"Measured {meta['date'][:10]} on {meta['cpu_model']} ({meta['cores_available']} cores), "
-             f"JAX {meta['jax']} on {', '.join(meta['devices'])}; IQL online on {settings['dataset']} "
+             f"JAX {meta['jax']} on {', '.join(meta['devices'])}; {', '.join(settings['algos'])} online "
+             f"with IQL's settings on {settings['dataset']} "
              f"({report['environment']}), {settings['steps']:,} environment steps per seed, one "
              f"update per step, batch {settings['batch_size']}. Load average (1, 5, 15 min) "
              f"{meta['load_average_start']} at the start, {meta.get('load_average_end')} at the end "
@@ -168,12 +173,13 @@ def markdown(report: dict) -> str:
     ratios = report["comparisons"]
     for row in report["results"]:
         setting = f"block {row['block']}" if "block" in row else f"{row['threads']} threads"
-        head = f"| {row['library']} | {row['hidden'][0]}x2 | {row['seeds']} | {setting} "
+        library = f"{row['library']} {row['algo']}" if "algo" in row else row["library"]
+        head = f"| {library} | {row['hidden'][0]}x2 | {row['seeds']} | {setting} "
         if "error" in row:
             lines.append(head + "| failed: see JSON | | | | | | | |")
             continue
         share = row["parts_fraction"]
-        mine = [r for r in ratios if row["library"] == "offrl-jax" and r["hidden"] == row["hidden"]
+        mine = [r for r in ratios if row.get("algo") == "iql" and r["hidden"] == row["hidden"]
                 and r["seeds"] == row["seeds"] and r["block"] == row["block"]]
         lines.append(head + f"| {row['env_steps_per_second_per_seed']:,.1f} "
                      f"| {row['env_steps_per_second_total']:,.1f} "
@@ -210,15 +216,16 @@ def main(argv=None) -> dict:
         data_file = folder / "dataset.npz"
         np.savez(data_file, **{name: getattr(raw, name) for name in
                                ("observations", "actions", "rewards", "terminals", "timeouts")})
-        jobs = [(run_ours, (args, w, s, b, folder)) for w in args.widths for s in args.seeds
-                for b in args.blocks]
+        jobs = [(run_ours, (args, a, w, s, b, folder)) for a in args.algos for w in args.widths
+                for s in args.seeds for b in args.blocks]
         if not skipped:
             jobs += [(run_d3rlpy, (args, w, t, data_file, info)) for w in args.widths
                      for t in args.d3rlpy_threads]
         for job, job_args in jobs:
             row = job(*job_args)
             report["results"].append(row)
-            print(f"{row['library']:>9} {row['hidden'][0]:>4}x2 seeds={row['seeds']}: "
+            name = f"{row['library']} {row.get('algo', 'iql')}"
+            print(f"{name:>20} {row['hidden'][0]:>4}x2 seeds={row['seeds']}: "
                   + (f"FAILED {row['error'][:300]}" if "error" in row else
                      f"{row['env_steps_per_second_per_seed']:,.1f} env steps/s per seed ("
                      + ", ".join(f"{part} {100 * share:.0f}%" for part, share
