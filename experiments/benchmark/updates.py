@@ -143,18 +143,18 @@ def time_calls(runner: loop.ChunkRunner, states, buffers, keys, ctx, length: int
 def compile_program(runner: loop.ChunkRunner, length: int, states, buffers, keys, ctx):
     """The runner's AOT-compiled program for `length` updates and its compile time in seconds."""
     before = runner.compile_seconds
-    program = runner.compile(length, states, buffers, keys, ctx, None)
+    program = runner.compile(length, states, buffers, keys, ctx, None, runner.values)
     return program, {"total_seconds": runner.compile_seconds - before}
 
 
-def time_python_loop(program, states, buffers, keys, ctx, steps: int, repeats: int):
+def time_python_loop(program, states, buffers, keys, ctx, steps: int, repeats: int, values=None):
     """`steps` calls of the one-step program per timing, blocking only at the end of each, as a
     plain Python training loop would (dispatch is asynchronous, so Python may run ahead)."""
     seconds = []
     for _ in range(repeats):
         tic = time.perf_counter()
         for _ in range(steps):
-            states, buffers, keys, _ = program(states, buffers, keys, ctx, None)
+            states, buffers, keys, _ = program(states, buffers, keys, ctx, None, values)
         jax.block_until_ready((states, keys))
         seconds.append(time.perf_counter() - tic)
     return states, buffers, keys, seconds
