@@ -82,32 +82,22 @@ def test_model_based_offline_rl_beats_behaviour_cloning(final_scores):
     assert np.mean(final_scores["mopo"]) > np.mean(final_scores["bc"]) + MARGIN, dict(final_scores)
 
 
-@pytest.mark.slow
-def test_iql_fine_tuning_ends_above_its_offline_score(tmp_path, monkeypatch):
-    """IQL on `local/pendulum-medium` (the medium behaviour policy's 20k transitions, normalized
-    score ~33), 5k offline steps, then 20k environment steps of fine-tuning (updates every 10 steps,
-    10 at a time). Measured here (2 seeds, a busy 2-core CPU, 95 s): offline 44.9 ± 1.0, online
-    47.1, 44.5, 78.5, 88.0 ± 1.7 at 5k, 10k, 15k, 20k environment steps."""
-    monkeypatch.setenv("OFFRL_DATA_DIR", str(tmp_path / "datasets"))
-    results = run(compose([
-        "algo=iql", "dataset=local/pendulum-medium", "algo.hidden_dims=[64,64]", "seeds=2",
-        "steps=5000", "log_every=1000", "eval.every=5000", "eval.episodes=10", "online.steps=20000",
-        "online.eval_every=5000", "online.episodes=10", "algo.online.block=10"]), tmp_path / "run")
-    offline = [seed["offline_score"] for seed in results["seeds"]]
-    online = [seed["online_final_score"] for seed in results["seeds"]]
-    assert np.mean(online) > np.mean(offline) + MARGIN, (offline, online)
+FINE_TUNING = ["dataset=local/pendulum-medium", "algo.hidden_dims=[64,64]", "seeds=2", "steps=5000",
+               "log_every=1000", "eval.every=5000", "eval.episodes=10", "online.steps=20000",
+               "online.eval_every=5000", "online.episodes=10", "algo.online.block=10"]
 
 
 @pytest.mark.slow
-def test_famo2o_iql_fine_tuning_ends_above_its_offline_score(tmp_path, monkeypatch):
-    """FamO2O-IQL with IQL's fine-tuning test settings (above): offline the policy family trains on
-    b ~ U[1, 5], online on the balance model's b. Measured here (2 seeds, a busy 2-core CPU, 3.5 min):
-    offline 35.3 ± 5.2, online 45.8, 53.5, 79.8, 90.2 ± 3.6 at 5k, 10k, 15k, 20k environment steps."""
+@pytest.mark.parametrize("name", ["iql", "famo2o_iql"])
+def test_fine_tuning_ends_above_the_offline_score(name, tmp_path, monkeypatch):
+    """On `local/pendulum-medium` (the medium behaviour policy's 20k transitions, normalized score
+    ~33): 5k offline steps, then 20k environment steps of fine-tuning (updates every 10 steps, 10 at
+    a time). Measured here (2 seeds, a busy 2-core CPU), offline, then online at 5k, 10k, 15k, 20k
+    environment steps: IQL (95 s) 44.9 ± 1.0 -> 47.1, 44.5, 78.5, 88.0 ± 1.7; FamO2O-IQL (3.5 min;
+    offline the policy family trains on b ~ U[1, 5], online on the balance model's b)
+    35.3 ± 5.2 -> 45.8, 53.5, 79.8, 90.2 ± 3.6."""
     monkeypatch.setenv("OFFRL_DATA_DIR", str(tmp_path / "datasets"))
-    results = run(compose([
-        "algo=famo2o_iql", "dataset=local/pendulum-medium", "algo.hidden_dims=[64,64]", "seeds=2",
-        "steps=5000", "log_every=1000", "eval.every=5000", "eval.episodes=10", "online.steps=20000",
-        "online.eval_every=5000", "online.episodes=10", "algo.online.block=10"]), tmp_path / "run")
+    results = run(compose([f"algo={name}", *FINE_TUNING]), tmp_path / "run")
     offline = [seed["offline_score"] for seed in results["seeds"]]
     online = [seed["online_final_score"] for seed in results["seeds"]]
     assert np.mean(online) > np.mean(offline) + MARGIN, (offline, online)
