@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algorithms import Algorithm
+from algorithms import Algorithm, Spec
 from algorithms.core.algorithm import Context
 from algorithms.core.replay import ReplayBuffer, Transitions
 from envs import Dataset, Preprocessor
@@ -67,8 +67,6 @@ def fresh_run(algo: Algorithm, spec, ctx: Context, seeds: list[int], capacity: i
 
 
 def environment_spec(make_env: Callable, steps: int):
-    from algorithms import Spec
-
     env = make_env()
     spec = Spec(env.observation_space.shape[0], env.action_space.shape[0], steps)
     env.close()
