@@ -191,6 +191,36 @@ class GaussianActor(nn.Module):
         return distrax.MultivariateNormalDiag(jnp.tanh(mean), jnp.exp(log_std))
 
 
+class BoundedGaussianPolicy(nn.Module):
+    """Uni-O4's Gaussian policy (Lei-Kun/Uni-O4 `net.py:GaussPolicyMLP`): an MLP (orthogonal
+    weights of gain 1, zero biases) whose 2|A| outputs y pass through tanh; the mean is mu = y[:|A|]
+    and the log std is soft-clamped into (log_std_min, log_std_max) as
+        log_std = log_std_min + (log_std_max - log_std_min) (y[|A|:] + 1) / 2.
+    The distribution is an unsquashed Normal; whoever acts clamps actions to [-1, 1].
+    `extra_tanh`: the online code (`ppo_finetune/net.py:soft_clamp`) applies tanh once more to the
+    log-std half before the clamp, so a policy handed over from the offline phase has its std
+    moved toward exp(-2.5) while its mean is unchanged (a quirk of the reference, kept as an option)."""
+
+    hidden_dims: Sequence[int]
+    action_dim: int
+    activation: Callable = nn.relu
+    log_std_min: float = -5.0
+    log_std_max: float = 0.0
+    extra_tanh: bool = False
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> distrax.Distribution:
+        x = observations
+        for width in self.hidden_dims:
+            x = self.activation(nn.Dense(width, kernel_init=orthogonal_init(1.0))(x))
+        y = jnp.tanh(nn.Dense(2 * self.action_dim, kernel_init=orthogonal_init(1.0))(x))
+        mean, raw_log_std = jnp.split(y, 2, axis=-1)
+        if self.extra_tanh:
+            raw_log_std = jnp.tanh(raw_log_std)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (raw_log_std + 1.0)
+        return distrax.MultivariateNormalDiag(mean, jnp.exp(log_std))
+
+
 class TanhGaussianActor(nn.Module):
     """SAC policy: a = tanh(u), u ~ N(mu(s), sigma(s)); log-probabilities include the tanh
     Jacobian (distrax); the deterministic action is tanh(mu)."""
