@@ -10,6 +10,7 @@ starting, stopping and passing errors back from the processes stay the library's
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import warnings
 from collections.abc import Callable
 
@@ -74,12 +75,15 @@ class WorkerEnvs:
             with warnings.catch_warnings():  # gymnasium logs the worker's traceback; one line is raised
                 warnings.filterwarnings("ignore", message=".*(ERROR|Received the following error|Raising)")
                 results = self.vector.call(method, argument)
-        except Exception as error:
-            self.failed = True
+        except BaseException as error:
+            self.failed = True  # the workers are then terminated, not asked to close
+            if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit
+                raise
             if isinstance(error, DatasetError):
                 raise DatasetError(str(error)) from None
             if isinstance(error, EOFError | ConnectionError | OSError):
-                codes = [p.exitcode for p in self.vector.processes if p.exitcode not in (None, 0)]
+                ended = multiprocessing.connection.wait([p.sentinel for p in self.vector.processes], 1.0)
+                codes = [p.exitcode for p in self.vector.processes if p.sentinel in ended]
                 raise DatasetError(
                     f"an evaluation worker process died (exit code {codes[0] if codes else 'unknown'}) "
                     "while stepping its environments; rerun with eval.workers=1 to see the environment's "
@@ -100,8 +104,20 @@ class WorkerEnvs:
         return self._call("advance", actions)
 
     def close(self) -> None:
-        # after a failure, a dead worker cannot be asked to close: end them all
-        self.vector.close(terminate=self.failed)
+        """Close the workers' environments and end the processes; after a failure, end them at once
+        (gymnasium's own `close(terminate=True)` first reads the pending answers, and a dead
+        worker's pipe then raises)."""
+        if not self.failed:
+            self.vector.close()
+            return
+        for process in self.vector.processes:
+            if process.is_alive():
+                process.terminate()
+            process.join()
+        for pipe in self.vector.parent_pipes:
+            if pipe is not None:
+                pipe.close()
+        self.vector.closed = True
 
 
 def _first_line(error: BaseException, limit: int = 400) -> str:

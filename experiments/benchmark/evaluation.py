@@ -81,22 +81,31 @@ def run(trainings: list[int], workers: list, episodes: int, steps: int, repeats:
     return rows
 
 
-def markdown(report: dict) -> str:
-    lines = [f"# Evaluation cost with many trainings on {report['cores']} host cores", "",
-             f"Measured {report['date']}, command `{report['command']}`; load average "
-             f"{report['load_before']} before, {report['load_after']} after (1, 5, 15 min). "
-             f"D4RL Hopper-v4, {report['episodes']} episodes per training of exactly {report['steps']} "
-             "steps, a tanh-linear numpy policy; seconds: the fastest of "
-             f"{report['repeats']} evaluations, start-up (workers, environments, reset) included.", "",
-             "| trainings | environments | workers | seconds | start-up s | µs per env step | "
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| trainings | environments | workers | seconds | start-up s | µs per env step | "
              "1000-step protocol s | speed-up | same returns |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|:-:|"]
-    for row in report["rows"]:
+    for row in rows:
         lines.append(f"| {row['trainings']} | {row['environments']} | {row['workers']} | "
                      f"{row['seconds']:.2f} | {row['startup_seconds']:.2f} | "
                      f"{row['microseconds_per_environment_step']:.1f} | "
                      f"{row['protocol_seconds']:.1f} | {row['speedup_over_first']:.2f} | "
                      f"{'yes' if row['same_returns_as_first'] else 'NO'} |")
+    return lines
+
+
+def describe(report: dict) -> str:
+    return (f"D4RL Hopper-v4, {report['episodes']} episodes per training of exactly {report['steps']} "
+            "steps, a tanh-linear numpy policy; seconds: the fastest of "
+            f"{report['repeats']} evaluation(s), start-up (workers, environments, reset, one step) "
+            "included; speed-up: over the first worker count of the same size.")
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Evaluation cost with many trainings on {report['cores']} host cores", "",
+             f"Measured {report['date']}, command `{report['command']}`; load average "
+             f"{report['load_before']} before, {report['load_after']} after (1, 5, 15 min). "
+             f"{describe(report)}", "", *table(report["rows"])]
     return "\n".join(lines) + "\n"
 
 
