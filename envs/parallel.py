@@ -9,8 +9,11 @@ starting, stopping and passing errors back from the processes stay the library's
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
+import sys
+import types
 import warnings
 from collections.abc import Callable
 
@@ -61,9 +64,10 @@ class WorkerEnvs:
         shares = [slice(int(start), int(stop)) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
         self.failed = False
         try:
-            self.vector = gym.vector.AsyncVectorEnv(
-                [lambda rows=rows: Share(env_factory, rows) for rows in shares], shared_memory=False,
-                context=_start_method())
+            with _workers_skip_the_main_module():
+                self.vector = gym.vector.AsyncVectorEnv(
+                    [lambda rows=rows: Share(env_factory, rows) for rows in shares], shared_memory=False,
+                    context=_start_method())
         except Exception as error:  # e.g. a process that dies before answering (its traceback is printed)
             raise DatasetError(f"cannot start {workers} evaluation worker processes "
                                f"({type(error).__name__}: {_first_line(error)}); set eval.workers=1 to "
@@ -127,10 +131,27 @@ def _first_line(error: BaseException, limit: int = 400) -> str:
 
 def _start_method() -> str | None:
     """forkserver where there is one, not fork: the main process runs JAX's threads, which a forked
-    child must not inherit. The server (started once per process, it imports the main module as
-    `spawn` does: scripts need the `if __name__ == "__main__":` guard) imports gymnasium before
-    forking the workers, so that each evaluation's workers start without importing it again."""
+    child must not inherit. The server, started once per process, imports gymnasium (this module),
+    so that each evaluation's workers, forked from it, start without importing it again."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return None
-    multiprocessing.set_forkserver_preload(["__main__", "envs.parallel"])
+    multiprocessing.set_forkserver_preload(["envs.parallel"])
     return "forkserver"
+
+
+@contextlib.contextmanager
+def _workers_skip_the_main_module():
+    """While workers start, make the main module look like an interactive session's.
+
+    multiprocessing's forkserver and spawn children first run the main module again (as
+    `__mp_main__`): for `python -m experiments.train` that imports JAX, Hydra and the algorithms in
+    every worker of every evaluation (~10 s each on a busy machine), and a script without the
+    `if __name__ == "__main__":` guard would start its work again. The workers need nothing from it
+    (the environment factories are pickled by value or by their own module), so while they start,
+    `sys.modules["__main__"]` is an empty module, which they are told to skip, as for a notebook."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
