@@ -11,9 +11,11 @@ import numpy as np
 from envs.dataset import DatasetError
 from envs.registry import DatasetInfo
 
-# `eval.workers=auto` gives each worker process at least this many environments: with fewer, a
-# step's pipe round trip to the workers costs more than the MuJoCo steps moved off the main
-# process (measured: benchmarks/evaluation.md).
+# `eval.workers=auto` gives each worker process at least this many environments, so that a step's
+# pipe round trip to a worker is spread over at least this many MuJoCo steps, and one or two
+# seeds' D4RL evaluation (10 episodes each) stays on the main process. A choice, not a measured
+# break-even (the shared 2-core development machine was too busy to measure one:
+# benchmarks/evaluation.md).
 AUTO_ENVIRONMENTS_PER_WORKER = 16
 
 
@@ -155,13 +157,17 @@ def episode_seeds(training_seeds, evaluation_index: int, episodes: int) -> np.nd
 
 def worker_count(workers, environments: int) -> int:
     """The processes that step `environments` environments for `eval.workers` (`auto` or an
-    integer >= 1), never more than the environments. 1 steps them on the main process. `auto`:
-    one per core this process may use, each with at least AUTO_ENVIRONMENTS_PER_WORKER
-    environments, so that a D4RL evaluation of a few seeds (10 episodes each) stays on the main
-    process and hundreds of trainings use every core."""
+    integer >= 1), never more than the environments; 1 steps them on the main process.
+
+    `auto`: one per idle core (the cores this process may use less the 1-minute load average, the
+    evaluating process itself not counted), at most one per AUTO_ENVIRONMENTS_PER_WORKER
+    environments. Idle, because the workers wait for each other at every step: on a busy machine
+    a descheduled worker holds up all of them, and there evaluating on the main process was the
+    faster (benchmarks/evaluation.md). The returns do not depend on the number of workers."""
     if workers == "auto":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return max(1, min(cores or 1, environments // AUTO_ENVIRONMENTS_PER_WORKER))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        idle = cores - max(int(os.getloadavg()[0]) - 1, 0) if hasattr(os, "getloadavg") else cores
+        return max(1, min(idle, environments // AUTO_ENVIRONMENTS_PER_WORKER))
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise DatasetError(f"eval.workers must be 'auto' or an integer >= 1 (got {workers!r}); fix the "
                            "override eval.workers=...")

@@ -98,8 +98,13 @@ def test_a_worker_that_dies_is_one_error_line_not_a_hang():
 
 def test_worker_count(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.3, 1.0, 1.0))  # the evaluating process alone
     assert [envs.worker_count("auto", n) for n in (1, 10, 31, 32, 64, 255, 256, 1280)] == [
         1, 1, 1, 2, 4, 15, 16, 16]  # 16 environments a worker at least, one worker per core at most
+    monkeypatch.setattr(os, "getloadavg", lambda: (12.2, 11.0, 7.0))  # a busy machine
+    assert envs.worker_count("auto", 1280) == 5  # 16 cores less 11 busy besides this process
+    monkeypatch.setattr(os, "getloadavg", lambda: (40.0, 11.0, 7.0))
+    assert envs.worker_count("auto", 1280) == 1
     assert envs.worker_count(4, 3) == 3 and envs.worker_count(1, 1000) == 1
     for bad in (0, -2, "two", True, 1.5, None):
         with pytest.raises(DatasetError, match=r"^eval.workers must be 'auto' or an integer >= 1"):
