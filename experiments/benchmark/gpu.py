@@ -132,6 +132,20 @@ def bench_evaluation(policy_parts, trainings: int, steps: int) -> dict:
             "eval_seconds_d4rl_protocol": per_step * 10 * 1000}  # 10 episodes x 1000 steps
 
 
+def bench_evaluation_workers(trainings: list[int], steps: int) -> dict:
+    """`eval.workers` on the host cores (experiments/benchmark/evaluation.py): 10 episodes per
+    training on 1, 2 and one process per core, timed once each; an error is recorded."""
+    section = {"episodes": 10, "steps": steps, "repeats": 1,
+               "load_before": [round(x, 2) for x in os.getloadavg()]}
+    try:
+        section["rows"] = evaluation_benchmark.run(trainings, evaluation_benchmark.default_workers(),
+                                                   section["episodes"], steps, section["repeats"])
+    except Exception as error:  # recorded; the report is still written
+        section["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    section["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    return section
+
+
 def bench_torch(width: int, dataset_size: int, seconds: float) -> dict:
     """IQL in eager PyTorch (experiments/benchmark/torch_iql.py's update) on the GPU if there is one."""
     try:
@@ -188,7 +202,9 @@ def markdown(report: dict) -> str:
     workers = report.get("evaluation_workers")
     if workers:
         lines += ["", "## Evaluation over worker processes (eval.workers)", "",
-                  evaluation_benchmark.describe(workers), "", *evaluation_benchmark.table(workers["rows"])]
+                  f"{evaluation_benchmark.describe(workers)} Load average {workers['load_before']} before, "
+                  f"{workers['load_after']} after.", "",
+                  *(evaluation_benchmark.table(workers["rows"]) if "rows" in workers else [workers["error"]])]
     torch_result = report.get("torch")
     if torch_result:
         lines += ["", f"PyTorch IQL (eager, one training): {json.dumps(torch_result)}"]
@@ -251,11 +267,8 @@ def main(argv=None) -> dict:
             print(json.dumps({k: v for k, v in entry.items() if k != "grid"}), flush=True)
             write()
     if args.workers_eval_steps:
-        episodes, repeats = 10, 1
-        report["evaluation_workers"] = {"episodes": episodes, "steps": args.workers_eval_steps,
-                                        "repeats": repeats, "rows": evaluation_benchmark.run(
-            args.workers_eval_trainings, evaluation_benchmark.default_workers(), episodes,
-            args.workers_eval_steps, repeats)}
+        report["evaluation_workers"] = bench_evaluation_workers(args.workers_eval_trainings,
+                                                                args.workers_eval_steps)
         write()
     if args.torch:
         report["torch"] = bench_torch(args.width, args.dataset_size, args.seconds)
