@@ -60,8 +60,8 @@ class WorkerEnvs:
     raised as one DatasetError; `close` always ends the processes."""
 
     def __init__(self, env_factory: Callable, count: int, workers: int):
-        bounds = np.linspace(0, count, workers + 1).round().astype(int)
-        shares = [slice(int(start), int(stop)) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+        shares = [slice(int(rows[0]), int(rows[-1]) + 1)
+                  for rows in np.array_split(np.arange(count), workers)]
         self.failed = False
         try:
             with _workers_skip_the_main_module():

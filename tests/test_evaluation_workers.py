@@ -38,7 +38,7 @@ def worker_processes() -> list:
 @pytest.mark.parametrize("workers", [2, 4])
 def test_workers_give_the_serial_episodes_in_the_serial_order(workers):
     """3 seeds x 2 episodes of D4RL's hopper (20 steps at most; this policy makes some fall
-    earlier): with 2 workers (shares of 3) and 4 (shares of 2, 1, 2, 1) the policy is called with
+    earlier): with 2 workers (shares of 3) and 4 (shares of 2, 2, 1, 1) the policy is called with
     the same batches, and every episode's return is the serial one, at its place."""
     info = dataclasses.replace(HOPPER, max_episode_steps=20)
     seeds = envs.episode_seeds([0, 1, 2], 0, 2)
