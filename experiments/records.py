@@ -50,7 +50,7 @@ def evaluation(policy, info, seeds: list[int], cfg, phase: str, step: int, env_s
     tic = time.perf_counter()
     episodes = int(cfg.eval.episodes if phase == "offline" else cfg.online.episodes)
     returns = envs.evaluate(policy, info, envs.episode_seeds(seeds, index, episodes),
-                            observation_dim=observation_dim)
+                            observation_dim=observation_dim, workers=cfg.eval.get("workers", "auto"))
     scores = envs.normalized_score(returns, info)
     return {
         "phase": phase,
