@@ -204,7 +204,7 @@ class ChunkRunner:
         self.updates = 0
 
     def compile(self, length: int, *args):
-        key = (length, args[4] is not None)
+        key = (length, None if args[4] is None else args[4].rewards.shape)  # rows: per segment length
         if key not in self.programs:
             tic = time.perf_counter()
             program = make_train_chunk(self.algo, length, self.phase, self.sampling)
