@@ -11,8 +11,8 @@ as Uni-O4's reference does; the rollout's log-probabilities are those of the cla
 
 The defaults are the PPO-continuous code Uni-O4's online phase derives from (Lizhi-sjtu/DRL-code-
 pytorch: clip 0.2, 10 epochs, minibatch 64, learning rates 3e-4 decayed linearly to 0 at 3e6 steps,
-entropy 0.01, GAE(0.99, 0.95), advantage normalization, gradient norm 0.5, Adam eps 1e-5) with that
-code's 2 x 64 tanh networks; Uni-O4's own online settings are `PPOConfig`'s defaults.
+entropy 0.01, GAE(0.99, 0.95), advantage normalization, "dynamic" reward scaling, gradient norm 0.5,
+Adam eps 1e-5) with that code's 2 x 64 tanh networks; Uni-O4's own online settings are `PPOConfig`'s defaults.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ class ValueMLP(nn.Module):
 
 
 def scratch_ppo() -> PPOConfig:
-    return PPOConfig(clip=0.2, epochs=10, minibatch_size=64, actor_lr=3e-4, critic_lr=3e-4)
+    return PPOConfig(clip=0.2, epochs=10, minibatch_size=64, actor_lr=3e-4, critic_lr=3e-4,
+                     reward_scaling="dynamic")
 
 
 @register

@@ -208,6 +208,8 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
         else:
             updates = utd * len(collected["rewards"]) if stop >= schedule.start_steps else 0
         rows = _rows(preprocessor, collected)
+        if algo.online.replay == "on_policy" and updates:  # rows of any length, one update program
+            run.buffers, rows = loop.append_rows(run.buffers, rows), None
         tic, compiling = time.perf_counter(), runner.compile_seconds
         run.states, run.buffers, run.keys, chunk_metrics = runner(
             run.states, run.buffers, run.keys, ctx, updates, update_step() + updates, rows=rows)
