@@ -72,6 +72,11 @@ def test_dynamic_return_scaling_by_hand_and_across_rollouts():
     s4 = s3 + (5.5 - mean3) * (5.5 - mean4)
     np.testing.assert_allclose(scaled, [4.0 / math.sqrt(s4 / 4)], rtol=1e-6)
     np.testing.assert_allclose(scaler.running_return, 5.5)
+    # the reference's pass over the offline data leaves episode ends out: row 1 neither counted nor
+    # scaled, R restarts; row 2 is then the second value: R = 3, mean 2, S = 1 + 2 * 1 = 3
+    offline, scaled = ReturnScaler.create().scale(rewards, dones, "dynamic", 0.5, skip_episode_ends=True)
+    np.testing.assert_allclose(scaled, [1.0, 2.0, 3.0 / math.sqrt(3 / 2)], rtol=1e-6)
+    assert int(offline.count) == 2 and float(offline.running_return) == 3.0
     assert ReturnScaler.create().scale(rewards, dones, "number", 0.5)[1].tolist() == pytest.approx(
         [0.1, 0.2, 0.3])
     np.testing.assert_array_equal(ReturnScaler.create().scale(rewards, dones, "none", 0.5)[1], rewards)

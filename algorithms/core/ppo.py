@@ -136,8 +136,11 @@ class ReturnScaler:
         zero, one = jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
         return cls(zero, jnp.zeros((), jnp.int32), zero, one, one)
 
-    def scale(self, rewards, dones, mode: str, discount: float):
-        """(scaler, scaled rewards) for one rollout in time order; `mode` as PPOConfig.reward_scaling."""
+    def scale(self, rewards, dones, mode: str, discount: float, skip_episode_ends: bool = False):
+        """(scaler, scaled rewards) for one rollout in time order; `mode` as PPOConfig.reward_scaling.
+        `skip_episode_ends`: the reference's pass over the offline dataset (`offline_buffer.py:
+        reward_normalize`), which Uni-O4's online scaler starts from, leaves the last row of every
+        episode unscaled and uncounted (it only restarts R); online every row counts."""
         if mode == "none":
             return self, rewards
         if mode == "number":
@@ -153,7 +156,12 @@ class ReturnScaler:
                                     scaler.sum_squares + (ret - scaler.mean) * (ret - mean))
             std = jnp.where(first, scaler.std, jnp.sqrt(sum_squares / count))
             scaled = reward / (std + 1e-8)
-            return ReturnScaler(jnp.where(done > 0, 0.0, ret), count, mean, sum_squares, std), scaled
+            updated = ReturnScaler(jnp.where(done > 0, 0.0, ret), count, mean, sum_squares, std)
+            if skip_episode_ends:
+                skipped = scaler.replace(running_return=jnp.zeros_like(ret))
+                updated = jax.tree.map(lambda new, old: jnp.where(done > 0, old, new), updated, skipped)
+                scaled = jnp.where(done > 0, reward, scaled)
+            return updated, scaled
 
         return jax.lax.scan(one, self, (rewards, dones))
 
