@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 
 from algorithms import Algorithm, SettingsError, Spec
 from algorithms.core.replay import Transitions
-from experiments import loop
+from experiments import loop, online
 from experiments.config import ConfigError
 
 # What tracing raises when a traced value meets Python control flow, a shape, or leaves its trace.
@@ -234,7 +234,9 @@ def _trace_problem(algo, names, spec, prepared, contexts, capacity) -> str | Non
             buffers = jax.eval_shape(
                 (lambda: loop.init_buffers(algo, spec, ctx, 1)) if phase == "offline"
                 else (lambda: loop.replay_buffers(capacity, spec, 1)))
-            jax.eval_shape(loop.make_train_chunk(algo, 1, phase), states, buffers, keys, phase_ctx,
+            phase_states = states if phase == "offline" else jax.eval_shape(
+                lambda s, v, c=phase_ctx: online.begin(algo, spec, c, s, v), states, values)
+            jax.eval_shape(loop.make_train_chunk(algo, 1, phase), phase_states, buffers, keys, phase_ctx,
                            None, values)
         observations = jax.ShapeDtypeStruct((1, 1, spec.observation_dim), jnp.float32)
         for deterministic in (True, False) if "online" in contexts else (True,):

@@ -171,7 +171,7 @@ def make_train_chunk(algo: Algorithm, length: int, phase: str = "offline",
 
 
 @jax.jit
-def _append(buffers: ReplayBuffer, rows: Transitions) -> ReplayBuffer:
+def append_rows(buffers: ReplayBuffer, rows: Transitions) -> ReplayBuffer:
     return jax.vmap(ReplayBuffer.add)(buffers, rows)
 
 
@@ -216,7 +216,7 @@ class ChunkRunner:
         """`length` updates ending at step `end_step` (for messages); returns (states, buffers,
         keys, metrics as host arrays of shape (length, seeds))."""
         if length == 0:  # collecting only (e.g. before an online warm-up ends)
-            return states, _append(buffers, rows), keys, {}
+            return states, append_rows(buffers, rows), keys, {}
         program = self.compile(length, states, buffers, keys, ctx, rows, self.values)
         if self.stopped and self.frozen is None:
             self.frozen = jax.tree.map(jnp.copy, states)  # a resumed run: its states hold them

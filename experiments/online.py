@@ -8,6 +8,10 @@ block * updates_per_step updates run in one compiled call (`loop.ChunkRunner`), 
 the algorithm's `sampling("online")` says (the dataset and the buffer as one pool, or mixed at a
 ratio). The only Python per environment step is the environment itself and that policy call.
 
+With `algo.online.replay = "on_policy"` (PPO) the buffer is the rollout: it holds `block`
+transitions, and every time it is full (at environment steps that are multiples of `block`) the
+whole rollout, in time order, is the batch of one update; no dataset rows are drawn.
+
 Terminals are true terminations only; a time-limit truncation is stored as a timeout and
 bootstrapped through. At every checkpoint the episodes in progress are cut (stored as truncated)
 and the environments restart from seeds derived from (training seed, environment step): the
@@ -66,6 +70,17 @@ def fresh_run(algo: Algorithm, spec, ctx: Context, seeds: list[int], capacity: i
                      loop.replay_buffers(capacity, spec, len(seeds)), keys)
 
 
+def begin(algo: Algorithm, spec, ctx: Context, states, values: dict | None = None):
+    """`algo.begin_online` for every seed, in one compiled call: the states the online phase starts
+    from (the shared `step` stays shared). `jax.eval_shape` of it is the online checkpoint's template."""
+    def begin_all(states, ctx, values):
+        started = jax.vmap(lambda s, v: loop.with_values(algo, v).begin_online(s, spec, ctx),
+                           in_axes=(loop.seed_axes(states), 0))(states, values)
+        return started.replace(step=started.step[0])
+
+    return jax.jit(begin_all)(states, ctx, values)
+
+
 def environment_spec(make_env: Callable, steps: int):
     env = make_env()
     spec = Spec(env.observation_space.shape[0], env.action_space.shape[0], steps)
@@ -84,11 +99,16 @@ def uniform_actions(seeds: list[int], env_step: int, action_dim: int) -> np.ndar
                      for seed in seeds])
 
 
-def buffer_capacity(algo: Algorithm, dataset_size: int, steps: int) -> int:
+def buffer_capacity(algo: Algorithm, dataset_size: int, steps: int, start_steps: int = 0) -> int:
     """Rows of each seed's online buffer. "prefilled": the buffer holds the dataset (drawn from the
     shared device copy) and then online rows, `online.buffer_size` in all (None: nothing evicted).
-    "mixed": the online rows alone."""
+    "mixed": the online rows alone. "on_policy": one rollout of `block` rows."""
     size = algo.online.buffer_size
+    if algo.online.replay == "on_policy":
+        if start_steps:
+            raise ConfigError(f"online.start_steps={start_steps}: uniformly random actions cannot be "
+                              "trained on by an on-policy algorithm; set online.start_steps=0")
+        return algo.online.block
     if algo.online.replay == "prefilled" and dataset_size:
         if size is None:
             return max(steps, 1)
@@ -183,8 +203,13 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
             collected["timeouts"][-1] = np.maximum(collected["timeouts"][-1], lengths > 0)
         if on_collect is not None:
             on_collect({name: np.stack(values) for name, values in collected.items()}, stop)
-        updates = utd * len(collected["rewards"]) if stop >= schedule.start_steps else 0
+        if algo.online.replay == "on_policy":  # one update per complete rollout
+            updates = int(stop % block == 0)
+        else:
+            updates = utd * len(collected["rewards"]) if stop >= schedule.start_steps else 0
         rows = _rows(preprocessor, collected)
+        if algo.online.replay == "on_policy" and updates:  # rows of any length, one update program
+            run.buffers, rows = loop.append_rows(run.buffers, rows), None
         tic, compiling = time.perf_counter(), runner.compile_seconds
         run.states, run.buffers, run.keys, chunk_metrics = runner(
             run.states, run.buffers, run.keys, ctx, updates, update_step() + updates, rows=rows)

@@ -51,7 +51,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(
         jax.vmap(jax.random.key)(jnp.asarray(seeds)))
     if online_steps:  # before any training: a buffer too small for the dataset is refused now
-        capacity = online.buffer_capacity(algo, prepared.data.size, online_steps)
+        capacity = online.buffer_capacity(algo, prepared.data.size, online_steps,
+                                          int(cfg.online.start_steps))
     metrics = MetricsFile(run_dir / "metrics.jsonl")
 
     def stage_progress(name, step, means, kind):
@@ -73,7 +74,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     templates = {"offline": {"states": states, "buffers": loop.init_buffers(algo, spec, ctx, len(seeds)),
                              "keys": train_keys}}
     if online_steps:
-        templates["online"] = {"states": states, "keys": train_keys,
+        online_states = jax.eval_shape(lambda s: online.begin(algo, spec, online_ctx, s, values), states)
+        templates["online"] = {"states": online_states, "keys": train_keys,
                                "buffers": loop.replay_buffers(capacity, spec, len(seeds))}
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep)
     record = {"phase": "offline", "step": 0, "env_step": 0, "stopped": {},
@@ -144,8 +146,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if online_steps:
         online_runner = loop.ChunkRunner(algo, "online", float(cfg.watchdog_seconds), runner.stopped,
                                          values=values, early_stop=grid.early_stop(algo))
-        if record["phase"] == "offline":  # starting it: fresh replay buffers, same states and keys
-            buffers = loop.shard_seeds(templates["online"]["buffers"], keys)[0]
+        if record["phase"] == "offline":  # starting it: fresh replay buffers, the algorithm's
+            # online states (begin_online), same keys
+            states, buffers = loop.shard_seeds(online.begin(algo, spec, online_ctx, states, values),
+                                               templates["online"]["buffers"], keys)[:2]
         schedule = online.OnlineSchedule(online_steps, int(cfg.online.eval_every),
                                          int(cfg.checkpoint.every and cfg.online.checkpoint_every),
                                          int(cfg.online.log_every), int(cfg.online.start_steps))

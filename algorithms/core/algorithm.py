@@ -3,6 +3,7 @@
     stages()                                   models trained once on the dataset before the agent
     init(key, spec, ctx) -> state              one seed's agent
     update(state, batch, key, ctx) -> (state, metrics)
+    begin_online(state, spec, ctx) -> state    once, when the online phase starts from the offline one
     act(state, observations, key, deterministic) -> actions in [-1, 1]
     sampling(phase) -> Sampling                where each batch comes from
     init_buffer(spec, ctx) / fill_buffer(...)  a per-seed buffer the algorithm fills itself (MOPO)
@@ -46,7 +47,7 @@ class RewardConfig:
     shift: float = 0.0
 
 
-REPLAYS = ("prefilled", "mixed")
+REPLAYS = ("prefilled", "mixed", "on_policy")
 
 
 @dataclass
@@ -56,14 +57,19 @@ class OnlineConfig:
     replay: "prefilled" - one buffer holding the dataset and then every online transition, sampled
         uniformly, nothing evicted (IQL's and CORL's fine-tuning); "mixed" - the dataset and the
         online transitions kept apart and each batch drawn with exactly `dataset_fraction` of its
-        rows from the dataset (Cal-QL, RLPD).
+        rows from the dataset (Cal-QL, RLPD); "on_policy" - no replay: every `block` environment
+        steps per seed are handed whole, in time order, as the batch of one `update` call
+        (`Sampling("rollout")`, shape (block, ...) inside update) and then discarded (PPO; Uni-O4's
+        online phase). A rollout cut by a checkpoint is kept in the checkpoint and completed on
+        resume; the steps after the last full block are never trained on.
     buffer_size: transitions the prefilled buffer holds, dataset included (None: the dataset plus
         every online step, so nothing is evicted); in "mixed", the online buffer's size (None:
         every online step). Smaller than the dataset with "prefilled" is refused.
-    updates_per_step: the update-to-data ratio.
+    updates_per_step: the update-to-data ratio (not used by "on_policy").
     block: environment steps collected between compiled update calls (then block * updates_per_step
-        updates run at once). 1 is the references' "one step, one update" order; larger blocks
-        dispatch less often and are faster, with slightly staler data.
+        updates run at once; "on_policy": the rollout length, one update per block). 1 is the
+        references' "one step, one update" order; larger blocks dispatch less often and are faster,
+        with slightly staler data.
     """
 
     replay: str = "prefilled"
@@ -89,8 +95,9 @@ class Sampling(NamedTuple):
 
     source: "dataset" (the shared device dataset), "buffer" (the seed's own buffer), "union" (the
         dataset and the buffer as one pool, uniformly: a buffer pre-filled with the dataset, without
-        copying it into every seed's buffer) or "mixed" (exactly round(batch * dataset_fraction)
-        rows from the dataset, the rest from the buffer)."""
+        copying it into every seed's buffer), "mixed" (exactly round(batch * dataset_fraction)
+        rows from the dataset, the rest from the buffer) or "rollout" (the seed's whole buffer, in
+        the order it was filled: the on-policy rollout)."""
 
     source: str = "dataset"
     dataset_fraction: float = 1.0
@@ -231,7 +238,15 @@ class Algorithm:
             return Sampling("dataset")
         if self.online.replay == "mixed":
             return Sampling("mixed", self.online.dataset_fraction)
+        if self.online.replay == "on_policy":
+            return Sampling("rollout")
         return Sampling("union")
+
+    def begin_online(self, state, spec: Spec, ctx: Context):
+        """Called once per seed (vmapped) when the online phase starts from the offline state (not
+        when an online checkpoint is resumed): the state to fine-tune from, which may be of another
+        type (Uni-O4 builds its PPO state here). `ctx` is the online context."""
+        return state
 
     def init_buffer(self, spec: Spec, ctx: Context):
         """A per-seed buffer for the offline phase, filled by `fill_buffer` (MOPO's model

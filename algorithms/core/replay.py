@@ -114,6 +114,8 @@ def draw(sampling: Sampling, data, buffer: ReplayBuffer | None, key: jax.Array, 
         return sample_batch(data, key, batch_size)
     if sampling.source == "buffer":
         return buffer.sample(key, batch_size)
+    if sampling.source == "rollout":  # the whole buffer, oldest first (it holds exactly one rollout)
+        return buffer.transitions
     if sampling.source == "union":
         # One pool of dataset rows then buffer rows, uniformly: what a buffer pre-filled with the
         # dataset gives, without a copy of the dataset in every seed's buffer.
