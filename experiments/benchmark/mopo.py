@@ -41,6 +41,7 @@ from experiments.benchmark.cli import parse_options
 from experiments.benchmark.machine import (
     ROOT,
     PeakRSS,
+    cores,
     load_average,
     machine_info,
     matmul_peak,
@@ -102,6 +103,10 @@ DEFINITIONS = {
         "achieved FLOP/s (flops x measured rate) / the peak float32 matmul FLOP/s: the best rate of "
         "jitted chains of n x n matmuls (n >= 256), measured at the start and the end of the run."),
     "load_average": "1, 5 and 15 minute load averages before and after each measurement.",
+    "cpu_share": (
+        "The process's CPU seconds (time.process_time, all its threads) / wall seconds / cores "
+        "available, over the measurement (compilation included): the part of the cores it had. "
+        "Absent from rows measured before it was added."),
 }
 
 
@@ -139,14 +144,29 @@ def run_settings(args, data_file: Path) -> argparse.Namespace:
                               options=args.options, seed=args.seed)
 
 
+class Busy:
+    """Wall and process CPU seconds within a `with` block, and the load averages around it: on a
+    shared machine, `cpu_share` (CPU seconds / wall seconds / cores) says how much of the cores
+    this measurement had (1.0: all of them)."""
+
+    def __enter__(self):
+        self.before, self.wall, self.cpu = load_average(), time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        self.record = {"load_average": {"before": self.before, "after": load_average()},
+                       "wall_seconds": wall, "cpu_share": cpu / wall / cores()}
+        return False
+
+
 def bench_dynamics(algo, spec: Spec, data, args) -> tuple[object, dict]:
     """The ensemble's stage timed (updates.time_stage), its FLOPs, and the epoch extrapolation."""
     (stage,) = algo.stages(spec)
     dynamics = algo.dynamics
-    before = load_average()
     timing_settings = argparse.Namespace(chunk=dynamics.validate_every, chunk_seconds=None,
                                          repeats=args.dynamics_chunks)
-    with PeakRSS() as rss:
+    with PeakRSS() as rss, Busy() as busy:
         model, timing = time_stage(stage, spec, data, timing_settings)
     rows = int(data.rewards.shape[0])
     holdout = int(rows * dynamics.holdout)
@@ -167,7 +187,7 @@ def bench_dynamics(algo, spec: Spec, data, args) -> tuple[object, dict]:
         "seconds_per_epoch": epoch_updates / rate,
         "extrapolated_seconds": {str(epochs): epochs * epoch_updates / rate for epochs in args.epochs},
         "flops_per_update": flops, "achieved_gflops": None if flops is None else flops * rate / 1e9,
-        **rss.record(), "load_average": {"before": before, "after": load_average()},
+        **rss.record(), **busy.record,
     }
 
 
@@ -197,11 +217,10 @@ def compile_refresh(algo, states, buffers, keys, ctx):
 
 def bench_agent(algo, spec: Spec, prepared, model, seeds: int, args) -> dict:
     """Chunks of rollout_freq updates (one refresh each) through ChunkRunner, then the refresh alone."""
-    before = load_average()
     ctx = loop.make_context(algo, prepared, {"dynamics": model})
     init_keys, keys = jax.random.split(jax.random.key(args.seed), (2, seeds))
     length = algo.rollout_freq
-    with PeakRSS() as rss:
+    with PeakRSS() as rss, Busy() as busy:
         states = loop.init_states(algo, spec, ctx, init_keys)
         buffers = loop.init_buffers(algo, spec, ctx, seeds)
         runner = loop.ChunkRunner(algo, "offline", args.config_timeout)
@@ -235,8 +254,7 @@ def bench_agent(algo, spec: Spec, prepared, model, seeds: int, args) -> dict:
         "flops_per_update": amortised,
         "achieved_gflops": None if amortised is None else amortised * rate * seeds / 1e9,
         "refresh_achieved_gflops": per_refresh * seeds / refresh_median / 1e9,
-        "xla_memory": xla_memory(chunk), **rss.record(),
-        "load_average": {"before": before, "after": load_average()},
+        "xla_memory": xla_memory(chunk), **rss.record(), **busy.record,
     }
 
 
@@ -322,14 +340,16 @@ def markdown(report: dict) -> str:
                   f"{d['seconds_per_1000_updates']:.1f} s per 1000 updates, "
                   f"{d['seconds_per_epoch'] / 60:.1f} min per epoch; extrapolated (not run): "
                   f"{extrapolated}. Compile {d['compile']['total_seconds']:.1f} s; load average "
-                  f"{d['load_average']['before'][0]} / {d['load_average']['after'][0]}."]
+                  f"{d['load_average']['before'][0]} / {d['load_average']['after'][0]}, CPU share "
+                  f"{_percent(d.get('cpu_share'))}."]
     lines += ["", f"MOPO (SAC {algo.get('hidden_dims')}, batch {algo.get('batch_size')}; every "
               f"{algo.get('rollout_freq')} updates {algo.get('rollout_batch'):,} rollouts of "
               f"{algo.get('rollout_length')} steps):", "",
               "| seeds | updates/s per seed | total | s per chunk | one refresh s (all seeds) "
               "| refresh share | update-only /s per seed | GFLOP/update | of matmul peak "
-              "| GFLOP/refresh/seed | refresh of peak | compile s | peak RSS MiB | load before/after |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "| GFLOP/refresh/seed | refresh of peak | compile s | peak RSS MiB | load before/after "
+              "| CPU share |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in report["agent"]:
         lines.append(
             f"| {r['seeds']} | {r['updates_per_second_per_seed']:,.1f} "
@@ -340,7 +360,8 @@ def markdown(report: dict) -> str:
             f"| {_number(r['flops_per_update'], 1e9, '.3f')} | {_percent(r.get('roofline_fraction'))} "
             f"| {_number(r['refresh_flops'], 1e9, ',.0f')} | {_percent(r.get('refresh_roofline_fraction'))} "
             f"| {r['compile']['chunk_seconds']:.1f} | {r['peak_rss_bytes'] / 2**20:,.0f} "
-            f"| {r['load_average']['before'][0]} / {r['load_average']['after'][0]} |")
+            f"| {r['load_average']['before'][0]} / {r['load_average']['after'][0]} "
+            f"| {_percent(r.get('cpu_share'))} |")
     lines += ["", "Updates/s: chunks of rollout_freq updates, each with one refresh (amortised); "
               "definitions in the JSON."]
     return "\n".join(lines) + "\n"
