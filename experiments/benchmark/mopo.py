@@ -1,7 +1,7 @@
 """MOPO's benchmark rows (issue 11): the dynamics ensemble's training, and MOPO's updates with their
 model rollouts, on 1M synthetic transitions of HalfCheetah's shapes (the offline benchmark's data).
 
-    python -m experiments.benchmark.mopo --out benchmarks/mopo.json     # ~20 min on 2 idle cores
+    python -m experiments.benchmark.mopo --out benchmarks/mopo.json     # 30 min on 2 shared cores
     python -m experiments.benchmark.mopo --quick --out /tmp/mopo.json   # a smoke test, ~1 min
 
 Everything runs in this one process through the engine's own programs (no training loop here):
