@@ -12,7 +12,9 @@ stochastic policy, each step through a random elite per row, with the penalised 
     r~(s, a) = r^(s, a) - lambda u(s, a),   u(s, a) = max_i ||sigma_i(s, a)||_2   (all 7 members)
 
 and the environment's termination rule (envs/termination.py); the steps after a rollout's
-termination are not stored. The buffer keeps the last `retain_epochs` (5) refreshes.
+termination are not stored. The buffer keeps the last `retain_epochs` (5) refreshes, and the last
+refresh's statistics, logged with every update (`rollout_length`: mean steps before termination;
+over the stored steps `rollout_model_reward` r^, `rollout_uncertainty` u, `rollout_penalty` lambda u).
 
 Where the references disagree (options; shared research notes §3 and §6):
 - u: `uncertainty="aleatoric"` (the authors' D4RL configs and OfflineRL-Kit); "pairwise_diff" is
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import flax
 import jax
 import jax.numpy as jnp
 
@@ -52,6 +55,41 @@ from algorithms.core.dynamics import (
 from algorithms.core.replay import ReplayBuffer, Transitions
 from algorithms.sac import SAC, SACState
 from envs.termination import TERMINATIONS, termination_for
+
+
+@flax.struct.dataclass
+class RolloutStats:
+    """A refresh's rollouts: the mean number of steps taken (the terminating one included), and
+    over those steps the mean model reward r^ (before the penalty), uncertainty u and penalty."""
+
+    length: jax.Array
+    model_reward: jax.Array
+    uncertainty: jax.Array
+    penalty: jax.Array
+
+    @classmethod
+    def of(cls, rolled: Rollout, penalty) -> RolloutStats:
+        taken = rolled.alive.astype(jnp.float32)
+        mean = lambda values: (values * taken).sum() / taken.sum()  # the first step is always taken
+        return cls(taken.sum(axis=0).mean(), mean(rolled.rewards + penalty * rolled.uncertainty),
+                   mean(rolled.uncertainty), penalty * mean(rolled.uncertainty))
+
+
+@flax.struct.dataclass
+class RolloutBuffer:
+    """MOPO's per-seed buffer: the model transitions, and the statistics of the last refresh (zeros
+    before the first). Samples, and reads size/position/transitions, as its ReplayBuffer."""
+
+    replay: ReplayBuffer
+    last_refresh: RolloutStats
+
+    size = property(lambda self: self.replay.size)
+    position = property(lambda self: self.replay.position)
+    transitions = property(lambda self: self.replay.transitions)
+    capacity = property(lambda self: self.replay.capacity)
+
+    def sample(self, key: jax.Array, batch_size: int) -> Transitions:
+        return self.replay.sample(key, batch_size)
 
 
 @register
@@ -111,8 +149,17 @@ class MOPO(SAC):
         """The last `retain_epochs` refreshes of `rollout_batch * rollout_length` transitions."""
         return max(1, self.retain_epochs * self.rollout_batch * self.rollout_length)
 
-    def init_buffer(self, spec: Spec, ctx: Context) -> ReplayBuffer:
-        return ReplayBuffer.create(self.buffer_capacity(), spec.observation_dim, spec.action_dim)
+    def init_buffer(self, spec: Spec, ctx: Context) -> RolloutBuffer:
+        zero = jnp.zeros((), jnp.float32)
+        return RolloutBuffer(ReplayBuffer.create(self.buffer_capacity(), spec.observation_dim,
+                                                 spec.action_dim), RolloutStats(zero, zero, zero, zero))
+
+    def buffer_metrics(self, buffer: RolloutBuffer) -> dict[str, jax.Array]:
+        if not self.uses_model_data:
+            return {}
+        stats = buffer.last_refresh
+        return {"rollout_length": stats.length, "rollout_model_reward": stats.model_reward,
+                "rollout_uncertainty": stats.uncertainty, "rollout_penalty": stats.penalty}
 
     def fill_buffer(self, state: SACState, buffer: ReplayBuffer, key: jax.Array, ctx: Context):
         """Every `rollout_freq` updates (from update 0 on), new model rollouts into the buffer."""
@@ -130,10 +177,11 @@ class MOPO(SAC):
                        self.termination_rule(), self.penalty, self.uncertainty,
                        self.penalty_members)
 
-    def refresh(self, state: SACState, buffer: ReplayBuffer, key: jax.Array, ctx: Context) -> ReplayBuffer:
+    def refresh(self, state: SACState, buffer: RolloutBuffer, key: jax.Array, ctx: Context) -> RolloutBuffer:
         rolled = self.model_rollout(state, key, ctx)
         flat = lambda x: x.reshape((-1,) + x.shape[2:])
         zeros = jnp.zeros_like(flat(rolled.terminals))
         transitions = Transitions(flat(rolled.observations), flat(rolled.actions), flat(rolled.rewards),
                                   flat(rolled.next_observations), flat(rolled.terminals), zeros, zeros)
-        return buffer.add_where(transitions, flat(rolled.alive))
+        return RolloutBuffer(buffer.replay.add_where(transitions, flat(rolled.alive)),
+                             RolloutStats.of(rolled, self.penalty))

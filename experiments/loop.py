@@ -149,6 +149,8 @@ def make_train_chunk(algo: Algorithm, length: int, phase: str = "offline",
             buffer = algo_here.fill_buffer(state, buffer, fill_key, ctx)
         batch = draw(sampling, ctx.data, buffer, sample_key, algo.batch_size)
         state, metrics = algo_here.update(state, batch, update_key, ctx)
+        if phase == "offline":
+            metrics = {**metrics, **algo_here.buffer_metrics(buffer)}
         return state, buffer, metrics
 
     def chunk(states, buffers, keys, ctx, rows=None, values=None):

@@ -201,3 +201,49 @@ def test_online_benchmark_runs_end_to_end(offline_data, tmp_path):
         assert {(r["seeds"], r["per_seed"] > 0) for r in report["comparisons"]} == {(1, True), (2, True)}
     table = out.with_suffix(".md").read_text()
     assert "| library | hidden | seeds |" in table and table.count("| offrl-jax iql | 16x2 |") == 2
+
+
+def test_mopo_benchmark_writes_its_rows(tmp_path):
+    """`experiments.benchmark.mopo --quick`: every part runs and the files hold what docs/speed.md
+    reports. Quick sizes: SAC 16x2, ensemble 7 x 16x16, 64 rollouts of 3 steps every 20 updates."""
+    import math
+
+    out = tmp_path / "mopo.json"
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-m", "experiments.benchmark.mopo", "--quick", "--out", str(out)],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": path}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["matmul"]["peak_gflops"] > 0
+    assert report["meta"]["load_average_start"] and report["meta"]["load_average_end"]
+    assert {"flops", "roofline_fraction", "agent.refresh_seconds"} <= set(report["definitions"])
+    algo = report["settings"]["algorithm"]
+    assert (algo["rollout_freq"], algo["rollout_batch"], algo["rollout_length"]) == (20, 64, 3)
+
+    dynamics = report["dynamics"]
+    # Chunks of validate_every (10) updates, as train_stage runs a validating stage.
+    assert dynamics["chunk_length"] == 10 and len(dynamics["chunk_seconds"]) == 2
+    train_rows = dynamics["dataset_rows"] - dynamics["holdout_rows"]
+    assert dynamics["holdout_rows"] == int(0.2 * dynamics["dataset_rows"])  # under the 1000 cap
+    assert dynamics["updates_per_epoch"] == math.ceil(train_rows / 16)
+    rate = dynamics["updates_per_second"]
+    assert rate > 0 and dynamics["seconds_per_1000_updates"] == pytest.approx(1000 / rate)
+    assert dynamics["extrapolated_seconds"]["6"] == pytest.approx(6 * dynamics["updates_per_epoch"] / rate)
+    assert dynamics["flops_per_update"] > 0 and dynamics["roofline_fraction"] > 0
+    assert dynamics["cpu_share"] > 0 and len(dynamics["load_average"]["after"]) == 3
+
+    assert [row["seeds"] for row in report["agent"]] == [1, 2]
+    for row in report["agent"]:
+        assert row["chunk_length"] == 20 and len(row["chunk_seconds"]) == 2
+        assert len(row["refresh_seconds"]) == 2 and row["refresh_seconds_median"] > 0
+        assert row["updates_per_second_total"] == pytest.approx(row["updates_per_second_per_seed"]
+                                                                * row["seeds"])
+        # By hand, per rollout step and row: the actor 2 (17*16 + 16*16 + 16*12) = 1440 and the
+        # seven members 7 * 2 (23*16 + 16*16 + 16*36) = 16 800; 64 rows x 3 steps.
+        assert row["refresh_flops"] == 64 * 3 * (1440 + 16_800)
+        assert row["flops_per_update"] == pytest.approx(row["update_flops"] + row["refresh_flops"] / 20)
+        assert row["update_flops"] > 0 and row["roofline_fraction"] > 0
+        assert row["peak_rss_bytes"] > 0 and row["compile"]["chunk_seconds"] > 0 and row["cpu_share"] > 0
+    table = out.with_suffix(".md").read_text()
+    assert "Dynamics ensemble" in table and table.count("\n| 1 |") == 1 and table.count("\n| 2 |") == 1

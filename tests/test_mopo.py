@@ -70,6 +70,36 @@ def test_rollouts_refresh_every_rollout_freq_updates_and_keep_the_last_epochs():
     assert sizes == [(16, 16), (16, 16), (16, 16), (32, 32), (40, 8), (40, 8)]
 
 
+def test_the_last_refresh_is_summarised_in_the_buffer_and_logged_with_every_update():
+    """From height 1.25 every rollout takes 2 steps, from 1.85 four; the model reward is 1 and the
+    penalty lambda u with the clamp's floor variance, as in the test above. The train chunk logs
+    the last refresh's statistics with each update."""
+    from experiments import loop
+
+    u = np.sqrt(3) * np.exp(0.5 * soft_clamp(-30.0))
+    for height, length in ((1.25, 2.0), (1.85, 4.0)):
+        algo = mopo()
+        ctx = Context(start_states(height=height), {"dynamics": falling_model()})
+        state = algo.init(jax.random.key(0), SPEC, ctx)
+        buffer = algo.init_buffer(SPEC, ctx)
+        assert float(buffer.last_refresh.length) == 0.0  # before the first refresh
+        buffer = algo.fill_buffer(state, buffer, jax.random.key(1), ctx)
+        logged = algo.buffer_metrics(buffer)
+        np.testing.assert_allclose(logged["rollout_length"], length)
+        np.testing.assert_allclose(logged["rollout_model_reward"], 1.0, atol=0.03)
+        np.testing.assert_allclose(logged["rollout_uncertainty"], u, rtol=1e-4)
+        np.testing.assert_allclose(logged["rollout_penalty"], 50.0 * u, rtol=1e-4)
+
+    keys = jax.random.split(jax.random.key(0), 2)
+    states = loop.init_states(algo, SPEC, ctx, keys)
+    buffers = loop.init_buffers(algo, SPEC, ctx, 2)
+    _, buffers, _, metrics = loop.make_train_chunk(algo, 3)(states, buffers, keys, ctx)
+    np.testing.assert_allclose(metrics["rollout_length"], np.full((3, 2), 4.0))
+    assert "critic_loss" in metrics
+    # Without model data there are no rollouts to report.
+    assert mopo(rollout_length=0).buffer_metrics(buffers) == {}
+
+
 def test_the_refresh_is_a_real_branch_under_vmapped_seeds():
     """The loop vmaps seeds but keeps `step` shared: the rollout stays behind a `cond`, not a
     `select` that would roll out at every update."""

@@ -7,6 +7,7 @@
     act(state, observations, key, deterministic) -> actions in [-1, 1]
     sampling(phase) -> Sampling                where each batch comes from
     init_buffer(spec, ctx) / fill_buffer(...)  a per-seed buffer the algorithm fills itself (MOPO)
+    buffer_metrics(buffer) -> metrics         logged with each offline update (MOPO's rollouts)
     early_stop(metrics) -> (stop per seed, reason)
 
 `ctx` is the shared, read-only `Context` (the device dataset, the frozen stage results, host-side
@@ -256,6 +257,11 @@ class Algorithm:
     def fill_buffer(self, state, buffer, key: jax.Array, ctx: Context):
         """Called before each offline batch is drawn; returns the (possibly refreshed) buffer."""
         return buffer
+
+    def buffer_metrics(self, buffer) -> dict[str, jax.Array]:
+        """Metrics read from a seed's offline buffer after `fill_buffer`, logged with the update's
+        (MOPO: its last refresh's rollout statistics); none for most algorithms."""
+        return {}
 
     def early_stop(self, metrics: dict) -> tuple[np.ndarray, str]:
         """Checked on the host after every compiled chunk, offline and online, on the chunk's

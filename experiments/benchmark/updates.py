@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -67,7 +68,7 @@ def algorithm_overrides(name: str, width: int, batch_size: int, options: dict | 
     fields = {field.name for field in dataclasses.fields(algorithms.get(name))}
     return [f"algo={name}", f"algo.hidden_dims=[{width},{width}]", f"algo.batch_size={batch_size}",
             *(f"algo.{key}={hydra_value(value)}" for key, value in (options or {}).items()
-              if key in fields)]
+              if key.split(".")[0] in fields)]  # dynamics.hidden_dims: a field of a nested config
 
 
 def make_algorithm(name: str, width: int, batch_size: int, options: dict | None = None,
@@ -89,22 +90,26 @@ def compose_run(name: str, width: int, seeds: int, settings, *extra: str):
 
 
 def time_stage(stage, spec: Spec, data, settings) -> tuple[object, dict]:
-    """Time a stage (SPOT's VAE) through `train_stage`: six one-step chunks size the chunk, then
-    1 + repeats chunks of it, the first (which compiles) apart. Returns (its result, timings); the
-    result has seen those chunks, not the stage's full `steps`: enough to start the agent."""
+    """Time a stage (SPOT's VAE, a dynamics ensemble) through `train_stage`: six one-step chunks
+    size the chunk, then 1 + repeats chunks of it, the first (which compiles) apart. A stage that
+    validates runs chunks of at most `validate_every` steps (train_stage's schedule): the chunk
+    length is then what it ran. Returns (its result, timings); the result has seen those chunks,
+    not the stage's full `steps`: enough to start the agent."""
     marks = []
 
     def progress(step, means, kind):
         if kind == "train":
-            marks.append(time.perf_counter())
+            marks.append((step, time.perf_counter()))
 
     train_stage(dataclasses.replace(stage, steps=6), spec, data, 1, progress)
-    step_seconds = statistics.median(np.diff(marks))
+    step_seconds = statistics.median(np.diff([seconds for _, seconds in marks]))
     length = settings.chunk or min(max(20, nice_floor(settings.chunk_seconds / step_seconds)), 10_000)
-    marks = [time.perf_counter()]
+    if stage.validate is not None and stage.validate_every:
+        length = math.gcd(length, stage.validate_every)
+    marks = [(0, time.perf_counter())]
     result, _ = train_stage(dataclasses.replace(stage, steps=length * (1 + settings.repeats)), spec,
                             data, length, progress)
-    chunks = np.diff(marks)
+    chunks = np.diff([seconds for _, seconds in marks])
     seconds = chunks[1:].tolist()
     return result, {"stage": stage.name, "steps_in_a_real_run": stage.steps, "chunk_length": length,
                     "compile": {"total_seconds": max(float(chunks[0]) - statistics.median(seconds), 0.0)},
