@@ -418,19 +418,23 @@ class UniO4(Algorithm):
 
         policies, losses = jax.vmap(member_step)(state.policies, state.old_params, member_keys[:-1])
         state = state.replace(policies=policies, step=state.step + 1)
-        state = jax.lax.cond(state.step % self.eval_step == 0,
-                             lambda: self.replace_improved(state, member_keys[-1], ctx), lambda: state)
-        return state, {"policy_loss": losses.mean(), "clip_ratio": clip, "amq": state.last_amq.mean(),
-                       "old_policy_replacements": state.replacements.sum().astype(jnp.float32)}
+        scored = state.step % self.eval_step == 0
+        state, replaced = jax.lax.cond(scored, lambda: self.replace_improved(state, member_keys[-1], ctx),
+                                       lambda: (state, jnp.zeros(self.num_members, bool)))
+        on_scored = lambda value: jnp.where(scored, value, jnp.nan)  # averaged over scored steps only
+        return state, {"policy_loss": losses.mean(), "clip_ratio": clip,
+                       "amq": on_scored(state.last_amq.mean()),
+                       "replaced_fraction": on_scored(replaced.mean())}
 
-    def replace_improved(self, state: UniO4State, key, ctx: Context) -> UniO4State:
-        """AM-Q of every member; pi_old <- pi for the members whose score beats their best."""
+    def replace_improved(self, state: UniO4State, key, ctx: Context) -> tuple[UniO4State, jax.Array]:
+        """AM-Q of every member; pi_old <- pi for the members whose score beats their best.
+        Returns the state and which members were replaced."""
         amq = self.amq(state.policies.params, state.normalizer, key, ctx)
         improved = amq > state.best_amq
         keep_new = lambda new, old: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
         old = jax.tree.map(keep_new, state.policies.params, state.old_params)
         return state.replace(old_params=old, best_amq=jnp.where(improved, amq, state.best_amq),
-                             last_amq=amq, replacements=state.replacements + improved)
+                             last_amq=amq, replacements=state.replacements + improved), improved
 
     def amq(self, params, normalizer: StateNormalizer, key, ctx: Context) -> jax.Array:
         """AM-Q of every member (params with a leading member axis) -> (K,) (module docstring)."""
