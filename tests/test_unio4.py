@@ -217,3 +217,25 @@ def test_train_end_to_end_reports_every_member(offline_data, tmp_path):
         assert seed["final_score"] == pytest.approx(last["normalized_score"][last["chosen"]])
         assert 0.0 <= seed["member_ranking"]["pairwise"] <= 1.0
     assert "member_ranking_top1_mean" in results["summary"]
+
+
+@pytest.mark.parametrize("critic", ["iql", "sarsa"])
+def test_critic_stage_targets_and_schedule(critic):
+    """SARSA pairs each row with the next row's action; timeouts end episodes unless told
+    otherwise; the target Q moves every second step only."""
+    algo = UniO4(**{**SMALL, "critic": critic, "critic_batch_size": 8})
+    rows = dataset(rows=8)._replace(timeouts=jnp.zeros(8).at[3].set(1.0), returns_to_go=jnp.ones(8))
+    training = algo.init_critics(jax.random.key(0), SPEC, rows)
+    np.testing.assert_array_equal(algo.not_done(rows), 1.0 - rows.timeouts)
+    if critic == "sarsa":
+        np.testing.assert_array_equal(training.next_actions[:-1], rows.actions[1:])
+    else:
+        np.testing.assert_array_equal(UniO4(**{**SMALL, "timeouts_terminal": False}).not_done(rows), 1.0)
+    targets = [training.target_q_params]
+    for t in range(2):
+        training, metrics = algo.critic_step(training, rows, jax.random.key(t))
+        assert np.isfinite(metrics["critic_loss"]) and np.isfinite(metrics["value_loss"])
+        targets.append(training.target_q_params)
+    first, second, third = (jax.tree.leaves(t)[-1] for t in targets)
+    np.testing.assert_array_equal(first, second)
+    assert not np.allclose(second, third)
