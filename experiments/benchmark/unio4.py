@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -121,13 +122,15 @@ def markdown(report: dict) -> str:
               "|---|---:|---:|---:|---:|---:|---:|"]
     for bppo, amq in zip(report["bppo"], report["amq"], strict=True):
         at_1000 = amq["seconds_per_model_step"] * 1000
-        with_amq = 1.0 / (1.0 / bppo["updates_per_second_per_seed"] + at_1000 / bppo["seeds"] / 100)
+        # one program step updates every seed once; one AM-Q scores every seed's members at once
+        with_amq = 1.0 / (1.0 / bppo["updates_per_second_per_seed"] + at_1000 / 100)
         lines.append(f"| {bppo['members']} x {bppo['seeds']} | {bppo['updates_per_second_per_seed']:.1f} | "
                      f"{bppo['updates_per_second_total']:.1f} | {bppo['compile_seconds']:.1f} | "
                      f"{amq['seconds']:.1f} ({amq['rollout_length']}) | {at_1000:.0f} | {with_amq:.2f} |")
     lines += ["", "AM-Q scores every member of every seed at once (512 rollouts per member); its time at "
               "1000 steps is scaled linearly from the measured length. The last column is what a run "
-              "with the code's eval_step 100 and rollout_step 1000 would reach."]
+              "with the code's eval_step 100 and rollout_step 1000 would reach. The dynamics' "
+              "1,000,000 steps are its cap (max_steps); early stopping ends it sooner."]
     return "\n".join(lines) + "\n"
 
 
@@ -143,7 +146,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="benchmarks/unio4.json")
     args = parser.parse_args(argv)
     report = {"machine": machine_info(), "load_start": load_average(), "rows": args.rows,
-              "command": "python -m experiments.benchmark.unio4 " + " ".join(argv or []), "stages": [],
+              "command": " ".join(["python -m experiments.benchmark.unio4", *(sys.argv[1:] if argv is None
+                                                                               else argv)]), "stages": [],
               "bppo": [], "amq": []}
     data = synthetic_data(args.rows)
     spec = Spec(OBSERVATION_DIM, ACTION_DIM, 10_000)
