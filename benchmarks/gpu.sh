@@ -10,7 +10,8 @@
 # benchmarks/wheels/ when it exists (no network needed), else from the package index. PyTorch is
 # timed when it is importable there (its CUDA wheels are too large to carry). Sizes, timed seconds
 # and the time budget are experiments/benchmark/gpu.py's defaults (about 7 minutes of
-# measurements); extra arguments are passed on to it, e.g. `benchmarks/gpu.sh --algos iql`.
+# measurements, then evaluation over 1, 2 and one worker process per host core, `eval.workers`,
+# under a minute estimated); extra arguments are passed on to it, e.g. `benchmarks/gpu.sh --algos iql`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

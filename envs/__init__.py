@@ -14,6 +14,7 @@ from envs.environment import (
     evaluate,
     make_env,
     normalized_score,
+    worker_count,
 )
 from envs.generated import NotGenerated
 from envs.preprocessing import (
@@ -29,7 +30,7 @@ __all__ = [
     "REGISTRY", "Dataset", "DatasetError", "DatasetInfo", "Normalizer", "NotGenerated",
     "Preprocessor", "check_action_dim", "check_observation_dim", "episode_seeds", "evaluate",
     "load", "lookup", "make_env", "normalize_states", "normalized_score", "returns_to_go",
-    "transform_rewards",
+    "transform_rewards", "worker_count",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 
@@ -9,6 +10,13 @@ import numpy as np
 
 from envs.dataset import DatasetError
 from envs.registry import DatasetInfo
+
+# `eval.workers=auto` gives each worker process at least this many environments, so that a step's
+# pipe round trip to a worker is spread over at least this many MuJoCo steps, and one or two
+# seeds' D4RL evaluation (10 episodes each) stays on the main process. A choice, not a measured
+# break-even (the shared 2-core development machine was too busy to measure one:
+# benchmarks/evaluation.md).
+AUTO_ENVIRONMENTS_PER_WORKER = 16
 
 
 def make_env(info: DatasetInfo):
@@ -147,41 +155,71 @@ def episode_seeds(training_seeds, evaluation_index: int, episodes: int) -> np.nd
                      for seed in seeds], dtype=np.uint64).reshape(len(seeds), episodes)
 
 
+def worker_count(workers, environments: int) -> int:
+    """The processes that step `environments` environments for `eval.workers` (`auto` or an
+    integer >= 1), never more than the environments; 1 steps them on the main process.
+
+    `auto`: one per idle core (the cores this process may use less the 1-minute load average, the
+    evaluating process itself not counted), at most one per AUTO_ENVIRONMENTS_PER_WORKER
+    environments. Idle, because the workers wait for each other at every step: on a busy machine
+    a descheduled worker holds up all of them, and there evaluating on the main process was the
+    faster (benchmarks/evaluation.md). The returns do not depend on the number of workers."""
+    if workers == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        idle = cores - max(int(os.getloadavg()[0]) - 1, 0) if hasattr(os, "getloadavg") else cores
+        return max(1, min(idle, environments // AUTO_ENVIRONMENTS_PER_WORKER))
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise DatasetError(f"eval.workers must be 'auto' or an integer >= 1 (got {workers!r}); fix the "
+                           "override eval.workers=...")
+    return max(1, min(workers, environments))
+
+
 def evaluate(
     policy: Callable[[np.ndarray], np.ndarray],
     info: DatasetInfo,
     env_seeds: np.ndarray,
     observation_dim: int,
+    workers: int | str = "auto",
 ) -> np.ndarray:
     """Run one episode per entry of `env_seeds` (shape (seeds, episodes), from `episode_seeds`),
-    all in one vector env.
+    all stepped together, over `workers` processes (`worker_count`).
 
     `policy` maps raw observations of shape (seeds, episodes, obs_dim) to actions of shape
     (seeds, episodes, act_dim) in [-1, 1]: one batched call per environment step for all seeds.
-    Returns the undiscounted return of every episode, shape (seeds, episodes).
+    Returns the undiscounted return of every episode, shape (seeds, episodes): the same whatever
+    the number of workers.
     """
+    worker_count(workers, 1)  # a bad setting fails before any environment is built
     check_observation_dim(info, observation_dim)
-    return run_episodes(policy, lambda: make_env(info), env_seeds)
+    return run_episodes(policy, lambda: make_env(info), env_seeds, workers)
 
 
 def run_episodes(policy: Callable[[np.ndarray], np.ndarray], env_factory: Callable,
-                 env_seeds: np.ndarray) -> np.ndarray:
+                 env_seeds: np.ndarray, workers: int | str = "auto") -> np.ndarray:
     """`evaluate` for any environment factory: returns of shape env_seeds.shape, the episode at
-    [i, e] started by resetting its environment with seed env_seeds[i, e]."""
-    import gymnasium as gym
+    [i, e] started by resetting its environment with seed env_seeds[i, e].
+
+    With one worker, one gymnasium vector env on the main process holds every environment; with
+    more, each worker process holds a contiguous share of them (envs/parallel.py). Each
+    environment's episode depends on its seed and its actions only, so the returns do not depend
+    on the split. A failure in a worker is raised as one DatasetError; workers are always closed.
+    """
+    from envs.parallel import Share, WorkerEnvs
 
     num_seeds, episodes = np.shape(env_seeds)
     count = num_seeds * episodes
-    envs = gym.vector.SyncVectorEnv(
-        [env_factory for _ in range(count)], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP
-    )
-    observations, _ = envs.reset(seed=np.asarray(env_seeds).reshape(count).tolist())
-    returns = np.zeros(count)
-    running = np.ones(count, dtype=bool)
-    while running.any():
-        actions = policy(observations.reshape(num_seeds, episodes, -1)).reshape(count, -1)
-        observations, rewards, terminated, truncated, _ = envs.step(np.asarray(actions))
-        returns += np.where(running, rewards, 0.0)
-        running &= ~(terminated | truncated)
-    envs.close()
+    processes = worker_count(workers, count)
+    environments = (Share(env_factory, slice(None)) if processes == 1
+                    else WorkerEnvs(env_factory, count, processes))
+    try:
+        observations = environments.start(np.asarray(env_seeds).reshape(count).tolist())
+        returns = np.zeros(count)
+        running = np.ones(count, dtype=bool)
+        while running.any():
+            actions = policy(observations.reshape(num_seeds, episodes, -1)).reshape(count, -1)
+            observations, rewards, ended = environments.advance(np.asarray(actions))
+            returns += np.where(running, rewards, 0.0)
+            running &= ~ended
+    finally:
+        environments.close()
     return returns.reshape(num_seeds, episodes)

@@ -60,6 +60,10 @@ def check_run_settings(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false (got {value!r}); fix the override {key}=...")
+    try:
+        envs.worker_count(OmegaConf.select(cfg, "eval.workers", default="auto"), 1)  # 'auto' or >= 1
+    except envs.DatasetError as error:
+        raise ConfigError(str(error)) from None
     if cfg.steps == 0 and cfg.online.steps == 0:
         raise ConfigError("steps=0 and online.steps=0: nothing to train; set steps=N (offline "
                           "gradient steps) and/or online.steps=N (environment steps)")

@@ -54,7 +54,8 @@ def evaluation(policy, info, seeds: list[int], cfg, phase: str, step: int, env_s
     tic = time.perf_counter()
     episodes = int(cfg.eval.episodes if phase == "offline" else cfg.online.episodes)
     env_seeds = np.repeat(envs.episode_seeds(seeds, index, episodes), members, axis=0)
-    returns = envs.evaluate(policy, info, env_seeds, observation_dim=observation_dim)
+    returns = envs.evaluate(policy, info, env_seeds, observation_dim=observation_dim,
+                            workers=cfg.eval.get("workers", "auto"))
     by_member = None
     if members > 1:
         returns = returns.reshape(len(seeds), members, episodes)

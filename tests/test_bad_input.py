@@ -224,7 +224,7 @@ def test_resume_falls_back_past_an_unreadable_checkpoint(outcomes):
 @pytest.mark.parametrize("override", [
     "seed=-1", "seeds=0", "steps=-5", "log_every=0", "eval.every=-1", "eval.episodes=-1",
     "checkpoint.every=-1", "checkpoint.keep=0", "watchdog_seconds=-1", "resume=maybe",
-    "dataset.download=sometimes", "steps=1.5",
+    "dataset.download=sometimes", "steps=1.5", "eval.workers=0", "eval.workers=two",
 ])
 def test_every_run_setting_is_checked_alone(override):
     from experiments.config import ConfigError, check_run_settings, compose

@@ -50,7 +50,7 @@ def test_experiment_composes_for_every_dataset_it_names(experiment):
         assert experiment.split("_")[0] in ("offline", "o2o") or cfg.algo.name == experiment.rsplit("_", 1)[0]
         assert cfg.hydra.sweep.dir.startswith("multirun/")
         check_run_settings(cfg)
-        assert (cfg.online.steps > 0) == experiment.startswith("o2o_")
+        assert (cfg.online.steps > 0) == experiment.startswith(("o2o_", "famo2o_"))
         make_algorithm(cfg.algo)  # per-dataset hyperparameters resolve and fit the dataclass
         for key, value in cfg.items():  # every value resolves (hydra's own node needs a running job)
             if key != "hydra" and OmegaConf.is_config(value):

@@ -18,7 +18,8 @@ def test_the_benchmark_writes_every_figure(tmp_path):
     out = tmp_path / "gpu.json"
     report = gpu_benchmark.main(["--algos", "iql", "--trainings", "1", "4", "--width", "8",
                                  "--dataset-size", "2000", "--seconds", "0.2", "--chunk", "5",
-                                 "--eval-steps", "3", "--torch", "--out", str(out)])
+                                 "--eval-steps", "3", "--workers-eval-trainings", "1",
+                                 "--workers-eval-steps", "2", "--torch", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert report["device"] and report["backend"] == "cpu"
     assert [(e["trainings"], e["seeds"]) for e in report["configs"]] == [(1, 1), (4, 4)]
@@ -30,5 +31,8 @@ def test_the_benchmark_writes_every_figure(tmp_path):
         assert entry["xla_temp_bytes"] > 0 and entry["compile_seconds"] > 0
     assert report["configs"][1]["grid"] == {"expectile": [0.6]}
     assert "torch" in report
+    rows = report["evaluation_workers"]["rows"]  # 1 training's 10 episodes on 1, 2, ... processes
+    assert [row["workers"] for row in rows] == sorted({1, 2, report["cores"]})
+    assert all(row["environments"] == 10 and row["same_returns_as_first"] for row in rows)
     table = out.with_suffix(".md").read_text()
-    assert "| iql | 4 (4 x 1) |" in table and "1080 Ti" in table
+    assert "| iql | 4 (4 x 1) |" in table and "1080 Ti" in table and "| 1 | 10 | 2 |" in table

@@ -17,6 +17,9 @@ on 1M synthetic transitions of HalfCheetah's shapes held on the device, batch 25
   * for IQL, the evaluation cost: the batched policy of N trainings stepping N HalfCheetah-v5
     environments of one gymnasium vector env on the host CPUs, seconds per step, and what the
     D4RL protocol's evaluation (10 episodes of 1000 steps per training) costs at that rate;
+  * evaluation over worker processes (`eval.workers`, experiments/benchmark/evaluation.py): the
+    D4RL hopper's evaluation of 8, 32 and 128 trainings (10 episodes each, `--workers-eval-steps`
+    steps) on the main process, with 2 workers and with one per host core;
   * with `--torch`, the same IQL update in eager PyTorch (experiments/benchmark/torch_iql.py) on
     the same device, one training, when torch is importable.
 The anchor (issue 16): JAX-CORL's 1M IQL updates in 9 min on one GTX 1080 Ti, one training per
@@ -42,6 +45,7 @@ import algorithms
 import envs
 from algorithms import Spec
 from experiments import loop
+from experiments.benchmark import evaluation as evaluation_benchmark
 from experiments.grid import Grid
 
 GRID_FIELD = {"iql": ("expectile", 0.6, 0.9), "td3_bc": ("alpha", 1.0, 10.0),
@@ -128,6 +132,20 @@ def bench_evaluation(policy_parts, trainings: int, steps: int) -> dict:
             "eval_seconds_d4rl_protocol": per_step * 10 * 1000}  # 10 episodes x 1000 steps
 
 
+def bench_evaluation_workers(trainings: list[int], steps: int) -> dict:
+    """`eval.workers` on the host cores (experiments/benchmark/evaluation.py): 10 episodes per
+    training on 1, 2 and one process per core, timed once each; an error is recorded."""
+    section = {"episodes": 10, "steps": steps, "repeats": 1,
+               "load_before": [round(x, 2) for x in os.getloadavg()]}
+    try:
+        section["rows"] = evaluation_benchmark.run(trainings, evaluation_benchmark.default_workers(),
+                                                   section["episodes"], steps, section["repeats"])
+    except Exception as error:  # recorded; the report is still written
+        section["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    section["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    return section
+
+
 def bench_torch(width: int, dataset_size: int, seconds: float) -> dict:
     """IQL in eager PyTorch (experiments/benchmark/torch_iql.py's update) on the GPU if there is one."""
     try:
@@ -181,6 +199,12 @@ def markdown(report: dict) -> str:
             f"{e['updates_per_second_per_training']:,.0f} | {e['updates_per_second_total']:,.0f} | "
             f"{e['seconds_to_1M_updates'] / 60:,.1f} | {e['compile_seconds']:.1f} | "
             f"{mib(e['xla_temp_bytes'])} | {mib(e['peak_device_bytes_so_far'])} | {evaluation} |")
+    workers = report.get("evaluation_workers")
+    if workers:
+        lines += ["", "## Evaluation over worker processes (eval.workers)", "",
+                  f"{evaluation_benchmark.describe(workers)} Load average {workers['load_before']} before, "
+                  f"{workers['load_after']} after.", "",
+                  *(evaluation_benchmark.table(workers["rows"]) if "rows" in workers else [workers["error"]])]
     torch_result = report.get("torch")
     if torch_result:
         lines += ["", f"PyTorch IQL (eager, one training): {json.dumps(torch_result)}"]
@@ -199,8 +223,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per configuration")
     parser.add_argument("--chunk", type=int, default=100, help="updates per compiled call")
     parser.add_argument("--eval-steps", type=int, default=50, help="environment steps timed (0: off)")
+    parser.add_argument("--workers-eval-trainings", nargs="+", type=int, default=[8, 32, 128])
+    parser.add_argument("--workers-eval-steps", type=int, default=100,
+                        help="steps of each episode of the eval.workers measurement (0: off)")
     parser.add_argument("--torch", action="store_true", help="also time IQL in eager PyTorch")
-    parser.add_argument("--budget", type=float, default=420.0,
+    parser.add_argument("--budget", type=float, default=390.0,
                         help="seconds after which no new configuration starts")
     parser.add_argument("--out", help="JSON path (default benchmarks/gpu-<device>.json); .md beside it")
     return parser.parse_args(argv)
@@ -239,6 +266,10 @@ def main(argv=None) -> dict:
             report["configs"].append(entry)
             print(json.dumps({k: v for k, v in entry.items() if k != "grid"}), flush=True)
             write()
+    if args.workers_eval_steps:
+        report["evaluation_workers"] = bench_evaluation_workers(args.workers_eval_trainings,
+                                                                args.workers_eval_steps)
+        write()
     if args.torch:
         report["torch"] = bench_torch(args.width, args.dataset_size, args.seconds)
         write()
