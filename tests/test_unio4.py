@@ -252,7 +252,8 @@ def test_offline_phase_beats_behaviour_cloning(tmp_path, monkeypatch):
     """On local/pendulum-mixed (a quarter good episodes): the toy settings of configs/algo/unio4.yaml
     (critics 2x256 for 20k steps, 4 BC members 3x256 for 10k, AM-Q over 100-step rollouts), the
     dynamics ensemble 4x64 for at most 10k steps, 2000 BPPO updates, 3 seeds, against BC (64x2,
-    20k steps). Measured: see docs/algorithms/unio4.md."""
+    20k steps). Measured 2026-12-02 (2 shared cores, load ~10, 11.6 min): Uni-O4 101.3 ± 1.7 (seeds
+    102.2, 98.9, 102.8), BC 18.9 ± 8.5."""
     from experiments.config import compose
     from experiments.train import run
 
