@@ -43,16 +43,30 @@ class MetricsFile:
 
 
 def evaluation(policy, info, seeds: list[int], cfg, phase: str, step: int, env_step: int, index: int,
-               observation_dim: int) -> dict:
+               observation_dim: int, members: int = 1, choose=None) -> dict:
     """Evaluation number `index` of every seed's deterministic policy, on episodes that depend on
     the seed's value and `index` only (`envs.episode_seeds`: a seed scores the same alone or in any
-    batch; the online phase's evaluations continue the offline index); every episode's return."""
+    batch; the online phase's evaluations continue the offline index); every episode's return.
+    With `members` > 1 (`policy` from `make_policy(..., members=...)`), every member of a seed plays
+    the seed's episodes; `choose(scores (seeds, members))` returns the algorithm's record (the chosen
+    member per seed, optionally its estimates), the seed's entry is its chosen member's and
+    "members" keeps every member's scores beside the record."""
     tic = time.perf_counter()
     episodes = int(cfg.eval.episodes if phase == "offline" else cfg.online.episodes)
-    returns = envs.evaluate(policy, info, envs.episode_seeds(seeds, index, episodes),
-                            observation_dim=observation_dim, workers=cfg.eval.get("workers", "auto"))
+    env_seeds = np.repeat(envs.episode_seeds(seeds, index, episodes), members, axis=0)
+    returns = envs.evaluate(policy, info, env_seeds, observation_dim=observation_dim,
+                            workers=cfg.eval.get("workers", "auto"))
+    by_member = None
+    if members > 1:
+        returns = returns.reshape(len(seeds), members, episodes)
+        scores = envs.normalized_score(returns, info)
+        record = choose((returns if scores is None else scores).mean(axis=-1))
+        by_member = {"return": returns.mean(axis=-1).tolist(),
+                     "normalized_score": None if scores is None else scores.mean(axis=-1).tolist(),
+                     **{name: np.asarray(value).tolist() for name, value in record.items()}}
+        returns = returns[np.arange(len(seeds)), np.asarray(record["chosen"])]
     scores = envs.normalized_score(returns, info)
-    return {
+    entry = {
         "phase": phase,
         "step": step,
         "env_step": env_step,
@@ -61,6 +75,29 @@ def evaluation(policy, info, seeds: list[int], cfg, phase: str, step: int, env_s
         "episode_returns": returns.tolist(),
         "seconds": time.perf_counter() - tic,
     }
+    if by_member is not None:
+        entry["members"] = by_member
+    return entry
+
+
+def member_ranking(evaluations: list[dict], seed_index: int) -> dict | None:
+    """How the algorithm's offline estimates of its members (Uni-O4's AM-Q) rank them against their
+    real scores, over a seed's evaluations: the fraction where the best estimate is the best real
+    member ("top1") and the fraction of member pairs ordered alike ("pairwise"); None without
+    estimates."""
+    top, pairs = [], []
+    for entry in evaluations:
+        members = entry.get("members")
+        if not members or "estimates" not in members:
+            continue
+        real = np.asarray(members["normalized_score"] or members["return"])[seed_index]
+        estimate = np.asarray(members["estimates"])[seed_index]
+        top.append(real[np.argmax(estimate)] == real.max())
+        i, j = np.triu_indices(len(real), k=1)
+        pairs.extend(np.sign(real[i] - real[j]) == np.sign(estimate[i] - estimate[j]))
+    if not top:
+        return None
+    return {"top1": float(np.mean(top)), "pairwise": float(np.mean(pairs)) if pairs else None}
 
 
 def _scores(evaluations: list[dict], i: int) -> list[float]:
@@ -101,6 +138,11 @@ def results(cfg, seeds: list[int], history: dict, info, updates_per_second: floa
             else None,
             "episode_returns": {e["step"]: e["episode_returns"][i] for e in offline},
         }
+        if any("members" in e for e in offline):  # every member's offline scores (Uni-O4)
+            entry["members"] = {e["step"]: {name: None if values is None else values[i]
+                                            for name, values in e["members"].items()}
+                                for e in offline if "members" in e}
+            entry["member_ranking"] = member_ranking(offline, i)
         if online:
             entry.update({
                 "offline_score": offline_scores[-1] if offline_scores else None,
@@ -145,6 +187,9 @@ def summarize(per_seed: list[dict], online: bool) -> dict | None:
                    "final_score_iqm": iqm(finals),
                    "best_score_mean": float(np.mean([s["best_score"] for s in counted])),
                    "seeds_counted": [s["seed"] for s in counted]}
+        rankings = [s["member_ranking"] for s in counted if s.get("member_ranking")]
+        if rankings:  # how well the algorithm's own estimates rank its members (Uni-O4's AM-Q)
+            summary["member_ranking_top1_mean"] = float(np.mean([r["top1"] for r in rankings]))
         if online:
             offline_scores = [s["offline_score"] for s in counted if s["offline_score"] is not None]
             summary["offline_score_mean"] = float(np.mean(offline_scores)) if offline_scores else None

@@ -95,11 +95,22 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     states, buffers, values, keys = loop.shard_seeds(trees["states"], trees["buffers"], values,
                                                      trees["keys"])
     policy = loop.make_policy(algo, prepared.preprocessor, values=values)
+    member_policy = loop.make_policy(algo, prepared.preprocessor, values=values, members=algo.members())
     columns = grid.columns()  # each training's seed and grid values, for metrics.jsonl
 
     def evaluate(states, phase, step, env_step=0):
-        entry = evaluation(policy(states), info, seeds, cfg, phase, step, env_step,
-                           index=len(history["evaluations"]), observation_dim=raw.observation_dim)
+        """Returns the states: offline, an algorithm with several members per seed (Uni-O4) scores
+        them all and chooses the one its seed acts with (`Algorithm.choose`)."""
+        members = algo.members() if phase == "offline" else 1
+        chosen = {"states": states}
+
+        def choose(scores):
+            chosen["states"], record = loop.choose_members(algo, states, scores)
+            return record
+
+        entry = evaluation((member_policy if members > 1 else policy)(states), info, seeds, cfg, phase,
+                           step, env_step, index=len(history["evaluations"]),
+                           observation_dim=raw.observation_dim, members=members, choose=choose)
         history["evaluations"].append(entry)
         metrics.write({"type": "eval", **entry, **columns})
         score = entry["normalized_score"] or entry["return"]
@@ -107,6 +118,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                  f" (environment step {env_step})" if phase == "online" else "",
                  "normalized score" if entry["normalized_score"] else "return", np.mean(score),
                  np.std(score), len(seeds), entry["seconds"])
+        return chosen["states"]
 
     def save(phase, states, buffers, keys, step, env_step, stopped):
         checkpointer.save(step + env_step, {"states": states, "buffers": buffers, "keys": keys},
@@ -134,7 +146,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             bar.update(stop - step)
             step = stop
             if eval_every and (step % eval_every == 0 or step == cfg.steps):
-                evaluate(states, "offline", step)
+                states = evaluate(states, "offline", step)
             if (save_every and step % save_every == 0) or step == cfg.steps:
                 save("offline", states, buffers, keys, step, 0, runner.stopped)
         bar.close()

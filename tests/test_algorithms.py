@@ -36,7 +36,8 @@ def random_batch(key, size=16, spec=SPEC) -> Dataset:
 
 
 def small(name, **overrides):
-    return algorithms.get(name)(hidden_dims=(8, 8), batch_size=16, **overrides)
+    widths = {"hidden_dims": (8, 8)} if "hidden_dims" in algorithms.get(name).__dataclass_fields__ else {}
+    return algorithms.get(name)(**widths, batch_size=16, **overrides)
 
 
 def test_expectile_loss_by_hand():
@@ -209,7 +210,9 @@ def test_orthogonal_init_matches_flax_without_lapack(shape):
 
 
 # Settings an algorithm cannot run without, and small rollouts (MOPO's buffer is allocated here).
-REQUIRED = {"mopo": {"termination": "hopper", "rollout_batch": 8}}
+REQUIRED = {"mopo": {"termination": "hopper", "rollout_batch": 8},
+            "unio4": {"termination": "hopper", "rollout_batch": 8, "rollout_length": 2, "num_members": 2,
+                      "policy_hidden_dims": (8,), "q_hidden_dims": (8,), "v_hidden_dims": (8,)}}
 
 
 @pytest.mark.parametrize("name", algorithms.available())
@@ -222,14 +225,14 @@ def test_compiled_programs_call_no_custom_kernels(name):
     algo = small(name, **REQUIRED.get(name, {}))
     data = random_batch(jax.random.key(0), size=64)
     keys = jax.random.split(jax.random.key(1), 3)
-    init = jax.jit(jax.vmap(algo.init, in_axes=(0, None, None)), static_argnums=1)
-    programs = [init.lower(keys, SPEC, data).as_text()]
-    states = jax.eval_shape(jax.vmap(lambda key: algo.init(key, SPEC, data)), keys)
-    states = states.replace(step=jax.ShapeDtypeStruct((), states.step.dtype))
     ctx = Context(Transitions.from_dataset(data))
-    # the stages' results (SPOT's VAE, MOPO's dynamics) are part of the context
+    # the stages' results (SPOT's VAE, MOPO's dynamics, Uni-O4's policies) are part of the context
     ctx = ctx.replace(stages={stage.name: stage.result(stage.init(jax.random.key(0), SPEC, data))
                               for stage in algo.stages(SPEC)})
+    init = jax.jit(jax.vmap(algo.init, in_axes=(0, None, None)), static_argnums=1)
+    programs = [init.lower(keys, SPEC, ctx).as_text()]
+    states = jax.eval_shape(jax.vmap(lambda key: algo.init(key, SPEC, ctx)), keys)
+    states = states.replace(step=jax.ShapeDtypeStruct((), states.step.dtype))
     buffers = loop.init_buffers(algo, SPEC, ctx, 3)
     programs.append(loop.make_train_chunk(algo, 2).lower(states, buffers, keys, ctx).as_text())
     for text in programs:

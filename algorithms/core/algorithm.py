@@ -9,6 +9,7 @@
     init_buffer(spec, ctx) / fill_buffer(...)  a per-seed buffer the algorithm fills itself (MOPO)
     buffer_metrics(buffer) -> metrics         logged with each offline update (MOPO's rollouts)
     early_stop(metrics) -> (stop per seed, reason)
+    members() / member_state(state, i) / choose(state, scores)   several candidate policies per seed
 
 `ctx` is the shared, read-only `Context` (the device dataset, the frozen stage results, host-side
 helpers such as PRDC's KD-tree): every seed reads the same one and it never enters a seed's state
@@ -25,6 +26,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -262,6 +264,22 @@ class Algorithm:
         """Metrics read from a seed's offline buffer after `fill_buffer`, logged with the update's
         (MOPO: its last refresh's rollout statistics); none for most algorithms."""
         return {}
+
+    def members(self) -> int:
+        """Candidate policies per seed that every offline evaluation scores (Uni-O4's ensemble);
+        1 for most algorithms (then `member_state` and `choose` are never called)."""
+        return 1
+
+    def member_state(self, state, index):
+        """`state` acting with member `index` (a traced integer) instead of its chosen one."""
+        return state
+
+    def choose(self, state, scores: jax.Array):
+        """After each offline evaluation, per seed: `scores` (members,) are every member's real
+        evaluation scores; returns (the state acting with the member the algorithm chooses, a dict
+        of arrays to record, with "chosen" (the member) and optionally "estimates" (members,), the
+        algorithm's own offline estimate of each member)."""
+        return state, {"chosen": jnp.zeros((), jnp.int32)}
 
     def early_stop(self, metrics: dict) -> tuple[np.ndarray, str]:
         """Checked on the host after every compiled chunk, offline and online, on the chunk's
