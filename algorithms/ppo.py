@@ -53,6 +53,7 @@ def scratch_ppo() -> PPOConfig:
 @dataclass
 class PPO(Algorithm):
     name = "ppo"
+    learns_offline = False
     hidden_dims: tuple[int, ...] = (64, 64)
     activation: str = "tanh"  # of both networks' hidden layers: tanh | relu
     log_std_min: float = -5.0  # the policy's log std lies in (log_std_min, log_std_max)
@@ -82,9 +83,6 @@ class PPO(Algorithm):
         return actor, ValueMLP(self.hidden_dims, self.activation)
 
     def init(self, key, spec: Spec, ctx: Context | None = None) -> PPOState:
-        if spec.total_steps:
-            raise SettingsError(f"algo=ppo learns online only, from its own rollouts (got steps="
-                                f"{spec.total_steps} offline steps); set steps=0 online.steps=N")
         actor_key, critic_key = jax.random.split(key)
         actor, critic = self.networks(spec.action_dim)
         observations = jnp.zeros((1, spec.observation_dim))

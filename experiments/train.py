@@ -38,6 +38,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train as configured, writing into `run_dir`; returns the results dict."""
     check_run_settings(cfg)
     algo = make_algorithm(cfg.algo)
+    if not algo.learns_offline and cfg.steps:
+        raise SettingsError(f"algo={algo.name} learns online only, from its own rollouts (got steps="
+                            f"{cfg.steps} offline steps); set steps=0 online.steps=N")
     grid = grids.make_grid(cfg, algo, list(range(cfg.seed, cfg.seed + cfg.seeds)))
     raw, info = load(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path, cfg.dataset.download)
     online_steps = int(cfg.online.steps)

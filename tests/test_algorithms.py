@@ -8,13 +8,14 @@ import pytest
 
 import algorithms
 from algorithms import Spec
-from algorithms.core.algorithm import Context
+from algorithms.core.algorithm import Context, OnlineConfig
 from algorithms.core.networks import (
     GaussianActor,
     TanhGaussianActor,
     critic_ensemble,
     orthogonal_init,
 )
+from algorithms.core.ppo import PPOConfig
 from algorithms.core.replay import Transitions
 from algorithms.iql import expectile_loss
 from algorithms.td3_bc import td3_bc_actor_loss
@@ -211,6 +212,8 @@ def test_orthogonal_init_matches_flax_without_lapack(shape):
 
 # Settings an algorithm cannot run without, and small rollouts (MOPO's buffer is allocated here).
 REQUIRED = {"mopo": {"termination": "hopper", "rollout_batch": 8},
+            "ppo": {"online": OnlineConfig(replay="on_policy", block=16),
+                    "ppo": PPOConfig(minibatch_size=8, epochs=2)},
             "unio4": {"termination": "hopper", "rollout_batch": 8, "rollout_length": 2, "num_members": 2,
                       "policy_hidden_dims": (8,), "q_hidden_dims": (8,), "v_hidden_dims": (8,)}}
 
@@ -225,7 +228,8 @@ def test_compiled_programs_call_no_custom_kernels(name):
     algo = small(name, **REQUIRED.get(name, {}))
     data = random_batch(jax.random.key(0), size=64)
     keys = jax.random.split(jax.random.key(1), 3)
-    ctx = Context(Transitions.from_dataset(data))
+    phase = "offline" if algo.learns_offline else "online"  # PPO: on its own rollouts only
+    ctx = Context(Transitions.from_dataset(data), phase=phase)
     # the stages' results (SPOT's VAE, MOPO's dynamics, Uni-O4's policies) are part of the context
     ctx = ctx.replace(stages={stage.name: stage.result(stage.init(jax.random.key(0), SPEC, data))
                               for stage in algo.stages(SPEC)})
@@ -233,7 +237,8 @@ def test_compiled_programs_call_no_custom_kernels(name):
     programs = [init.lower(keys, SPEC, ctx).as_text()]
     states = jax.eval_shape(jax.vmap(lambda key: algo.init(key, SPEC, ctx)), keys)
     states = states.replace(step=jax.ShapeDtypeStruct((), states.step.dtype))
-    buffers = loop.init_buffers(algo, SPEC, ctx, 3)
-    programs.append(loop.make_train_chunk(algo, 2).lower(states, buffers, keys, ctx).as_text())
+    buffers = (loop.init_buffers(algo, SPEC, ctx, 3) if algo.learns_offline
+               else loop.replay_buffers(algo.online.block, SPEC, 3))
+    programs.append(loop.make_train_chunk(algo, 2, phase).lower(states, buffers, keys, ctx).as_text())
     for text in programs:
         assert "custom_call" not in text

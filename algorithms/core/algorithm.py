@@ -199,6 +199,7 @@ class Algorithm:
     """
 
     name: ClassVar[str] = ""
+    learns_offline: ClassVar[bool] = True  # False: online only, from its own rollouts (steps=0)
     batch_size: int = 256
     normalize_states: bool = False  # standardize states with dataset mean / (std + 1e-3)
     reward: RewardConfig = field(default_factory=RewardConfig)
