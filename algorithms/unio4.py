@@ -1,5 +1,6 @@
-"""Uni-O4, offline phase (Lei et al., ICLR 2024), as in the authors' code (Lei-Kun/Uni-O4: main.py,
-critic.py, BC_ensemble.py, abppo.py, dynamics_eval.py, net.py; shared research notes §2.1 and §6).
+"""Uni-O4 (Lei et al., ICLR 2024): multi-step BPPO offline, then PPO online, as in the authors' code
+(Lei-Kun/Uni-O4: main.py, critic.py, BC_ensemble.py, abppo.py, dynamics_eval.py, net.py, and
+ppo_finetune/ for the online phase; shared research notes §2 and §6).
 
 Stages, trained once per dataset and settings and shared by every seed (the reference trains them
 per seed; `critic_seed` / `bc_seed` / `dynamics.seed` give other ones):
@@ -47,6 +48,20 @@ bias; use it to compare offline scores. results.json keeps every member's scores
 States: the networks see standardized states (`state_norm`, the code's --is_state_norm; mean and
 std + 1e-3 of the dataset, the project's convention, where the code adds 1e-10), while the dynamics
 model and the termination rules read raw ones; so the loop's `normalize_states` stays false.
+Online phase (`online.steps=N`; ppo_finetune/main.py, ppo.py): `begin_online` hands the chosen member
+to PPO (algorithms/core/ppo.py) with the offline V as its critic, and the loop's on-policy driver
+gives every rollout of `online.block` (2048) environment steps to one PPO update (clip 0.05 for the
+policy and the value, entropy 0.01, GAE(0.99, 0.95), minibatches of 128, K epochs and lr_a per
+dataset, lr_c 2e-4, both decayed linearly to 0 at 3M environment steps). The networks keep seeing
+states standardized with the offline statistics, frozen. Rewards: `ppo.reward_scaling` per dataset,
+"none", "number" (r x 0.1) or "dynamic" (r / the running std of the discounted return, started on the
+offline data and updated online); with scaling, the code re-fits V before the online phase (stage
+"online_value": 3 x 256 ReLU layers and a ReLU output, Monte-Carlo regression on the scaled dataset
+rewards, lr 1e-4, batch 512, 1M steps). At the hand-over the code's online network applies tanh once
+more to the log-std head (`online_extra_tanh`, default true: the code's online results come from
+it), which moves the std toward exp(-2.5) and leaves the mean unchanged; false keeps the offline
+policy exactly.
+
 Not implemented: AntMaze's BC on positive-return transitions only (--is_filter_bc) and the code's
 re-derived AntMaze timeouts; the code's --temperature and --decay are dead (notes §6).
 """
@@ -65,9 +80,17 @@ from flax.training.train_state import TrainState
 
 import envs
 from algorithms import register
-from algorithms.core.algorithm import Algorithm, Context, SettingsError, Spec, Stage
+from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, SettingsError, Spec, Stage
 from algorithms.core.dynamics import DynamicsConfig, dynamics_stage, sample_start_states, step
-from algorithms.core.networks import BoundedGaussianPolicy, ValueNetwork, critic_ensemble
+from algorithms.core.networks import MLP, BoundedGaussianPolicy, ValueNetwork, critic_ensemble
+from algorithms.core.ppo import (
+    PPOConfig,
+    PPOState,
+    ReturnScaler,
+    clipped_surrogate,
+    init_ppo_state,
+    ppo_update,
+)
 from algorithms.core.training import copy_params, create_train_state, soft_update
 from algorithms.iql import expectile_loss
 from envs.termination import TERMINATIONS, never, termination_for
@@ -107,11 +130,6 @@ def bc_ensemble_loss(log_probs: jax.Array, alpha_bc: float) -> jax.Array:
     others = jnp.where(jnp.eye(members, dtype=bool)[:, :, None], -jnp.inf,
                        jax.lax.stop_gradient(log_probs)[None])
     return (-log_probs - alpha_bc * (log_probs - others.max(axis=1))).mean(axis=1)
-
-
-def ppo_clip_loss(ratio: jax.Array, advantage: jax.Array, clip: float) -> jax.Array:
-    """-E[min(rho A, clip(rho, 1 - eps, 1 + eps) A)]."""
-    return -jnp.minimum(ratio * advantage, jnp.clip(ratio, 1.0 - clip, 1.0 + clip) * advantage).mean()
 
 
 def normalized_advantage(advantage: jax.Array, omega: float | None = None) -> jax.Array:
@@ -180,6 +198,52 @@ class UniO4State:
 
 
 @flax.struct.dataclass
+class UniO4Online(PPOState):
+    """One seed online: PPO's state (the chosen member, the critic, the return scaler) and the
+    offline state statistics, frozen."""
+
+    normalizer: StateNormalizer
+
+
+class ReluValueNetwork(nn.Module):
+    """The code's re-fitted online V (ppo_finetune/net.py:ValueReluMLP): ReLU layers and a ReLU
+    output, so V >= 0."""
+
+    hidden_dims: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> jax.Array:
+        return nn.relu(MLP(self.hidden_dims, 1, init_scheme="torch")(observations)).squeeze(-1)
+
+
+@flax.struct.dataclass
+class ValueRefit:
+    """Stage "online_value" while it trains: V and its targets, the Monte-Carlo returns of the
+    scaled dataset rewards, row by row (the stage draws its own rows)."""
+
+    value: TrainState
+    observations: jax.Array  # standardized
+    returns: jax.Array
+    scaler: ReturnScaler  # after its pass over the dataset: where the online scaling starts
+
+
+@flax.struct.dataclass
+class OnlineValue:
+    params: Any
+    scaler: ReturnScaler
+
+
+def discounted_returns(rewards: jax.Array, not_done: jax.Array, discount: float) -> jax.Array:
+    """G_i = r_i + gamma not_done_i G_{i+1} over the dataset in order (the code's compute_return)."""
+    def backwards(later, row):
+        reward, alive = row
+        ret = reward + discount * alive * later
+        return ret, ret
+
+    return jax.lax.scan(backwards, jnp.zeros(()), (rewards, not_done), reverse=True)[1]
+
+
+@flax.struct.dataclass
 class BCTraining:
     policies: TrainState  # K members, stacked parameters
     normalizer: StateNormalizer
@@ -227,10 +291,21 @@ class UniO4(Algorithm):
     # hand-over
     handover: str = "code"
     handover_top_k: int = 3
+    # online PPO (ppo_finetune/): its hyperparameters, the code's std quirk, the V re-fit with scaling
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    online: OnlineConfig = field(default_factory=lambda: OnlineConfig(replay="on_policy", block=2048))
+    online_extra_tanh: bool = True
+    value_refit_hidden_dims: tuple[int, ...] = (256, 256, 256)  # --v_hidden_width 256, --v_depth 3
+    value_refit_lr: float = 1e-4
+    value_refit_batch_size: int = 512
+    value_refit_steps: int = 1_000_000
+    value_refit_seed: int = 0
 
     def __post_init__(self):
         if isinstance(self.dynamics, dict):
             self.dynamics = DynamicsConfig(**self.dynamics)
+        if isinstance(self.ppo, dict):
+            self.ppo = PPOConfig(**self.ppo)
         super().__post_init__()
         choices = [("critic", CRITICS), ("handover", HANDOVERS), ("policy_activation", tuple(ACTIVATIONS))]
         for name, allowed in choices:
@@ -243,6 +318,12 @@ class UniO4(Algorithm):
         if self.critic == "sarsa" and not self.timeouts_terminal:
             raise SettingsError("algo.critic=sarsa needs algo.timeouts_terminal=true (the dataset has no "
                                 "next action after a truncation)")
+        if self.online.replay != "on_policy":
+            raise SettingsError(f"Uni-O4 fine-tunes with PPO on its own rollouts: algo.online.replay must "
+                                f"be on_policy (got {self.online.replay!r}); fix the override")
+        if self.online.block % self.ppo.minibatch_size:
+            raise SettingsError(f"algo.online.block={self.online.block} (the rollout) must be a multiple "
+                                f"of algo.ppo.minibatch_size={self.ppo.minibatch_size}; fix one of them")
         if not 0.0 < self.clip_ratio < 1.0:
             raise SettingsError(f"algo.clip_ratio must lie in (0, 1) (got {self.clip_ratio})")
         if self.termination is not None and self.termination not in TERMINATIONS:
@@ -253,9 +334,9 @@ class UniO4(Algorithm):
 
     # ---- networks ------------------------------------------------------------------------------
 
-    def policy_network(self, action_dim: int) -> BoundedGaussianPolicy:
+    def policy_network(self, action_dim: int, extra_tanh: bool = False) -> BoundedGaussianPolicy:
         return BoundedGaussianPolicy(tuple(self.policy_hidden_dims), action_dim,
-                                     ACTIVATIONS[self.policy_activation])
+                                     ACTIVATIONS[self.policy_activation], extra_tanh=extra_tanh)
 
     def critic_networks(self):
         members = 2 if self.critic == "iql" else 1
@@ -296,7 +377,42 @@ class UniO4(Algorithm):
             Stage("bc", self.bc_steps, self.bc_batch_size, self.init_bc, self.bc_step, bc_settings,
                   result=lambda t: PolicyEnsemble(t.policies.params, t.normalizer)),
             dynamics_stage(self.dynamics, spec),
+            *([self.value_refit_stage(common)] if self.ppo.reward_scaling != "none" else []),
         ]
+
+    def value_refit_stage(self, common: dict) -> Stage:
+        """The online V the code re-fits when rewards are scaled (module docstring)."""
+        settings = {**common, "reward_scaling": self.ppo.reward_scaling, "discount": self.ppo.discount,
+                    "timeouts_terminal": self.timeouts_terminal,
+                    "hidden_dims": list(self.value_refit_hidden_dims), "lr": self.value_refit_lr,
+                    "batch_size": self.value_refit_batch_size, "steps": self.value_refit_steps,
+                    "seed": self.value_refit_seed}
+        return Stage("online_value", self.value_refit_steps, self.value_refit_batch_size,
+                     self.init_value_refit, self.value_refit_step, settings,
+                     result=lambda t: OnlineValue(t.value.params, t.scaler))
+
+    def init_value_refit(self, key, spec: Spec, data) -> ValueRefit:
+        """Rewards scaled over the dataset in order (the code's reward_normalize: "dynamic" leaves
+        each episode's last row unscaled), then their Monte-Carlo returns."""
+        not_done = self.not_done(data)
+        scaler, rewards = ReturnScaler.create().scale(data.rewards, 1.0 - not_done, self.ppo.reward_scaling,
+                                                      self.ppo.discount, skip_episode_ends=True)
+        normalizer = StateNormalizer.fit(data.observations, self.state_norm)
+        network = ReluValueNetwork(tuple(self.value_refit_hidden_dims))
+        observations = normalizer(data.observations)
+        value = create_train_state(network, network.init(key, observations[:1]), self.value_refit_lr)
+        returns = discounted_returns(rewards, not_done, self.ppo.discount)
+        return ValueRefit(value, observations, returns, scaler)
+
+    def value_refit_step(self, training: ValueRefit, batch, key):
+        rows = jax.random.randint(key, (self.value_refit_batch_size,), 0, training.returns.shape[0])
+
+        def loss(params):
+            predicted = training.value.apply_fn(params, training.observations[rows])
+            return ((predicted - training.returns[rows]) ** 2).mean()
+
+        value_loss, grads = jax.value_and_grad(loss)(training.value.params)
+        return training.replace(value=training.value.apply_gradients(grads=grads)), {"value_loss": value_loss}
 
     def init_critics(self, key, spec: Spec, data) -> CriticTraining:
         q_network, v_network = self.critic_networks()
@@ -394,9 +510,13 @@ class UniO4(Algorithm):
                           jnp.argmax(amq).astype(jnp.int32), bc.normalizer, jnp.zeros((), jnp.int32),
                           max(spec.total_steps, 1))
 
-    def update(self, state: UniO4State, batch, key, ctx: Context):
-        """One BPPO step of every member on the same states; every `eval_step` updates, AM-Q and
-        the replacement of the old policies that improved."""
+    def update(self, state: UniO4State | UniO4Online, batch, key, ctx: Context):
+        """Offline: one BPPO step of every member on the same states; every `eval_step` updates,
+        AM-Q and the replacement of the old policies that improved. Online: PPO on one rollout."""
+        if isinstance(state, UniO4Online):
+            standardized = batch._replace(observations=state.normalizer(batch.observations),
+                                          next_observations=state.normalizer(batch.next_observations))
+            return ppo_update(self.ppo, state, standardized, key)
         critics: Critics = ctx.stages["critics"]
         s = state.normalizer(batch.observations)
         member_keys = jax.random.split(key, self.num_members + 1)
@@ -410,8 +530,8 @@ class UniO4(Algorithm):
             old_log_prob = old.log_prob(actions)
 
             def loss(params):
-                ratio = jnp.exp(policy.apply_fn(params, s).log_prob(actions) - old_log_prob)
-                return ppo_clip_loss(ratio, advantage, clip)
+                return clipped_surrogate(policy.apply_fn(params, s).log_prob(actions), old_log_prob,
+                                         advantage, clip)
 
             value, grads = jax.value_and_grad(loss)(policy.params)
             return policy.apply_gradients(grads=grads), value
@@ -468,11 +588,28 @@ class UniO4(Algorithm):
 
     # ---- acting and the hand-over ----------------------------------------------------------------
 
-    def act(self, state: UniO4State, observations, key, deterministic: bool = True):
-        """The chosen member: its mean action when deterministic, else a sample; clipped to [-1, 1]."""
-        dist = state.policies.apply_fn(member_params(state), state.normalizer(observations))
+    def act(self, state: UniO4State | UniO4Online, observations, key, deterministic: bool = True):
+        """The chosen member (online: the PPO policy): its mean action when deterministic, else a
+        sample; clipped to [-1, 1]."""
+        policy, params = ((state.actor, state.actor.params) if isinstance(state, UniO4Online)
+                          else (state.policies, member_params(state)))
+        dist = policy.apply_fn(params, state.normalizer(observations))
         actions = dist.mean() if deterministic else dist.sample(seed=key)
         return jnp.clip(actions, -1.0, 1.0)
+
+    def begin_online(self, state: UniO4State, spec: Spec, ctx: Context) -> UniO4Online:
+        """PPO from the chosen member and the offline V (the re-fitted one when rewards are scaled,
+        with the return scaler its pass over the dataset left); new optimisers."""
+        actor = self.policy_network(spec.action_dim, extra_tanh=self.online_extra_tanh)
+        if self.ppo.reward_scaling == "none":
+            critics: Critics = ctx.stages["critics"]
+            critic, critic_params, scaler = critics.v_network, critics.v_params, None
+        else:
+            refit: OnlineValue = ctx.stages["online_value"]
+            critic = ReluValueNetwork(tuple(self.value_refit_hidden_dims))
+            critic_params, scaler = refit.params, refit.scaler
+        ppo = init_ppo_state(self.ppo, actor, member_params(state), critic, critic_params, scaler)
+        return UniO4Online(ppo.actor, ppo.critic, ppo.scaler, ppo.step, state.normalizer)
 
     def members(self) -> int:
         return self.num_members
@@ -481,8 +618,8 @@ class UniO4(Algorithm):
         return state.replace(chosen=jnp.asarray(index, jnp.int32))
 
     def choose(self, state: UniO4State, scores: jax.Array):
-        """The member handed over (module docstring): by the latest AM-Q among the top k by the real
-        evaluation `scores` (K,) (handover="code"), or by the latest AM-Q alone ("amq")."""
+        """The member handed over (module docstring): the best real evaluation `scores` (K,) among
+        the top k by the latest AM-Q (handover="code"), or the latest AM-Q alone ("amq")."""
         if self.handover == "amq":
             chosen = jnp.argmax(state.last_amq)
         else:

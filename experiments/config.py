@@ -97,6 +97,14 @@ def by_dataset(table, *, _root_):
 by_family = by_dataset  # `${by_family:{...}}` tables are the family-only case of the same lookup
 
 
+def run_steps(*, _root_):
+    """The offline gradient steps of a run that does not set `steps`: the algorithm's
+    `default_steps` when its protocol fixes them (Uni-O4's 10 000 BPPO updates, FamO2O-CQL's 2M, PPO's
+    none), else the dataset family's protocol (`dataset.steps`)."""
+    own = _root_.algo.get("default_steps")
+    return _root_.dataset.steps if own is None else own
+
+
 def register_resolvers() -> None:
     for name, resolver in (("by_family", by_family), ("by_dataset", by_dataset)):
         if not OmegaConf.has_resolver(name):
@@ -104,6 +112,8 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("offline_only"):  # true unless the run fine-tunes online
         OmegaConf.register_new_resolver("offline_only",
                                         lambda *, _root_: not _root_.get("online", {}).get("steps", 0))
+    if not OmegaConf.has_resolver("run_steps"):  # `steps`: the algorithm's own count, else the dataset's
+        OmegaConf.register_new_resolver("run_steps", run_steps)
     if not OmegaConf.has_resolver("slug"):
         OmegaConf.register_new_resolver("slug", lambda text: str(text).replace("/", "-"))
 

@@ -13,6 +13,7 @@ from test_dynamics import constant_model
 
 import envs
 from algorithms.core.algorithm import Context, Spec
+from algorithms.core.ppo import PPOConfig, clipped_surrogate
 from algorithms.core.replay import Transitions
 from algorithms.unio4 import (
     Critics,
@@ -21,7 +22,6 @@ from algorithms.unio4 import (
     UniO4,
     bc_ensemble_loss,
     normalized_advantage,
-    ppo_clip_loss,
 )
 from experiments import loop
 
@@ -95,8 +95,9 @@ def test_bc_stage_trains_every_member_on_one_batch_in_one_computation():
 def test_ppo_clip_loss_advantage_and_schedules_by_hand():
     ratio, advantage = jnp.array([0.5, 1.0, 1.5]), jnp.array([1.0, -1.0, 1.0])
     # min(rho A, clip(rho, 0.8, 1.2) A): min(0.5, 0.8) = 0.5; -1; min(1.5, 1.2) = 1.2
-    np.testing.assert_allclose(ppo_clip_loss(ratio, advantage, 0.2), -(0.5 - 1.0 + 1.2) / 3, rtol=1e-6)
-    gradient = jax.grad(lambda r: ppo_clip_loss(r, advantage, 0.2))(ratio)
+    ppo_clip_loss = lambda r: clipped_surrogate(jnp.log(r), jnp.zeros(3), advantage, 0.2)  # BPPO's loss
+    np.testing.assert_allclose(ppo_clip_loss(ratio), -(0.5 - 1.0 + 1.2) / 3, rtol=1e-6)
+    gradient = jax.grad(ppo_clip_loss)(ratio)
     np.testing.assert_allclose(gradient, [-1 / 3, 1 / 3, 0.0], atol=1e-7)  # clipped: no gradient
     np.testing.assert_allclose(normalized_advantage(jnp.array([1.0, 2.0, 3.0])), [-1, 0, 1], atol=1e-6)
     np.testing.assert_allclose(normalized_advantage(jnp.array([1.0, 2.0, 3.0]), 0.7), [-0.3, 0, 0.7],
@@ -173,6 +174,73 @@ def test_handover_rules():
                                    rtol=1e-6)
 
 
+def test_handover_gives_ppo_the_chosen_member_and_the_offline_value():
+    """`begin_online`: PPO's actor is the chosen member (the same mean action; with the code's extra
+    tanh the std moves as log_std = -5 + 2.5 (tanh(y) + 1) for the offline -5 + 2.5 (y + 1)), its
+    critic the critics stage's V, its optimisers new; the online `update` is PPO's on states
+    standardized with the offline statistics."""
+    ctx = context(UniO4(**SMALL))
+    observations = jnp.linspace(-1, 1, 5)[:, None]
+    for extra_tanh in (False, True):
+        algo = UniO4(**SMALL, online_extra_tanh=extra_tanh)
+        state = algo.init(jax.random.key(0), SPEC, ctx).replace(chosen=jnp.asarray(2, jnp.int32))
+        online = algo.begin_online(state, SPEC, ctx)
+        chosen_params = jax.tree.map(lambda x: x[2], state.policies.params)
+        for a, b in zip(jax.tree.leaves(online.actor.params), jax.tree.leaves(chosen_params), strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(online.critic.apply_fn(online.critic.params, observations),
+                                   observations[:, 0])  # the critics stage's V(s) = s[0]
+        assert int(online.step) == 0 and int(online.actor.step) == 0
+        np.testing.assert_allclose(algo.act(online, observations, None), algo.act(state, observations, None),
+                                   rtol=1e-6)
+        offline_std = state.policies.apply_fn(chosen_params, observations).stddev()
+        online_std = online.actor.apply_fn(online.actor.params, observations).stddev()
+        y = (jnp.log(offline_std) + 5.0) / 2.5 - 1.0  # the head's tanh output
+        expected = jnp.exp(-5.0 + 2.5 * (jnp.tanh(y) + 1.0)) if extra_tanh else offline_std
+        np.testing.assert_allclose(online_std, expected, rtol=1e-4)
+    rows = algo.ppo.minibatch_size
+    rollout = dataset(rows=rows, start=0.5)._replace(rewards=jnp.ones(rows))
+    state = state.replace(normalizer=StateNormalizer(jnp.full(1, 0.5), jnp.full(1, 2.0)))
+    online = algo.begin_online(state, SPEC, ctx)
+    updated, metrics = algo.update(online, rollout, jax.random.key(1), ctx)
+    # V(s) = s[0] of the standardized states (0.5 - 0.5) / 2 = 0: the values PPO saw
+    assert float(metrics["value"]) == 0.0 and int(updated.step) == 1
+    assert isinstance(updated, type(online)) and updated.normalizer is state.normalizer
+
+
+@pytest.mark.parametrize("scaling", ["number", "dynamic"])
+def test_the_online_value_is_refit_on_the_scaled_returns_of_the_dataset(scaling):
+    """With reward scaling the code re-fits V on the Monte-Carlo returns of the scaled dataset
+    rewards (episodes end at terminals and timeouts); "dynamic" leaves each episode's last reward
+    unscaled and hands its running statistics to the online phase."""
+    algo = UniO4(**SMALL, ppo=PPOConfig(reward_scaling=scaling), value_refit_steps=3,
+                 value_refit_hidden_dims=(8,), value_refit_batch_size=4)
+    assert [stage.name for stage in algo.stages(SPEC)][-1] == "online_value"
+    rewards = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    data = dataset(rows=5)._replace(rewards=rewards, timeouts=jnp.array([0.0, 1.0, 0.0, 0.0, 0.0]),
+                                    terminals=jnp.array([0.0, 0.0, 0.0, 0.0, 1.0]))
+    training = algo.init_value_refit(jax.random.key(0), SPEC, data)
+    if scaling == "number":
+        scaled = 0.1 * rewards
+    else:  # running returns R = 1 | (episode end) | 3, 3 gamma + 4 | (end), their running std as the
+        # reference's RunningMeanStd (sum of squares S from 1; std 1 until the second R), r / std after
+        # each R is counted: std sqrt(S / n) with S = 1 + (3 - 1)(3 - 2) = 3 at n = 2, then
+        # S = 3 + (R - 2)(R - mean) at n = 3
+        third = 3.0 * 0.99 + 4.0
+        mean = 2.0 + (third - 2.0) / 3
+        std_2, std_3 = np.sqrt(3.0 / 2), np.sqrt((3.0 + (third - 2.0) * (third - mean)) / 3)
+        scaled = jnp.array([1.0, 2.0, 3.0 / std_2, 4.0 / std_3, 5.0])
+        assert int(training.scaler.count) == 3  # 1, 3 and 3 gamma + 4; the episodes' last rows skipped
+    expected = [scaled[0] + 0.99 * scaled[1], scaled[1], scaled[2] + 0.99 * (scaled[3] + 0.99 * scaled[4]),
+                scaled[3] + 0.99 * scaled[4], scaled[4]]
+    np.testing.assert_allclose(training.returns, expected, rtol=1e-5)
+    refit = training
+    for i in range(3):
+        refit, metrics = algo.value_refit_step(refit, None, jax.random.key(i))
+    assert np.isfinite(metrics["value_loss"]) and int(refit.value.step) == 3
+    assert (refit.value.apply_fn(refit.value.params, jnp.linspace(-3, 3, 7)[:, None]) >= 0).all()  # ReLU
+
+
 def test_seeds_and_members_batched_equal_single_runs():
     """Two seeds trained (and every member evaluated) in one program match each seed alone."""
     algo = UniO4(**SMALL)
@@ -217,6 +285,33 @@ def test_train_end_to_end_reports_every_member(offline_data, tmp_path):
         assert seed["final_score"] == pytest.approx(last["normalized_score"][last["chosen"]])
         assert 0.0 <= seed["member_ranking"]["pairwise"] <= 1.0
     assert "member_ranking_top1_mean" in results["summary"]
+
+
+def test_train_end_to_end_then_online_ppo(offline_data, tmp_path):
+    """Offline BPPO, the hand-over of the chosen member, then online PPO rollouts; with reward
+    scaling the re-fitted V is a fourth stage."""
+    overrides = ["algo=unio4", "dataset=local/pendulum-mixed", "seeds=2", "steps=20", "log_every=20",
+                 "eval.every=20", "eval.episodes=2", "pretrain.cache_dir=null", "algo.critic_steps=20",
+                 "algo.bc_steps=20", "algo.dynamics.max_steps=20", "algo.eval_step=10",
+                 "algo.rollout_length=5", "algo.rollout_batch=16", "algo.q_hidden_dims=[16]",
+                 "algo.v_hidden_dims=[16]", "algo.policy_hidden_dims=[16]",
+                 "algo.dynamics.hidden_dims=[16,16,16,16]", "online.steps=128", "algo.online.block=64",
+                 "algo.ppo.minibatch_size=32", "online.eval_every=64", "online.log_every=64",
+                 "algo.ppo.reward_scaling=number", "algo.value_refit_steps=20",
+                 "algo.value_refit_hidden_dims=[16]"]
+    run_dir = tmp_path / "run"
+    done = run_cli(overrides, run_dir, cli_env(OFFRL_DATA_DIR=str(offline_data)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [stage["stage"] for stage in results["stages"]] == ["critics", "bc", "dynamics", "online_value"]
+    for seed in results["seeds"]:
+        last = seed["members"]["20"]
+        assert seed["offline_score"] == pytest.approx(last["normalized_score"][last["chosen"]])
+        assert len(seed["online_episode_returns"]) == 2  # evaluations at environment steps 64 and 128
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    online = [line for line in lines if line["type"] == "train" and line.get("phase") == "online"]
+    assert [line["step"] for line in online] == [1, 2]  # one PPO update per rollout of 64 steps
+    assert all(np.isfinite(line["actor_loss"]).all() and min(line["actor_lr"]) > 0 for line in online)
 
 
 @pytest.mark.parametrize("critic", ["iql", "sarsa"])

@@ -201,6 +201,9 @@ class Algorithm:
     name: ClassVar[str] = ""
     learns_offline: ClassVar[bool] = True  # False: online only, from its own rollouts (steps=0)
     batch_size: int = 256
+    # Offline gradient steps when the run does not set `steps` (None: the dataset family's protocol);
+    # for algorithms whose protocol fixes them (Uni-O4's 10 000 BPPO updates, FamO2O-CQL's 2M).
+    default_steps: int | None = None
     normalize_states: bool = False  # standardize states with dataset mean / (std + 1e-3)
     reward: RewardConfig = field(default_factory=RewardConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)

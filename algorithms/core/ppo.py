@@ -270,4 +270,5 @@ def ppo_update(config: PPOConfig, state: PPOState, rollout, key: jax.Array):
     metrics = {name: value.mean() for name, value in metrics.items()}
     metrics.update(value=old_values.mean(), scaled_reward=rewards.mean(),
                    actor_lr=config.actor_lr * remaining)
-    return PPOState(actor, critic, scaler, state.step + 1), metrics
+    # `replace` keeps the fields of a state that extends PPOState (Uni-O4's state statistics)
+    return state.replace(actor=actor, critic=critic, scaler=scaler, step=state.step + 1), metrics
