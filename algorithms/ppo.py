@@ -1,7 +1,7 @@
 """PPO from scratch, online (Schulman et al. 2017, "Proximal Policy Optimization Algorithms"), on the
 shared PPO update (algorithms/core/ppo.py) and Uni-O4's bounded Gaussian policy.
 
-    python -m experiments.train algo=ppo steps=0 online.steps=1000000
+    python -m experiments.train algo=ppo online.steps=1000000   # (its default_steps: 0)
 
 An on-policy learner: every `online.block` environment steps per seed (2048) are one rollout, the
 batch of one update (`online.replay: on_policy`), then discarded; it trains on no dataset (`steps`
