@@ -80,15 +80,15 @@ class Behaviour:
 
     @functools.cached_property
     def _policy(self):
-        """The project's one batched policy (experiments.loop.make_policy) for SAC's actor,
+        """The project's one batched policy (experiments.policies.make_policy) for SAC's actor,
         stochastic, on raw observations."""
         from algorithms.sac import SAC
         from envs.preprocessing import Preprocessor
-        from experiments import loop
+        from experiments import policies
 
         algo = SAC(hidden_dims=tuple(self.manifest["hidden_dims"]))
-        return loop.make_policy(algo, Preprocessor.identity(self.manifest["observation_dim"]),
-                                deterministic=False)
+        return policies.make_policy(algo, Preprocessor.identity(self.manifest["observation_dim"]),
+                                    deterministic=False)
 
     def replay(self) -> dict:
         """The transitions training collected up to the medium snapshot, oldest first, as host
@@ -360,7 +360,7 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
     from envs.dataset import Dataset
     from envs.environment import episode_seeds, run_episodes
     from envs.preprocessing import Preprocessor
-    from experiments import loop, online
+    from experiments import loop, online, policies
     from experiments.checkpoints import Checkpointer
 
     spec = BEHAVIOUR_ENVS[env]
@@ -400,7 +400,7 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
         log(f"{env}: resuming SAC training from step {step}")
     started = time.perf_counter() - seconds
     pending: list = []  # transitions collected since the last checkpoint
-    policy = loop.make_policy(algo, Preprocessor.identity(env_spec.observation_dim))
+    policy = policies.make_policy(algo, Preprocessor.identity(env_spec.observation_dim))
 
     def on_collect(transitions, step):
         pending.append(Dataset(*(transitions[name][:, 0] for name in Dataset._fields)))  # the one seed

@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 
 from algorithms import Algorithm, SettingsError, Spec
 from algorithms.core.replay import Transitions
-from experiments import loop, online
+from experiments import loop, online, policies
 from experiments.config import ConfigError
 
 # What tracing raises when a traced value meets Python control flow, a shape, or leaves its trace.
@@ -240,7 +240,7 @@ def _trace_problem(algo, names, spec, prepared, contexts, capacity) -> str | Non
                            None, values)
         observations = jax.ShapeDtypeStruct((1, 1, spec.observation_dim), jnp.float32)
         for deterministic in (True, False) if "online" in contexts else (True,):
-            jax.eval_shape(loop.policy_program(algo, prepared.preprocessor, deterministic), states,
+            jax.eval_shape(policies.policy_program(algo, prepared.preprocessor, deterministic), states,
                            observations, keys, 0, values)
     except TRACING_ERRORS as error:
         return str(error).strip().splitlines()[0]

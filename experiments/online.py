@@ -34,7 +34,7 @@ from algorithms import Algorithm, Spec
 from algorithms.core.algorithm import Context
 from algorithms.core.replay import ReplayBuffer, Transitions
 from envs import Dataset, Preprocessor
-from experiments import loop
+from experiments import loop, policies
 from experiments.config import ConfigError
 
 
@@ -148,7 +148,7 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
         "checkpoints", their sum with the host's bookkeeping as "seconds", and the "env_steps"
         they cover. Three clock reads per environment step: nothing measurable."""
     num_seeds = len(seeds)
-    explore = loop.make_policy(algo, preprocessor, deterministic=False, values=runner.values)
+    explore = policies.make_policy(algo, preprocessor, deterministic=False, values=runner.values)
     act_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 1))(jnp.asarray(seeds))
     block, utd = algo.online.block, algo.online.updates_per_step
     envs = gym.vector.SyncVectorEnv([make_env for _ in seeds],

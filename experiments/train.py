@@ -25,7 +25,7 @@ from tqdm import tqdm
 import envs
 from algorithms import SettingsError, Spec
 from experiments import grid as grids
-from experiments import loop, online, stages, sweep
+from experiments import loop, online, policies, stages, sweep
 from experiments.checkpoints import Checkpointer, CheckpointError
 from experiments.config import CONFIG_DIR, ConfigError, check_run_settings, make_algorithm, setup
 from experiments.data import load
@@ -97,8 +97,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     stopped = {int(seed): tuple(value) for seed, value in record["stopped"].items()}
     states, buffers, values, keys = loop.shard_seeds(trees["states"], trees["buffers"], values,
                                                      trees["keys"])
-    policy = loop.make_policy(algo, prepared.preprocessor, values=values)
-    member_policy = loop.make_policy(algo, prepared.preprocessor, values=values, members=algo.members())
+    policy = policies.make_policy(algo, prepared.preprocessor, values=values)
+    member_policy = policies.make_policy(algo, prepared.preprocessor, values=values, members=algo.members())
     columns = grid.columns()  # each training's seed and grid values, for metrics.jsonl
 
     def evaluate(states, phase, step, env_step=0):
@@ -108,7 +108,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         chosen = {"states": states}
 
         def choose(scores):
-            chosen["states"], record = loop.choose_members(algo, states, scores)
+            chosen["states"], record = policies.choose_members(algo, states, scores)
             return record
 
         entry = evaluation((member_policy if members > 1 else policy)(states), info, seeds, cfg, phase,

@@ -18,7 +18,7 @@ from envs import generated
 from envs.dataset import Dataset, DatasetError
 from envs.environment import episode_seeds, run_episodes
 from envs.preprocessing import Preprocessor
-from experiments import generate, loop
+from experiments import generate, loop, policies
 from experiments.data import ensure_generated, load
 from experiments.online import OnlineSchedule, environment_spec, fresh_run, train_online
 
@@ -98,7 +98,7 @@ def test_online_training_is_deterministic_and_fills_the_buffer():
 @pytest.mark.slow
 def test_sac_learns_pendulum():
     algo, run = train_sac_online(8_000, 1_000, [0], hidden_dims=(64, 64))
-    policy = loop.make_policy(algo, Preprocessor.identity(3))(run.states)
+    policy = policies.make_policy(algo, Preprocessor.identity(3))(run.states)
     returns = run_episodes(policy, pendulum_env, episode_seeds([0], 123, 5))
     assert returns.mean() > -400, returns  # random actions: about -1200; swung up and held: > -200
 

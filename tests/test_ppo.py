@@ -17,7 +17,7 @@ from algorithms.core.ppo import PPOConfig, ReturnScaler, clipped_surrogate, clip
 from algorithms.ppo import PPO
 from envs import Preprocessor
 from envs.environment import episode_seeds, run_episodes
-from experiments import loop
+from experiments import loop, policies
 from experiments.config import ConfigError, compose
 from experiments.online import OnlineSchedule, environment_spec, fresh_run, train_online
 from experiments.train import run
@@ -231,7 +231,7 @@ def test_a_minibatch_larger_than_the_rollout_is_one_error_line(offline_data, tmp
 def test_ppo_learns_pendulum():
     algo = PPO()  # algo=ppo's defaults: rollouts of 2048 steps, 10 epochs of minibatches of 64
     done = train(algo, 150_000, [0])
-    policy = loop.make_policy(algo, Preprocessor.identity(3))
+    policy = policies.make_policy(algo, Preprocessor.identity(3))
     seeds = episode_seeds([0], 123, 10)
     start = run_episodes(policy(fresh_run(algo, environment_spec(pendulum_env, 0), Context(None), [0], 1)
                                 .states), pendulum_env, seeds).mean()

@@ -23,7 +23,7 @@ from algorithms.unio4 import (
     bc_ensemble_loss,
     normalized_advantage,
 )
-from experiments import loop
+from experiments import loop, policies
 
 SPEC = Spec(observation_dim=1, action_dim=1, total_steps=40)
 SMALL = dict(num_members=3, policy_hidden_dims=(8,), q_hidden_dims=(8,), v_hidden_dims=(8,), batch_size=16,
@@ -252,7 +252,7 @@ def test_seeds_and_members_batched_equal_single_runs():
         states = loop.init_states(algo, SPEC, ctx, init_keys)
         states, _, _, _ = loop.make_train_chunk(algo, 20)(states, None, train_keys, ctx)
         preprocessor = envs.Preprocessor.identity(1)
-        policy = loop.make_policy(algo, preprocessor, members=3)(states)
+        policy = policies.make_policy(algo, preprocessor, members=3)(states)
         observations = np.tile(np.linspace(-1, 1, 6, dtype=np.float32)[None, :, None], (3 * len(seeds), 1, 1))
         return states, policy(observations)
 

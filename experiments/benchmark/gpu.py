@@ -44,7 +44,7 @@ import numpy as np
 import algorithms
 import envs
 from algorithms import Spec
-from experiments import loop
+from experiments import loop, policies
 from experiments.benchmark import evaluation as evaluation_benchmark
 from experiments.grid import Grid
 
@@ -119,7 +119,7 @@ def bench_evaluation(policy_parts, trainings: int, steps: int) -> dict:
     vector = gym.vector.SyncVectorEnv([lambda: gym.make("HalfCheetah-v5") for _ in range(trainings)])
     observations, _ = vector.reset(seed=list(range(trainings)))
     created = time.perf_counter() - tic
-    policy = loop.make_policy(algo, preprocessor, values=values)(states)
+    policy = policies.make_policy(algo, preprocessor, values=values)(states)
     policy(observations[:, None].astype(np.float32))  # compile
     tic = time.perf_counter()
     for _ in range(steps):
