@@ -247,3 +247,43 @@ def test_mopo_benchmark_writes_its_rows(tmp_path):
         assert row["peak_rss_bytes"] > 0 and row["compile"]["chunk_seconds"] > 0 and row["cpu_share"] > 0
     table = out.with_suffix(".md").read_text()
     assert "Dynamics ensemble" in table and table.count("\n| 1 |") == 1 and table.count("\n| 2 |") == 1
+
+
+def test_unio4_online_rows_time_the_online_phase_after_the_hand_over():
+    """`experiments.benchmark.unio4`'s online rows: the hand-over, then timed rollouts in
+    HalfCheetah-v4 (the first, compiling one not counted); the time split adds up."""
+    import jax
+
+    from algorithms.core.algorithm import OnlineConfig, Spec
+    from algorithms.core.dynamics import DynamicsConfig
+    from algorithms.core.ppo import PPOConfig
+    from algorithms.unio4 import UniO4
+    from experiments.benchmark import unio4 as bench
+
+    algo = UniO4(num_members=2, policy_hidden_dims=(8,), q_hidden_dims=(8,), v_hidden_dims=(8,),
+                 rollout_batch=4, rollout_length=1, termination="halfcheetah",
+                 dynamics=DynamicsConfig(hidden_dims=(8,), weight_decays=(0.0, 0.0), num_members=3,
+                                         num_elites=2),
+                 online=OnlineConfig(replay="on_policy", block=32),
+                 ppo=PPOConfig(minibatch_size=16, epochs=2))
+    spec = Spec(bench.OBSERVATION_DIM, bench.ACTION_DIM, 10)
+    data = bench.synthetic_data(256)
+    results = {}
+    for stage in algo.stages(spec):
+        state = jax.jit(stage.init, static_argnums=1)(jax.random.key(0), spec, data)
+        if stage.finish is not None:
+            state, _ = jax.jit(stage.finish)(state, jax.tree.map(lambda x: x[:32], data))
+        results[stage.name] = stage.result(state)
+    row = bench.time_online(algo, spec, results, data, seeds=2, rollouts=2)
+    assert row["env_steps"] == 64 and row["env_steps_per_second_total"] == pytest.approx(
+        2 * row["env_steps_per_second_per_seed"])
+    parts = row["policy_seconds"] + row["environment_seconds"] + row["updates_seconds"]
+    assert 0 < parts <= row["seconds"]
+    table = bench.markdown({**TINY_UNIO4_REPORT, "online": [row]})
+    assert "| online PPO, seeds |" in table and "| 2 |" in table
+
+
+TINY_UNIO4_REPORT = {"machine": {"date": "d", "cpu_model": "c", "cores_available": 2, "jax": "j",
+                                 "devices": ["cpu"]},
+                     "load_start": [0, 0, 0], "load_end": [0, 0, 0], "command": "c", "rows": 1,
+                     "stages": [], "bppo": [], "amq": []}

@@ -1,6 +1,8 @@
-"""Uni-O4's offline phase on this machine: each stage's updates per second (and the time its full
-step count would take), BPPO updates per second for 4 members x 1 and 8 seeds, and one AM-Q
-evaluation, at the code's network sizes on synthetic data of HalfCheetah's shapes.
+"""Uni-O4 on this machine: each offline stage's updates per second (and the time its full step count
+would take), BPPO updates per second for 4 members x 1 and 8 seeds, one AM-Q evaluation, at the code's
+network sizes on synthetic data of HalfCheetah's shapes; and the online PPO phase's environment steps
+per second in HalfCheetah-v4 (rollouts of 2048 steps, the halfcheetah-medium script's 30 epochs of
+minibatches of 128) for 1 and 8 seeds, with where the time goes.
 
     python -m experiments.benchmark.unio4 --out benchmarks/unio4.json     # ~10 min on 2 busy cores
 
@@ -19,14 +21,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from algorithms.core.algorithm import Spec
+from algorithms.core.ppo import PPOConfig
 from algorithms.core.replay import Transitions
 from algorithms.unio4 import UniO4
-from experiments import loop
+from envs import Preprocessor
+from experiments import loop, online
 from experiments.benchmark.machine import load_average, machine_info
 from experiments.stages import make_stage_chunk
 
@@ -105,6 +110,29 @@ def time_amq(algo: UniO4, spec: Spec, ctx, seeds: int, repeats: int) -> dict:
             "compile_seconds": compile_seconds}
 
 
+def time_online(algo: UniO4, spec: Spec, results: dict, data, seeds: int, rollouts: int) -> dict:
+    """Environment steps per second of the online phase: the hand-over, then `rollouts` + 1 rollouts
+    per seed in HalfCheetah-v4 (the first, which compiles the policy and the update, not counted)."""
+    prepared = loop.PreparedData(data, None)
+    keys = jax.vmap(jax.random.key)(jnp.arange(seeds))
+    states = loop.init_states(algo, spec, loop.make_context(algo, prepared, results, host={}), keys)
+    ctx = loop.make_context(algo, prepared, results, "online", spec.total_steps, host={})
+    states = online.begin(algo, spec, ctx, states)
+    steps = (rollouts + 1) * algo.online.block
+    run = online.OnlineRun(states, loop.replay_buffers(online.buffer_capacity(algo, 0, steps), spec, seeds),
+                           keys)
+    timings: dict = {}
+    online.train_online(algo, ctx, Preprocessor.identity(OBSERVATION_DIM), lambda: gym.make("HalfCheetah-v4"),
+                        online.OnlineSchedule(steps, eval_every=0, checkpoint_every=0, log_every=0),
+                        list(range(seeds)), run, loop.ChunkRunner(algo, "online"), timings=timings)
+    per_seed = timings["env_steps"] / timings["seconds"]
+    return {"seeds": seeds, "rollout": algo.online.block, "epochs": algo.ppo.epochs,
+            "minibatch": algo.ppo.minibatch_size, "env_steps_per_second_per_seed": per_seed,
+            "env_steps_per_second_total": per_seed * seeds,
+            **{f"{part}_seconds": timings[part] for part in ("policy", "environment", "updates")},
+            "seconds": timings["seconds"], "env_steps": timings["env_steps"]}
+
+
 def markdown(report: dict) -> str:
     lines = [f"Measured {report['machine']['date']} on {report['machine']['cpu_model']} "
              f"({report['machine']['cores_available']} cores), JAX {report['machine']['jax']} on "
@@ -131,6 +159,19 @@ def markdown(report: dict) -> str:
               "1000 steps is scaled linearly from the measured length. The last column is what a run "
               "with the code's eval_step 100 and rollout_step 1000 would reach. The dynamics' "
               "1,000,000 steps are its cap (max_steps); early stopping ends it sooner."]
+    if report.get("online"):
+        lines += ["", "| online PPO, seeds | env steps/s per seed | env steps/s total | policy s | "
+                  "environment s | updates s | timed env steps per seed |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for row in report["online"]:
+            lines.append(f"| {row['seeds']} | {row['env_steps_per_second_per_seed']:.0f} | "
+                         f"{row['env_steps_per_second_total']:.0f} | {row['policy_seconds']:.1f} | "
+                         f"{row['environment_seconds']:.1f} | {row['updates_seconds']:.1f} | "
+                         f"{row['env_steps']:,} |")
+        lines += ["", "Online: HalfCheetah-v4 on the host (one vector env of every seed, one batched policy "
+                  "call per step), one PPO update per rollout of 2048 steps per seed (30 epochs x 16 "
+                  "minibatches of 128, the halfcheetah-medium script's K); the first rollout, which "
+                  "compiles, is not counted."]
     return "\n".join(lines) + "\n"
 
 
@@ -143,12 +184,14 @@ def main(argv=None) -> None:
     parser.add_argument("--amq-length", type=int, default=20)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--online-rollouts", type=int, default=2,
+                        help="timed online rollouts of 2048 steps per seed (0: no online rows)")
     parser.add_argument("--out", default="benchmarks/unio4.json")
     args = parser.parse_args(argv)
     report = {"machine": machine_info(), "load_start": load_average(), "rows": args.rows,
               "command": " ".join(["python -m experiments.benchmark.unio4", *(sys.argv[1:] if argv is None
                                                                                else argv)]), "stages": [],
-              "bppo": [], "amq": []}
+              "bppo": [], "amq": [], "online": []}
     data = synthetic_data(args.rows)
     spec = Spec(OBSERVATION_DIM, ACTION_DIM, 10_000)
     algo = UniO4(termination="halfcheetah", eval_step=10 ** 9, rollout_length=args.amq_length)
@@ -165,6 +208,10 @@ def main(argv=None) -> None:
         report["bppo"].append(time_bppo(algo, spec, ctx, seeds, args.bppo_length, args.repeats))
         report["amq"].append(time_amq(algo, spec, ctx, seeds, args.repeats))
         print(report["bppo"][-1], report["amq"][-1], flush=True)
+    for seeds in args.seeds if args.online_rollouts else []:
+        online_algo = replace(algo, rollout_length=1, ppo=PPOConfig(epochs=30))  # AM-Q: only in init here
+        report["online"].append(time_online(online_algo, spec, results, data, seeds, args.online_rollouts))
+        print(report["online"][-1], flush=True)
     report["load_end"] = load_average()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
