@@ -360,3 +360,28 @@ def test_offline_phase_beats_behaviour_cloning(tmp_path, monkeypatch):
                                                                                       ("bc", bc))}
     print(scores, unio4["summary"])
     assert np.mean(scores["unio4"]) > np.mean(scores["bc"]) + 15.0, scores
+
+
+@pytest.mark.slow
+def test_online_ppo_improves_on_the_offline_policy(tmp_path, monkeypatch):
+    """On local/pendulum-medium (its behaviour policy scores ~33): the offline phase with the toy
+    settings above (2000 BPPO updates, 2 seeds), then 150 000 environment steps of online PPO with the
+    code's defaults (rollouts of 2048, 30 epochs of minibatches of 128, lr_a 2e-5, the offline IQL V
+    as the critic, no reward scaling, the std quirk on). Measured 2026-12-02 (2 CPU cores, mostly
+    idle; 5.8 min with the dataset's generation): offline 35.8 and 40.3, online 72.9 and 89.5 (the
+    online phase 107 s for 2 x 148k timed environment steps: policy calls 41 s, environments 11 s,
+    PPO updates 48 s). With lr_a 1e-4 and 10 epochs: 38.0 -> 61.3 ± 5.3 after 60k steps."""
+    from experiments.config import compose
+    from experiments.train import run
+
+    monkeypatch.setenv("OFFRL_DATA_DIR", str(tmp_path / "datasets"))
+    monkeypatch.setenv("OFFRL_CACHE_DIR", str(tmp_path / "cache"))
+    overrides = ["algo=unio4", "dataset=local/pendulum-medium", "seeds=2", "steps=2000", "log_every=500",
+                 "eval.every=1000", "eval.episodes=10", "algo.dynamics.hidden_dims=[64,64,64,64]",
+                 "algo.dynamics.max_steps=10000", "algo.rollout_batch=128", "online.steps=150000",
+                 "online.eval_every=25000", "online.episodes=10", "online.log_every=2048"]
+    results = run(compose(overrides), tmp_path / "run")
+    offline = [seed["offline_score"] for seed in results["seeds"]]
+    online = [seed["online_final_score"] for seed in results["seeds"]]
+    print(offline, online, results["timings"])
+    assert np.mean(online) > np.mean(offline) + 15.0, (offline, online)
