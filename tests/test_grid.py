@@ -43,7 +43,8 @@ def trained(algo, prepared, seeds, values=None, steps=30, chunk=None):
     ("td3_bc", [{"alpha": 1.0, "actor_lr": 1e-4}, {"alpha": 2.5, "actor_lr": 3e-4},  # a learning
                 {"alpha": 5.0, "actor_lr": 1e-3}]),                                  # rate too
     # the same check on another algorithm, a minute of CPU: with `pytest -m slow`
-    pytest.param("iql", [{"expectile": 0.5}, {"expectile": 0.7}, {"expectile": 0.9}], marks=pytest.mark.slow)])
+    pytest.param("iql", [{"expectile": 0.5}, {"expectile": 0.7}, {"expectile": 0.9}],
+                 marks=pytest.mark.slow)])
 def test_a_3_point_grid_of_2_seeds_gives_the_numbers_of_6_separate_runs(name, points, offline_data):
     algo = make_algorithm(compose([f"algo={name}", *SMALL]).algo)
     raw, _ = envs.load("local", "pendulum-mixed")
