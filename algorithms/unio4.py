@@ -380,40 +380,6 @@ class UniO4(Algorithm):
             *([self.value_refit_stage(common)] if self.ppo.reward_scaling != "none" else []),
         ]
 
-    def value_refit_stage(self, common: dict) -> Stage:
-        """The online V the code re-fits when rewards are scaled (module docstring)."""
-        settings = {**common, "reward_scaling": self.ppo.reward_scaling, "discount": self.ppo.discount,
-                    "timeouts_terminal": self.timeouts_terminal,
-                    "hidden_dims": list(self.value_refit_hidden_dims), "lr": self.value_refit_lr,
-                    "batch_size": self.value_refit_batch_size, "steps": self.value_refit_steps,
-                    "seed": self.value_refit_seed}
-        return Stage("online_value", self.value_refit_steps, self.value_refit_batch_size,
-                     self.init_value_refit, self.value_refit_step, settings,
-                     result=lambda t: OnlineValue(t.value.params, t.scaler))
-
-    def init_value_refit(self, key, spec: Spec, data) -> ValueRefit:
-        """Rewards scaled over the dataset in order (the code's reward_normalize: "dynamic" leaves
-        each episode's last row unscaled), then their Monte-Carlo returns."""
-        not_done = self.not_done(data)
-        scaler, rewards = ReturnScaler.create().scale(data.rewards, 1.0 - not_done, self.ppo.reward_scaling,
-                                                      self.ppo.discount, skip_episode_ends=True)
-        normalizer = StateNormalizer.fit(data.observations, self.state_norm)
-        network = ReluValueNetwork(tuple(self.value_refit_hidden_dims))
-        observations = normalizer(data.observations)
-        value = create_train_state(network, network.init(key, observations[:1]), self.value_refit_lr)
-        returns = discounted_returns(rewards, not_done, self.ppo.discount)
-        return ValueRefit(value, observations, returns, scaler)
-
-    def value_refit_step(self, training: ValueRefit, batch, key):
-        rows = jax.random.randint(key, (self.value_refit_batch_size,), 0, training.returns.shape[0])
-
-        def loss(params):
-            predicted = training.value.apply_fn(params, training.observations[rows])
-            return ((predicted - training.returns[rows]) ** 2).mean()
-
-        value_loss, grads = jax.value_and_grad(loss)(training.value.params)
-        return training.replace(value=training.value.apply_gradients(grads=grads)), {"value_loss": value_loss}
-
     def init_critics(self, key, spec: Spec, data) -> CriticTraining:
         q_network, v_network = self.critic_networks()
         q_key, v_key = jax.random.split(key)
@@ -485,6 +451,40 @@ class UniO4(Algorithm):
         (_, (per_member, log_probs)), grads = jax.value_and_grad(loss, has_aux=True)(training.policies.params)
         return (training.replace(policies=training.policies.apply_gradients(grads=grads)),
                 {"bc_loss": per_member.mean(), "bc_log_prob": log_probs.mean()})
+
+    def value_refit_stage(self, common: dict) -> Stage:
+        """The online V the code re-fits when rewards are scaled (module docstring)."""
+        settings = {**common, "reward_scaling": self.ppo.reward_scaling, "discount": self.ppo.discount,
+                    "timeouts_terminal": self.timeouts_terminal,
+                    "hidden_dims": list(self.value_refit_hidden_dims), "lr": self.value_refit_lr,
+                    "batch_size": self.value_refit_batch_size, "steps": self.value_refit_steps,
+                    "seed": self.value_refit_seed}
+        return Stage("online_value", self.value_refit_steps, self.value_refit_batch_size,
+                     self.init_value_refit, self.value_refit_step, settings,
+                     result=lambda t: OnlineValue(t.value.params, t.scaler))
+
+    def init_value_refit(self, key, spec: Spec, data) -> ValueRefit:
+        """Rewards scaled over the dataset in order (the code's reward_normalize: "dynamic" leaves
+        each episode's last row unscaled), then their Monte-Carlo returns."""
+        not_done = self.not_done(data)
+        scaler, rewards = ReturnScaler.create().scale(data.rewards, 1.0 - not_done, self.ppo.reward_scaling,
+                                                      self.ppo.discount, skip_episode_ends=True)
+        normalizer = StateNormalizer.fit(data.observations, self.state_norm)
+        network = ReluValueNetwork(tuple(self.value_refit_hidden_dims))
+        observations = normalizer(data.observations)
+        value = create_train_state(network, network.init(key, observations[:1]), self.value_refit_lr)
+        returns = discounted_returns(rewards, not_done, self.ppo.discount)
+        return ValueRefit(value, observations, returns, scaler)
+
+    def value_refit_step(self, training: ValueRefit, batch, key):
+        rows = jax.random.randint(key, (self.value_refit_batch_size,), 0, training.returns.shape[0])
+
+        def loss(params):
+            predicted = training.value.apply_fn(params, training.observations[rows])
+            return ((predicted - training.returns[rows]) ** 2).mean()
+
+        value_loss, grads = jax.value_and_grad(loss)(training.value.params)
+        return training.replace(value=training.value.apply_gradients(grads=grads)), {"value_loss": value_loss}
 
     # ---- the agent -----------------------------------------------------------------------------
 
