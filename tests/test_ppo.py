@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import cli_env, run_cli
 
 from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, SettingsError
 from algorithms.core.ppo import PPOConfig, ReturnScaler, clipped_surrogate, clipped_value_loss, gae
@@ -21,7 +22,6 @@ from experiments import loop, policies
 from experiments.config import ConfigError, compose
 from experiments.online import OnlineSchedule, environment_spec, fresh_run, train_online
 from experiments.train import run
-from tests.conftest import cli_env, run_cli
 
 # ---------------------------------------------------------------------------------------------
 # The pure functions, by hand
