@@ -27,9 +27,7 @@ import jax.numpy as jnp
 from algorithms import register
 from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, SettingsError, Spec
 from algorithms.core.networks import MLP, BoundedGaussianPolicy
-from algorithms.core.ppo import PPOConfig, PPOState, init_ppo_state, ppo_update
-
-ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+from algorithms.core.ppo import ACTIVATIONS, PPOConfig, PPOState, check_rollouts, init_ppo_state, ppo_update
 
 
 class ValueMLP(nn.Module):
@@ -70,12 +68,7 @@ class PPO(Algorithm):
         if not self.log_std_min < self.log_std_max:
             raise SettingsError(f"algo.log_std_min ({self.log_std_min}) must be below algo.log_std_max "
                                 f"({self.log_std_max}); fix the overrides")
-        if self.online.replay != "on_policy":
-            raise SettingsError(f"algo.online.replay must be on_policy for PPO (got "
-                                f"{self.online.replay!r}); fix the override algo.online.replay=on_policy")
-        if self.online.block % self.ppo.minibatch_size:
-            raise SettingsError(f"algo.online.block={self.online.block} (the rollout) must be a multiple "
-                                f"of algo.ppo.minibatch_size={self.ppo.minibatch_size}; fix one of them")
+        check_rollouts(self.online, self.ppo, "PPO")
 
     def networks(self, action_dim: int):
         actor = BoundedGaussianPolicy(self.hidden_dims, action_dim, ACTIVATIONS[self.activation],

@@ -84,9 +84,11 @@ from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, Settings
 from algorithms.core.dynamics import DynamicsConfig, dynamics_stage, sample_start_states, step
 from algorithms.core.networks import MLP, BoundedGaussianPolicy, ValueNetwork, critic_ensemble
 from algorithms.core.ppo import (
+    ACTIVATIONS,
     PPOConfig,
     PPOState,
     ReturnScaler,
+    check_rollouts,
     clipped_surrogate,
     init_ppo_state,
     ppo_update,
@@ -97,7 +99,6 @@ from envs.termination import TERMINATIONS, never, termination_for
 
 CRITICS = ("iql", "sarsa")
 HANDOVERS = ("code", "amq")
-ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}
 
 
 @flax.struct.dataclass
@@ -318,12 +319,7 @@ class UniO4(Algorithm):
         if self.critic == "sarsa" and not self.timeouts_terminal:
             raise SettingsError("algo.critic=sarsa needs algo.timeouts_terminal=true (the dataset has no "
                                 "next action after a truncation)")
-        if self.online.replay != "on_policy":
-            raise SettingsError(f"Uni-O4 fine-tunes with PPO on its own rollouts: algo.online.replay must "
-                                f"be on_policy (got {self.online.replay!r}); fix the override")
-        if self.online.block % self.ppo.minibatch_size:
-            raise SettingsError(f"algo.online.block={self.online.block} (the rollout) must be a multiple "
-                                f"of algo.ppo.minibatch_size={self.ppo.minibatch_size}; fix one of them")
+        check_rollouts(self.online, self.ppo, "Uni-O4")
         if not 0.0 < self.clip_ratio < 1.0:
             raise SettingsError(f"algo.clip_ratio must lie in (0, 1) (got {self.clip_ratio})")
         if self.termination is not None and self.termination not in TERMINATIONS:

@@ -27,14 +27,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from algorithms.core.algorithm import SettingsError
+from algorithms.core.algorithm import OnlineConfig, SettingsError
 
 REWARD_SCALINGS = ("none", "number", "dynamic")
+ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}  # hidden units of the PPO networks (the references')
 
 
 @dataclass
@@ -86,6 +88,18 @@ class PPOConfig:
             if not fine:
                 raise SettingsError(f"algo.ppo.{name} must be {requirement} (got "
                                     f"{getattr(self, name)!r}); fix the override algo.ppo.{name}=...")
+
+
+def check_rollouts(online: OnlineConfig, config: PPOConfig, learner: str) -> None:
+    """An algorithm that learns online with PPO must collect rollouts (`replay: on_policy`) whose
+    length (`block`) splits into whole minibatches."""
+    if online.replay != "on_policy":
+        raise SettingsError(f"algo.online.replay must be on_policy for {learner}, which learns online with "
+                            f"PPO on its own rollouts (got {online.replay!r}); fix the override "
+                            "algo.online.replay=on_policy")
+    if online.block % config.minibatch_size:
+        raise SettingsError(f"algo.online.block={online.block} (the rollout) must be a multiple of "
+                            f"algo.ppo.minibatch_size={config.minibatch_size}; fix one of them")
 
 
 def gae(rewards, values, next_values, terminals, dones, discount: float, gae_lambda: float):
