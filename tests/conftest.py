@@ -37,6 +37,20 @@ def run_cli(overrides: list[str], run_dir: Path, env: dict) -> subprocess.Comple
     )
 
 
+class Interrupted(Exception):
+    """Raised from a patched checkpoint call to kill a run mid-way (the resume tests)."""
+
+
+def logged(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's lines without their wall-clock fields: what two runs that computed the same
+    numbers share."""
+    import json
+
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k not in ("seconds", "env_steps_per_second")}
+            for line in lines]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_data_home(tmp_path_factory):
     """For the whole session, every data folder lies in tmp; a test that needs fresh, empty folders

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Interrupted
 
 import algorithms
 from algorithms import Spec
@@ -286,10 +287,6 @@ def test_cql_online_balances_follow_the_code_map_unless_clamped():
         balances[mapping] = float(metrics["actor_balance"])
     np.testing.assert_allclose(balances["jaxcql"], 0.5 - 0.6, atol=1e-5)
     np.testing.assert_allclose(balances["clamped"], 0.5, atol=1e-6)
-
-
-class Interrupted(Exception):
-    pass
 
 
 def test_famo2o_resumes_during_the_online_phase_to_the_same_numbers(offline_data, tmp_path, monkeypatch):

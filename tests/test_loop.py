@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import jax
 import numpy as np
 import pytest
-from conftest import cli_env, run_cli
+from conftest import Interrupted, cli_env, run_cli
 
 import envs
 from algorithms import Spec
@@ -118,10 +118,6 @@ def test_run_writes_results_and_metrics(offline_data, tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["seeds"] == json.loads(
         json.dumps(results["seeds"]))
     assert results["updates_per_second_per_seed"] > 0
-
-
-class Interrupted(Exception):
-    pass
 
 
 def test_resume_continues_exactly(offline_data, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Interrupted
 from test_dynamics import constant_model, soft_clamp
 
 from algorithms.core.algorithm import Context, Sampling, Spec
@@ -190,10 +191,6 @@ def test_a_saved_dynamics_of_another_problem_or_a_corrupt_folder_is_refused(tmp_
     with pytest.raises(ConfigError, match="corrupt or incomplete"):
         restore_result(tmp_path / "corrupt" / "result", abstract_result(stage, SPEC, data), "dynamics",
                        SPEC, "stage_paths.dynamics=...")
-
-
-class Interrupted(Exception):
-    pass
 
 
 def test_a_killed_run_resumes_exactly_with_its_rollout_buffers(offline_data, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Interrupted, logged
 
 import algorithms
 import envs
@@ -91,16 +92,6 @@ def test_online_transitions_are_preprocessed_like_the_dataset(offline_data):
     # the dataset itself went through the same preprocessor
     np.testing.assert_allclose(np.asarray(prepared.data.observations), (raw.observations - mean) / std,
                                rtol=1e-4, atol=1e-4)
-
-
-def logged(run_dir):
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in line.items() if k not in ("seconds", "env_steps_per_second")}
-            for line in lines]
-
-
-class Interrupted(Exception):
-    pass
 
 
 def test_resume_during_the_online_phase_gives_the_same_numbers(offline_data, tmp_path, monkeypatch):

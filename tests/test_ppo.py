@@ -2,7 +2,6 @@
 computations; rollouts reaching `update` whole and in time order; seeds batched = single runs; a
 run resumed from a checkpoint in the middle of a rollout gives the same numbers; bad settings."""
 
-import json
 import math
 
 import flax
@@ -11,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cli_env, run_cli
+from conftest import Interrupted, cli_env, logged, run_cli
 
 from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, SettingsError
 from algorithms.core.ppo import PPOConfig, ReturnScaler, clipped_surrogate, clipped_value_loss, gae
@@ -164,16 +163,6 @@ def test_seeds_trained_together_equal_seeds_trained_alone():
 TINY = ["algo=ppo", "steps=0", "dataset=local/pendulum-mixed", "algo.hidden_dims=[16,16]",
         "algo.online.block=32", "algo.ppo.minibatch_size=16", "algo.ppo.epochs=2", "online.steps=96",
         "online.eval_every=40", "online.log_every=40", "online.episodes=1", "seeds=2"]
-
-
-def logged(run_dir):
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in line.items() if k not in ("seconds", "env_steps_per_second")}
-            for line in lines]
-
-
-class Interrupted(Exception):
-    pass
 
 
 def test_resume_in_the_middle_of_a_rollout_gives_the_same_numbers(offline_data, tmp_path, monkeypatch):
