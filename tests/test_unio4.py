@@ -267,13 +267,16 @@ def test_seeds_and_members_batched_equal_single_runs():
     assert not np.allclose(both_actions[0], both_actions[1])  # the members act differently
 
 
+# A whole run in seconds: tiny networks, 20 steps per stage, short AM-Q rollouts.
+TINY_RUN = ["algo=unio4", "dataset=local/pendulum-mixed", "seeds=2", "log_every=20", "eval.every=20",
+            "eval.episodes=2", "pretrain.cache_dir=null", "algo.critic_steps=20", "algo.bc_steps=20",
+            "algo.dynamics.max_steps=20", "algo.eval_step=10", "algo.rollout_length=5",
+            "algo.rollout_batch=16", "algo.q_hidden_dims=[16]", "algo.v_hidden_dims=[16]",
+            "algo.policy_hidden_dims=[16]", "algo.dynamics.hidden_dims=[16,16,16,16]"]
+
+
 def test_train_end_to_end_reports_every_member(offline_data, tmp_path):
-    overrides = ["algo=unio4", "dataset=local/pendulum-mixed", "seeds=2", "steps=40", "log_every=20",
-                 "eval.every=20", "eval.episodes=2", "pretrain.cache_dir=null", "algo.critic_steps=20",
-                 "algo.bc_steps=20", "algo.dynamics.max_steps=20", "algo.eval_step=10",
-                 "algo.rollout_length=5", "algo.rollout_batch=16", "algo.q_hidden_dims=[16]",
-                 "algo.v_hidden_dims=[16]", "algo.policy_hidden_dims=[16]",
-                 "algo.dynamics.hidden_dims=[16,16,16,16]"]
+    overrides = [*TINY_RUN, "steps=40"]
     run_dir = tmp_path / "run"
     done = run_cli(overrides, run_dir, cli_env(OFFRL_DATA_DIR=str(offline_data)))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -290,12 +293,7 @@ def test_train_end_to_end_reports_every_member(offline_data, tmp_path):
 def test_train_end_to_end_then_online_ppo(offline_data, tmp_path):
     """Offline BPPO, the hand-over of the chosen member, then online PPO rollouts; with reward
     scaling the re-fitted V is a fourth stage."""
-    overrides = ["algo=unio4", "dataset=local/pendulum-mixed", "seeds=2", "steps=20", "log_every=20",
-                 "eval.every=20", "eval.episodes=2", "pretrain.cache_dir=null", "algo.critic_steps=20",
-                 "algo.bc_steps=20", "algo.dynamics.max_steps=20", "algo.eval_step=10",
-                 "algo.rollout_length=5", "algo.rollout_batch=16", "algo.q_hidden_dims=[16]",
-                 "algo.v_hidden_dims=[16]", "algo.policy_hidden_dims=[16]",
-                 "algo.dynamics.hidden_dims=[16,16,16,16]", "online.steps=128", "algo.online.block=64",
+    overrides = [*TINY_RUN, "steps=20", "online.steps=128", "algo.online.block=64",
                  "algo.ppo.minibatch_size=32", "online.eval_every=64", "online.log_every=64",
                  "algo.ppo.reward_scaling=number", "algo.value_refit_steps=20",
                  "algo.value_refit_hidden_dims=[16]"]
