@@ -10,30 +10,40 @@ One update; every loss is taken at the parameters from before the update:
         y     = r + gamma (1 - d) min_i Qbar_i(s', a')                  backup="deterministic" (default)
               = r + gamma (1 - d) (min_i Qbar_i(s', a') - alpha log pi(a'|s'))        backup="entropy"
               = r + gamma (1 - d) min_i max_k Qbar_i(s', a'_k),  k = 1..n               backup="max"
+              = r + gamma (1 - d) max_k min_i Qbar_i(s', a'_k)     ... with max_backup_order="min_then_max"
         Gap_i = T logsumexp_j( [Q_i(s, u_j) - log 0.5^|A|,  Q_i(s, a_j) - log pi(a_j|s),
                                 Q_i(s, a'_j) - log pi(a'_j|s')] / T ) - Q_i(s, a)
                 (the log-densities are constants; the next-state actions are scored at s)
         L_Q   = sum_i E[(Q_i(s, a) - y)^2] + w E[Gap_i]                     (w = `min_q_weight`)
-        Lagrange (`lagrange=True`): w E[Gap_i]  ->  alpha' (w E[Gap_i] - tau_gap),
-                alpha' = clip(exp(log alpha'), 0, 1e6),   L_alpha' = -mean_i alpha' (w E[Gap_i] - tau_gap)
+        Lagrange (`lagrange=True`): w E[Gap_i]  ->  alpha' C_i,  L_alpha' = -mean_i alpha' C_i,
+                alpha' = clip(exp(log alpha'), 0, 1e6), with the constraint (gaps held in L_alpha')
+                C_i = w E[Gap_i] - tau_gap      lagrange_form="original": the gap settles at tau_gap / w
+                C_i = w (E[Gap_i] - tau_gap)    lagrange_form="jaxcql":   the gap settles at tau_gap
     actor:   L_pi = E[alpha log pi(a~|s) - min_i Q_i(s, a~)],  a~ ~ pi(.|s) reparameterised;
              for the first `bc_warmup_steps` steps instead L_pi = E[alpha log pi(a~|s) - log pi(a|s)]
     entropy temperature:  L_alpha = -log alpha E[log pi(a~|s) + H],  H = -|A|  (actor learning rate)
     targets: Qbar <- (1 - tau) Qbar + tau Q
 
 Where the two reference codes differ, and what is done here:
-  - Lagrange form. The original writes alpha' (w Gap - tau_gap), JaxCQL alpha' w (Gap - tau_gap).
-    We implement the original's; JaxCQL's is the same with tau_gap = w * tau_JaxCQL. log alpha'
-    starts at 0 in the original and at 1 in JaxCQL (`init_log_alpha_prime`); both step it with the
-    Q learning rate.
-  - Max backup. The original takes the max over the n actions for each critic, then the min over
-    critics (implemented); JaxCQL takes the min over critics, then the max.
+  - Lagrange form (`lagrange_form`). The original writes alpha' (w Gap - tau_gap), JaxCQL (and
+    Cal-QL, CORL, d3rlpy after it) alpha' w (Gap - tau_gap): the same losses when tau_gap(original)
+    = w * tau_gap(JaxCQL), but a threshold must be read in the form its code wrote it in (Cal-QL's
+    0.8 in the original form would hold the gap at 0.8 / 5). Each config writes its reference's
+    number in its reference's form. log alpha' starts at 0 in the original and at 1 in JaxCQL
+    (`init_log_alpha_prime`); both step it with the Q learning rate.
+  - Max backup (`max_backup_order`). The original takes the max over the n actions for each
+    critic, then the min over critics ("max_then_min", the default); JaxCQL, Cal-QL and CORL take
+    the min over critics for each action, then the max ("min_then_max"). max_k min_i <= min_i max_k,
+    so the latter's targets are the lower ones.
   - Order. The original steps log alpha before the actor loss and uses the new alpha there; JaxCQL
     takes every loss at the old parameters (done here; one Adam step of log alpha apart).
   - Networks. Original 3x256, tanh-Gaussian head `policy_head="rlkit"`, last critic layer U(+-3e-3);
     JaxCQL 2x256, `policy_head="jaxcql"`, last critic layer variance_scaling(1e-2) (about U(+-0.011)
     with zero bias; here U(+-`critic_final_init_scale`) for weights and bias). Hidden layers use
-    lecun-normal weights and zero biases (JaxCQL; rlkit's own init differs slightly). rlkit also
+    lecun-normal weights and zero biases (JaxCQL's default; rlkit's own init differs slightly).
+    JaxCQL's `orthogonal_init=True` (Cal-QL's default) is `init_scheme="orthogonal"`: orthogonal
+    hidden layers of gain sqrt(2), orthogonal last layers of gain 1e-2 (the policy's) and
+    `critic_final_init_scale` (the critics'), zero biases. rlkit also
     clamps mu to [-9, 9] when it scores dataset actions (BC warm-up); not done here.
   - Actor learning rate 1e-4 and a 40 000-step BC warm-up (`policy_eval_start`) in the original;
     3e-4 and none in JaxCQL. The original clips dataset actions inside atanh at 1 - 1e-6; so do we.
@@ -69,7 +79,10 @@ from algorithms.core.networks import ReferenceTanhGaussianActor, critic_ensemble
 from algorithms.core.training import copy_params, create_train_state, scalar_state, soft_update
 
 BACKUPS = ("deterministic", "entropy", "max")
+MAX_BACKUP_ORDERS = ("max_then_min", "min_then_max")
 POLICY_HEADS = ("rlkit", "jaxcql")
+LAGRANGE_FORMS = ("original", "jaxcql")
+INIT_SCHEMES = ("default", "orthogonal")
 
 
 @flax.struct.dataclass
@@ -102,22 +115,29 @@ def conservative_gap(q_data: jax.Array, q_sampled: jax.Array, log_density: jax.A
 
 
 def lagrange_penalty(gaps: jax.Array, log_alpha_prime: jax.Array, min_q_weight: float,
-                     target_gap: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The original's CQL-Lagrange terms for per-critic mean gaps `gaps` (N,): the critics' penalty
-    alpha' (w gap_i - tau) (alpha' constant), the multiplier's loss -mean_i alpha' (w gap_i - tau)
-    (gaps constant), and alpha'. Minimising the latter raises alpha' while w gap > tau."""
+                     target_gap: float, form: str = "original") -> tuple[jax.Array, jax.Array, jax.Array]:
+    """CQL-Lagrange terms for per-critic mean gaps `gaps` (N,) with the constraint C_i = w gap_i - tau
+    (form "original") or w (gap_i - tau) ("jaxcql"): the critics' penalty alpha' C_i (alpha'
+    constant), the multiplier's loss -mean_i alpha' C_i (gaps constant), and alpha'. Minimising the
+    latter raises alpha' while C > 0, so the gap settles where C = 0."""
     alpha_prime = jnp.clip(jnp.exp(log_alpha_prime), 0.0, 1e6)
-    constraint = min_q_weight * gaps - target_gap
+    if form == "jaxcql":
+        constraint = min_q_weight * (gaps - target_gap)
+    else:
+        constraint = min_q_weight * gaps - target_gap
     penalty = jax.lax.stop_gradient(alpha_prime) * constraint
     alpha_prime_loss = -(alpha_prime * jax.lax.stop_gradient(constraint)).mean()
     return penalty, alpha_prime_loss, alpha_prime
 
 
-def backup_value(next_q: jax.Array, next_log_probs: jax.Array, alpha: jax.Array, backup: str):
+def backup_value(next_q: jax.Array, next_log_probs: jax.Array, alpha: jax.Array, backup: str,
+                 max_backup_order: str = "max_then_min"):
     """The value of s' in the TD target, from target-critic values `next_q` (N, B, K) of K actions
     a'_k ~ pi(.|s') with log-probabilities `next_log_probs` (B, K); K = 1 except for "max"."""
-    if backup == "max":  # per critic the best of the K actions, then the most pessimistic critic
-        return next_q.max(axis=-1).min(axis=0)
+    if backup == "max":
+        if max_backup_order == "min_then_max":  # per action the most pessimistic critic, then the best action
+            return next_q.min(axis=0).max(axis=-1)
+        return next_q.max(axis=-1).min(axis=0)  # per critic the best action, then the most pessimistic critic
     value = next_q[..., 0].min(axis=0)
     if backup == "entropy":
         value = value - alpha * next_log_probs[:, 0]
@@ -136,7 +156,9 @@ class CQL(Algorithm):
     tau: float = 5e-3
     num_critics: int = 2
     policy_head: str = "rlkit"  # "rlkit" (original) or "jaxcql": see ReferenceTanhGaussianActor
-    critic_final_init_scale: float | None = 3e-3  # U(+-scale) last critic layer; None: lecun normal
+    # the last critic layer: U(+-scale), or the gain of an orthogonal one under init_scheme="orthogonal"
+    critic_final_init_scale: float | None = 3e-3  # None: as the hidden layers
+    init_scheme: str = "default"  # "default" (lecun normal) or "orthogonal" (JaxCQL's orthogonal_init)
     target_entropy: float | None = None  # None: -|A|
     bc_warmup_steps: int = 40_000  # the original's policy_eval_start; 0 in JaxCQL
     # CQL(H)
@@ -144,24 +166,27 @@ class CQL(Algorithm):
     num_sampled_actions: int = 10  # n, per state and per proposal distribution
     cql_temperature: float = 1.0  # T
     backup: str = "deterministic"  # "deterministic", "entropy" or "max"
+    max_backup_order: str = "max_then_min"  # backup="max": "max_then_min" (original) or "min_then_max"
     lagrange: bool = False
-    target_action_gap: float = 5.0  # tau_gap, used with lagrange=True
+    lagrange_form: str = "original"  # "original": alpha' (w gap - tau_gap); "jaxcql": alpha' w (gap - tau)
+    target_action_gap: float = 5.0  # tau_gap, used with lagrange=True, in `lagrange_form`'s form
     init_log_alpha_prime: float = 0.0
     clip_dataset_actions: float | None = None  # JaxCQL: 0.999 (|a| <= this); None: as recorded
 
     def __post_init__(self):
         super().__post_init__()
         # KeyError is what the train app reports as a one-line bad-override error.
-        if self.backup not in BACKUPS:
-            raise KeyError(f"algo.backup must be one of {', '.join(BACKUPS)} (got '{self.backup}')")
-        if self.policy_head not in POLICY_HEADS:
-            raise KeyError(f"algo.policy_head must be one of {', '.join(POLICY_HEADS)} "
-                           f"(got '{self.policy_head}')")
+        for name, allowed in (("backup", BACKUPS), ("max_backup_order", MAX_BACKUP_ORDERS),
+                              ("policy_head", POLICY_HEADS), ("lagrange_form", LAGRANGE_FORMS),
+                              ("init_scheme", INIT_SCHEMES)):
+            if getattr(self, name) not in allowed:
+                raise KeyError(f"algo.{name} must be one of {', '.join(allowed)} "
+                               f"(got '{getattr(self, name)}')")
 
     def networks(self, action_dim: int):
-        actor = ReferenceTanhGaussianActor(self.hidden_dims, action_dim, self.policy_head)
+        actor = ReferenceTanhGaussianActor(self.hidden_dims, action_dim, self.policy_head, self.init_scheme)
         critic = critic_ensemble(self.num_critics, self.critic_hidden_dims or self.hidden_dims,
-                                 final_init_scale=self.critic_final_init_scale)
+                                 init_scheme=self.init_scheme, final_init_scale=self.critic_final_init_scale)
         return actor, critic
 
     def push_down_values(self, q_sampled: jax.Array, batch, ctx: Context | None) -> jax.Array:
@@ -241,7 +266,7 @@ class CQL(Algorithm):
 
         next_q = state.critic.apply_fn(
             state.target_critic_params, batch.next_observations, next_actions[:, n:])
-        next_v = backup_value(next_q, next_log_probs[:, n:], alpha, self.backup)
+        next_v = backup_value(next_q, next_log_probs[:, n:], alpha, self.backup, self.max_backup_order)
         td_target = batch.rewards + self.discount * (1.0 - batch.terminals) * next_v
 
         uniform_actions = jax.random.uniform(uniform_key, (batch_size, n, action_dim),
@@ -261,7 +286,7 @@ class CQL(Algorithm):
             gaps = conservative_gap(q_data, q_sampled, log_density, self.cql_temperature).mean(axis=1)
             if self.lagrange:
                 penalty = lagrange_penalty(gaps, state.log_alpha_prime.params["value"], self.min_q_weight,
-                                           self.target_action_gap)[0]
+                                           self.target_action_gap, self.lagrange_form)[0]
             else:
                 penalty = self.min_q_weight * gaps
             return (td_loss + penalty).sum(), (td_loss, gaps, q_data, q[..., 1 + n:1 + 2 * n])
@@ -277,7 +302,7 @@ class CQL(Algorithm):
         if self.lagrange:
             def multiplier_loss(params):
                 return lagrange_penalty(gaps, params["value"], self.min_q_weight,
-                                        self.target_action_gap)[1]
+                                        self.target_action_gap, self.lagrange_form)[1]
 
             log_alpha_prime = log_alpha_prime.apply_gradients(
                 grads=jax.grad(multiplier_loss)(log_alpha_prime.params))
@@ -310,8 +335,13 @@ class CalQL(CQL):
     calibration on and computes the online transitions' returns-to-go when each trajectory ends;
     CORL (`algorithms/finetune/cal_ql.py`, switch_calibration) turns it off at the switch. We
     follow CORL (`online_calibration=False`, the default): the engine stores online rows as they
-    arrive, before their trajectory's return is known. configs/algo/cal_ql.yaml holds the code's
-    AntMaze recipe (Lagrange with gap 0.8, max backup, Q 4x256, actor lr 1e-4, r <- 10 r - 5)."""
+    arrive, before their trajectory's return is known.
+
+    configs/algo/cal_ql.yaml holds the code's AntMaze recipe (scripts/run_antmaze.sh with the
+    defaults of conservative_sac_main.py): JaxCQL's Lagrange form alpha' w (gap - 0.8) with w = 5,
+    the max backup as min over the critics then max over the 10 actions, orthogonal initialisation,
+    Q 4x256, policy 2x256 (lr 1e-4), dataset actions clipped to +-0.99999, r <- 10 r - 5. Every
+    remaining difference from the paper and the code: docs/algorithms/cal_ql.md."""
 
     name = "cal_ql"
     failure_reward: float | None = None  # sparse tasks: the (transformed) reward of every failed step

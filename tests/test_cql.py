@@ -19,8 +19,10 @@ SPEC = Spec(observation_dim=3, action_dim=2, total_steps=100)
 # Compiling one CQL update takes 10-15 s on 2 cores, so every test shares these two, compiled once.
 CONFIGS = {
     "default": dict(bc_warmup_steps=1),
-    "lagrange_max": dict(bc_warmup_steps=0, lagrange=True, backup="max", policy_head="jaxcql",
-                         target_action_gap=0.0, num_critics=3, critic_lr=3e-3),
+    # Cal-QL's critic settings (tau_gap = 0 is the same constraint in either Lagrange form)
+    "lagrange_max": dict(bc_warmup_steps=0, lagrange=True, lagrange_form="jaxcql", backup="max",
+                         max_backup_order="min_then_max", policy_head="jaxcql", init_scheme="orthogonal",
+                         critic_final_init_scale=1e-2, target_action_gap=0.0, num_critics=3, critic_lr=3e-3),
     "clipped_actions": dict(bc_warmup_steps=0, clip_dataset_actions=0.999),
 }
 _compiled = {}
@@ -83,14 +85,17 @@ def test_conservative_gap_by_hand():
 
 def test_backups_by_hand():
     # 2 critics, 1 state, 3 sampled next actions
-    next_q = jnp.array([[[1.0, 5.0, 2.0]], [[3.0, 4.0, 0.0]]])
+    next_q = jnp.array([[[1.0, 5.0, 2.0]], [[3.0, 0.0, 4.0]]])
     log_probs = jnp.array([[-1.0, 0.0, 0.0]])
     alpha = jnp.array(0.5)
     # deterministic: min over critics at the first action; entropy: minus alpha log pi
     np.testing.assert_allclose(backup_value(next_q[..., :1], log_probs[:, :1], alpha, "deterministic"), [1.0])
     np.testing.assert_allclose(backup_value(next_q[..., :1], log_probs[:, :1], alpha, "entropy"), [1.5])
-    # max: each critic's best action (5 and 4), then the smaller: 4 (min-then-max would give 3)
+    # max, the original's order: each critic's best action (5 and 4), then the smaller: 4
     np.testing.assert_allclose(backup_value(next_q, log_probs, alpha, "max"), [4.0])
+    np.testing.assert_allclose(backup_value(next_q, log_probs, alpha, "max", "max_then_min"), [4.0])
+    # JaxCQL's and Cal-QL's order: per action the smaller critic (1, 0, 2), then the best: 2
+    np.testing.assert_allclose(backup_value(next_q, log_probs, alpha, "max", "min_then_max"), [2.0])
 
 
 @pytest.mark.parametrize("gap, rises", [(2.0, True), (0.5, False)])
@@ -110,6 +115,38 @@ def test_lagrange_multiplier_follows_the_gap(gap, rises):
     assert alpha_prime == 1.0
     # alpha' = clip(exp(log alpha'), 0, 1e6)
     assert lagrange_penalty(gaps, jnp.array(30.0), w, threshold)[2] == 1e6
+
+
+def test_jaxcql_lagrange_form_scales_the_threshold_by_w():
+    w, threshold = 5.0, 0.8
+    gaps = jnp.array([1.0, 3.0])
+    penalty, multiplier_loss, _ = lagrange_penalty(gaps, jnp.array(0.0), w, threshold, "jaxcql")
+    np.testing.assert_allclose(penalty, [w * (1.0 - 0.8), w * (3.0 - 0.8)], rtol=1e-6)
+    assert float(multiplier_loss) == pytest.approx(-w * (2.0 - 0.8), rel=1e-6)  # mean over critics
+    grads = jax.grad(lambda g: lagrange_penalty(g, jnp.array(0.0), w, threshold, "jaxcql")[0].sum())(gaps)
+    np.testing.assert_allclose(grads, [w, w])
+
+
+def multiplier_gradient(algo, gap: float) -> float:
+    """d L_alpha' / d log alpha' at log alpha' = 0 when both critics' mean gap is `gap`, from the
+    loss the update steps with the algorithm's Lagrange settings."""
+    return float(jax.grad(lambda log_alpha_prime: lagrange_penalty(
+        jnp.array([gap, gap]), log_alpha_prime, algo.min_q_weight, algo.target_action_gap,
+        algo.lagrange_form)[1])(jnp.array(0.0)))
+
+
+@pytest.mark.parametrize("name, settles_at", [("cal_ql", 0.8), ("cql", 1.0), ("cql_jaxcql", 1.0)])
+def test_lagrange_multiplier_settles_at_the_references_gap(name, settles_at):
+    """The dual's fixed point by hand: L_alpha' = -alpha' C with alpha' = e^(log alpha'), so its
+    gradient in log alpha' is -alpha' C, zero exactly where the constraint C is. Cal-QL's authors,
+    CORL and d3rlpy write alpha' w (gap - 0.8): the gap settles at 0.8 (not 0.8 / w = 0.16); the
+    original CQL's AntMaze alpha' (w gap - 5) and JaxCQL's alpha' w (gap - 1), with w = 5, at 1."""
+    algo = make_algorithm(compose([f"algo={name}", "dataset=d4rl/antmaze-medium-play-v2"]).algo)
+    assert algo.lagrange and algo.min_q_weight == 5.0
+    assert multiplier_gradient(algo, settles_at) == pytest.approx(0.0, abs=1e-6)
+    # one unit of gap above the fixed point: -w (alpha' = 1); below it alpha' falls
+    assert multiplier_gradient(algo, settles_at + 1.0) == pytest.approx(-5.0, rel=1e-6)
+    assert multiplier_gradient(algo, settles_at / 5.0) > 0.0
 
 
 def test_lagrange_update_raises_alpha_prime_above_the_threshold():
@@ -195,12 +232,16 @@ def test_named_configs_per_family():
     assert jax_cql.name == "cql" and jax_cql.hidden_dims == (256, 256) and jax_cql.actor_lr == 3e-4
     assert (jax_cql.bc_warmup_steps, jax_cql.init_log_alpha_prime, jax_cql.policy_head) == (0, 1.0, "jaxcql")
     assert (original.clip_dataset_actions, jax_cql.clip_dataset_actions) == (None, 0.999)
-    for name in ("cql", "cql_jaxcql"):
+    for name, form, threshold in (("cql", "original", 5.0), ("cql_jaxcql", "jaxcql", 1.0)):
         antmaze = make_algorithm(compose([f"algo={name}", "dataset=d4rl/antmaze-umaze-v2"]).algo)
-        assert antmaze.lagrange and (antmaze.target_action_gap, antmaze.min_q_weight) == (5.0, 5.0)
+        assert antmaze.lagrange and antmaze.min_q_weight == 5.0
+        assert (antmaze.lagrange_form, antmaze.target_action_gap) == (form, threshold)  # each its code's
         assert (antmaze.reward.scale, antmaze.reward.shift) == (4.0, -2.0)  # (r - 0.5) * 4
-    with pytest.raises(KeyError, match="algo.backup"):
-        make_algorithm(compose(["algo=cql", "algo.backup=maximum"]).algo)
+    assert (original.max_backup_order, jax_cql.max_backup_order) == ("max_then_min", "min_then_max")
+    assert original.init_scheme == jax_cql.init_scheme == "default"
+    for field in ("backup", "max_backup_order", "lagrange_form", "init_scheme", "policy_head"):
+        with pytest.raises(KeyError, match=f"algo.{field} must be one of"):
+            make_algorithm(compose(["algo=cql", f"algo.{field}=unknown"]).algo)
 
 
 def test_cal_ql_pushes_policy_actions_down_only_to_the_behaviour_value():
@@ -234,7 +275,39 @@ def test_cal_ql_batches_carry_the_datasets_returns_to_go():
 
 def test_cal_ql_config_is_the_codes_antmaze_recipe():
     algo = make_algorithm(compose(["algo=cal_ql", "dataset=d4rl/antmaze-medium-play-v2"]).algo)
-    assert (algo.lagrange, algo.target_action_gap, algo.backup) == (True, 0.8, "max")
+    assert (algo.lagrange, algo.lagrange_form, algo.target_action_gap) == (True, "jaxcql", 0.8)
+    assert (algo.min_q_weight, algo.init_log_alpha_prime) == (5.0, 1.0)
+    assert (algo.backup, algo.max_backup_order, algo.num_sampled_actions) == ("max", "min_then_max", 10)
     assert algo.critic_hidden_dims == (256,) * 4 and algo.hidden_dims == (256, 256)
+    assert (algo.actor_lr, algo.critic_lr, algo.bc_warmup_steps) == (1e-4, 3e-4, 0)
+    assert algo.clip_dataset_actions == 0.99999  # conservative_sac_main.py: clip_action
     assert (algo.reward.scale, algo.reward.shift, algo.failure_reward) == (10.0, -5.0, -5.0)
     assert algo.online.replay == "mixed" and algo.online.dataset_fraction == 0.5
+    # the max backup of a 2-critic, 3-action example: min over critics (1, 0, 2), then max
+    next_q = jnp.array([[[1.0, 5.0, 2.0]], [[3.0, 0.0, 4.0]]])
+    value = backup_value(next_q, jnp.zeros((1, 3)), jnp.array(1.0), algo.backup, algo.max_backup_order)
+    np.testing.assert_allclose(value, [2.0])  # max-then-min: min(5, 4) = 4
+
+
+def test_cal_ql_initialises_as_the_codes_orthogonal_init():
+    """model.py with orthogonal_init=True (Cal-QL's default): every hidden layer an orthogonal
+    matrix of gain sqrt(2), the last layers of gain 1e-2 (policy and Q alike), zero biases. So
+    W^T W (or W W^T for a wide W) is gain^2 times the identity: the last Q layer is a vector of
+    norm 1e-2, where lecun-normal or U(+-0.011) layers are not orthogonal at all."""
+    algo = make_algorithm(compose(["algo=cal_ql", "dataset=d4rl/antmaze-medium-play-v2",
+                                   "algo.hidden_dims=[6,6]", "algo.critic_hidden_dims=[6,6,6]"]).algo)
+    actor_net, critic_net = algo.networks(action_dim=2)
+    observations, actions = jnp.zeros((1, 3)), jnp.zeros((1, 2))
+    actor = actor_net.init(jax.random.key(0), observations)["params"]
+    critic = critic_net.init(jax.random.key(1), observations, actions)["params"]["VmapQNetwork_0"]["MLP_0"]
+    hidden, last = np.sqrt(2.0), 1e-2
+    layers = [(actor["MLP_0"]["Dense_0"], hidden), (actor["MLP_0"]["Dense_1"], hidden),
+              (actor["Dense_0"], last)]
+    for member in range(algo.num_critics):  # the ensemble stacks its members' parameters on axis 0
+        layers += [(jax.tree.map(lambda leaf, m=member: leaf[m], critic[f"Dense_{i}"]), gain)
+                   for i, gain in enumerate((hidden, hidden, hidden, last))]
+    for layer, gain in layers:
+        kernel = np.asarray(layer["kernel"])
+        gram = kernel.T @ kernel if kernel.shape[0] >= kernel.shape[1] else kernel @ kernel.T
+        np.testing.assert_allclose(gram, gain**2 * np.eye(min(kernel.shape)), atol=1e-5 * gain**2)
+        assert not np.asarray(layer["bias"]).any()

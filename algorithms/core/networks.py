@@ -64,7 +64,9 @@ class MLP(nn.Module):
     layer_norm: bool = False
     dropout_rate: float = 0.0
     init_scheme: str = "default"  # "default" (lecun normal, zero bias), "orthogonal", or "torch"
-    final_init_scale: float | None = None  # U(+-scale) init of the last layer, if given
+    # The last layer, if given: U(+-scale) weights and biases; under init_scheme="orthogonal" an
+    # orthogonal matrix of gain `scale` and zero biases (JaxCQL's and Cal-QL's `orthogonal_init`).
+    final_init_scale: float | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, training: bool = False) -> jax.Array:
@@ -82,6 +84,8 @@ class MLP(nn.Module):
 
     def _dense(self, size: int, fan_in: int, is_last: bool) -> nn.Dense:
         if is_last and self.final_init_scale is not None:
+            if self.init_scheme == "orthogonal":
+                return nn.Dense(size, kernel_init=orthogonal_init(self.final_init_scale))
             uniform = nn.initializers.uniform(2 * self.final_init_scale)
             shifted = lambda key, shape, dtype=jnp.float32: uniform(key, shape, dtype) - self.final_init_scale
             return nn.Dense(size, kernel_init=shifted, bias_init=shifted)
@@ -247,6 +251,9 @@ class ReferenceTanhGaussianActor(nn.Module):
     head="jaxcql" (JaxCQL): one layer gives (mu, raw), weights variance_scaling(1e-2, fan_in,
         uniform) and zero bias, log sigma = m * raw + o with learnable scalars m, o (initially 1
         and -1), clipped to [-20, 2].
+    `init_scheme` sets the hidden layers' weights (MLP's schemes); "orthogonal" with the jaxcql head
+    is JaxCQL's `orthogonal_init=True` (Cal-QL's default): hidden layers orthogonal with gain
+    sqrt(2), the output layer orthogonal with gain 1e-2, zero biases. The rlkit head keeps its own.
     Either way the initial policy is close to tanh(N(0, sigma_0^2)) in every state, with sigma_0 = 1
     (rlkit) or e^-1 (jaxcql). `mode` is tanh(mu), the reference codes' deterministic action.
     """
@@ -254,16 +261,20 @@ class ReferenceTanhGaussianActor(nn.Module):
     hidden_dims: Sequence[int]
     action_dim: int
     head: str = "rlkit"
+    init_scheme: str = "default"
 
     @nn.compact
     def __call__(self, observations: jax.Array) -> distrax.Distribution:
-        features = MLP(self.hidden_dims)(observations)  # ends activated
+        features = MLP(self.hidden_dims, init_scheme=self.init_scheme)(observations)  # ends activated
         if self.head == "rlkit":
             out = MLP((), 2 * self.action_dim, final_init_scale=1e-3)(features)
             mean, log_std = jnp.split(out, 2, axis=-1)
             log_std = jnp.clip(log_std, -5.0, 2.0)
         elif self.head == "jaxcql":
-            small = nn.initializers.variance_scaling(1e-2, "fan_in", "uniform")
+            if self.init_scheme == "orthogonal":
+                small = orthogonal_init(1e-2)
+            else:
+                small = nn.initializers.variance_scaling(1e-2, "fan_in", "uniform")
             mean, raw = jnp.split(nn.Dense(2 * self.action_dim, kernel_init=small)(features), 2, axis=-1)
             multiplier = self.param("log_std_multiplier", nn.initializers.constant(1.0), ())
             offset = self.param("log_std_offset", nn.initializers.constant(-1.0), ())
