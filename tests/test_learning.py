@@ -87,8 +87,13 @@ FINE_TUNING = ["dataset=local/pendulum-medium", "algo.hidden_dims=[64,64]", "see
                "online.eval_every=5000", "online.episodes=10", "algo.online.block=10"]
 
 
+# Cal-QL: Q at the test's width too (2x256 outside AntMaze), and batches of 64 (a CQL update scores
+# 31 actions per row with each critic: at 256 rows the test took ~45 min on the loaded 2 cores)
+FINE_TUNING_EXTRA = {"cal_ql": ["algo.critic_hidden_dims=[64,64]", "algo.batch_size=64"]}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["iql", "famo2o_iql"])
+@pytest.mark.parametrize("name", ["iql", "famo2o_iql", "cal_ql"])
 def test_fine_tuning_ends_above_the_offline_score(name, tmp_path, monkeypatch):
     """On `local/pendulum-medium` (the medium behaviour policy's 20k transitions, normalized score
     ~33): 5k offline steps, then 20k environment steps of fine-tuning (updates every 10 steps, 10 at
@@ -97,7 +102,7 @@ def test_fine_tuning_ends_above_the_offline_score(name, tmp_path, monkeypatch):
     offline the policy family trains on b ~ U[1, 5], online on the balance model's b)
     35.3 ± 5.2 -> 45.8, 53.5, 79.8, 90.2 ± 3.6."""
     monkeypatch.setenv("OFFRL_DATA_DIR", str(tmp_path / "datasets"))
-    results = run(compose([f"algo={name}", *FINE_TUNING]), tmp_path / "run")
+    results = run(compose([f"algo={name}", *FINE_TUNING, *FINE_TUNING_EXTRA.get(name, [])]), tmp_path / "run")
     offline = [seed["offline_score"] for seed in results["seeds"]]
     online = [seed["online_final_score"] for seed in results["seeds"]]
     assert np.mean(online) > np.mean(offline) + MARGIN, (offline, online)
