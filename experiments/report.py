@@ -2,17 +2,24 @@
 
     python -m experiments.report multirun/2026-12-01_10-00-00          # a sweep folder
     python -m experiments.report runs/ multirun/ --paper iql --format latex
+    python -m experiments.report multirun/... --compare iql td3_bc --last 10
 
-Reads every `results.json` under the folders (and `metrics.jsonl` for curves); runs of the same
-algorithm on the same dataset are pooled (their seeds together). Writes into `--out` (default
-`<first folder>/report/`) and prints the table in `--format`:
-- `report.md`, `report.tex`, `scores.csv`: per dataset and algorithm the mean ± std over seeds of the
-  final score and of the best score, the paper's number (`experiments/paper_scores.yaml`) and ours
-  minus it; offline-to-online runs get offline -> online scores and regret; failed and unfinished
-  jobs are listed;
-- `aggregate.csv`: per algorithm IQM and mean of the final scores over seeds x datasets with 95%
-  stratified-bootstrap confidence intervals (rliable);
-- `curves_<dataset>.png` (mean and 95% CI band over seeds per algorithm) and `profiles.png`
+Reads every `results.json` under the folders (and `metrics.jsonl` for curves). A row holds the seeds
+of one algorithm on one dataset trained with the same settings (the resolved config without the
+seed, output, checkpoint and logging fields: NOT_SETTINGS); rows of an algorithm that differ in
+settings are labelled by the fields that differ ("iql (expectile=0.9)"), `--group-by` names the
+fields that make a row instead. A (settings, seed) pair found twice (a re-launched sweep) counts once
+and is listed. Writes into `--out` (default `<first folder>/report/`) and prints the table in `--format`:
+- `report.md`, `report.tex`, `scores.csv`: per row the mean ± std over seeds of the final score (the
+  last evaluation), of the mean of each seed's last N evaluations (`--last`, TD3+BC's protocol: 10)
+  and of the best evaluation; the published number of the closest data
+  (`experiments/paper_scores.yaml`), ours minus it, its source and both datasets' versions;
+  every published number for the datasets and algorithms; offline-to-online runs get offline ->
+  online scores and regret; failed, unfinished and duplicate jobs are listed;
+- `aggregate.csv`: per row label IQM and mean over seeds x datasets of the final, last-N and best
+  scores with 95% stratified-bootstrap confidence intervals (rliable); with `--compare A B`, the
+  probability that A scores above B (rliable's average probability of improvement) with its CI;
+- `curves_<dataset>.png` (mean and 95% CI band over seeds per row) and `profiles.png`
   (performance profiles, rliable), when matplotlib is there.
 A results file from another format or a half-written one is skipped with a warning naming it.
 """

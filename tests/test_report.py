@@ -387,3 +387,11 @@ def test_every_experiment_config_reaches_a_published_number_or_says_why_not():
     assert sources == {"corl", "iql_antmaze", "iql_finetune"}
     for source in papers["sources"].values():
         assert {"cite", "datasets", "protocol", "checked"} <= set(source)
+
+
+def test_a_bad_count_of_last_evaluations_is_named():
+    from experiments import config
+
+    with pytest.raises(config.ConfigError, match=r"eval.mean_of_last must be an integer >= 1 \(got 0\)"):
+        config.check_run_settings(config.compose(["eval.mean_of_last=0"]))
+    assert config.compose([]).eval.mean_of_last == 10
