@@ -16,8 +16,8 @@ and is listed. Writes into `--out` (default `<first folder>/report/`) and prints
   (`experiments/paper_scores.yaml`), ours minus it, its source and both datasets' versions;
   every published number for the datasets and algorithms; offline-to-online runs get offline ->
   online scores and regret; failed, unfinished and duplicate jobs are listed;
-- `aggregate.csv`: per row label IQM and mean over seeds x datasets of the final, last-N and best
-  scores with 95% stratified-bootstrap confidence intervals (rliable); with `--compare A B`, the
+- `aggregate.csv`: per row label IQM and mean over seeds x datasets of the final and last-N scores
+  with 95% stratified-bootstrap confidence intervals (rliable); with `--compare A B`, the
   probability that A scores above B (rliable's average probability of improvement) with its CI;
 - `curves_<dataset>.png` (mean and 95% CI band over seeds per row) and `profiles.png`
   (performance profiles, rliable), when matplotlib is there.
@@ -501,7 +501,7 @@ def build_tables(cells, failures, unfinished, papers, sources, reps, last: int =
             every.append([dataset, algorithm, source, metric, shown, name, versions or "same"])
     if len(every) > 1:
         tables["published"] = every
-    names = statistics(last)
+    names = {key: name for key, name in statistics(last).items() if key != "best"}  # what papers report
     aggregate = [["algorithm", "datasets", "runs"] + [f"{kind} {names[a]} [95% CI]" for a in names
                                                        for kind in ("IQM", "mean")]]
     for algo in sorted({algo for _, algo in cells}):

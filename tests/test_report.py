@@ -61,8 +61,8 @@ def sweep(tmp_path):
     return root
 
 
-def run_report(*args: str, capsys) -> tuple[int, str, str]:
-    code = report.main([*map(str, args), "--reps", "2000"])
+def run_report(*args: str, capsys, reps: int = 2000) -> tuple[int, str, str]:
+    code = report.main([*map(str, args), "--reps", str(reps)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -241,7 +241,7 @@ def two_expectiles(root: Path) -> None:
 
 def test_a_sweep_over_two_expectiles_gives_two_rows_and_counts_a_relaunch_once(tmp_path, capsys):
     two_expectiles(tmp_path)
-    code, out, err = run_report(tmp_path, "--no-plots", capsys=capsys)
+    code, out, err = run_report(tmp_path, "--no-plots", capsys=capsys, reps=200)
     assert code == 0
     rows = {r[1]: r for r in table_rows(out, report.TITLES["scores"])}
     assert set(rows) == {"iql (expectile=0.7)", "iql (expectile=0.9)"}
@@ -259,7 +259,7 @@ def test_a_sweep_over_two_expectiles_gives_two_rows_and_counts_a_relaunch_once(t
 
 def test_group_by_chooses_the_columns_and_names_what_it_pools(tmp_path, capsys):
     two_expectiles(tmp_path)
-    code, out, err = run_report(tmp_path, "--no-plots", "--group-by", "steps", capsys=capsys)
+    code, out, err = run_report(tmp_path, "--no-plots", "--group-by", "steps", capsys=capsys, reps=200)
     assert code == 0
     (row,) = table_rows(out, report.TITLES["scores"])
     # the eight distinct (settings, seed) pairs pooled: mean 46.6, population std 19.9
@@ -267,10 +267,10 @@ def test_group_by_chooses_the_columns_and_names_what_it_pools(tmp_path, capsys):
     assert row[1:4] == ["iql (steps=1000)", "8", f"{np.mean(pooled):.1f} ± {np.std(pooled):.1f}"] == [
         "iql (steps=1000)", "8", "46.6 ± 19.9"]
     assert "iql (steps=1000): pools runs that differ in algo.expectile (--group-by)" in err
-    code, out, _ = run_report(tmp_path, "--no-plots", "--group-by", "algo.expectile", capsys=capsys)
+    code, out, _ = run_report(tmp_path, "--no-plots", "--group-by", "algo.expectile", capsys=capsys, reps=200)
     assert {r[1] for r in table_rows(out, report.TITLES["scores"])} == {"iql (expectile=0.7)",
                                                                        "iql (expectile=0.9)"}
-    code, out, err = run_report(tmp_path, "--group-by", "algo.expectle", capsys=capsys)
+    code, out, err = run_report(tmp_path, "--group-by", "algo.expectle", capsys=capsys, reps=200)
     assert code == 2 and out == ""
     (line,) = err.strip().splitlines()
     assert line.startswith("error: --group-by algo.expectle: no run has this setting; name a field")
@@ -307,18 +307,18 @@ def test_results_json_holds_the_mean_of_the_last_evaluations():
 
 
 def test_the_report_shows_the_mean_of_the_last_evaluations_with_intervals(sweep, capsys):
-    code, out, _ = run_report(sweep, "--no-plots", "--last", "1", capsys=capsys)
+    code, out, _ = run_report(sweep, "--no-plots", "--last", "1", capsys=capsys, reps=200)
     assert code == 0
     rows = {(r[0], r[1]): r for r in table_rows(out, report.TITLES["scores"])}
     assert rows[("d4rl/hopper-medium-v2", "iql")][4] == "65.0 ± 4.1"  # the last 1: the final score
-    code, out, _ = run_report(sweep, "--no-plots", "--last", "2", capsys=capsys)
+    code, out, _ = run_report(sweep, "--no-plots", "--last", "2", capsys=capsys, reps=200)
     aggregate = list(csv.reader(open(sweep / "report" / "aggregate.csv")))
     column = aggregate[0].index("mean mean of last 2 [95% CI]")
     iql = next(row for row in aggregate if row[0] == "iql")
     # iql's finals 60 70 65 80 76 90; the mean of each seed's last 2 evaluations is final - 5
     point, low, high = map(float, re.findall(r"[\d.]+", iql[column]))
     assert point == pytest.approx(np.mean([60, 70, 65, 80, 76, 90]) - 5, abs=0.05) and low < point < high
-    code, _, err = run_report(sweep, "--last", "0", capsys=capsys)
+    code, _, err = run_report(sweep, "--last", "0", capsys=capsys, reps=200)
     assert code == 2 and err.startswith("error: --last must be a number of evaluations >= 1 (got 0)")
 
 
@@ -329,7 +329,7 @@ def test_probability_of_improvement_by_hand(tmp_path, capsys):
     write_run(tmp_path / "a-walker", "d4rl/walker2d-medium-v2", "iql", [50.0, 60.0, 70.0])
     write_run(tmp_path / "b-walker", "d4rl/walker2d-medium-v2", "bc", [10.0, 20.0])
     code, out, _ = run_report(tmp_path, "--no-plots", "--compare", "iql", "bc", "--compare", "bc", "iql",
-                              capsys=capsys)
+                              capsys=capsys, reps=200)
     assert code == 0
     rows = table_rows(out, report.TITLES["probability_of_improvement"])
     # the best and the mean of the last evaluations are the final shifted alike: the same probability
@@ -344,7 +344,7 @@ def test_probability_of_improvement_by_hand(tmp_path, capsys):
         metrics.probability_of_improvement(*scores))
     assert report.probability_of_improvement(np.array([[50.0], [60.0], [70.0]]), np.array([[10.0], [20.0]]),
                                              reps=200) == (1.0, 1.0, 1.0)
-    code, _, err = run_report(tmp_path, "--compare", "iql", "cql", capsys=capsys)
+    code, _, err = run_report(tmp_path, "--compare", "iql", "cql", capsys=capsys, reps=200)
     assert code == 2 and err.startswith("error: --compare cql: no row has this label; rows: bc, iql")
 
 
