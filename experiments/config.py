@@ -39,9 +39,9 @@ PROTOCOL = {
 
 # Top-level run settings: integers with their smallest allowed value, and booleans.
 RUN_INTEGERS = {"seed": 0, "seeds": 1, "steps": 0, "log_every": 1, "eval.every": 0, "eval.episodes": 0,
-                "checkpoint.every": 0, "checkpoint.keep": 1, "online.steps": 0, "online.eval_every": 0,
-                "online.episodes": 0, "online.log_every": 0, "online.checkpoint_every": 0,
-                "online.start_steps": 0}
+                "eval.mean_of_last": 1, "checkpoint.every": 0, "checkpoint.keep": 1, "online.steps": 0,
+                "online.eval_every": 0, "online.episodes": 0, "online.log_every": 0,
+                "online.checkpoint_every": 0, "online.start_steps": 0}
 RUN_BOOLEANS = ("resume", "skip_done", "dataset.download")
 
 

@@ -104,6 +104,12 @@ def _scores(evaluations: list[dict], i: int) -> list[float]:
     return [e["normalized_score"][i] for e in evaluations if e["normalized_score"]]
 
 
+def mean_of_last(scores: list[float], count: int) -> float | None:
+    """The mean of the last `count` evaluation scores (all of them when there are fewer): the
+    statistic of TD3+BC's paper (the last 10 evaluations) and MOPO's; None without scores."""
+    return float(np.mean(scores[-count:])) if scores else None
+
+
 def regret(episodes: list, seed_index: int, info) -> float | None:
     """CORL's online regret: the mean over the seed's online training episodes of (1 - success) on
     goal-reaching tasks; elsewhere of (1 - normalized return / 100). None without episodes."""
@@ -119,13 +125,15 @@ def regret(episodes: list, seed_index: int, info) -> float | None:
 
 def results(cfg, seeds: list[int], history: dict, info, updates_per_second: float,
             compile_seconds: float, stopped: dict, online_runner=None, grid=None) -> dict:
-    """results.json: per seed the final and best score (offline, and online when it ran), every
-    evaluation episode; mean, std and IQM over the seeds that were not stopped early. With a
+    """results.json: per seed the final score (the last evaluation), the best, the mean of the last
+    `eval.mean_of_last` evaluations (offline, and online when it ran), every evaluation's score and
+    episodes; mean, std and IQM over the seeds that were not stopped early. With a
     hyperparameter grid (experiments/grid.py), `seeds` holds one entry per training with its grid
     values under "grid", "summary" is None and "grid" gives each point's summary."""
     offline = [e for e in history["evaluations"] if e.get("phase", "offline") == "offline"]
     online = [e for e in history["evaluations"] if e.get("phase") == "online"]
     gridded = grid is not None and bool(grid.fields)
+    last_count = int(OmegaConf.select(cfg, "eval.mean_of_last", default=10))
     per_seed = []
     for i, seed in enumerate(seeds):
         offline_scores, online_scores = _scores(offline, i), _scores(online, i)
@@ -136,6 +144,11 @@ def results(cfg, seeds: list[int], history: dict, info, updates_per_second: floa
             "final_score": (online_scores or offline_scores or [None])[-1],
             "best_score": max(online_scores or offline_scores) if (online_scores or offline_scores)
             else None,
+            # over the phase of the final score (online when it ran), at most `mean_of_last` evaluations
+            "last_mean_score": mean_of_last(online_scores or offline_scores, last_count),
+            "last_mean_evaluations": min(last_count, len(online_scores or offline_scores)),
+            "evaluation_scores": {e["step"]: e["normalized_score"][i] for e in offline
+                                  if e["normalized_score"]},
             "episode_returns": {e["step"]: e["episode_returns"][i] for e in offline},
         }
         if any("members" in e for e in offline):  # every member's offline scores (Uni-O4)
@@ -148,6 +161,9 @@ def results(cfg, seeds: list[int], history: dict, info, updates_per_second: floa
                 "offline_score": offline_scores[-1] if offline_scores else None,
                 "online_final_score": online_scores[-1] if online_scores else None,
                 "online_best_score": max(online_scores) if online_scores else None,
+                "offline_last_mean_score": mean_of_last(offline_scores, last_count),
+                "online_evaluation_scores": {e["env_step"]: e["normalized_score"][i] for e in online
+                                             if e["normalized_score"]},
                 "online_episode_returns": {e["env_step"]: e["episode_returns"][i] for e in online},
                 "regret": regret(history["episodes"], i, info),
             })
@@ -177,8 +193,8 @@ def results(cfg, seeds: list[int], history: dict, info, updates_per_second: floa
 
 
 def summarize(per_seed: list[dict], online: bool) -> dict | None:
-    """Mean, std and IQM of the final scores (and the mean best score, offline score and regret)
-    over the entries not stopped early; None when none has a score."""
+    """Mean, std and IQM of the final scores (and the mean best score, mean of the last evaluations,
+    offline score and regret) over the entries not stopped early; None when none has a score."""
     counted = [s for s in per_seed if "stopped" not in s and s["final_score"] is not None]
     summary = None
     if counted:
@@ -186,6 +202,7 @@ def summarize(per_seed: list[dict], online: bool) -> dict | None:
         summary = {"final_score_mean": float(np.mean(finals)), "final_score_std": float(np.std(finals)),
                    "final_score_iqm": iqm(finals),
                    "best_score_mean": float(np.mean([s["best_score"] for s in counted])),
+                   "last_mean_score_mean": float(np.mean([s["last_mean_score"] for s in counted])),
                    "seeds_counted": [s["seed"] for s in counted]}
         rankings = [s["member_ranking"] for s in counted if s.get("member_ranking")]
         if rankings:  # how well the algorithm's own estimates rank its members (Uni-O4's AM-Q)

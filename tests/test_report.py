@@ -1,6 +1,8 @@
 """`python -m experiments.report` on a synthetic sweep folder written in the training loop's format:
 known scores give a known table; the IQM and its stratified-bootstrap interval are recomputed here
-independently; bad folders and bad files give one clear line."""
+independently; runs with other settings get rows of their own and repeated seeds count once; the mean
+of the last evaluations and the probability of improvement are checked by hand; every experiment
+config reaches a published number; bad folders and bad files give one clear line."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import yaml
 
 pytest.importorskip("rliable", reason='the report extra: pip install -e ".[report]"')
 
+from rliable import metrics  # noqa: E402
+
 from experiments import report  # noqa: E402
 
 # final scores per seed: known numbers, (dataset, algo) -> seeds
@@ -27,14 +31,19 @@ FINAL = {
 EVAL_STEPS = (5, 10)
 
 
-def write_run(folder: Path, dataset: str, algo: str, finals: list[float], extra: dict | None = None):
+def write_run(folder: Path, dataset: str, algo: str, finals: list[float], extra: dict | None = None,
+              config: dict | None = None, first_seed: int = 0):
     """A run folder as experiments.train leaves it: results.json and metrics.jsonl. The score at the
-    first evaluation is final - 10 and the best is the final + 1 (an earlier, better evaluation)."""
+    first evaluation is final - 10 and the best is the final + 1 (an earlier, better evaluation);
+    `config` adds fields to the resolved config (e.g. {"algo": {"expectile": 0.9}})."""
     folder.mkdir(parents=True)
     source, name = dataset.split("/", 1)
-    seeds = [{"seed": i, "final_return": 0.0, "final_score": score, "best_score": score + 1.0,
+    seeds = [{"seed": first_seed + i, "final_return": 0.0, "final_score": score, "best_score": score + 1.0,
+              "evaluation_scores": {str(step): score - 10.0 * (step == EVAL_STEPS[0]) for step in EVAL_STEPS},
               "episode_returns": {}, **(extra or {})} for i, score in enumerate(finals)]
-    results = {"config": {"algo": {"name": algo}, "dataset": {"source": source, "name": name}},
+    config = config or {}
+    results = {"config": {**config, "algo": {"name": algo, **config.get("algo", {})},
+                          "dataset": {"source": source, "name": name}},
                "summary": None, "seeds": seeds}
     (folder / "results.json").write_text(json.dumps(results))
     rows = [{"type": "train", "step": 5, "loss": [0.1] * len(finals)}]
@@ -52,8 +61,8 @@ def sweep(tmp_path):
     return root
 
 
-def run_report(*args: str, capsys) -> tuple[int, str, str]:
-    code = report.main([*map(str, args), "--reps", "2000"])
+def run_report(*args: str, capsys, reps: int = 2000) -> tuple[int, str, str]:
+    code = report.main([*map(str, args), "--reps", str(reps)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -69,13 +78,14 @@ def test_known_scores_give_the_known_table(sweep, capsys):
     assert code == 0
     rows = {(r[0], r[1]): r for r in table_rows(out, report.TITLES["scores"])}
     # hopper-medium-v2, iql: 60, 70, 65 -> mean 65.0, population std 4.08; best = final + 1
-    assert rows[("d4rl/hopper-medium-v2", "iql")][2:5] == ["3", "65.0 ± 4.1", "66.0 ± 4.1"]
-    # the IQL paper's hopper-medium-v2 (Table 1): 66.3 -> ours - paper = -1.3
-    assert rows[("d4rl/hopper-medium-v2", "iql")][5:] == ["66.3", "-1.3", "iql"]
+    # the mean of the last 10 evaluations: of the 2 there are, (final - 10 + final) / 2 = final - 5
+    assert rows[("d4rl/hopper-medium-v2", "iql")][2:6] == ["3", "65.0 ± 4.1", "60.0 ± 4.1", "66.0 ± 4.1"]
+    # the IQL paper's hopper-medium-v2 (Table 1): 66.3 -> ours - paper = -1.3, on the same data
+    assert rows[("d4rl/hopper-medium-v2", "iql")][6:] == ["66.3", "-1.3", "iql", "same"]
     # 70, 10, 75: mean 51.67, std sqrt((18.33² + 41.67² + 23.33²) / 3) = 29.53
     assert rows[("d4rl/walker2d-medium-v2", "bc")][3] == "51.7 ± 29.5"
     # BC has no paper number of its own: CORL's reproduction (final, walker2d-medium-v2: 63.23)
-    assert rows[("d4rl/walker2d-medium-v2", "bc")][5:] == ["63.2", "-11.6", "corl"]
+    assert rows[("d4rl/walker2d-medium-v2", "bc")][6:] == ["63.2", "-11.6", "corl", "same"]
     assert "Kostrikov, Nair, Levine" in out and "Tarasov et al." in out
     files = {p.name for p in (sweep / "report").iterdir()}
     assert {"report.md", "report.tex", "scores.csv", "aggregate.csv", "profiles.png",
@@ -137,9 +147,16 @@ def test_offline_to_online_fields_get_their_columns(tmp_path, capsys):
     (row,) = table_rows(out, report.TITLES["offline_to_online"])
     # Minari's re-recording is compared, marked approximate, with CORL's antmaze-umaze-v2: 77.00 -> 96.50
     assert row[3:] == ["70.0 ± 0.0 → 95.0 ± 0.0", "97.0 ± 0.0", "0.10 ± 0.00", "≈ 77.0 → 96.5", "-1.5",
-                       "corl"]
+                       "corl", "ours Minari v1, published D4RL v2"]
     # the final score is the one after fine-tuning: no offline published number beside it
-    assert table_rows(out, report.TITLES["scores"])[0][5:] == ["–", "–", "–"]
+    assert table_rows(out, report.TITLES["scores"])[0][6:] == ["–", "–", "–", "–"]
+    # IQL's own fine-tuning table (D4RL v0) is reachable too, marked as other data
+    code, out, _ = run_report(root, "--no-plots", "--paper", "iql_finetune", capsys=capsys)
+    (row,) = table_rows(out, report.TITLES["offline_to_online"])
+    assert row[6:] == ["≈ 86.7 → 96.0", "-1.0", "iql_finetune", "ours Minari v1, published D4RL v0"]
+    published = table_rows(out, report.TITLES["published"])
+    assert ["minari/D4RL/antmaze/umaze-v1", "iql", "iql_finetune", "offline_to_online", "86.7 → 96.0",
+            "antmaze-umaze-v0", "ours Minari v1, published D4RL v0"] in published
 
 
 def test_failed_unfinished_and_broken_runs_are_listed_or_skipped_with_a_warning(sweep, capsys):
@@ -153,7 +170,7 @@ def test_failed_unfinished_and_broken_runs_are_listed_or_skipped_with_a_warning(
     half.mkdir()
     (half / "results.json").write_text('{"config": {"algo": {"name": "iql"}')
     stopped = sweep / "13_bc_stopped"
-    write_run(stopped, "d4rl/hopper-medium-v2", "bc", [99.0, 98.0])
+    write_run(stopped, "d4rl/hopper-medium-v2", "bc", [99.0, 98.0], first_seed=3)  # seeds 3 and 4
     results = json.loads((stopped / "results.json").read_text())
     results["seeds"][1]["stopped"] = {"step": 4000, "reason": "Q above 1e4"}
     (stopped / "results.json").write_text(json.dumps(results))
@@ -172,7 +189,7 @@ def test_failed_unfinished_and_broken_runs_are_listed_or_skipped_with_a_warning(
     bc = {r[0]: r for r in table_rows(out, report.TITLES["scores"]) if r[1] == "bc"}
     assert bc["d4rl/hopper-medium-v2"][2] == "4"  # 3 seeds + the one of 13_bc_stopped not stopped
     assert [str(stopped), "bc", "d4rl/hopper-medium-v2",
-            "seed 1 stopped at step 4000: Q above 1e4"] in failures
+            "seed 4 stopped at step 4000: Q above 1e4"] in failures
 
 
 def test_latex_and_csv_formats(sweep, capsys):
@@ -205,3 +222,176 @@ def test_every_paper_entry_cites_a_known_source_and_holds_scores():
             assert name.endswith(("-v0", "-v2")), name
             values = [value] if entry["metric"] != "offline_to_online" else list(value.values())
             assert all(0 <= report.mean_of(v) <= 130 for v in values), (name, value)
+
+
+def two_expectiles(root: Path) -> None:
+    """IQL on hopper-medium-v2 with expectile 0.7 (seeds 0-4 in two jobs that differ only in where
+    and how they checkpoint and evaluate) and 0.9 (seeds 0-2), and a re-launch of the 0.9 job."""
+    outputs = {"eval": {"workers": 1}, "checkpoint": {"every": 5}, "steps": 1000}
+    write_run(root / "0_iql", "d4rl/hopper-medium-v2", "iql", [60.0, 61.0, 62.0],
+              config={**outputs, "algo": {"expectile": 0.7}})
+    write_run(root / "1_iql", "d4rl/hopper-medium-v2", "iql", [20.0, 21.0, 22.0],
+              config={**outputs, "algo": {"expectile": 0.9}})
+    write_run(root / "2_iql", "d4rl/hopper-medium-v2", "iql", [63.0, 64.0], first_seed=3,
+              config={"eval": {"workers": 4}, "checkpoint": {"every": 100}, "steps": 1000,
+                      "algo": {"expectile": 0.7}})
+    write_run(root / "3_iql_again", "d4rl/hopper-medium-v2", "iql", [99.0, 99.0, 99.0],
+              config={**outputs, "algo": {"expectile": 0.9}})
+
+
+def test_a_sweep_over_two_expectiles_gives_two_rows_and_counts_a_relaunch_once(tmp_path, capsys):
+    two_expectiles(tmp_path)
+    code, out, err = run_report(tmp_path, "--no-plots", capsys=capsys, reps=200)
+    assert code == 0
+    rows = {r[1]: r for r in table_rows(out, report.TITLES["scores"])}
+    assert set(rows) == {"iql (expectile=0.7)", "iql (expectile=0.9)"}
+    # 60..64 -> 62.0 ± sqrt(2); the re-launched job's 99s are the same settings and seeds: not counted
+    assert rows["iql (expectile=0.7)"][2:4] == ["5", "62.0 ± 1.4"]
+    assert rows["iql (expectile=0.9)"][2:4] == ["3", "21.0 ± 0.8"]
+    duplicates = table_rows(out, report.TITLES["duplicates"])
+    assert [[r[0], r[3], r[4]] for r in duplicates] == [
+        [str(tmp_path / "3_iql_again"), str(seed), str(tmp_path / "1_iql")] for seed in range(3)]
+    assert (f"warning: {tmp_path / '3_iql_again'}: seed 0 has the settings and seed of "
+            f"{tmp_path / '1_iql'}; counted once") in err
+    aggregate = {r[0] for r in table_rows(out, report.TITLES["aggregate"])}
+    assert aggregate == {"iql (expectile=0.7)", "iql (expectile=0.9)"}
+
+
+def test_group_by_chooses_the_columns_and_names_what_it_pools(tmp_path, capsys):
+    two_expectiles(tmp_path)
+    code, out, err = run_report(tmp_path, "--no-plots", "--group-by", "steps", capsys=capsys, reps=200)
+    assert code == 0
+    (row,) = table_rows(out, report.TITLES["scores"])
+    # the eight distinct (settings, seed) pairs pooled: mean 46.6, population std 19.9
+    pooled = [60, 61, 62, 63, 64, 20, 21, 22]
+    assert row[1:4] == ["iql (steps=1000)", "8", f"{np.mean(pooled):.1f} ± {np.std(pooled):.1f}"] == [
+        "iql (steps=1000)", "8", "46.6 ± 19.9"]
+    assert "iql (steps=1000): pools runs that differ in algo.expectile (--group-by)" in err
+    code, out, _ = run_report(tmp_path, "--no-plots", "--group-by", "algo.expectile", capsys=capsys, reps=200)
+    assert {r[1] for r in table_rows(out, report.TITLES["scores"])} == {"iql (expectile=0.7)",
+                                                                       "iql (expectile=0.9)"}
+    code, out, err = run_report(tmp_path, "--group-by", "algo.expectle", capsys=capsys, reps=200)
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: --group-by algo.expectle: no run has this setting; name a field")
+
+
+def test_results_json_holds_the_mean_of_the_last_evaluations():
+    from omegaconf import OmegaConf
+
+    from experiments import records
+
+    def evaluation(phase, k, scores):
+        return {"phase": phase, "step": 10 * k, "env_step": 100 * k if phase == "online" else 0,
+                "return": scores, "normalized_score": scores, "episode_returns": [[s] for s in scores]}
+
+    offline = [evaluation("offline", k, [float(k), 10.0 * k]) for k in range(1, 13)]
+    history = {"evaluations": offline, "episodes": []}
+    cfg = OmegaConf.create({"eval": {"mean_of_last": 3}})
+    out = records.results(cfg, [0, 1], history, None, 1.0, 0.0, {})
+    first, second = out["seeds"]
+    # scores 1..12 (and 10..120): the last 3 are 10, 11, 12
+    assert (first["last_mean_score"], second["last_mean_score"]) == (11.0, 110.0)
+    assert first["last_mean_evaluations"] == 3 and first["final_score"] == 12.0
+    assert first["evaluation_scores"] == {10 * k: float(k) for k in range(1, 13)}
+    assert out["summary"]["last_mean_score_mean"] == 60.5
+    # without the setting, TD3+BC's 10: the mean of 3..12
+    assert records.results(OmegaConf.create({}), [0, 1], history, None, 1.0, 0.0, {})["seeds"][0][
+        "last_mean_score"] == 7.5
+    # after fine-tuning, the last online evaluations (the offline ones beside them)
+    online = [evaluation("online", k, [s, s]) for k, s in enumerate((50.0, 70.0, 90.0, 80.0), 1)]
+    entry = records.results(cfg, [0, 1], {"evaluations": offline + online, "episodes": []}, None, 1.0, 0.0,
+                            {})["seeds"][0]
+    assert entry["last_mean_score"] == 80.0 and entry["offline_last_mean_score"] == 11.0
+    assert entry["online_evaluation_scores"] == {100: 50.0, 200: 70.0, 300: 90.0, 400: 80.0}
+
+
+def test_the_report_shows_the_mean_of_the_last_evaluations_with_intervals(sweep, capsys):
+    code, out, _ = run_report(sweep, "--no-plots", "--last", "1", capsys=capsys, reps=200)
+    assert code == 0
+    rows = {(r[0], r[1]): r for r in table_rows(out, report.TITLES["scores"])}
+    assert rows[("d4rl/hopper-medium-v2", "iql")][4] == "65.0 ± 4.1"  # the last 1: the final score
+    code, out, _ = run_report(sweep, "--no-plots", "--last", "2", capsys=capsys, reps=200)
+    aggregate = list(csv.reader(open(sweep / "report" / "aggregate.csv")))
+    column = aggregate[0].index("mean mean of last 2 [95% CI]")
+    iql = next(row for row in aggregate if row[0] == "iql")
+    # iql's finals 60 70 65 80 76 90; the mean of each seed's last 2 evaluations is final - 5
+    point, low, high = map(float, re.findall(r"[\d.]+", iql[column]))
+    assert point == pytest.approx(np.mean([60, 70, 65, 80, 76, 90]) - 5, abs=0.05) and low < point < high
+    code, _, err = run_report(sweep, "--last", "0", capsys=capsys, reps=200)
+    assert code == 2 and err.startswith("error: --last must be a number of evaluations >= 1 (got 0)")
+
+
+def test_probability_of_improvement_by_hand(tmp_path, capsys):
+    # hopper: 3 > 2, 5 > 2, 5 > 4, 6 > 2, 6 > 4 but 3 < 4: 5 of 6 pairs; walker: every pair, 1
+    write_run(tmp_path / "a-hopper", "d4rl/hopper-medium-v2", "iql", [3.0, 5.0, 6.0])
+    write_run(tmp_path / "b-hopper", "d4rl/hopper-medium-v2", "bc", [2.0, 4.0])
+    write_run(tmp_path / "a-walker", "d4rl/walker2d-medium-v2", "iql", [50.0, 60.0, 70.0])
+    write_run(tmp_path / "b-walker", "d4rl/walker2d-medium-v2", "bc", [10.0, 20.0])
+    code, out, _ = run_report(tmp_path, "--no-plots", "--compare", "iql", "bc", "--compare", "bc", "iql",
+                              capsys=capsys, reps=200)
+    assert code == 0
+    rows = table_rows(out, report.TITLES["probability_of_improvement"])
+    # the best and the mean of the last evaluations are the final shifted alike: the same probability
+    assert [r[:3] for r in rows[:3]] == [["iql > bc", "2", "final"], ["iql > bc", "2", "mean of last 10"],
+                                         ["iql > bc", "2", "best"]]
+    for row, expected in ((rows[0], (5 / 6 + 1) / 2), (rows[3], 1 - (5 / 6 + 1) / 2)):
+        point, low, high = map(float, re.findall(r"[\d.]+", row[3]))
+        assert point == pytest.approx(expected, abs=0.005) and low <= point <= high
+    # walker alone: iql above bc in every resample
+    scores = np.random.default_rng(0).integers(0, 5, size=(2, 6, 3)).astype(float)  # with ties
+    assert report.average_probability_of_improvement(*scores) == pytest.approx(
+        metrics.probability_of_improvement(*scores))
+    assert report.probability_of_improvement(np.array([[50.0], [60.0], [70.0]]), np.array([[10.0], [20.0]]),
+                                             reps=200) == (1.0, 1.0, 1.0)
+    code, _, err = run_report(tmp_path, "--compare", "iql", "cql", capsys=capsys, reps=200)
+    assert code == 2 and err.startswith("error: --compare cql: no row has this label; rows: bc, iql")
+
+
+def experiment_pairs():
+    """(experiment, algorithm, metric, dataset) of every config in configs/experiment/: its own or
+    its parent's datasets, the algorithm it selects (train.yaml's iql otherwise)."""
+    folder = Path(report.__file__).parents[1] / "configs" / "experiment"
+    configs = {path.stem: yaml.safe_load(path.read_text()) for path in folder.glob("*.yaml")}
+
+    def chosen(name, key):
+        for item in configs[name].get("defaults", []):
+            if isinstance(item, dict) and f"override /{key}" in item:
+                return item[f"override /{key}"]
+            if isinstance(item, str) and item in configs:
+                found = chosen(item, key)
+                if found:
+                    return found
+        params = configs[name].get("hydra", {}).get("sweeper", {}).get("params", {})
+        return params.get(key) if key == "dataset" else None
+
+    for name in sorted(configs):
+        online = chosen(name, "online")
+        metric = "offline_to_online" if online and online != "none" else "final"
+        for dataset in chosen(name, "dataset").replace("\n", "").split(","):
+            yield name, chosen(name, "algo") or "iql", metric, dataset.strip()
+
+
+def test_every_experiment_config_reaches_a_published_number_or_says_why_not():
+    papers = report.load_paper_scores()
+    pairs = list(experiment_pairs())
+    assert len(pairs) > 100 and {name for name, *_ in pairs} >= {"iql_antmaze", "o2o_antmaze"}
+    for name, algo, metric, dataset in pairs:
+        absent = papers["absent"].get(name, {})
+        documented = absent.get("datasets") == "all" or dataset.split("/")[-1] in absent.get("datasets", ())
+        reachable = report.published(papers, algo, dataset, metric, None)
+        assert bool(reachable) != documented, (name, algo, metric, dataset, reachable, absent)
+    # the AntMaze tables of IQL's paper (D4RL v0) are reachable from Minari's re-recordings
+    sources = {match[1] for match in report.published(papers, "iql", "minari/D4RL/antmaze/large-play-v1",
+                                                      None, None)}
+    assert sources == {"corl", "iql_antmaze", "iql_finetune"}
+    for source in papers["sources"].values():
+        assert {"cite", "datasets", "protocol", "checked"} <= set(source)
+
+
+def test_a_bad_count_of_last_evaluations_is_named():
+    from experiments import config
+
+    with pytest.raises(config.ConfigError, match=r"eval.mean_of_last must be an integer >= 1 \(got 0\)"):
+        config.check_run_settings(config.compose(["eval.mean_of_last=0"]))
+    assert config.compose([]).eval.mean_of_last == 10
