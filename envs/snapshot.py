@@ -60,7 +60,7 @@ def snapshot(env) -> dict:
         if name not in WRAPPER_STATE:
             raise SnapshotError(f"the wrapper {name} of {env.unwrapped.spec and env.unwrapped.spec.id} "
                                 "is not known to envs/snapshot.py, so its state cannot be saved")
-        layers.append({field: _encode(getattr(env, field)) for field in WRAPPER_STATE[name]})
+        layers.append({field: encode(getattr(env, field)) for field in WRAPPER_STATE[name]})
         env = env.env
     return {"wrappers": layers, "env": _snapshot_base(env)}
 
@@ -71,7 +71,7 @@ def restore(env, saved: dict) -> None:
         if not hasattr(env, "env") or env is env.unwrapped:
             raise SnapshotError("the snapshot has more wrappers than the environment it is restored to")
         for field, value in layer.items():
-            setattr(env, field, _decode(value))
+            setattr(env, field, decode(value))
         env = env.env
     _restore_base(env, saved["env"])
 
@@ -92,7 +92,7 @@ def _snapshot_base(env) -> dict:
     saved = {"attributes": {}, "nested": {}, "random": None, "mujoco": None}
     for name, value in vars(env).items():
         if _plain(value):
-            saved["attributes"][name] = _encode(value)
+            saved["attributes"][name] = encode(value)
         elif _is_env(value):  # a maze's inner robot
             saved["nested"][name] = _snapshot_base(value)
     if getattr(env, "_np_random", None) is not None:
@@ -100,13 +100,13 @@ def _snapshot_base(env) -> dict:
     data = vars(env).get("data")
     if type(data).__name__ == "MjData":
         saved["mujoco"] = {"time": float(data.time),
-                           **{name: _encode(array) for name, array in _mujoco_arrays(data)}}
+                           **{name: encode(array) for name, array in _mujoco_arrays(data)}}
     return saved
 
 
 def _restore_base(env, saved: dict) -> None:
     for name, value in saved["attributes"].items():
-        setattr(env, name, _decode(value))
+        setattr(env, name, decode(value))
     for name, nested in saved["nested"].items():
         _restore_base(getattr(env, name), nested)
     if saved["random"] is not None:
@@ -118,7 +118,7 @@ def _restore_base(env, saved: dict) -> None:
             if name == "time":
                 data.time = value
                 continue
-            stored = _decode(value)
+            stored = decode(value)
             # Arrays in mjData's arena are sized by this step's contacts and constraints; the next
             # mj_step recomputes them from the state, so a differently sized one is left as it is.
             if arrays[name].shape == stored.shape:
@@ -143,7 +143,8 @@ def _plain(value) -> bool:
     return value is None or isinstance(value, (bool, numbers.Number, np.ndarray, np.generic))
 
 
-def _encode(value):
+def encode(value):
+    """An array, a NumPy scalar or a float as exact JSON (arrays as base64 bytes); others as they are."""
     if isinstance(value, np.ndarray | np.generic):
         array = np.asarray(value)
         return {"dtype": array.dtype.str, "shape": list(array.shape),
@@ -153,7 +154,8 @@ def _encode(value):
     return value
 
 
-def _decode(value):
+def decode(value):
+    """The value `encode` was given."""
     if isinstance(value, dict) and "bytes" in value:
         array = np.frombuffer(base64.b64decode(value["bytes"]), np.dtype(value["dtype"]))
         array = array.reshape(value["shape"]).copy()
