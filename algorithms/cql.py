@@ -333,9 +333,10 @@ class CalQL(CQL):
     Online, batches are half dataset, half online transitions (`online.replay=mixed`, the code's
     mixing_ratio 0.5). Where the original and CORL differ online: the original keeps the
     calibration on and computes the online transitions' returns-to-go when each trajectory ends;
-    CORL (`algorithms/finetune/cal_ql.py`, switch_calibration) turns it off at the switch. We
-    follow CORL (`online_calibration=False`, the default): the engine stores online rows as they
-    arrive, before their trajectory's return is known.
+    CORL (`algorithms/finetune/cal_ql.py`, switch_calibration) turns it off at the switch.
+    `online_calibration=False` (the default) follows CORL; True the authors: each online row gets
+    its episode's return-to-go when the episode ends (experiments/online.py), a row of an
+    unfinished episode sets no bound.
 
     configs/algo/cal_ql.yaml holds the code's AntMaze recipe (scripts/run_antmaze.sh with the
     defaults of conservative_sac_main.py): JaxCQL's Lagrange form alpha' w (gap - 0.8) with w = 5,
@@ -351,6 +352,9 @@ class CalQL(CQL):
 
     def returns_to_go(self, data):
         return envs.returns_to_go(data, self.discount, self.failure_reward)
+
+    def online_returns_to_go(self) -> bool:
+        return self.online_calibration
 
     def push_down_values(self, q_sampled, batch, ctx):
         if ctx is not None and ctx.phase == "online" and not self.online_calibration:

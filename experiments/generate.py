@@ -394,7 +394,8 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
                 f"({str(error).splitlines()[0][:200]}). Pass the same train.* values as when it "
                 "started (train.buffer_size in particular), or delete that folder to start over."
             ) from None
-        run = online.OnlineRun(trees["states"], trees["buffers"], trees["keys"], step, saved["history"])
+        run = online.OnlineRun(trees["states"], trees["buffers"], trees["keys"], step, saved["history"],
+                               saved.get("environments"))
         snapshots, seconds = saved["snapshots"], saved["seconds"]
         collected.resume(step, run.buffers)
         log(f"{env}: resuming SAC training from step {step}")
@@ -423,7 +424,7 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
         pending.clear()
         checkpointer.save(run.env_step, {"states": run.states, "buffers": run.buffers, "keys": run.keys},
                           {"history": run.history, "snapshots": snapshots,
-                           "seconds": time.perf_counter() - started})
+                           "seconds": time.perf_counter() - started, "environments": run.environments})
 
     if run.env_step == 0:
         evaluate(run)  # the untrained policy: the `random` role

@@ -13,10 +13,19 @@ transitions, and every time it is full (at environment steps that are multiples 
 whole rollout, in time order, is the batch of one update; no dataset rows are drawn.
 
 Terminals are true terminations only; a time-limit truncation is stored as a timeout and
-bootstrapped through. At every checkpoint the episodes in progress are cut (stored as truncated)
-and the environments restart from seeds derived from (training seed, environment step): the
-simulator state is not saved, and cutting in the uninterrupted run too is what makes a resumed run
-give exactly the same numbers.
+bootstrapped through. Episodes end only where the environment ends them: a checkpoint saves where
+every environment stands (`envs.snapshot`: the simulator, the time-limit counter, the random
+generator) with the last observations and the running episodes' returns and lengths, and a resumed
+run continues those episodes, so it gives exactly the numbers of the uninterrupted run. An
+environment `envs.snapshot` cannot save is refused before training when intermediate online
+checkpoints are asked for (`check_environments`).
+
+Algorithms whose batches carry a Monte-Carlo return-to-go online (`Algorithm.online_returns_to_go`:
+Cal-QL with `online_calibration=true`) get it for every online row when its episode ends, computed
+by the algorithm's own `returns_to_go` on the episode's preprocessed rewards, as for the dataset.
+The rows enter the buffer as they arrive (so the update order stays the references' step, store,
+sample, update), with -inf until then: a row of an unfinished episode is trained on but sets no
+bound (max(Q, -inf) = Q); when the episode ends its rows already in the buffer are written over.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import numpy as np
 from algorithms import Algorithm, Spec
 from algorithms.core.algorithm import Context
 from algorithms.core.replay import ReplayBuffer, Transitions
-from envs import Dataset, Preprocessor
+from envs import Dataset, Preprocessor, snapshot
 from experiments import loop, policies
 from experiments.config import ConfigError
 
@@ -60,6 +69,10 @@ class OnlineRun:
     keys: jax.Array
     env_step: int = 0
     history: dict = field(default_factory=lambda: {"evaluations": [], "episodes": []})
+    # Where the environments stand at `env_step`, as JSON (set before every checkpoint but the last):
+    # each one's `envs.snapshot`, the last observations, the running episodes' returns, lengths and
+    # (when the algorithm asks for online returns-to-go) preprocessed rewards. None: fresh episodes.
+    environments: dict | None = None
 
 
 def fresh_run(algo: Algorithm, spec, ctx: Context, seeds: list[int], capacity: int) -> OnlineRun:
@@ -101,8 +114,10 @@ def uniform_actions(seeds: list[int], env_step: int, action_dim: int) -> np.ndar
 
 def buffer_capacity(algo: Algorithm, dataset_size: int, steps: int, start_steps: int = 0) -> int:
     """Rows of each seed's online buffer. "prefilled": the buffer holds the dataset (drawn from the
-    shared device copy) and then online rows, `online.buffer_size` in all (None: nothing evicted).
-    "mixed": the online rows alone. "on_policy": one rollout of `block` rows."""
+    shared device copy) and then online rows, `online.buffer_size` in all (None: nothing evicted;
+    set: a ring that evicts the dataset's first rows, then the oldest online rows, so the online
+    rows alone need at most `buffer_size` slots; `replay.draw`). "mixed": the online rows alone.
+    "on_policy": one rollout of `block` rows."""
     size = algo.online.buffer_size
     if algo.online.replay == "on_policy":
         if start_steps:
@@ -117,16 +132,100 @@ def buffer_capacity(algo: Algorithm, dataset_size: int, steps: int, start_steps:
                 f"algo.online.buffer_size={size} cannot hold the dataset ({dataset_size} transitions) "
                 "that the pre-filled replay starts from; raise it (null: dataset + online.steps) or "
                 "use algo.online.replay=mixed.")
-        return max(size - dataset_size, 1)
+        return max(min(size, steps), 1)
     return max(size or steps, 1)
 
 
-def _rows(preprocessor: Preprocessor, collected: dict) -> Transitions:
-    """Collected host arrays (steps, seeds, ...) -> preprocessed device rows (seeds, steps, ...)."""
-    raw = Dataset(*(np.stack(collected[name]) for name in Dataset._fields))
-    data = preprocessor(raw)
-    rows = Transitions.from_dataset(data)
+def check_environments(make_env: Callable, schedule: OnlineSchedule) -> None:
+    """Refuse now, with the fix, an environment whose running episodes a checkpoint within the
+    online phase could not save (`envs.snapshot`)."""
+    if not schedule.checkpoint_every or schedule.checkpoint_every >= schedule.steps:
+        return  # the only checkpoint is at the end, where nothing continues
+    env = make_env()
+    try:
+        env.reset(seed=0)
+        snapshot.check(env)
+    except snapshot.SnapshotError as error:
+        raise ConfigError(
+            f"{error}. Online checkpoints continue the episodes in progress from a snapshot of the "
+            "environments; set online.checkpoint_every=0 (one checkpoint, at the end: a killed run "
+            "restarts its online phase), or teach envs/snapshot.py this environment.") from None
+    finally:
+        env.close()
+
+
+def _rows(preprocessor: Preprocessor, collected: dict, returns=None) -> Transitions:
+    """Collected host arrays (steps, seeds, ...) -> preprocessed device rows (seeds, steps, ...);
+    `returns`: their returns-to-go (steps, seeds), if the algorithm asks for them."""
+    data = _preprocessed(preprocessor, collected)
+    rows = Transitions.from_dataset(data, returns)
     return jax.tree.map(lambda x: jnp.asarray(np.swapaxes(np.asarray(x, np.float32), 0, 1)), rows)
+
+
+def _preprocessed(preprocessor: Preprocessor, collected: dict) -> Dataset:
+    return preprocessor(Dataset(*(np.stack(collected[name]) for name in Dataset._fields)))
+
+
+class EpisodeReturns:
+    """The Monte-Carlo return-to-go of every online row, known when its episode ends: the
+    algorithm's `returns_to_go` (its discount and failure rule, as for the dataset) over the
+    episode's preprocessed rewards, with no bootstrap after a time limit (as the dataset's
+    truncated episodes and Cal-QL's sampler). Holds each seed's running episode's rewards."""
+
+    def __init__(self, algo: Algorithm, running: list[list[float]]):
+        self.algo, self.running = algo, [list(rewards) for rewards in running]
+
+    def block(self, rewards: np.ndarray, ended: np.ndarray, position: int, capacity: int):
+        """rewards, ended: the block's preprocessed rewards and episode ends, (steps, seeds); the
+        block's rows go to buffer slots position, position + 1, ... (mod capacity). Returns the
+        block's returns-to-go (steps, seeds; -inf where the episode runs on) and the writes
+        (seed, slot, value) of the earlier rows of the episodes that ended, still in the buffer."""
+        steps = rewards.shape[0]
+        returns = np.full(rewards.shape, -np.inf, np.float32)
+        writes = []
+        for seed, episode in enumerate(self.running):
+            for step in range(steps):
+                episode.append(float(rewards[step, seed]))
+                if not ended[step, seed]:
+                    continue
+                length = len(episode)
+                values = self.episode_returns(np.asarray(episode, np.float32))
+                first = step - length + 1  # the episode's first row, relative to this block
+                # rows of this block; earlier ones unless overwritten since (capacity exceeded)
+                oldest = max(first, steps - capacity)
+                for row in range(oldest, step + 1):
+                    if row >= 0:
+                        returns[row, seed] = values[row - first]
+                    else:
+                        writes.append((seed, (position + row) % capacity, values[row - first]))
+                episode.clear()
+        return returns, writes
+
+    def episode_returns(self, rewards: np.ndarray) -> np.ndarray:
+        length = len(rewards)
+        zeros = np.zeros((length, 1), np.float32)
+        ends = np.zeros(length, np.float32)
+        ends[-1] = 1.0
+        return self.algo.returns_to_go(Dataset(zeros, zeros, rewards, zeros, ends * 0, ends))
+
+
+@jax.jit
+def _write_returns(buffers: ReplayBuffer, seeds, slots, values) -> ReplayBuffer:
+    """Set returns_to_go[seed, slot] = value in every seed's buffer (padding rows: slot out of range)."""
+    column = buffers.transitions.returns_to_go.at[seeds, slots].set(values, mode="drop")
+    return buffers.replace(transitions=buffers.transitions._replace(returns_to_go=column))
+
+
+def _fill_returns(buffers: ReplayBuffer, writes: list) -> ReplayBuffer:
+    if not writes:
+        return buffers
+    size = 1 << (len(writes) - 1).bit_length()  # padded to a power of two: few compiled shapes
+    capacity = buffers.transitions.rewards.shape[1]  # (seeds, capacity)
+    seeds, slots, values = (np.zeros(size, np.int32), np.full(size, capacity, np.int32),
+                            np.zeros(size, np.float32))
+    for i, (seed, slot, value) in enumerate(writes):
+        seeds[i], slots[i], values[i] = seed, slot, value
+    return _write_returns(buffers, seeds, slots, values)
 
 
 def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make_env: Callable,
@@ -137,7 +236,8 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
     """Run the online phase from `run` (fresh or restored) to `schedule.steps` environment steps.
 
     evaluate(run): at every `eval_every` environment steps and at the end;
-    checkpoint(run): at every `checkpoint_every` steps and at the end (episodes are cut after it);
+    checkpoint(run): at every `checkpoint_every` steps and at the end, with `run.environments` set
+        (None at the end); episodes continue through it;
     log(env_step, record): every `log_every` steps, the losses of the last updates, the returns of
         recent training episodes and the throughput;
     on_collect(raw transitions (steps, seeds, ...), env_step): what the environments gave, before
@@ -157,11 +257,27 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
     update_step = lambda: int(run.states.step)
     host_steps = [s for s in (schedule.eval_every, schedule.checkpoint_every, schedule.log_every) if s]
 
-    def restart():
-        observations, _ = envs.reset(seed=[environment_seed(s, run.env_step) for s in seeds])
-        return observations, np.zeros(num_seeds), np.zeros(num_seeds, int)
+    tracked = algo.online_returns_to_go() and algo.online.replay != "on_policy"
 
-    observations, returns, lengths = restart()
+    def start():
+        """Fresh episodes, or the ones a checkpoint saved, continued (`run.environments`)."""
+        observations, _ = envs.reset(seed=[environment_seed(s, run.env_step) for s in seeds])
+        saved = run.environments
+        if saved is None:
+            return observations, np.zeros(num_seeds), np.zeros(num_seeds, int), [[] for _ in seeds]
+        for env, state in zip(envs.envs, saved["snapshots"], strict=True):
+            snapshot.restore(env, state)
+        return (snapshot.decode(saved["observations"]), np.asarray(saved["returns"], np.float64),
+                np.asarray(saved["lengths"], int), saved.get("rewards") or [[] for _ in seeds])
+
+    def where_environments_stand():
+        return {"snapshots": [snapshot.snapshot(env) for env in envs.envs],
+                "observations": snapshot.encode(np.asarray(observations)),
+                "returns": [float(r) for r in returns], "lengths": [int(n) for n in lengths],
+                "rewards": episode_returns.running if tracked else None}
+
+    observations, returns, lengths, running = start()
+    episode_returns = EpisodeReturns(algo, running)
     started, started_step, metrics = time.perf_counter(), run.env_step, {}
     spent = dict.fromkeys(("policy", "environment", "updates", "evaluation", "checkpoints"), 0.0)
     timed_from = None  # (clock, env step) at the end of the first block
@@ -197,17 +313,22 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
                 returns[i], lengths[i] = 0.0, 0
             observations = next_obs
         run.env_step = stop
-        cut = checkpoint is not None and (stop == schedule.steps or (
+        saving = checkpoint is not None and (stop == schedule.steps or (
             schedule.checkpoint_every and stop % schedule.checkpoint_every == 0))
-        if cut:  # the episodes in progress end here (see the module docstring)
-            collected["timeouts"][-1] = np.maximum(collected["timeouts"][-1], lengths > 0)
         if on_collect is not None:
             on_collect({name: np.stack(values) for name, values in collected.items()}, stop)
         if algo.online.replay == "on_policy":  # one update per complete rollout
             updates = int(stop % block == 0)
         else:
             updates = utd * len(collected["rewards"]) if stop >= schedule.start_steps else 0
-        rows = _rows(preprocessor, collected)
+        rows_returns = None
+        if tracked:  # each row's return-to-go, or -inf until its episode ends (module docstring)
+            ended = np.logical_or(np.stack(collected["terminals"]), np.stack(collected["timeouts"]))
+            rows_returns, writes = episode_returns.block(
+                _preprocessed(preprocessor, collected).rewards, ended, int(run.buffers.position[0]),
+                run.buffers.transitions.rewards.shape[1])
+            run.buffers = _fill_returns(run.buffers, writes)
+        rows = _rows(preprocessor, collected, rows_returns)
         if algo.online.replay == "on_policy" and updates:  # rows of any length, one update program
             run.buffers, rows = loop.append_rows(run.buffers, rows), None
         tic, compiling = time.perf_counter(), runner.compile_seconds
@@ -217,17 +338,17 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
         metrics = chunk_metrics if updates else metrics
         if log is not None and schedule.log_every and stop % schedule.log_every == 0:
             log(stop, _log_record(metrics, run, num_seeds, stop - started_step,
-                                  time.perf_counter() - started))
+                                  time.perf_counter() - started, schedule.log_every))
         if evaluate is not None and (stop == schedule.steps or (
                 schedule.eval_every and stop % schedule.eval_every == 0)):
             tic = time.perf_counter()
             evaluate(run)
             spent["evaluation"] += time.perf_counter() - tic
-        if cut:
+        if saving:
             tic = time.perf_counter()
+            run.environments = None if stop == schedule.steps else where_environments_stand()
             checkpoint(run)
             spent["checkpoints"] += time.perf_counter() - tic
-            observations, returns, lengths = restart()
         if timed_from is None:  # the first block compiled the policy and the chunk: not counted
             timed_from = (time.perf_counter(), run.env_step)
             spent = dict.fromkeys(spent, 0.0)
@@ -249,11 +370,14 @@ def _success(info: dict, index: int):
     return None
 
 
-def _log_record(metrics: dict, run: OnlineRun, num_seeds: int, steps: int, seconds: float) -> dict:
+def _log_record(metrics: dict, run: OnlineRun, num_seeds: int, steps: int, seconds: float,
+                window: int) -> dict:
     # the losses of the last compiled call, averaged over its updates (NaN of skipped updates aside)
     record = loop.summarize_metrics(metrics, len(next(iter(metrics.values()))))[0] if metrics else {}
     recent = run.history["episodes"][-10 * num_seeds:]
     record["episode_return"] = float(np.mean([e[2] for e in recent])) if recent else None
+    # every episode that ended since the previous line: [env step, seed index, return, length, success]
+    record["episodes"] = [e for e in run.history["episodes"] if run.env_step - window < e[0] <= run.env_step]
     record["env_steps_per_second"] = steps / max(seconds, 1e-9)
     return record
 

@@ -56,6 +56,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if online_steps:  # before any training: a buffer too small for the dataset is refused now
         capacity = online.buffer_capacity(algo, prepared.data.size, online_steps,
                                           int(cfg.online.start_steps))
+        online.check_environments(lambda: envs.make_env(info), online_schedule(cfg, online_steps))
     metrics = MetricsFile(run_dir / "metrics.jsonl")
 
     def stage_progress(name, step, means, kind):
@@ -123,10 +124,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                  np.std(score), len(seeds), entry["seconds"])
         return chosen["states"]
 
-    def save(phase, states, buffers, keys, step, env_step, stopped):
+    def save(phase, states, buffers, keys, step, env_step, stopped, environments=None):
         checkpointer.save(step + env_step, {"states": states, "buffers": buffers, "keys": keys},
                           {"phase": phase, "step": step, "env_step": env_step, "history": history,
-                           "stopped": {str(k): list(v) for k, v in stopped.items()}})
+                           "stopped": {str(k): list(v) for k, v in stopped.items()},
+                           "environments": environments})
 
     # ---- offline phase ------------------------------------------------------------------------
     runner = loop.ChunkRunner(algo, "offline", float(cfg.watchdog_seconds), stopped, values=values,
@@ -165,10 +167,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             # online states (begin_online), same keys
             states, buffers = loop.shard_seeds(online.begin(algo, spec, online_ctx, states, values),
                                                templates["online"]["buffers"], keys)[:2]
-        schedule = online.OnlineSchedule(online_steps, int(cfg.online.eval_every),
-                                         int(cfg.checkpoint.every and cfg.online.checkpoint_every),
-                                         int(cfg.online.log_every), int(cfg.online.start_steps))
-        state = online.OnlineRun(states, buffers, keys, record["env_step"], history)
+        schedule = online_schedule(cfg, online_steps)
+        state = online.OnlineRun(states, buffers, keys, record["env_step"], history,
+                                 record.get("environments"))
         bar = tqdm(total=online_steps, initial=state.env_step, desc=f"{algo.name} online",
                    unit="env step", dynamic_ncols=True, disable=None)
 
@@ -182,7 +183,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             online_runner, log=log_online,
             evaluate=lambda r: evaluate(r.states, "online", int(r.states.step), r.env_step),
             checkpoint=lambda r: save("online", r.states, r.buffers, r.keys, int(cfg.steps), r.env_step,
-                                      online_runner.stopped), timings=timings["online"])
+                                      online_runner.stopped, r.environments), timings=timings["online"])
         bar.close()
     checkpointer.wait()
     stopped = (online_runner or runner).stopped
@@ -192,6 +193,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     out["timings"] = timings  # wall clock of the offline loop; the online phase's split (online.py)
     (run_dir / "results.json").write_text(json.dumps(out, indent=1))
     return out
+
+
+def online_schedule(cfg: DictConfig, online_steps: int) -> online.OnlineSchedule:
+    return online.OnlineSchedule(online_steps, int(cfg.online.eval_every),
+                                 int(cfg.checkpoint.every and cfg.online.checkpoint_every),
+                                 int(cfg.online.log_every), int(cfg.online.start_steps))
 
 
 setup()

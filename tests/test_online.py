@@ -1,6 +1,7 @@
 """Online fine-tuning on the engine: batches drawn with exact counts, online transitions preprocessed
 exactly as the dataset was, a run killed during the online phase resumes to the same numbers."""
 
+import dataclasses
 import json
 
 import jax
@@ -56,8 +57,30 @@ def test_prefilled_buffer_too_small_for_the_dataset_is_refused():
     algo = algorithms.get("iql")(online=OnlineConfig(buffer_size=50))
     with pytest.raises(ValueError, match="cannot hold the dataset"):
         online.buffer_capacity(algo, 100, 1_000)
-    assert online.buffer_capacity(algo.__class__(online=OnlineConfig(buffer_size=150)), 100, 10) == 50
+    ring = algo.__class__(online=OnlineConfig(buffer_size=150))
+    assert online.buffer_capacity(ring, 100, 10) == 10  # every online row fits beside the dataset
+    assert online.buffer_capacity(ring, 100, 1_000) == 150  # then the online rows alone fill the ring
     assert online.buffer_capacity(algo.__class__(), 100, 1_000) == 1_000  # nothing evicted
+
+
+def test_a_finite_prefilled_buffer_evicts_the_dataset_first_then_the_oldest_online_rows():
+    """CORL's, IQL's, SPOT's and d3rlpy's ring: loaded with the dataset, then online rows; once full,
+    each new row overwrites the oldest one held. Dataset rows 0..9, a ring of 12."""
+    data = rows(np.arange(10))
+    sampling = Sampling("union", pool_size=12)
+    buffer = ReplayBuffer.create(12, 2, 1)  # buffer_capacity: min(buffer_size, online steps)
+
+    def held(buffer):
+        return set(np.asarray(draw(sampling, data, buffer, jax.random.key(0), 5_000).rewards).tolist())
+
+    assert held(buffer.add(rows(100 + np.arange(2)))) == set(range(10)) | {100, 101}  # free room
+    assert held(buffer.add(rows(100 + np.arange(5)))) == set(range(3, 10)) | set(range(100, 105))
+    assert held(buffer.add(rows(100 + np.arange(12)))) == set(range(100, 112))  # the dataset gone
+    assert held(buffer.add(rows(100 + np.arange(12))).add(rows(112 + np.arange(3)))) == set(range(103, 115))
+    # nothing evicted without a pool size: the dataset and every buffer row
+    full = buffer.add(rows(100 + np.arange(12)))
+    everything = draw(Sampling("union"), data, full, jax.random.key(0), 5_000)
+    assert set(np.asarray(everything.rewards).tolist()) == set(range(10)) | set(range(100, 112))
 
 
 def test_online_transitions_are_preprocessed_like_the_dataset(offline_data):
@@ -94,9 +117,24 @@ def test_online_transitions_are_preprocessed_like_the_dataset(offline_data):
                                rtol=1e-4, atol=1e-4)
 
 
+def short_episodes(monkeypatch, steps: int = 25):
+    """Online training environments whose episodes end after `steps` (Pendulum's time limit is 200)."""
+    real = envs.make_env
+    monkeypatch.setattr(envs, "make_env",
+                        lambda info: real(dataclasses.replace(info, max_episode_steps=steps)))
+
+
 def test_resume_during_the_online_phase_gives_the_same_numbers(offline_data, tmp_path, monkeypatch):
+    """Killed between the online checkpoints at environment steps 20 and 40, both in the middle of
+    25-step episodes, and resumed: the same numbers, and episodes that end only at their time limit."""
+    short_episodes(monkeypatch)
     cfg = compose(["algo=iql", *TINY])
     straight = run(cfg, tmp_path / "straight")
+    lines = [line for line in logged(tmp_path / "straight") if line.get("phase") == "online"]
+    episodes = [e for line in lines if line["type"] == "train" for e in line["episodes"]]
+    # [end step, seed index, return, length, success]: no episode cut at the checkpoints at 20, 40
+    assert [(e[0], e[1], e[3]) for e in episodes] == [(25, 0, 25), (25, 1, 25), (50, 0, 25), (50, 1, 25)]
+    assert straight["online"]["episodes"] == episodes
     killed = tmp_path / "killed"
     real_check = loop.check_finite
 
@@ -171,3 +209,47 @@ def test_a_seed_that_stops_early_keeps_its_parameters_and_the_others_go_on(offli
     with pytest.raises(loop.TrainingStopped, match="every seed"):
         all_stop = type("StopAll", (type(algo),), {"early_stop": lambda self, m: (np.ones(2, bool), "x")})
         loop.ChunkRunner(all_stop(hidden_dims=(8, 8), batch_size=16))(states, None, keys, ctx, 5, 25)
+
+
+def test_online_rows_get_their_episodes_return_to_go_and_a_resumed_run_the_same(offline_data):
+    """Cal-QL with online_calibration=true (the authors' code): every online row gets the discounted
+    return of the rest of its episode, on the preprocessed rewards, once the episode ends; rows of
+    the episode still running carry -inf (no bound). Episodes of 10 steps, 25 steps per seed, a
+    checkpoint at step 15 (mid-episode), resumed from it to the same buffers."""
+    algo = algorithms.get("cal_ql")(hidden_dims=(8, 8), batch_size=8, discount=0.5, bc_warmup_steps=0,
+                                    online_calibration=True,
+                                    reward=algorithms.RewardConfig(scale=2.0, shift=-1.0))
+    raw, info = envs.load("local", "pendulum-mixed")
+    prepared = loop.prepare(algo, raw)
+    spec = Spec(raw.observation_dim, raw.action_dim, 10)
+    ctx = loop.make_context(algo, prepared, phase="online")
+    make_env = lambda: envs.make_env(dataclasses.replace(info, max_episode_steps=10))  # noqa: E731
+    schedule = online.OnlineSchedule(25, eval_every=0, checkpoint_every=15, log_every=0)
+    runner = loop.ChunkRunner(algo, "online")
+    saved = {}
+
+    def checkpoint(run):  # what a checkpoint keeps: copies of the arrays, the record as JSON
+        saved[run.env_step] = online.OnlineRun(
+            *jax.tree.map(lambda x: x.copy(), (run.states, run.buffers, run.keys)), run.env_step,
+            json.loads(json.dumps(run.history)), json.loads(json.dumps(run.environments)))
+
+    straight = online.train_online(algo, ctx, prepared.preprocessor, make_env, schedule, [3, 4],
+                                   online.fresh_run(algo, spec, ctx, [3, 4], 100), runner,
+                                   checkpoint=checkpoint)
+    rewards = np.asarray(straight.buffers.transitions.rewards)
+    returns = np.asarray(straight.buffers.transitions.returns_to_go)
+    for seed in range(2):
+        for start in (0, 10):  # by hand: G_t = r_t + 0.5 G_{t+1}, no bootstrap at the time limit
+            expected, following = np.zeros(10), 0.0
+            for t in reversed(range(10)):
+                following = rewards[seed, start + t] + 0.5 * following
+                expected[t] = following
+            np.testing.assert_allclose(returns[seed, start:start + 10], expected, rtol=1e-6)
+        assert np.all(returns[seed, 20:25] == -np.inf)  # the third episode runs on
+    assert saved[15].environments["lengths"] == [5, 5] and len(saved[15].environments["rewards"][0]) == 5
+    resumed = online.train_online(algo, ctx, prepared.preprocessor, make_env, schedule, [3, 4], saved[15],
+                                  runner, checkpoint=checkpoint)
+    for a, b in zip(jax.tree.leaves((straight.buffers, straight.states.critic.params)),
+                    jax.tree.leaves((resumed.buffers, resumed.states.critic.params)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert resumed.history == json.loads(json.dumps(straight.history))

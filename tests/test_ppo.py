@@ -130,8 +130,8 @@ def test_each_rollout_reaches_update_whole_and_in_time_order():
     timeouts = np.concatenate([c["timeouts"] for c in collected])
     assert int(done.states.step) == 2  # two full rollouts; the last 22 steps are never trained on
     np.testing.assert_allclose(np.asarray(done.states.rewards).T, rewards[64:128], rtol=1e-6)
-    # the checkpoint at step 80 cut the episodes: a timeout at row 79, the 16th of the 2nd rollout
-    assert np.flatnonzero(np.asarray(done.states.timeouts)[0]).tolist() == [79 - 64, 119 - 64]
+    # the checkpoints at steps 40, 80 and 120 cut no episode: Pendulum's first ends at step 200
+    assert not np.asarray(done.states.timeouts).any()
     np.testing.assert_array_equal(np.asarray(done.states.timeouts).T, timeouts[64:128])
     assert np.asarray(done.buffers.size).tolist() == [64, 64] and int(done.buffers.position[0]) == 150 % 64
 

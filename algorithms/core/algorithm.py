@@ -58,7 +58,7 @@ class OnlineConfig:
     """How the algorithm fine-tunes online after its offline steps (run with `online.steps=N`).
 
     replay: "prefilled" - one buffer holding the dataset and then every online transition, sampled
-        uniformly, nothing evicted (IQL's and CORL's fine-tuning); "mixed" - the dataset and the
+        uniformly (IQL's and CORL's fine-tuning); "mixed" - the dataset and the
         online transitions kept apart and each batch drawn with exactly `dataset_fraction` of its
         rows from the dataset (Cal-QL, RLPD); "on_policy" - no replay: every `block` environment
         steps per seed are handed whole, in time order, as the batch of one `update` call
@@ -66,8 +66,11 @@ class OnlineConfig:
         online phase). A rollout cut by a checkpoint is kept in the checkpoint and completed on
         resume; the steps after the last full block are never trained on.
     buffer_size: transitions the prefilled buffer holds, dataset included (None: the dataset plus
-        every online step, so nothing is evicted); in "mixed", the online buffer's size (None:
-        every online step). Smaller than the dataset with "prefilled" is refused.
+        every online step, so nothing is evicted). Set, it is the references' ring (CORL, IQL, SPOT,
+        d3rlpy: a buffer loaded with the dataset, then the online rows): once full, each online row
+        evicts the oldest row held, the dataset's first rows first, then the oldest online rows.
+        In "mixed", the online buffer's size (None: every online step; the dataset is kept whole).
+        Smaller than the dataset with "prefilled" is refused.
     updates_per_step: the update-to-data ratio (not used by "on_policy").
     block: environment steps collected between compiled update calls (then block * updates_per_step
         updates run at once; "on_policy": the rollout length, one update per block). 1 is the
@@ -100,10 +103,14 @@ class Sampling(NamedTuple):
         dataset and the buffer as one pool, uniformly: a buffer pre-filled with the dataset, without
         copying it into every seed's buffer), "mixed" (exactly round(batch * dataset_fraction)
         rows from the dataset, the rest from the buffer) or "rollout" (the seed's whole buffer, in
-        the order it was filled: the on-policy rollout)."""
+        the order it was filled: the on-policy rollout).
+    pool_size: "union" only: the rows the pool holds, dataset included; once the dataset and the
+        buffer's rows exceed it, the dataset's first rows leave the pool, oldest first (the
+        references' ring; the buffer itself holds at most `pool_size` rows). None: nothing evicted."""
 
     source: str = "dataset"
     dataset_fraction: float = 1.0
+    pool_size: int | None = None
 
 
 @flax.struct.dataclass
@@ -227,6 +234,12 @@ class Algorithm:
         algorithms that calibrate against it (Cal-QL); None (zeros) for most algorithms."""
         return None
 
+    def online_returns_to_go(self) -> bool:
+        """Whether online rows need their return-to-go too: the online loop then computes it with
+        `returns_to_go` over each episode when it ends (experiments/online.py); until then a row
+        carries -inf. False: online rows carry zeros."""
+        return False
+
     def init(self, key: jax.Array, spec: Spec, ctx: Context) -> Any:
         """The initial state of one seed; `ctx.stages` holds the trained stages' results."""
         raise NotImplementedError
@@ -247,7 +260,7 @@ class Algorithm:
             return Sampling("mixed", self.online.dataset_fraction)
         if self.online.replay == "on_policy":
             return Sampling("rollout")
-        return Sampling("union")
+        return Sampling("union", pool_size=self.online.buffer_size)
 
     def begin_online(self, state, spec: Spec, ctx: Context):
         """Called once per seed (vmapped) when the online phase starts from the offline state (not

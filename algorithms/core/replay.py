@@ -118,13 +118,17 @@ def draw(sampling: Sampling, data, buffer: ReplayBuffer | None, key: jax.Array, 
         return buffer.transitions
     if sampling.source == "union":
         # One pool of dataset rows then buffer rows, uniformly: what a buffer pre-filled with the
-        # dataset gives, without a copy of the dataset in every seed's buffer.
+        # dataset gives, without a copy of the dataset in every seed's buffer. In a ring of
+        # `pool_size` rows the dataset's first rows have been overwritten by the online rows beyond
+        # the free space: the pool holds the dataset's last `held` rows (the buffer itself holds
+        # every online row until there are `pool_size` of them, then it wraps on its own).
         size = data.rewards.shape[0]
-        indices = jax.random.randint(key, (batch_size,), 0, size + buffer.size)
-        from_data = jax.tree.map(lambda column: column[jnp.minimum(indices, size - 1)], data)
+        held = size if sampling.pool_size is None else jnp.clip(sampling.pool_size - buffer.size, 0, size)
+        indices = jax.random.randint(key, (batch_size,), 0, held + buffer.size)
+        from_data = jax.tree.map(lambda column: column[jnp.clip(indices + size - held, 0, size - 1)], data)
         from_buffer = jax.tree.map(
-            lambda column: column[jnp.clip(indices - size, 0, buffer.capacity - 1)], buffer.transitions)
-        take_data = indices < size
+            lambda column: column[jnp.clip(indices - held, 0, buffer.capacity - 1)], buffer.transitions)
+        take_data = indices < held
         return jax.tree.map(lambda d, b: jnp.where(take_data.reshape((-1,) + (1,) * (d.ndim - 1)), d, b),
                             from_data, from_buffer)
     if sampling.source == "mixed":
