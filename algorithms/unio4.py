@@ -615,7 +615,8 @@ class UniO4(Algorithm):
             (_, _, q_sum, count), _ = jax.lax.scan(
                 model_step, (starts, alive, jnp.zeros(()), jnp.zeros((), jnp.int32)),
                 jax.random.split(rollout_key, self.rollout_length))
-            return jnp.where(count > 0, q_sum / jnp.maximum(count, 1), jnp.nan)  # NaN: no finite Q at all
+            # NaN without a single finite Q: the critics are broken, and the loop stops as diverged
+            return jnp.where(count > 0, q_sum / jnp.maximum(count, 1), jnp.nan)
 
         return jax.vmap(one_member)(params, jax.random.split(key, self.num_members))
 
