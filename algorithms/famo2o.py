@@ -21,11 +21,13 @@ FamO2O-IQL (`algo=famo2o_iql`; jax_iql/family_learner.py, family_actor.py), one 
 Where the code and the paper differ: in the code's actor loss b is a (B, 1) column and the advantage
 a (B,) row, so the weights broadcast to a B x B matrix and row j's weight is the mean over the
 batch's balances b_i of min(exp(b_i A_j), 100) - independent of the b_j the policy is conditioned on.
-We follow the paper's per-row weight (the issue's and the equation's); `batch_mixed_weights=True` is
-the code's. The code draws x and a~ with one PRNG key; we draw them with two. The AntMaze settings
-are the code's config (configs/family_antmaze_finetune_config.py: range [8, 14], expectile 0.9,
-constant learning rates); the locomotion range [1, 5] is FamilyLearner's default, centred on IQL's
-beta = 3: the code ships no locomotion config and no published table is known to us.
+The algorithm's default is the paper's per-row weight (its equation); `batch_mixed_weights=True` is
+the code's, which produced the paper's AntMaze table, so +experiment=famo2o_iql_antmaze selects it
+(docs/algorithms/famo2o.md lists both). The code draws x and a~ with one PRNG key; we draw them with
+two. The AntMaze settings are the code's config (configs/family_antmaze_finetune_config.py: range
+[8, 14], expectile 0.9, constant learning rates); the locomotion range [1, 5] is FamilyLearner's
+default, centred on IQL's beta = 3: the code ships no locomotion config and no published table is
+known to us.
 
 FamO2O-CQL (`algo=famo2o_cql`; jax_cql/JaxCQL/family_conservative_sac.py, finetune_configs/family.py),
 CQL (algorithms/cql.py) with every loss at the parameters from before the update and:

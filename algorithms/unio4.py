@@ -33,17 +33,27 @@ eps = clip_ratio (1 - min(t, 200) / T) (the code decays it only for the first 20
 Every `eval_step` (100) updates each member is scored by AM-Q,
     AM-Q(pi_i) = mean of Q_tau(s, a) over every (s, a) visited by `rollout_batch` (512) model rollouts
                  of `rollout_length` steps from dataset states, a = the member's mean action,
-each step through a random elite (no penalty), a rollout ending at the environment's termination
-rule (the terminating step counts); when a member's AM-Q beats its best so far, pi_i^old <- pi_i.
-The first scores are those of the BC members (in `init`), as the code scores them before BPPO.
+each step through a random elite (no penalty). A rollout ends (the terminating step counts, nothing
+after it) at the environment's termination rule (`termination`, envs/termination.py, MOPO's too) or
+at the code's additions for AM-Q (transition_model/utils/termination_fns.py): any |s'| >=
+`amq_state_bound` (100 on HalfCheetah and Walker2d, where model rollouts diverge), s'[:2] within
+`amq_goal_radius` (0.5) of the goal on AntMaze, and, always, a non-finite s' (the code's rules are
+false for NaN, so it ends there too). A step whose Q is not finite counts as terminated and adds
+nothing (ours: the code would average an inf or NaN in), so AM-Q stays finite whatever the model
+does. When a member's AM-Q beats its best so far (a NaN best is beaten by any score),
+pi_i^old <- pi_i. The first scores are those of the BC members (in `init`), as the code scores them
+before BPPO.
 
-Hand-over: the loop evaluates every member (experiments/train.py); `choose` picks the member `act`
-uses. handover="code" (default): among the `handover_top_k` (3) members with the highest latest
-AM-Q, the one with the best real evaluation (the code's ppo_finetune/ppo.py:load_pi_value). It is
+Hand-over: every AM-Q scoring sets the member `act` uses (and the online phase starts from) to the
+highest latest AM-Q; the loop evaluates every member (experiments/train.py) and `choose` then picks
+it by the rule below, so the choice is always that of the latest scores. handover="code"
+(default): among the `handover_top_k` (3) members with the highest latest AM-Q, the one with the
+best real evaluation (the code's ppo_finetune/ppo.py:load_pi_value). It is
 the default because the online phase of the paper starts from that member; but it looks at the
 same evaluation episodes it is then scored on, so the offline score it reports is optimistic (the
 best of 3). handover="amq": the highest latest AM-Q alone, a truly offline choice without selection
-bias; use it to compare offline scores. results.json keeps every member's scores either way.
+bias; use it to compare offline scores. results.json keeps every member's scores either way. With
+evaluation off, "code" has no real scores and falls back to the highest AM-Q, with a warning.
 
 States: the networks see standardized states (`state_norm`, the code's --is_state_norm; mean and
 std + 1e-3 of the dataset, the project's convention, where the code adds 1e-10), while the dynamics
@@ -287,7 +297,9 @@ class UniO4(Algorithm):
     eval_step: int = 100
     rollout_batch: int = 512
     rollout_length: int = 1000
-    termination: str | None = None  # envs/termination.py; None: rollouts never terminate (AntMaze)
+    termination: str | None = None  # envs/termination.py, the environment's rule; None: no rule (AntMaze)
+    amq_state_bound: float | None = None  # any |s'| >= it ends a rollout (code: 100, HalfCheetah, Walker2d)
+    amq_goal_radius: float | None = None  # ||s'[:2] - s'[-2:]|| <= it ends one (the code: 0.5, AntMaze)
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     # hand-over
     handover: str = "code"
@@ -322,6 +334,9 @@ class UniO4(Algorithm):
         check_rollouts(self.online, self.ppo, "Uni-O4")
         if not 0.0 < self.clip_ratio < 1.0:
             raise SettingsError(f"algo.clip_ratio must lie in (0, 1) (got {self.clip_ratio})")
+        for name in ("amq_state_bound", "amq_goal_radius"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise SettingsError(f"algo.{name} must be > 0 or null (got {getattr(self, name)})")
         if self.termination is not None and self.termination not in TERMINATIONS:
             try:
                 termination_for(self.termination)
@@ -341,6 +356,25 @@ class UniO4(Algorithm):
 
     def termination_rule(self):
         return never if self.termination is None else termination_for(self.termination)
+
+    def amq_rollout_ended(self, next_observations: jax.Array) -> jax.Array:
+        """The code's additions to the environment's rule in AM-Q rollouts, (B, |S|) -> (B,): a
+        non-finite s', any |s'| >= amq_state_bound, the achieved goal s'[:2] within amq_goal_radius
+        of the desired one s'[-2:] (Minari AntMaze's observation: achieved_goal, observation,
+        desired_goal; the code, whose D4RL observations carry no goal, uses env.target_goal)."""
+        ended = ~jnp.isfinite(next_observations).all(axis=-1)
+        if self.amq_state_bound is not None:  # written so that NaN ends it, as the code's
+            ended |= ~(jnp.abs(next_observations) < self.amq_state_bound).all(axis=-1)
+        if self.amq_goal_radius is not None:
+            distance = jnp.linalg.norm(next_observations[:, :2] - next_observations[:, -2:], axis=-1)
+            ended |= distance <= self.amq_goal_radius
+        return ended
+
+    def handover_without_evaluation(self) -> str | None:
+        if self.handover != "code":
+            return None
+        return ("evaluation is off (eval.every=0 or eval.episodes=0), so algo.handover=code has no real "
+                "scores: each seed hands over the member with the highest latest AM-Q (algo.handover=amq)")
 
     def not_done(self, batch) -> jax.Array:
         ended = jnp.maximum(batch.terminals, batch.timeouts) if self.timeouts_terminal else batch.terminals
@@ -503,8 +537,7 @@ class UniO4(Algorithm):
             copy_params(bc.params))
         amq = self.amq(policies.params, bc.normalizer, key, ctx)
         return UniO4State(policies, copy_params(bc.params), amq, amq, jnp.zeros(self.num_members, jnp.int32),
-                          jnp.argmax(amq).astype(jnp.int32), bc.normalizer, jnp.zeros((), jnp.int32),
-                          max(spec.total_steps, 1))
+                          best_by_amq(amq), bc.normalizer, jnp.zeros((), jnp.int32), max(spec.total_steps, 1))
 
     def update(self, state: UniO4State | UniO4Online, batch, key, ctx: Context):
         """Offline: one BPPO step of every member on the same states; every `eval_step` updates,
@@ -543,14 +576,16 @@ class UniO4(Algorithm):
                        "replaced_fraction": on_scored(replaced.mean())}
 
     def replace_improved(self, state: UniO4State, key, ctx: Context) -> tuple[UniO4State, jax.Array]:
-        """AM-Q of every member; pi_old <- pi for the members whose score beats their best.
-        Returns the state and which members were replaced."""
+        """AM-Q of every member; pi_old <- pi for the members whose score beats their best (or
+        whose best is NaN); the chosen member becomes the highest AM-Q (an evaluation's `choose`
+        overrides it). Returns the state and which members were replaced."""
         amq = self.amq(state.policies.params, state.normalizer, key, ctx)
-        improved = amq > state.best_amq
+        improved = (amq > state.best_amq) | (jnp.isnan(state.best_amq) & ~jnp.isnan(amq))
         keep_new = lambda new, old: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
         old = jax.tree.map(keep_new, state.policies.params, state.old_params)
         return state.replace(old_params=old, best_amq=jnp.where(improved, amq, state.best_amq),
-                             last_amq=amq, replacements=state.replacements + improved), improved
+                             last_amq=amq, replacements=state.replacements + improved,
+                             chosen=best_by_amq(amq)), improved
 
     def amq(self, params, normalizer: StateNormalizer, key, ctx: Context) -> jax.Array:
         """AM-Q of every member (params with a leading member axis) -> (K,) (module docstring)."""
@@ -568,17 +603,20 @@ class UniO4(Algorithm):
                 s = normalizer(observations)
                 actions = jnp.clip(network.apply(member_params, s).mean(), -1.0, 1.0)
                 q = critics.q(s, actions)
+                counted = alive & jnp.isfinite(q)  # a non-finite Q ends the rollout, uncounted
                 imagined = step(model, observations, actions, step_key)
-                ended = terminated(observations, actions, imagined.next_observations)
-                carry = (imagined.next_observations, alive & ~ended, q_sum + jnp.where(alive, q, 0.0).sum(),
-                         count + alive.sum())
+                ended = (terminated(observations, actions, imagined.next_observations)
+                         | self.amq_rollout_ended(imagined.next_observations))
+                carry = (imagined.next_observations, counted & ~ended,
+                         q_sum + jnp.where(counted, q, 0.0).sum(), count + counted.sum())
                 return carry, None
 
             alive = jnp.ones(self.rollout_batch, bool)
             (_, _, q_sum, count), _ = jax.lax.scan(
                 model_step, (starts, alive, jnp.zeros(()), jnp.zeros((), jnp.int32)),
                 jax.random.split(rollout_key, self.rollout_length))
-            return q_sum / jnp.maximum(count, 1)
+            # NaN without a single finite Q: the critics are broken, and the loop stops as diverged
+            return jnp.where(count > 0, q_sum / jnp.maximum(count, 1), jnp.nan)
 
         return jax.vmap(one_member)(params, jax.random.split(key, self.num_members))
 
@@ -617,12 +655,17 @@ class UniO4(Algorithm):
         """The member handed over (module docstring): the best real evaluation `scores` (K,) among
         the top k by the latest AM-Q (handover="code"), or the latest AM-Q alone ("amq")."""
         if self.handover == "amq":
-            chosen = jnp.argmax(state.last_amq)
+            chosen = best_by_amq(state.last_amq)
         else:
             top = jnp.argsort(-state.last_amq)[: min(self.handover_top_k, self.num_members)]
             chosen = top[jnp.argmax(scores[top])]
         chosen = chosen.astype(jnp.int32)
         return state.replace(chosen=chosen), {"chosen": chosen, "estimates": state.last_amq}
+
+
+def best_by_amq(amq: jax.Array) -> jax.Array:
+    """The member with the highest AM-Q, (K,) -> () int32; a NaN score is never the best."""
+    return jnp.argmax(jnp.where(jnp.isnan(amq), -jnp.inf, amq)).astype(jnp.int32)
 
 
 def member_params(state: UniO4State):

@@ -45,6 +45,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     raw, info = load(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path, cfg.dataset.download)
     online_steps = int(cfg.online.steps)
     evaluating = cfg.eval.every > 0 and cfg.eval.episodes > 0
+    if not evaluating and algo.members() > 1 and (warning := algo.handover_without_evaluation()):
+        log.warning(warning)
     if evaluating or online_steps:  # fail now, not after hours of training, if the env does not fit
         envs.check_observation_dim(info, raw.observation_dim)  # (actions: checked by load)
     prepared = loop.prepare(algo, raw)

@@ -31,25 +31,31 @@ SMALL = dict(num_members=3, policy_hidden_dims=(8,), q_hidden_dims=(8,), v_hidde
 
 
 class FirstObservation(nn.Module):
-    """A parameter-free 'critic': Q(s, a) = s[0] (one member) or V(s) = s[0]."""
+    """A parameter-free 'critic': Q(s, a) = s[0] (one member) or V(s) = s[0]; from s[0] >= `broken_from`
+    on, `broken_value` instead (a critic that blows up far from the data)."""
 
     ensemble: bool = True
+    broken_from: float = np.inf
+    broken_value: float = np.inf
 
     @nn.compact
     def __call__(self, observations, actions=None):
-        value = observations[..., 0]
+        value = jnp.where(observations[..., 0] >= self.broken_from, self.broken_value, observations[..., 0])
         return value[None] if self.ensemble else value
 
 
-def known_critics() -> Critics:
-    return Critics({}, {}, FirstObservation(True), FirstObservation(False))
+def known_critics(**broken) -> Critics:
+    return Critics({}, {}, FirstObservation(True, **broken), FirstObservation(False))
 
 
-def model_adding(delta: float):
-    """A deterministic model: s' = s + delta for every member (log-variance at -60)."""
-    model = constant_model(np.tile([delta, 0.0], (3, 1)), np.full((3, 2), -100.0), elites=[0, 1, 2],
-                           observation_dim=1, action_dim=1)
-    params = {**model.params, "params": {**model.params["params"], "min_logvar": jnp.full((2,), -60.0)}}
+def model_adding(delta):
+    """A deterministic model: s' = s + delta (a float, or one value per state dimension) for every
+    member, reward 0 (log-variance at -60)."""
+    delta = np.atleast_1d(np.asarray(delta, np.float32))
+    outputs = delta.size + 1
+    model = constant_model(np.tile(np.append(delta, 0.0), (3, 1)), np.full((3, outputs), -100.0),
+                           elites=[0, 1, 2], observation_dim=delta.size, action_dim=1)
+    params = {**model.params, "params": {**model.params["params"], "min_logvar": jnp.full((outputs,), -60.0)}}
     return model.replace(params=params)
 
 
@@ -119,6 +125,144 @@ def test_amq_on_a_known_model():
     np.testing.assert_allclose(algo.amq(params, normalizer, jax.random.key(0), ctx), [1.5] * 3, rtol=1e-5)
     algo.termination_rule = lambda: (lambda s, a, s_next: s_next[:, 0] >= 2.5)
     np.testing.assert_allclose(algo.amq(params, normalizer, jax.random.key(0), ctx), [1.0] * 3, rtol=1e-5)
+
+
+def amq_of(algo: UniO4, start, delta, **broken) -> np.ndarray:
+    """Every member's AM-Q from `start` (one state, every rollout) in the model s' = s + delta, with
+    the critic Q(s, a) = s[0] (`broken`: inf or NaN from some s[0] on)."""
+    start = np.atleast_1d(np.asarray(start, np.float32))
+    spec = Spec(observation_dim=start.size, action_dim=1, total_steps=40)
+    states = jnp.tile(start, (32, 1))
+    data = dataset()._replace(observations=states, next_observations=states)
+    bc = algo.init_bc(jax.random.key(0), spec, data)
+    ctx = Context(data, {"critics": known_critics(**broken), "dynamics": model_adding(delta)})
+    return np.asarray(algo.amq(bc.policies.params, StateNormalizer.fit(data.observations, False),
+                               jax.random.key(0), ctx))
+
+
+def test_the_codes_rollout_ends_by_hand():
+    """`amq_rollout_ended`: a non-finite s' always; any |s'| >= amq_state_bound (NaN included, as the
+    code's `-100 < s' < 100`); on AntMaze's (achieved_goal, observation, desired_goal) the achieved
+    goal within amq_goal_radius of the desired one."""
+    next_states = jnp.array([[99.9, -99.9, 0.0], [100.0, 0.0, 0.0], [0.0, -100.0, 0.0], [jnp.nan, 0.0, 0.0],
+                             [0.0, jnp.inf, 0.0], [1e6, 0.0, 0.0]])
+    np.testing.assert_array_equal(UniO4(**SMALL).amq_rollout_ended(next_states), [0, 0, 0, 1, 1, 0])
+    bounded = UniO4(**{**SMALL, "amq_state_bound": 100.0})
+    np.testing.assert_array_equal(bounded.amq_rollout_ended(next_states), [0, 1, 1, 1, 1, 1])
+    # (x, y, z, goal x, goal y): 0.5 from the goal ends it, 0.51 does not
+    ant = jnp.array([[2.6, 0.3, 7.0, 2.6, -0.2], [2.0, 0.0, 7.0, 2.51, 0.0], [-1.0, -1.0, 0.0, -1.3, -1.4]])
+    at_goal = UniO4(**{**SMALL, "amq_goal_radius": 0.5}).amq_rollout_ended(ant)
+    np.testing.assert_array_equal(at_goal, [1, 0, 1])
+    assert not UniO4(**SMALL).amq_rollout_ended(ant).any()
+
+
+@pytest.mark.parametrize("case", ["diverging", "infinite state", "nan q"])
+def test_amq_rollouts_end_where_the_code_ends_them(case):
+    """4-step rollouts from s = 0, Q(s, a) = s. s' = s + 60: the code's |s'| >= 100 ends the rollout at
+    s' = 120 (visited 0, 60: AM-Q 30; without it 0, 60, 120, 180 all count: 90). A state that turns
+    inf ends the rollout (visited 0: AM-Q 0). A step whose Q is NaN (here from s = 2 on, s' = s + 1)
+    counts as terminated and adds nothing (visited 0, 1: AM-Q 0.5); with no finite Q at all the
+    score is NaN. Before the fix: no bound to set (so 90), NaN and NaN."""
+    if case == "diverging":
+        bounded = UniO4(**{**SMALL, "amq_state_bound": 100.0})
+        np.testing.assert_allclose(amq_of(bounded, 0.0, 60.0), [30.0] * 3, rtol=1e-5)
+    elif case == "infinite state":
+        np.testing.assert_array_equal(amq_of(UniO4(**SMALL), 0.0, np.inf), [0.0] * 3)
+    else:
+        np.testing.assert_allclose(amq_of(UniO4(**SMALL), 0.0, 1.0, broken_from=2.0, broken_value=np.nan),
+                                   [0.5] * 3, rtol=1e-6)
+        assert np.isnan(amq_of(UniO4(**SMALL), 0.0, 1.0, broken_from=0.0, broken_value=np.inf)).all()
+
+
+def test_antmaze_amq_rollouts_end_within_half_a_unit_of_the_goal():
+    """From (x, y) = (0, 0) with the goal (2.6, 0) in the observation, moving 1 along x per step:
+    (2, 0) -> (3, 0) comes within 0.5 of the goal and ends the rollout (visited x = 0, 1, 2: AM-Q 1;
+    without the rule 0..3: 1.5)."""
+    start, delta = [0.0, 0.0, 7.0, 2.6, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0]
+    np.testing.assert_allclose(amq_of(UniO4(**{**SMALL, "amq_goal_radius": 0.5}), start, delta), [1.0] * 3,
+                               rtol=1e-6)
+
+
+def test_the_paper_configs_end_amq_rollouts_and_train_the_model_as_the_code():
+    """configs/algo/unio4.yaml: |s'| >= 100 on HalfCheetah and Walker2d, the goal rule on Minari AntMaze,
+    the code's AntMaze model (4 x 400, lr 3e-4) and walker2d-medium's 30 epochs."""
+    from experiments.config import compose, make_algorithm
+
+    def algo(dataset):
+        return make_algorithm(compose(["algo=unio4", f"dataset={dataset}"]).algo)
+
+    for name in ("d4rl/halfcheetah-medium-v2", "d4rl/walker2d-medium-expert-v2"):
+        assert algo(name).amq_state_bound == 100.0 and algo(name).amq_goal_radius is None
+    hopper = algo("d4rl/hopper-medium-v2")
+    assert hopper.amq_state_bound is None and hopper.termination == "hopper"
+    antmaze = algo("minari/D4RL/antmaze/umaze-v1")
+    assert antmaze.amq_goal_radius == 0.5 and antmaze.termination is None
+    assert antmaze.dynamics.hidden_dims == (400,) * 4 and antmaze.dynamics.learning_rate == 3e-4
+    assert hopper.dynamics.hidden_dims == (200,) * 4 and hopper.dynamics.learning_rate == 1e-3
+    # 30 of the code's epochs: ceil((1 000 000 - 1 - 1000 holdout) / 256) updates each
+    assert algo("d4rl/walker2d-medium-v2").dynamics.max_steps == 30 * -(-(1_000_000 - 1 - 1000) // 256)
+    assert algo("d4rl/walker2d-medium-replay-v2").dynamics.max_steps == hopper.dynamics.max_steps == 1_000_000
+
+
+def test_the_chosen_member_follows_the_latest_amq_until_an_evaluation_overrides_it():
+    """Every AM-Q scoring hands over the member with the highest latest AM-Q (NaN never), so the online
+    phase starts from a member of the latest scores even without evaluations; `choose` overrides it
+    with real scores. Before the fix the member stayed the one the BC scores chose."""
+    algo = UniO4(**{**SMALL, "num_members": 4})
+    ctx = context(algo)
+    state = algo.init(jax.random.key(0), SPEC, ctx)
+    assert int(state.chosen) == 0  # the BC members tie (1.5 each)
+    algo.amq = lambda params, normalizer, key, ctx: jnp.array([1.0, 0.5, jnp.nan, 2.0])
+    state, _ = algo.replace_improved(state, jax.random.key(1), ctx)
+    assert int(state.chosen) == 3
+    chosen, _ = algo.choose(state, jnp.array([0.0, 50.0, 99.0, 10.0]))  # top 3 by AM-Q: 3, 0, 1
+    assert int(chosen.chosen) == 1
+    online = algo.begin_online(state, SPEC, ctx)
+    members = jax.tree.leaves(state.policies.params)
+    for a, b in zip(jax.tree.leaves(online.actor.params), members, strict=True):
+        np.testing.assert_array_equal(a, b[3])
+    algo.amq = lambda params, normalizer, key, ctx: jnp.array([0.0, 1.0, 3.0, 2.0])
+    update = jax.jit(lambda s, k: algo.update(s, ctx.data, k, ctx))
+    for t in range(9):  # not scored: the evaluation's choice stands
+        chosen, _ = update(chosen, jax.random.key(t))
+        assert int(chosen.chosen) == 1
+    chosen, _ = update(chosen, jax.random.key(9))  # the 10th update is scored
+    assert int(chosen.chosen) == 2 and int(chosen.step) == 10
+
+
+def test_a_nan_best_amq_is_replaced_by_the_next_score():
+    """A member whose best AM-Q is NaN would never be replaced again (NaN > x is false)."""
+    algo = UniO4(**SMALL)
+    ctx = context(algo)
+    state = algo.init(jax.random.key(0), SPEC, ctx)
+    state = state.replace(best_amq=jnp.array([jnp.nan, 1.5, 1.5]))
+    algo.amq = lambda params, normalizer, key, ctx: jnp.array([-5.0, 1.0, jnp.nan])
+    state, replaced = algo.replace_improved(state, jax.random.key(1), ctx)
+    np.testing.assert_array_equal(replaced, [True, False, False])
+    np.testing.assert_allclose(state.best_amq, [-5.0, 1.5, 1.5])
+
+
+def test_handover_code_without_evaluation_warns_once(offline_data, tmp_path, monkeypatch, caplog):
+    """With evaluation off there are no real scores: handover=code falls back to AM-Q and says so in
+    one warning line; handover=amq and evaluated runs say nothing."""
+    from experiments import train
+    from experiments.config import compose
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(train.loop, "prepare", stop)  # right after the run's settings are checked
+    for overrides, warned in ((["eval.every=0"], True), (["eval.episodes=0"], True),
+                              (["eval.every=0", "algo.handover=amq"], False), ([], False)):
+        caplog.clear()
+        with pytest.raises(Stop):
+            train.run(compose(["algo=unio4", "dataset=local/pendulum-mixed", *overrides]), tmp_path)
+        lines = [r.getMessage() for r in caplog.records
+                 if r.levelname == "WARNING" and "handover" in r.getMessage()]
+        assert len(lines) == int(warned), (overrides, lines)
 
 
 def test_old_policy_is_replaced_only_when_amq_improves():

@@ -298,6 +298,11 @@ class Algorithm:
         algorithm's own offline estimate of each member)."""
         return state, {"chosen": jnp.zeros((), jnp.int32)}
 
+    def handover_without_evaluation(self) -> str | None:
+        """With several members and evaluation off, `choose` never runs: the one warning line the
+        run logs then (how the member handed over is chosen instead), or None for nothing to say."""
+        return None
+
     def early_stop(self, metrics: dict) -> tuple[np.ndarray, str]:
         """Checked on the host after every compiled chunk, offline and online, on the chunk's
         metrics ((steps, seeds) arrays): a boolean per seed that must stop training now, and why.
