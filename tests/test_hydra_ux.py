@@ -58,3 +58,44 @@ def test_help_from_the_schema_cache_shows_what_the_schemas_show(tmp_path, monkey
         cached = OmegaConf.to_yaml(compose("train", overrides=overrides))
     config.register_configs()  # the typed schemas back, for the tests after this one
     assert cached == real
+
+
+# ---- item 17: long work shows progress ---------------------------------------------------------
+
+
+def test_stage_pretraining_logs_step_holdout_loss_and_time_left(caplog):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from algorithms import Spec
+    from algorithms.core import dynamics
+    from envs import Dataset
+    from experiments.stages import train_stage
+
+    rng = np.random.default_rng(0)
+    states, actions = rng.normal(size=(400, 2)), rng.uniform(-1, 1, size=(400, 1))
+    as_array = lambda x: jnp.asarray(x, jnp.float32)
+    zeros = as_array(np.zeros(400))
+    data = Dataset(as_array(states), as_array(actions), as_array(states[:, 0]), as_array(states * 0.9),
+                   zeros, zeros)
+    config = dynamics.DynamicsConfig(num_members=2, num_elites=1, hidden_dims=(8,), weight_decays=(0.0, 0.0),
+                                     batch_size=16, validate_every=20, max_steps=60, patience=10_000)
+    spec = Spec(2, 1, 0)
+    with caplog.at_level("INFO", logger="stages"):
+        train_stage(dynamics.dynamics_stage(config, spec), spec, data, log_every=20, progress_seconds=0)
+    lines = [record.getMessage() for record in caplog.records if record.name == "stages"]
+    assert [line.split(";")[0].split(",")[0] for line in lines[:3]] == [
+        "stage dynamics: step 20/60", "stage dynamics: step 40/60", "stage dynamics: step 60/60"]
+    assert all("holdout_mse" in line and "left" in line for line in lines[:3])
+    assert "at most" in lines[0]  # the ensemble may stop early: max_steps bounds the time left
+    assert lines[3].startswith("stage dynamics: done, 60 steps")
+
+
+def test_dataset_generation_logs_its_progress(tmp_path, caplog):
+    from experiments import generate
+
+    with caplog.at_level("INFO", logger="generate"):
+        generate.generate("pendulum", ["random"], size=300, root=tmp_path)
+    lines = [record.getMessage() for record in caplog.records if record.name == "generate"]
+    assert lines[0].startswith("generating local/pendulum-random: step 300/300")
+    assert lines[-1].startswith("generating local/pendulum-random: done, 300 steps")
