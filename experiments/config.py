@@ -18,10 +18,12 @@ import dataclasses
 import fnmatch
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import envs  # the dataset registry; light (numpy only). `algorithms` (JAX) is imported where used
@@ -73,6 +75,72 @@ def check_run_settings(cfg: DictConfig) -> None:
     if cfg.steps == 0 and cfg.online.steps == 0:
         raise ConfigError("steps=0 and online.steps=0: nothing to train; set steps=N (offline "
                           "gradient steps) and/or online.steps=N (environment steps)")
+    if HydraConfig.initialized():  # the command line: its overrides are what the user set
+        from experiments.sweep import in_multirun
+
+        overrides = list(HydraConfig.get().overrides.task)
+        for problem in check_options_apply(cfg, overrides, in_sweep=in_multirun()):
+            logging.getLogger("train").warning("%s", problem)
+    else:
+        check_options_apply(cfg, [])
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, str]:
+    """{key: value} of Hydra command-line overrides (`+a.b=1` -> `a.b`, `online=locomotion` ->
+    `online`)."""
+    pairs = (item.split("=", 1) for item in overrides)
+    return {pair[0].lstrip("+~"): pair[-1] for pair in pairs}
+
+
+def unused_options(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """One message for each option that would do nothing in this run: a dataset option its source
+    ignores, and any of `overrides` (the command line's) that the run never reads, because the
+    phase it configures does not run (online.* with online.steps=0, eval.* with evaluation off) or
+    because something else replaces it (algo.<field> beside grid.algo.<field>)."""
+    problems = []
+    dataset = cfg.dataset
+    label = f"{dataset.source}/{dataset.name}"
+    if dataset.source == "local":
+        if dataset.download is False:
+            problems.append(f"dataset.download=false does not apply to {label}: local datasets are "
+                            "generated on this machine, never downloaded; drop the override")
+        if dataset.path and not Path(str(dataset.path)).expanduser().is_dir():
+            problems.append(
+                f"dataset.path '{dataset.path}' is not a folder: for {label} it is the folder local "
+                "datasets are generated into and read from (default $OFFRL_DATA_DIR); create it or drop "
+                "the override. To train on a D4RL HDF5 file use dataset=d4rl/<name> dataset.path=FILE")
+    offline_eval = cfg.eval.every > 0 and cfg.eval.episodes > 0
+    grid = OmegaConf.select(cfg, "grid.algo") or {}
+    for key, value in parse_overrides(overrides).items():
+        if cfg.online.steps == 0 and ((key.startswith("online.") and key != "online.steps")
+                                      or key.startswith("algo.online.")
+                                      or (key == "online" and value != "none")):
+            problems.append(f"{key}={value} does nothing with online.steps=0 (no online phase): set "
+                            "online.steps=N to fine-tune online, or drop the override")
+        elif (key in ("eval.episodes", "eval.workers") and cfg.eval.every == 0
+              and cfg.online.steps == 0):
+            problems.append(f"{key}={value} does nothing with eval.every=0 (evaluation off): set "
+                            "eval.every=N or drop the override")
+        elif key == "eval.every" and cfg.eval.every > 0 and not offline_eval:
+            problems.append(f"eval.every={value} does nothing with eval.episodes=0 (evaluation off): set "
+                            "eval.episodes=N or drop the override")
+        elif key.startswith("algo.") and grid.get(key.split(".")[1]) is not None:
+            field = key.split(".")[1]
+            problems.append(f"{key}={value} does nothing: grid.algo.{field} gives {field} its values; drop "
+                            "one of the two")
+    return problems
+
+
+def check_options_apply(cfg: DictConfig, overrides: list[str], in_sweep: bool = False) -> list[str]:
+    """Refuse (ConfigError naming the first) an option that would be silently ignored
+    (`unused_options`). In a multirun the command line's options are shared by every job, so one
+    that does nothing in this job (online.* in the online.steps=0 job of a sweep over it) is
+    returned, as warnings, instead; a dataset option its source ignores is refused either way."""
+    problems = unused_options(cfg, overrides)
+    dataset_problems = [p for p in problems if p.startswith("dataset.")]
+    if problems and (dataset_problems or not in_sweep):
+        raise ConfigError((dataset_problems or problems)[0])
+    return problems
 
 
 def family_of(cfg_root) -> str:

@@ -196,6 +196,12 @@ def train_stages(algo: Algorithm, spec: Spec, data, *, cache_root: str | None, d
     import orbax.checkpoint as ocp
 
     results, records = {}, []
+    names = [stage.name for stage in algo.stages(spec)]
+    unknown = sorted(set(paths or {}) - set(names))
+    if unknown:
+        raise ConfigError(f"stage_paths.{unknown[0]} does nothing: {algo.name} has "
+                          + (f"the stages {', '.join(names)}" if names else "no pretraining stages")
+                          + "; drop the override")
     for stage in algo.stages(spec):
         explicit = (paths or {}).get(stage.name)
         folder = Path(explicit) if explicit else cache_dir(cache_root, algo, stage, data, dataset_key)

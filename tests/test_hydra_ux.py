@@ -99,3 +99,70 @@ def test_dataset_generation_logs_its_progress(tmp_path, caplog):
     lines = [record.getMessage() for record in caplog.records if record.name == "generate"]
     assert lines[0].startswith("generating local/pendulum-random: step 300/300")
     assert lines[-1].startswith("generating local/pendulum-random: done, 300 steps")
+
+
+# ---- item 16: no option silently ignored -------------------------------------------------------
+
+
+def problems_of(overrides: list[str], in_sweep: bool = False) -> list[str]:
+    """What the run's settings check says about these command-line overrides."""
+    return config.check_options_apply(config.compose(overrides), overrides, in_sweep=in_sweep)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["dataset=local/pendulum-mixed", "dataset.path=/nonexistent/x.hdf5"],
+     "dataset.path '/nonexistent/x.hdf5' is not a folder"),
+    (["dataset=local/hopper-medium", "dataset.download=false"],
+     "dataset.download=false does not apply to local/hopper-medium"),
+    (["online.eval_every=5000"], "online.eval_every=5000 does nothing with online.steps=0"),
+    (["online=locomotion", "online.steps=0"], "online=locomotion does nothing with online.steps=0"),
+    (["algo.online.block=10"], "algo.online.block=10 does nothing with online.steps=0"),
+    (["eval.every=0", "eval.episodes=5"], "eval.episodes=5 does nothing with eval.every=0"),
+    (["eval.every=0", "eval.workers=2"], "eval.workers=2 does nothing with eval.every=0"),
+    (["eval.episodes=0", "eval.every=100"], "eval.every=100 does nothing with eval.episodes=0"),
+    (["algo=td3_bc", "algo.alpha=3.0", "grid.algo.alpha=[1.0,2.0]"],
+     "algo.alpha=3.0 does nothing: grid.algo.alpha gives alpha its values"),
+])
+def test_an_option_that_does_nothing_is_an_error(overrides, message):
+    with pytest.raises(config.ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        problems_of(overrides)
+
+
+def test_options_that_apply_pass():
+    assert problems_of(["online.steps=100", "online.eval_every=50", "algo.online.block=10",
+                        "eval.every=0", "eval.episodes=5", "eval.workers=1"]) == []
+    assert problems_of(["algo=td3_bc", "grid.algo.alpha=[1.0,2.0]", "algo.batch_size=8"]) == []
+    assert problems_of(["dataset=d4rl/hopper-medium-v2", "dataset.download=false"]) == []
+
+
+def test_in_a_sweep_a_shared_option_that_does_nothing_in_this_job_is_a_warning(tmp_path):
+    """`-m online.steps=0,1000 online.eval_every=500`: the job without an online phase warns."""
+    assert problems_of(["online.steps=0", "online.eval_every=500"], in_sweep=True) == [
+        "online.eval_every=500 does nothing with online.steps=0 (no online phase): set online.steps=N "
+        "to fine-tune online, or drop the override"]
+    with pytest.raises(config.ConfigError, match="is not a folder"):  # never right, sweep or not
+        problems_of(["dataset.path=" + str(tmp_path / "x.hdf5")], in_sweep=True)
+
+
+def test_a_stage_path_for_a_stage_the_algorithm_lacks_is_an_error():
+    from algorithms import Spec
+    from experiments.stages import train_stages
+
+    algo = config.make_algorithm(config.compose(["algo=iql"]).algo)
+    with pytest.raises(config.ConfigError, match="stage_paths.dynamics does nothing: iql has no "
+                                                 "pretraining stages"):
+        train_stages(algo, Spec(3, 1, 10), None, cache_root=None, dataset_key=("local", "x", None),
+                     log_every=10, paths={"dynamics": "/somewhere"})
+
+
+@pytest.mark.integration
+def test_the_command_line_refuses_an_ignored_option_with_one_error_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for overrides, message in (
+            (["dataset=local/pendulum-mixed", "dataset.path=/nonexistent/x.hdf5"], "is not a folder"),
+            (["online.eval_every=5000"], "online.eval_every=5000 does nothing")):
+        done = subprocess.run([sys.executable, "-m", "experiments.train", *overrides,
+                               f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert done.returncode == 2 and len(errors) == 1 and message in errors[0], done.stderr[-2000:]
