@@ -78,11 +78,30 @@ def check_run_settings(cfg: DictConfig) -> None:
     if HydraConfig.initialized():  # the command line: its overrides are what the user set
         from experiments.sweep import in_multirun
 
+        check_sweeper(cfg, HydraConfig.get().sweeper)
         overrides = list(HydraConfig.get().overrides.task)
         for problem in check_options_apply(cfg, overrides, in_sweep=in_multirun()):
             logging.getLogger("train").warning("%s", problem)
     else:
         check_options_apply(cfg, [])
+
+
+def check_sweeper(cfg: DictConfig, sweeper: DictConfig) -> None:
+    """A sweeper that optimises what the run returns (Optuna) must maximise it, and the run must
+    have a score to return (an evaluation, offline or online)."""
+    if "optuna" not in str(sweeper.get("_target_", "")):
+        return
+    directions = sweeper.get("direction")
+    directions = list(directions) if OmegaConf.is_list(directions) else [directions]
+    if any(str(direction).endswith("minimize") for direction in directions):
+        raise ConfigError("hydra.sweeper.direction=minimize would search for the settings with the "
+                          "lowest score; use hydra/sweeper=optuna_maximize or set "
+                          "hydra.sweeper.direction=maximize")
+    if not (cfg.eval.every > 0 and cfg.eval.episodes > 0) and not (
+            cfg.online.steps > 0 and cfg.online.episodes > 0):
+        raise ConfigError("the Optuna sweeper tunes for the score a run returns, and evaluation is off "
+                          f"(eval.every={cfg.eval.every}, eval.episodes={cfg.eval.episodes}); set "
+                          "eval.every=N eval.episodes=N")
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, str]:

@@ -166,3 +166,47 @@ def test_the_command_line_refuses_an_ignored_option_with_one_error_line(tmp_path
                               text=True, timeout=300)
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
         assert done.returncode == 2 and len(errors) == 1 and message in errors[0], done.stderr[-2000:]
+
+
+# ---- item 13: the Optuna sweeper tunes for the score a run returns -----------------------------
+
+
+def test_the_optuna_sweeper_must_maximise_a_score_the_run_has():
+    optuna = OmegaConf.create({"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+                               "direction": "minimize"})
+    cfg = config.compose()
+    with pytest.raises(config.ConfigError, match="hydra/sweeper=optuna_maximize"):
+        config.check_sweeper(cfg, optuna)
+    optuna.direction = "maximize"
+    config.check_sweeper(cfg, optuna)
+    with pytest.raises(config.ConfigError, match="evaluation is off"):
+        config.check_sweeper(config.compose(["eval.every=0"]), optuna)
+    basic = OmegaConf.create({"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"})
+    config.check_sweeper(config.compose(["eval.every=0"]), basic)  # the basic sweeper needs no score
+
+
+@pytest.mark.slow  # three trainings, each compiled: ~5 min on 2 loaded cores
+@pytest.mark.integration
+def test_optuna_tunes_a_setting_for_the_final_score(tmp_path):
+    import json
+
+    import yaml
+
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
+                        reason='the optuna extra: pip install -e ".[optuna]"')
+    sweep_dir = tmp_path / "sweep"
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "-m", "hydra/sweeper=optuna_maximize",
+         "hydra.sweeper.n_trials=3", "algo=iql", "algo.expectile=interval(0.5,0.9)",
+         "dataset=local/pendulum-mixed", "algo.hidden_dims=[8,8]", "algo.batch_size=16", "steps=20",
+         "log_every=10", "eval.every=20", "eval.episodes=1", f"hydra.sweep.dir={sweep_dir}",
+         f"pretrain.cache_dir={tmp_path / 'cache'}"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    trials = [json.loads(path.read_text()) for path in sorted(sweep_dir.glob("*/results.json"))]
+    assert len(trials) == 3
+    scores = [trial["summary"]["final_score_mean"] for trial in trials]
+    assert best["best_value"] == pytest.approx(max(scores))
+    assert 0.5 <= best["best_params"]["algo.expectile"] <= 0.9
+    assert len({trial["config"]["algo"]["expectile"] for trial in trials}) == 3  # three proposals
