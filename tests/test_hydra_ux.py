@@ -3,6 +3,7 @@ Optuna sweeper, and progress lines from long work (issue 22, items 11, 13, 16, 1
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -88,7 +89,16 @@ def test_stage_pretraining_logs_step_holdout_loss_and_time_left(caplog):
         "stage dynamics: step 20/60", "stage dynamics: step 40/60", "stage dynamics: step 60/60"]
     assert all("holdout_mse" in line and "left" in line for line in lines[:3])
     assert "at most" in lines[0]  # the ensemble may stop early: max_steps bounds the time left
-    assert lines[3].startswith("stage dynamics: done, 60 steps")
+    assert lines[3].startswith("stage dynamics: done, 60 steps") and len(lines) == 4
+
+    caplog.clear()  # an ensemble that stops at its first validation says so
+    impatient = dataclasses.replace(config, patience=1, improvement=10.0, max_steps=400)
+    with caplog.at_level("INFO", logger="stages"):
+        _, record = train_stage(dynamics.dynamics_stage(impatient, spec), spec, data, log_every=20)
+    lines = [record.getMessage() for record in caplog.records if record.name == "stages"]
+    assert record.stopped_early_at == record.steps < 400
+    assert lines[-1].startswith(f"stage dynamics: done, {record.steps} steps")
+    assert lines[-1].endswith(f"(stopped early at step {record.steps})")
 
 
 def test_dataset_generation_logs_its_progress(tmp_path, caplog):
