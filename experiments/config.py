@@ -6,19 +6,27 @@ group so that only the YAML files are offered as `algo=` choices (in `--help` an
 an unknown name), and `configs/algo/<name>.yaml` takes `- /<name>_base` as its default and adds
 per-family and per-dataset choices on top (`${by_family:...}`, `${by_dataset:...}`). Every
 registered dataset becomes a choice `dataset=<source>/<name>`.
+
+`python -m experiments.train --help` only prints the composed config, so it is answered without
+importing JAX (`setup(for_help=True)`): the schemas come from a cache file written by every other
+start (`schema_cache`), keyed by a hash of the sources that define them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import hashlib
+import json
+import logging
+import os
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-import algorithms
-import envs
+import envs  # the dataset registry; light (numpy only). `algorithms` (JAX) is imported where used
 
 
 class ConfigError(ValueError):
@@ -67,6 +75,91 @@ def check_run_settings(cfg: DictConfig) -> None:
     if cfg.steps == 0 and cfg.online.steps == 0:
         raise ConfigError("steps=0 and online.steps=0: nothing to train; set steps=N (offline "
                           "gradient steps) and/or online.steps=N (environment steps)")
+    if HydraConfig.initialized():  # the command line: its overrides are what the user set
+        from experiments.sweep import in_multirun
+
+        check_sweeper(cfg, HydraConfig.get().sweeper)
+        overrides = list(HydraConfig.get().overrides.task)
+        for problem in check_options_apply(cfg, overrides, in_sweep=in_multirun()):
+            logging.getLogger("train").warning("%s", problem)
+    else:
+        check_options_apply(cfg, [])
+
+
+def check_sweeper(cfg: DictConfig, sweeper: DictConfig) -> None:
+    """A sweeper that optimises what the run returns (Optuna) must maximise it, and the run must
+    have a score to return (an evaluation, offline or online)."""
+    if "optuna" not in str(sweeper.get("_target_", "")):
+        return
+    directions = sweeper.get("direction")
+    directions = list(directions) if OmegaConf.is_list(directions) else [directions]
+    if any(str(direction).endswith("minimize") for direction in directions):
+        raise ConfigError("hydra.sweeper.direction=minimize would search for the settings with the "
+                          "lowest score; use hydra/sweeper=optuna_maximize or set "
+                          "hydra.sweeper.direction=maximize")
+    if not (cfg.eval.every > 0 and cfg.eval.episodes > 0) and not (
+            cfg.online.steps > 0 and cfg.online.episodes > 0):
+        raise ConfigError("the Optuna sweeper tunes for the score a run returns, and evaluation is off "
+                          f"(eval.every={cfg.eval.every}, eval.episodes={cfg.eval.episodes}); set "
+                          "eval.every=N eval.episodes=N")
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, str]:
+    """{key: value} of Hydra command-line overrides (`+a.b=1` -> `a.b`, `online=locomotion` ->
+    `online`)."""
+    pairs = (item.split("=", 1) for item in overrides)
+    return {pair[0].lstrip("+~"): pair[-1] for pair in pairs}
+
+
+def unused_options(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """One message for each option that would do nothing in this run: a dataset option its source
+    ignores, and any of `overrides` (the command line's) that the run never reads, because the
+    phase it configures does not run (online.* with online.steps=0, eval.* with evaluation off) or
+    because something else replaces it (algo.<field> beside grid.algo.<field>)."""
+    problems = []
+    dataset = cfg.dataset
+    label = f"{dataset.source}/{dataset.name}"
+    if dataset.source == "local":
+        if dataset.download is False:
+            problems.append(f"dataset.download=false does not apply to {label}: local datasets are "
+                            "generated on this machine, never downloaded; drop the override")
+        if dataset.path and not Path(str(dataset.path)).expanduser().is_dir():
+            problems.append(
+                f"dataset.path '{dataset.path}' is not a folder: for {label} it is the folder local "
+                "datasets are generated into and read from (default $OFFRL_DATA_DIR); create it or drop "
+                "the override. To train on a D4RL HDF5 file use dataset=d4rl/<name> dataset.path=FILE")
+    offline_eval = cfg.eval.every > 0 and cfg.eval.episodes > 0
+    grid = OmegaConf.select(cfg, "grid.algo") or {}
+    for key, value in parse_overrides(overrides).items():
+        if cfg.online.steps == 0 and ((key.startswith("online.") and key != "online.steps")
+                                      or key.startswith("algo.online.")
+                                      or (key == "online" and value != "none")):
+            problems.append(f"{key}={value} does nothing with online.steps=0 (no online phase): set "
+                            "online.steps=N to fine-tune online, or drop the override")
+        elif (key in ("eval.episodes", "eval.workers") and cfg.eval.every == 0
+              and cfg.online.steps == 0):
+            problems.append(f"{key}={value} does nothing with eval.every=0 (evaluation off): set "
+                            "eval.every=N or drop the override")
+        elif key == "eval.every" and cfg.eval.every > 0 and not offline_eval:
+            problems.append(f"eval.every={value} does nothing with eval.episodes=0 (evaluation off): set "
+                            "eval.episodes=N or drop the override")
+        elif key.startswith("algo.") and grid.get(key.split(".")[1]) is not None:
+            field = key.split(".")[1]
+            problems.append(f"{key}={value} does nothing: grid.algo.{field} gives {field} its values; drop "
+                            "one of the two")
+    return problems
+
+
+def check_options_apply(cfg: DictConfig, overrides: list[str], in_sweep: bool = False) -> list[str]:
+    """Refuse (ConfigError naming the first) an option that would be silently ignored
+    (`unused_options`). In a multirun the command line's options are shared by every job, so one
+    that does nothing in this job (online.* in the online.steps=0 job of a sweep over it) is
+    returned, as warnings, instead; a dataset option its source ignores is refused either way."""
+    problems = unused_options(cfg, overrides)
+    dataset_problems = [p for p in problems if p.startswith("dataset.")]
+    if problems and (dataset_problems or not in_sweep):
+        raise ConfigError((dataset_problems or problems)[0])
+    return problems
 
 
 def family_of(cfg_root) -> str:
@@ -118,13 +211,82 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("slug", lambda text: str(text).replace("/", "-"))
 
 
-def register_configs() -> None:
-    store = ConfigStore.instance()
+def share_config_store() -> None:
+    """Let copies of Hydra's ConfigStore share it instead of copying it. Hydra 1.3 deep-copies its
+    config repository, the ConfigStore included, each time it lists a config group
+    (`CachingConfigRepository.__init__`): with this project's ~200 stored schemas and datasets,
+    `--help` (which lists every group twice) spent 25 of its 29 s copying. The store is the
+    process's registry, filled once by `register_configs` and only read afterwards (Hydra copies
+    each node it loads, `ConfigStore.load`), so sharing it changes nothing else; Hydra's main branch
+    stopped copying it the same way (facebookresearch/hydra #2928)."""
+    if "__deepcopy__" not in vars(ConfigStore):
+        ConfigStore.__deepcopy__ = lambda self, memo: self
+
+
+SCHEMA_SOURCES = ("algorithms", "envs")  # the packages whose code defines the schemas
+
+
+def schema_cache() -> Path:
+    """`<cache>/config-schemas/<hash>.json`: the algorithm schemas as plain data, named by a hash of
+    the sources that define them (and OmegaConf's version), so an edit makes a new file."""
+    import omegaconf
+
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256(omegaconf.__version__.encode())
+    for package in SCHEMA_SOURCES:
+        for source in sorted((root / package).rglob("*.py")):
+            digest.update(str(source.relative_to(root)).encode() + b"\0" + source.read_bytes())
+    cache = Path(os.environ.get("OFFRL_CACHE_DIR", "~/.cache/offrl-jax")).expanduser()
+    return cache / "config-schemas" / f"{digest.hexdigest()[:20]}.json"
+
+
+def algorithm_schemas() -> dict:
+    """{name: the algorithm's dataclass as a structured config}; imports every algorithm (JAX)."""
+    import algorithms
+
+    schemas = {}
     for name in algorithms.available():
         schema = OmegaConf.structured(algorithms.get(name))
         OmegaConf.set_struct(schema, False)
         schema.name = name
         OmegaConf.set_struct(schema, True)
+        schemas[name] = schema
+    return schemas
+
+
+def cached_schemas() -> dict | None:
+    """The schemas of `schema_cache()` as plain configs (no types: enough to print them), or None."""
+    try:
+        saved = json.loads(schema_cache().read_text())
+    except (OSError, ValueError):
+        return None
+    return {name: OmegaConf.create(schema) for name, schema in saved.items()}
+
+
+def save_schemas(schemas: dict) -> None:
+    """Write `schema_cache()` when missing; a cache that cannot be written only costs speed."""
+    path = schema_cache()
+    if path.exists():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(f".{os.getpid()}.tmp")
+        staging.write_text(json.dumps({name: OmegaConf.to_container(schema)
+                                       for name, schema in schemas.items()}))
+        staging.replace(path)
+    except OSError:
+        pass
+
+
+def register_configs(for_help: bool = False) -> None:
+    """Store the algorithm schemas and the datasets in Hydra's ConfigStore. `for_help`: take the
+    schemas from the cache when it is current (no JAX import; see the module docstring)."""
+    store = ConfigStore.instance()
+    schemas = cached_schemas() if for_help else None
+    if schemas is None:
+        schemas = algorithm_schemas()
+        save_schemas(schemas)
+    for name, schema in schemas.items():
         store.store(name=f"{name}_base", node=schema)
     for info in envs.REGISTRY.values():
         group, _, leaf = f"dataset/{info.key}".rpartition("/")
@@ -132,21 +294,28 @@ def register_configs() -> None:
                 **PROTOCOL[info.family], **info.protocol}
         store.store(group=group, name=leaf, node=node, package="dataset")
     # grid.algo.<field>=[...] (experiments/grid.py): every algorithm's field may be named, unset.
-    fields = {item.name for name in algorithms.available()
-              for item in dataclasses.fields(algorithms.get(name))}
+    fields = {field for schema in schemas.values() for field in schema if field != "name"}
     store.store(name="grid_base", node={"grid": {"algo": dict.fromkeys(sorted(fields))}})
     store.store(group="dataset/minari", name="custom", package="dataset", node={
         "source": "minari", "name": "???", "path": None, "download": True,
         **PROTOCOL["locomotion"]})
 
 
-def setup() -> None:
+def setup(for_help: bool = False) -> None:
+    share_config_store()
     register_resolvers()
-    register_configs()
+    register_configs(for_help)
 
 
-def make_algorithm(cfg: DictConfig) -> algorithms.Algorithm:
+def asks_for_help(argv: list[str]) -> bool:
+    """True when the command line only asks Hydra for its help text."""
+    return any(arg in ("--help", "-h", "--hydra-help") for arg in argv)
+
+
+def make_algorithm(cfg: DictConfig):
     """Instantiate the algorithm dataclass from the resolved `algo` config."""
+    import algorithms
+
     values = OmegaConf.to_container(cfg, resolve=True)
     cls = algorithms.get(values.pop("name"))
     fields = {f.name: f for f in dataclasses.fields(cls)}

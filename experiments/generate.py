@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import shlex
 import sys
 import time
@@ -41,9 +42,12 @@ import numpy as np
 
 from envs.dataset import DatasetError
 from envs.generated import BEHAVIOUR_ENVS, SPLITS, behaviour_dataset_id
+from experiments.progress import Progress
 
 BEHAVIOUR_DIR = Path(__file__).resolve().parent.parent / "envs" / "behaviour"
 REPLAY_FILE = "medium_replay.npz"  # what training collected up to the medium snapshot
+
+log = logging.getLogger("generate")
 
 
 def check_request(env: str, splits) -> None:
@@ -181,7 +185,7 @@ def collect(env_name: str, policy, steps: int, seed: int, progress=None) -> list
             observation, _ = env.reset(seed=episode_seed)
             current = {"observations": [observation], "actions": [], "rewards": [],
                        "terminations": [], "truncations": [], "seed": episode_seed}
-        if progress is not None and done_steps % 1_000 == 0:
+        if progress is not None and (done_steps % 1_000 == 0 or done_steps == steps):
             progress(done_steps, steps)
     if current["actions"]:
         close(truncate=True)
@@ -297,12 +301,14 @@ def generate(env: str, splits=SPLITS, size: int = 1_000_000, seed: int = 0, root
         if split == "medium-replay":
             return replay_episodes(behaviour.replay())
         if split not in collected:
-            bar = _ProgressBar(f"{env}-{split}", progress)
+            shown = Progress(f"generating local/{env}-{split}", size, logger=log) if progress else None
             # random, medium and expert: sampled from that role's snapshot
             split_seed = seed * 1000 + SPLITS.index(split)
             collected[split] = collect(env, behaviour.policy(behaviour.step_of(split), split_seed),
-                                       size, seed=split_seed, progress=bar.update)
-            bar.close()
+                                       size, seed=split_seed,
+                                       progress=shown and (lambda done, _total: shown.update(done)))
+            if shown:
+                shown.close()
         return collected[split]
 
     report = {}
@@ -315,26 +321,6 @@ def generate(env: str, splits=SPLITS, size: int = 1_000_000, seed: int = 0, root
         report[split] = write_split(dataset_id, split, episodes, behaviour, root, seed, command)
         report[split]["seconds"] = time.perf_counter() - started  # collection and writing
     return report
-
-
-class _ProgressBar:
-    def __init__(self, name: str, enabled: bool):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(desc=name, unit="step", unit_scale=True)
-        self.seen = 0
-
-    def update(self, done: int, total: int):
-        if self.bar is not None:
-            self.bar.total = total
-            self.bar.update(done - self.seen)
-            self.seen = done
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -590,6 +576,7 @@ def parse(argv: list[str]) -> GenerateSettings:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the progress lines
     try:
         settings = parse(argv)
         policy_root = Path(settings.policy_dir or BEHAVIOUR_DIR)

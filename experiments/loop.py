@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,6 +91,8 @@ def init_states(algo: Algorithm, spec: Spec, ctx: Context, keys: jax.Array, *,
     if missing:
         raise ValueError(f"{algo.name} starts from its pretraining stage '{missing[0]}': train the "
                          "algorithm's stages first (experiments.stages.train_stages)")
+    if ctx.data is not None:  # the data the algorithm trains on has the widths its networks are built for
+        check_transitions(ctx.data, spec)
     init = jax.vmap(lambda key, ctx, values: with_values(algo, values).init(key, spec, ctx),
                     in_axes=(0, None, 0))
     states = jax.jit(init)(keys, ctx, values)
@@ -133,6 +136,14 @@ def shard_seeds(*trees):
     return tuple(place(tree) for tree in trees)
 
 
+def check_transitions(data: Transitions, spec: Spec) -> None:
+    """Observations and actions as wide as `spec` says, one row per transition, float32."""
+    chex.assert_shape([data.observations, data.next_observations], (None, spec.observation_dim))
+    chex.assert_shape(data.actions, (None, spec.action_dim))
+    chex.assert_equal_shape_prefix(list(data), 1)
+    chex.assert_type(list(data), float)
+
+
 def make_train_chunk(algo: Algorithm, length: int, phase: str = "offline",
                      sampling: Sampling | None = None):
     """A jitted function running `length` updates for every seed:
@@ -148,7 +159,12 @@ def make_train_chunk(algo: Algorithm, length: int, phase: str = "offline",
         if phase == "offline":
             buffer = algo_here.fill_buffer(state, buffer, fill_key, ctx)
         batch = draw(sampling, ctx.data, buffer, sample_key, algo.batch_size)
-        state, metrics = algo_here.update(state, batch, update_key, ctx)
+        updated, metrics = algo_here.update(state, batch, update_key, ctx)
+        # The contract of `update` (checked once, when tracing): the state keeps its structure,
+        # shapes and dtypes, and every metric is one number per step.
+        chex.assert_trees_all_equal_shapes_and_dtypes(updated, state)
+        chex.assert_rank(list(metrics.values()), 0)
+        state = updated
         if phase == "offline":
             metrics = {**metrics, **algo_here.buffer_metrics(buffer)}
         return state, buffer, metrics

@@ -22,6 +22,9 @@ from algorithms.core.algorithm import Stage
 from algorithms.core.replay import sample_batch
 from experiments.config import ConfigError
 from experiments.loop import TrainingDiverged, chunk_schedule
+from experiments.progress import Progress
+
+log = logging.getLogger("stages")
 
 
 @dataclass
@@ -78,9 +81,12 @@ def _to_json(tree) -> dict:
     return jax.tree.map(lambda x: np.asarray(x).tolist(), jax.device_get(tree))
 
 
-def train_stage(stage: Stage, spec: Spec, data, log_every: int, progress=None):
+def train_stage(stage: Stage, spec: Spec, data, log_every: int, progress=None,
+                progress_seconds: float = 30.0):
     """Train `stage` from its seed (`settings["seed"]`, default 0). `progress(step, metrics,
-    kind)` after each chunk ("train") and validation ("validate"). Returns (result, record)."""
+    kind)` after each chunk ("train") and validation ("validate"). A bar and a log line at most
+    every `progress_seconds` show the step, the latest losses (holdout ones included) and the time
+    left (an upper bound for a stage that stops early). Returns (result, record)."""
     tic = time.perf_counter()
     train, holdout = split_holdout(stage, data)
     key = jax.random.key(int(stage.settings.get("seed", 0)))
@@ -89,6 +95,8 @@ def train_stage(stage: Stage, spec: Spec, data, log_every: int, progress=None):
     validate = jax.jit(stage.validate) if stage.validate is not None else None
     validate_every = stage.validate_every if validate is not None else 0
     chunks, step, stopped_at = {}, 0, None
+    shown = Progress(f"stage {stage.name}", stage.steps, seconds=progress_seconds,
+                     bounded=validate is not None, logger=log)
     for stop in chunk_schedule(0, stage.steps, log_every, validate_every):
         length = stop - step
         if length not in chunks:
@@ -101,13 +109,18 @@ def train_stage(stage: Stage, spec: Spec, data, log_every: int, progress=None):
                                    f"{means}. Lower its learning rate or check the data.")
         if progress is not None:
             progress(step, means, "train")
+        checks = {}
         if validate_every and step % validate_every == 0:
             state, finished, checks = validate(state, holdout)
+            checks = _means(checks)
             if progress is not None:
-                progress(step, _means(checks), "validate")
+                progress(step, checks, "validate")
             if bool(finished):
                 stopped_at = step
-                break
+        shown.update(step, **means, **checks)
+        if stopped_at is not None:
+            break
+    shown.close(f"stopped early at step {stopped_at}" if stopped_at is not None else "")
     finish = {}
     if stage.finish is not None:
         state, finish = jax.jit(stage.finish)(state, holdout)
@@ -183,6 +196,12 @@ def train_stages(algo: Algorithm, spec: Spec, data, *, cache_root: str | None, d
     import orbax.checkpoint as ocp
 
     results, records = {}, []
+    names = [stage.name for stage in algo.stages(spec)]
+    unknown = sorted(set(paths or {}) - set(names))
+    if unknown:
+        raise ConfigError(f"stage_paths.{unknown[0]} does nothing: {algo.name} has "
+                          + (f"the stages {', '.join(names)}" if names else "no pretraining stages")
+                          + "; drop the override")
     for stage in algo.stages(spec):
         explicit = (paths or {}).get(stage.name)
         folder = Path(explicit) if explicit else cache_dir(cache_root, algo, stage, data, dataset_key)
@@ -195,6 +214,7 @@ def train_stages(algo: Algorithm, spec: Spec, data, *, cache_root: str | None, d
                 folder / "record.json").exists() else {}
             records.append(StageRecord(**{**saved, "stage": stage.name, "cache": str(folder),
                                           "reused": True, "seconds": 0.0}))
+            log.info("stage %s: reused from %s", stage.name, folder)
             continue
         if explicit:
             raise ConfigError(f"stage_paths.{stage.name}={explicit} holds no trained {stage.name} "

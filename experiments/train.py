@@ -12,30 +12,43 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 import hydra
-import jax
-import jax.numpy as jnp
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
-import envs
-from algorithms import SettingsError, Spec
-from experiments import grid as grids
-from experiments import loop, online, policies, stages, sweep
-from experiments.checkpoints import Checkpointer, CheckpointError
-from experiments.config import CONFIG_DIR, ConfigError, check_run_settings, make_algorithm, setup
-from experiments.data import load
-from experiments.records import MetricsFile, evaluation, results
+from experiments import sweep
+from experiments.config import CONFIG_DIR, asks_for_help, setup
 
 log = logging.getLogger("train")
 
 
+def _import_training():
+    """The training modules (JAX, orbax, the algorithms) into this module's namespace, imported on
+    the first run rather than at start-up: `--help` answers without them (experiments/config.py)."""
+    global jax, jnp, np, tqdm, envs, SettingsError, Spec, grids, loop, online, policies, stages
+    global Checkpointer, CheckpointError, ConfigError, check_run_settings, make_algorithm, load
+    global MetricsFile, evaluation, results
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from tqdm import tqdm
+
+    import envs
+    from algorithms import SettingsError, Spec
+    from experiments import grid as grids
+    from experiments import loop, online, policies, stages
+    from experiments.checkpoints import Checkpointer, CheckpointError
+    from experiments.config import ConfigError, check_run_settings, make_algorithm
+    from experiments.data import load
+    from experiments.records import MetricsFile, evaluation, results
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train as configured, writing into `run_dir`; returns the results dict."""
+    _import_training()
     check_run_settings(cfg)
     algo = make_algorithm(cfg.algo)
     if not algo.learns_offline and cfg.steps:
@@ -203,12 +216,13 @@ def online_schedule(cfg: DictConfig, online_steps: int) -> online.OnlineSchedule
                                  int(cfg.online.log_every), int(cfg.online.start_steps))
 
 
-setup()
+setup(for_help=__name__ == "__main__" and asks_for_help(sys.argv[1:]))
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base=None)
 def main(cfg: DictConfig) -> dict | None:
     run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    _import_training()
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
     if cfg.skip_done and (done := sweep.completed_results(run_dir)) is not None:
         log.info("skip_done=true: %s already has results.json; not training again", run_dir)

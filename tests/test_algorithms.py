@@ -1,5 +1,6 @@
 """Losses on hand-checkable inputs, network shapes, and the behaviour of single updates."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -120,8 +121,7 @@ def test_update_and_act_shapes_and_determinism(name):
     assert int(new_state.step) == 1
     for value in metrics.values():
         assert value.shape == ()
-    chex_equal = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), new_state, again)
-    assert all(jax.tree.leaves(chex_equal))
+    chex.assert_trees_all_equal(new_state, again)
     actions = algo.act(new_state, batch.observations, jax.random.key(3), True)
     assert actions.shape == (16, 2)
     assert jnp.all(jnp.abs(actions) <= 1.0)

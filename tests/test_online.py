@@ -4,6 +4,7 @@ exactly as the dataset was, a run killed during the online phase resumes to the 
 import dataclasses
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -202,8 +203,7 @@ def test_a_seed_that_stops_early_keeps_its_parameters_and_the_others_go_on(offli
     moving = jax.tree.map(lambda x: np.asarray(x[0]), states.actor.params)
     states, _, keys, _ = runner(states, None, keys, ctx, 10, 20)
     assert runner.stopped == {1: (10, "seed 1 asked to stop")}
-    for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(states.actor.params), strict=True):
-        np.testing.assert_array_equal(a, b[1])
+    chex.assert_trees_all_equal(frozen, jax.tree.map(lambda x: np.asarray(x[1]), states.actor.params))
     assert not all(np.array_equal(a, b[0]) for a, b in
                    zip(jax.tree.leaves(moving), jax.tree.leaves(states.actor.params), strict=True))
     with pytest.raises(loop.TrainingStopped, match="every seed"):
