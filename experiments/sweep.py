@@ -66,9 +66,10 @@ PLUGINS = {
     "launcher": {
         **dict.fromkeys(("slurm", "slurm_local", "submitit_slurm", "submitit_local"),
                         ("hydra_plugins.hydra_submitit_launcher", 'pip install -e ".[submitit]"')),
-        **dict.fromkeys(("ray", "ray_cluster", "ray_aws"),
-                        ("hydra_plugins.hydra_ray_launcher", 'pip install -e ".[ray]" (in its own environment)')),
-        **dict.fromkeys(("joblib", "parallel"), ("hydra_plugins.hydra_joblib_launcher", 'pip install -e "."')),
+        **dict.fromkeys(("ray", "ray_cluster", "ray_aws"), (
+            "hydra_plugins.hydra_ray_launcher", 'pip install -e ".[ray]" (in its own environment)')),
+        **dict.fromkeys(("joblib", "parallel"),
+                        ("hydra_plugins.hydra_joblib_launcher", 'pip install -e "."')),
     },
     "sweeper": {
         "optuna": ("hydra_plugins.hydra_optuna_sweeper", "pip install hydra-optuna-sweeper"),

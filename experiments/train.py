@@ -231,7 +231,8 @@ def resume_point(cfg: DictConfig, checkpointer: Checkpointer, templates: dict):
     folder's checkpoints."""
     if checkpointer.latest() is None:
         if cfg.resume is True:
-            log.info("resume=true but no checkpoint in %s: starting from scratch", checkpointer.settings_path.parent)
+            log.info("resume=true but no checkpoint in %s: starting from scratch",
+                     checkpointer.settings_path.parent)
         return None
     if cfg.resume is False:
         log.info("resume=false: deleting the checkpoints in %s and starting over",
