@@ -36,7 +36,11 @@ def _submitit_signal() -> int | None:
 
 
 def _note(signum, frame) -> None:
+    """The first signal is noted; a second one (someone insisting, or a run still loading its data or
+    training its stages, which have no chunk boundary) exits at once, as the default handler would."""
     global _received
+    if _received is not None:
+        raise SystemExit(128 + signum)
     _received = signum
 
 

@@ -279,7 +279,7 @@ def test_an_experiment_without_dash_m_is_an_error_showing_the_command(tmp_path):
     assert process.stderr.strip().splitlines()[-1] == (
         "error: this config sweeps dataset (hydra.sweeper.params), which only a multirun does; add -m: "
         "python -m experiments.train -m +experiment=iql_locomotion seeds=2")
-    assert not (tmp_path / "runs").exists()  # nothing trained
+    assert not list(tmp_path.rglob("metrics.jsonl"))  # nothing trained
 
 
 def test_a_missing_plugin_names_the_extra_that_provides_it(monkeypatch):
@@ -340,3 +340,43 @@ def test_the_wandb_run_id_comes_from_the_run_folder(tmp_path, monkeypatch):
     loggers.WandbSink(tmp_path / "other", {}, settings, "sweep")
     assert [call["resume"] for call in calls] == ["allow"] * 3
     assert calls[0]["id"] == calls[1]["id"] == loggers.wandb_id(tmp_path / "job") != calls[2]["id"]
+
+
+# ---- Ray: the ray_cluster preset joins a running head --------------------------------------------
+
+@pytest.mark.integration
+def test_the_ray_cluster_preset_joins_a_running_head(tmp_path):
+    """`ray start --head` on the loopback address, then a sweep with `hydra/launcher=ray_cluster`
+    (`address: auto`) as a user would; without `object_store_memory: null` in the preset, Ray
+    refuses to connect (facebookresearch/hydra#2893). Run it with the Python of the ray extra's own
+    environment (hydra-ray-launcher pins cloudpickle<3)."""
+    pytest.importorskip("ray", reason='the ray extra, in its own environment: pip install -e ".[ray]"')
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher",
+                        reason='the ray extra, in its own environment: pip install -e ".[ray]"')
+    from conftest import _d4rl_steps, _write_hdf5
+
+    data = _write_hdf5(tmp_path / "good.hdf5", _d4rl_steps(n=50))
+    env = cli_env(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    head = subprocess.Popen(  # --block: the head's processes end with this one (ours to stop)
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+         "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+         "--disable-usage-stats"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not Path("/tmp/ray/ray_current_cluster").exists() and time.time() < deadline:
+            assert head.poll() is None, head.stdout.read()
+            time.sleep(1)
+        sweep_dir = tmp_path / "sweep"
+        process = subprocess.run(
+            [sys.executable, "-m", "experiments.train", "-m", "dataset=d4rl/hopper-medium-v2",
+             f"dataset.path={data}", "steps=10", "log_every=10", "eval.every=0", "algo=bc,td3_bc",
+             "algo.hidden_dims=[8,8]", "algo.batch_size=8", "hydra/launcher=ray_cluster",
+             "hydra.launcher.ray.remote.num_gpus=0", "hydra.launcher.ray.remote.num_cpus=1",
+             f"hydra.sweep.dir={sweep_dir}"], cwd=REPO, env=env, capture_output=True, text=True,
+            timeout=600)
+        assert process.returncode == 0, process.stderr[-3000:]
+        assert len(list(sweep_dir.glob("*/results.json"))) == 2
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=120)
