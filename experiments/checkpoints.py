@@ -5,10 +5,14 @@ Orbax writes each checkpoint into a temporary folder and renames it when complet
 mid-save leaves the previous checkpoint intact and never a half-written one that would load. A
 checkpoint damaged later (disk, a careless delete) is skipped on resume for the one before it
 (`checkpoint.keep` of them are kept).
+
+Beside the checkpoints, `settings.json` holds the settings that wrote them (`config.result_settings`)
+and their fingerprint, so that `resume=auto` continues only a run of the same settings.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +56,30 @@ class Checkpointer:
     def latest(self) -> int | None:
         return self.manager.latest_step()
 
+    @property
+    def settings_path(self) -> Path:
+        return Path(self.manager.directory) / SETTINGS_FILE
+
+    def write_settings(self, fingerprint: str, settings: dict) -> None:
+        """Record the settings the checkpoints of this folder are written with (atomically)."""
+        temporary = self.settings_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"fingerprint": fingerprint, "settings": settings}, indent=1))
+        temporary.replace(self.settings_path)
+
+    def read_settings(self) -> dict | None:
+        """{"fingerprint", "settings"} of the checkpoints here, or None when none was recorded."""
+        try:
+            saved = json.loads(self.settings_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return saved if isinstance(saved, dict) and "fingerprint" in saved else None
+
+    def clear(self) -> None:
+        """Delete every checkpoint (a run starting over in this folder): orbax would otherwise skip
+        each new save until it passes the old newest step."""
+        for step in self.manager.all_steps():
+            self.manager.delete(step)
+
     def record(self, index: int) -> dict:
         return self.manager.restore(index, args=ocp.args.Composite(record=ocp.args.JsonRestore()))[
             "record"]
@@ -79,6 +107,9 @@ class Checkpointer:
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
+
+
+SETTINGS_FILE = "settings.json"
 
 
 class CheckpointError(ValueError):

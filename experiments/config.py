@@ -50,7 +50,14 @@ RUN_INTEGERS = {"seed": 0, "seeds": 1, "steps": 0, "log_every": 1, "eval.every":
                 "eval.mean_of_last": 1, "checkpoint.every": 0, "checkpoint.keep": 1, "online.steps": 0,
                 "online.eval_every": 0, "online.episodes": 0, "online.log_every": 0,
                 "online.checkpoint_every": 0, "online.start_steps": 0}
-RUN_BOOLEANS = ("resume", "skip_done", "dataset.download")
+RUN_BOOLEANS = ("skip_done", "dataset.download")
+RESUME_CHOICES = ("auto", True, False)
+
+# Settings that do not change what a run computes: where and how it is watched, kept and resumed.
+# Two configs that differ only in these have the same fingerprint (`settings_fingerprint`).
+NOT_RESULTS = ("resume", "skip_done", "logger", "eval.workers", "eval.mean_of_last", "watchdog_seconds",
+               "checkpoint.keep",
+               "pretrain", "dataset.download", "hydra")
 
 
 def check_run_settings(cfg: DictConfig) -> None:
@@ -68,6 +75,9 @@ def check_run_settings(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false (got {value!r}); fix the override {key}=...")
+    if OmegaConf.select(cfg, "resume") not in RESUME_CHOICES:
+        raise ConfigError(f"resume must be auto, true or false (got {OmegaConf.select(cfg, 'resume')!r}); "
+                          "fix the override resume=...")
     try:
         envs.worker_count(OmegaConf.select(cfg, "eval.workers", default="auto"), 1)  # 'auto' or >= 1
     except envs.DatasetError as error:
@@ -162,6 +172,41 @@ def check_options_apply(cfg: DictConfig, overrides: list[str], in_sweep: bool = 
     return problems
 
 
+def result_settings(config) -> dict:
+    """The resolved settings that decide what a run computes: `config` (a DictConfig or the plain
+    dict results.json keeps) without the `NOT_RESULTS` fields."""
+    if OmegaConf.is_config(config):
+        config = OmegaConf.to_container(config, resolve=True)
+    settings = json.loads(json.dumps(config))  # a deep copy
+    for key in NOT_RESULTS:
+        *parents, leaf = key.split(".")
+        node = settings
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return settings
+
+
+def settings_fingerprint(config) -> str:
+    """A short hash of `result_settings(config)`: equal for two runs that compute the same numbers."""
+    text = json.dumps(result_settings(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def settings_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two `result_settings` dicts, sorted."""
+    keys = sorted(set(old) | set(new))
+    differences = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += settings_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differences.append(f"{prefix}{key}")
+    return differences
+
+
 def family_of(cfg_root) -> str:
     dataset = cfg_root.dataset
     return envs.lookup(dataset.source, dataset.name).family
@@ -209,6 +254,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_steps", run_steps)
     if not OmegaConf.has_resolver("slug"):
         OmegaConf.register_new_resolver("slug", lambda text: str(text).replace("/", "-"))
+    if not OmegaConf.has_resolver("short_hash"):  # job folders named by their overrides (train.yaml)
+        OmegaConf.register_new_resolver(
+            "short_hash", lambda text: hashlib.sha256(str(text).encode()).hexdigest()[:8])
 
 
 def share_config_store() -> None:

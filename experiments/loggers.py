@@ -9,11 +9,17 @@ lines included) when the job ends. A line of per-seed values becomes the mean ov
 scores and returns are also logged per seed. The x-axis is the line's `step`, or its `env_step` for
 online lines. In a sweep, W&B groups the runs by the sweep folder's name. metrics.jsonl stays the
 record; the loggers are off by default and never required.
+
+A requeued or resumed job mirrors into the same W&B run (its id derived from the run folder,
+`resume="allow"`) and does not replay what was sent: the mirror keeps the count of metrics.jsonl
+lines it forwarded in `<run folder>/.<logger>_mirror.json`, and skips that many lines of the file
+(a resumed run rewrites the lines after its checkpoint exactly as they were).
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -68,6 +74,7 @@ class WandbSink:
 
         self.run = wandb.init(project=settings.project, entity=settings.get("entity"),
                               group=settings.get("group") or group, name=run_dir.name,
+                              id=wandb_id(run_dir), resume="allow",
                               tags=list(settings.get("tags") or []), mode=settings.get("mode", "online"),
                               dir=str(run_dir), config=config, reinit="finish_previous")
         self.prefixes: set[str] = set()
@@ -83,12 +90,21 @@ class WandbSink:
         self.run.finish()
 
 
-class Mirror:
-    """Follows `path` (a growing JSON-lines file) and hands each complete new line to `sink`."""
+def wandb_id(run_dir: Path) -> str:
+    """The W&B run id of a run folder: the same for every attempt of a job (requeue, resume)."""
+    return hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:20]
 
-    def __init__(self, path: Path, sink, interval: float = 2.0):
-        self.path, self.sink, self.interval = path, sink, interval
+
+class Mirror:
+    """Follows `path` (a growing JSON-lines file) and hands each complete new line to `sink`.
+    `state`: a file keeping the number of lines forwarded, so that a later Mirror of the same run
+    (a resumed job) starts after them."""
+
+    def __init__(self, path: Path, sink, interval: float = 2.0, state: Path | None = None):
+        self.path, self.sink, self.interval, self.state = path, sink, interval, state
         self.offset = 0
+        self.lines = 0  # complete lines of the file read so far
+        self.sent = self._read_state()  # leading lines of the file already forwarded
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._follow, daemon=True, name="metrics-mirror")
         self.lock = threading.Lock()
@@ -109,16 +125,31 @@ class Mirror:
             if not self.path.exists():
                 return
             size = self.path.stat().st_size
-            if size < self.offset:  # rewritten shorter on resume: carry on from its new end
-                self.offset = size
+            if size < self.offset:  # cut back to a checkpoint on resume: count its lines again
+                self.offset = self.lines = 0
             with open(self.path, "rb") as stream:
                 stream.seek(self.offset)
                 chunk = stream.read(size - self.offset)
             complete = chunk[:chunk.rfind(b"\n") + 1]  # a line still being written waits
             self.offset += len(complete)
+            sent = self.sent
             for line in complete.decode().splitlines():
+                self.lines += 1
+                if self.lines <= self.sent:  # forwarded before (the resumed run rewrites it as it was)
+                    continue
                 if line.strip():
                     self.sink.log(*scalars(json.loads(line)))
+                self.sent = self.lines
+            if self.state is not None and self.sent != sent:
+                self.state.write_text(json.dumps({"lines_sent": self.sent}))
+
+    def _read_state(self) -> int:
+        import json
+
+        try:
+            return int(json.loads(self.state.read_text())["lines_sent"])
+        except (AttributeError, OSError, ValueError, KeyError, TypeError):
+            return 0
 
     def stop(self) -> None:
         if self.done.is_set():
@@ -147,4 +178,5 @@ def start(config: DictConfig, run_dir: Path) -> Mirror:
         sink = WandbSink(run_dir, resolved, settings, group)
     else:
         raise ValueError(f"unknown logger '{settings.name}'; use logger=none, wandb or tensorboard")
-    return Mirror(run_dir / "metrics.jsonl", sink, float(settings.get("interval", 2.0))).start()
+    return Mirror(run_dir / "metrics.jsonl", sink, float(settings.get("interval", 2.0)),
+                  state=run_dir / f".{settings.name}_mirror.json").start()

@@ -113,10 +113,38 @@ def replay_buffers(capacity: int, spec: Spec, seeds: int) -> ReplayBuffer:
         jnp.arange(seeds))
 
 
+def seed_padding(seeds: int) -> int:
+    """How many trainings to add to `seeds` for the seed axis to divide over the devices (0 on one
+    device or when it divides already): 5 seeds on 4 GPUs train 8, 3 of them discarded."""
+    return -seeds % jax.device_count()
+
+
+def pad_seeds(tree, padding: int):
+    """`tree` with `padding` copies of its first training appended along the seed axis (the shared
+    `step` of a state aside); copies of a real training stay finite, and are discarded (`unpad_seeds`)."""
+    if tree is None or not padding:
+        return tree
+    extra = jnp.zeros(padding, jnp.int32)
+    grow = lambda x: jnp.concatenate([x, x[extra]])  # noqa: E731
+    if hasattr(tree, "step"):
+        return jax.tree.map(grow, tree.replace(step=None)).replace(step=tree.step)
+    return jax.tree.map(grow, tree)
+
+
+def unpad_seeds(tree, seeds: int):
+    """The first `seeds` trainings of a padded `tree`."""
+    if tree is None:
+        return None
+    if hasattr(tree, "step"):
+        return jax.tree.map(lambda x: x[:seeds], tree.replace(step=None)).replace(step=tree.step)
+    return jax.tree.map(lambda x: x[:seeds], tree)
+
+
 def shard_seeds(*trees):
     """Spread the seed axis of `trees` (states, buffers, keys) over all devices (GPUs, TPU cores,
     or forced host devices) when it divides evenly; shared values stay replicated. On one device
-    this changes nothing."""
+    this changes nothing; a count that does not divide is padded for each compiled call instead
+    (`ChunkRunner`)."""
     devices = jax.devices()
     seeds = jax.tree.leaves(trees[-1])[0].shape[0]
     if len(devices) == 1 or seeds % len(devices):
@@ -235,13 +263,22 @@ class ChunkRunner:
         keys, metrics as host arrays of shape (length, seeds))."""
         if length == 0:  # collecting only (e.g. before an online warm-up ends)
             return states, append_rows(buffers, rows), keys, {}
-        program = self.compile(length, states, buffers, keys, ctx, rows, self.values)
         if self.stopped and self.frozen is None:
             self.frozen = jax.tree.map(jnp.copy, states)  # a resumed run: its states hold them
+        seeds = jax.tree.leaves(keys)[0].shape[0]
+        padding = seed_padding(seeds)
+        values = self.values
+        if padding:  # a seed count that does not divide over the devices: pad, shard, run, unpad
+            states, buffers, rows, values, keys = shard_seeds(
+                *(pad_seeds(tree, padding) for tree in (states, buffers, rows, values, keys)))
+        program = self.compile(length, states, buffers, keys, ctx, rows, values)
         tic = time.perf_counter()
         with watchdog(self.watchdog_seconds, end_step):
-            states, buffers, keys, metrics = program(states, buffers, keys, ctx, rows, self.values)
+            states, buffers, keys, metrics = program(states, buffers, keys, ctx, rows, values)
             metrics = jax.device_get(metrics)
+        if padding:
+            states, buffers, keys = (unpad_seeds(tree, seeds) for tree in (states, buffers, keys))
+            metrics = {name: value[:, :seeds] for name, value in metrics.items()}
         self.update_seconds += time.perf_counter() - tic
         self.updates += length
         check_finite(states, metrics, end_step, ignore=list(self.stopped))

@@ -43,7 +43,7 @@ from algorithms import Algorithm, Spec
 from algorithms.core.algorithm import Context
 from algorithms.core.replay import ReplayBuffer, Transitions
 from envs import Dataset, Preprocessor, snapshot
-from experiments import loop, policies
+from experiments import loop, policies, preemption
 from experiments.config import ConfigError
 
 
@@ -238,6 +238,7 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
     evaluate(run): at every `eval_every` environment steps and at the end;
     checkpoint(run): at every `checkpoint_every` steps and at the end, with `run.environments` set
         (None at the end); episodes continue through it;
+        also at the first block end after SIGTERM, and then it returns early (env_step < steps);
     log(env_step, record): every `log_every` steps, the losses of the last updates, the returns of
         recent training episodes and the throughput;
     on_collect(raw transitions (steps, seeds, ...), env_step): what the environments gave, before
@@ -313,7 +314,9 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
                 returns[i], lengths[i] = 0.0, 0
             observations = next_obs
         run.env_step = stop
-        saving = checkpoint is not None and (stop == schedule.steps or (
+        # SIGTERM (experiments/preemption.py): a checkpoint at this block's end, then return early
+        preempted = checkpoint is not None and stop < schedule.steps and preemption.requested()
+        saving = checkpoint is not None and (stop == schedule.steps or preempted or (
             schedule.checkpoint_every and stop % schedule.checkpoint_every == 0))
         if on_collect is not None:
             on_collect({name: np.stack(values) for name, values in collected.items()}, stop)
@@ -349,6 +352,8 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
             run.environments = None if stop == schedule.steps else where_environments_stand()
             checkpoint(run)
             spent["checkpoints"] += time.perf_counter() - tic
+        if preempted:
+            break
         if timed_from is None:  # the first block compiled the policy and the chunk: not counted
             timed_from = (time.perf_counter(), run.env_step)
             spent = dict.fromkeys(spent, 0.0)

@@ -14,15 +14,18 @@ job, whatever the launcher (basic, joblib, submitit, Ray):
 - it mirrors `metrics.jsonl` and the run's config to Weights & Biases or TensorBoard when
   `logger=wandb|tensorboard` (`experiments/loggers.py`).
 
-A re-launched sweep with `skip_done=true` (and the same `hydra.sweep.dir`) skips every job whose
-`results.json` is complete (`completed_results`), so a preempted cluster sweep resumes where it
-stopped; add `resume=true` to continue the interrupted jobs from their checkpoints.
+Job folders are named by the job's overrides (`hydra.sweep.subdir` in configs/train.yaml), so a
+re-launched sweep (same `hydra.sweep.dir`) finds each job's folder whatever the order of its
+options. With `skip_done=true` a job whose `results.json` is complete and was written with the same
+settings is skipped (`completed_results`; other settings: trained again, one line says so), and the
+interrupted jobs continue from their checkpoints (`resume=auto`, the default).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -55,6 +58,65 @@ def fail(message: str) -> NoReturn:
     if in_multirun():
         raise JobFailed(message) from None
     sys.exit(2)
+
+
+# Launchers and sweepers of Hydra's plugins, by their config names (the project's presets in
+# configs/hydra/launcher included): the module that provides them and how to install it.
+PLUGINS = {
+    "launcher": {
+        **dict.fromkeys(("slurm", "slurm_local", "submitit_slurm", "submitit_local"),
+                        ("hydra_plugins.hydra_submitit_launcher", 'pip install -e ".[submitit]"')),
+        **dict.fromkeys(("ray", "ray_cluster", "ray_aws"), (
+            "hydra_plugins.hydra_ray_launcher", 'pip install -e ".[ray]" (in its own environment)')),
+        **dict.fromkeys(("joblib", "parallel"),
+                        ("hydra_plugins.hydra_joblib_launcher", 'pip install -e "."')),
+    },
+    "sweeper": {
+        "optuna": ("hydra_plugins.hydra_optuna_sweeper", "pip install hydra-optuna-sweeper"),
+        "nevergrad": ("hydra_plugins.hydra_nevergrad_sweeper", "pip install hydra-nevergrad-sweeper"),
+        "ax": ("hydra_plugins.hydra_ax_sweeper", "pip install hydra-ax-sweeper"),
+    },
+}
+
+
+def missing_plugin(arguments: list[str]) -> str | None:
+    """The error line for a `hydra/launcher=...` or `hydra/sweeper=...` argument whose plugin is not
+    installed (Hydra would only say it "could not load" the config), else None."""
+    import importlib.util
+
+    for argument in arguments:
+        match = re.fullmatch(r"[+~]*hydra/(launcher|sweeper)=(\S+)", argument)
+        if not match or match[2] not in PLUGINS[match[1]]:
+            continue
+        module, install = PLUGINS[match[1]][match[2]]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            return (f"hydra/{match[1]}={match[2]} needs a Hydra plugin that is not installed "
+                    f"({module}); install it: {install}")
+    return None
+
+
+def check_plugins(arguments: list[str]) -> None:
+    """Exit 2 with one `error:` line when the command names a launcher or sweeper not installed."""
+    message = missing_plugin(arguments)
+    if message:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def check_multirun() -> None:
+    """A config that sweeps (`hydra.sweeper.params`, as every `+experiment=` does) run without `-m`
+    would train only the defaults (the toy dataset): one `error:` line with the `-m` command."""
+    hydra_cfg = HydraConfig.get()
+    params = OmegaConf.select(hydra_cfg, "sweeper.params")
+    if hydra_cfg.mode == RunMode.MULTIRUN or not params:
+        return
+    command = " ".join(["python -m experiments.train -m", *hydra_cfg.overrides.task])
+    fail(f"this config sweeps {', '.join(params)} (hydra.sweeper.params), which only a multirun "
+         f"does; add -m: {command}")
 
 
 def completed_results(run_dir: Path) -> dict | None:

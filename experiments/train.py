@@ -5,7 +5,8 @@ it online afterwards.
     python -m experiments.train algo=iql dataset=local/hopper-medium online.steps=250000 seeds=4
 
 Writes into the Hydra run directory: metrics.jsonl, results.json (only when training completes)
-and orbax checkpoints (checkpoints/), from which `resume=true` continues, offline or online.
+and orbax checkpoints (checkpoints/), from which a run in the same folder continues, offline or
+online (`resume=auto`, the default: only a run of the same settings; `resume_point`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def _import_training():
     the first run rather than at start-up: `--help` answers without them (experiments/config.py)."""
     global jax, jnp, np, tqdm, envs, SettingsError, Spec, grids, loop, online, policies, stages
     global Checkpointer, CheckpointError, ConfigError, check_run_settings, make_algorithm, load
-    global MetricsFile, evaluation, results
+    global MetricsFile, evaluation, results, preemption
+    global result_settings, settings_differences, settings_fingerprint
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -39,16 +41,29 @@ def _import_training():
     import envs
     from algorithms import SettingsError, Spec
     from experiments import grid as grids
-    from experiments import loop, online, policies, stages
+    from experiments import loop, online, policies, preemption, stages
     from experiments.checkpoints import Checkpointer, CheckpointError
-    from experiments.config import ConfigError, check_run_settings, make_algorithm
+    from experiments.config import (
+        ConfigError,
+        check_run_settings,
+        make_algorithm,
+        result_settings,
+        settings_differences,
+        settings_fingerprint,
+    )
     from experiments.data import load
     from experiments.records import MetricsFile, evaluation, results
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train as configured, writing into `run_dir`; returns the results dict."""
+    """Train as configured, writing into `run_dir`; returns the results dict. SIGTERM (or submitit's
+    time-limit signal) stops it at the next chunk boundary with a checkpoint (experiments/preemption.py)."""
     _import_training()
+    with preemption.watching():
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict:
     check_run_settings(cfg)
     algo = make_algorithm(cfg.algo)
     if not algo.learns_offline and cfg.steps:
@@ -100,14 +115,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     record = {"phase": "offline", "step": 0, "env_step": 0, "stopped": {},
               "history": {"evaluations": [], "episodes": []}}
     trees = templates["offline"]
-    if cfg.resume:
-        restored = checkpointer.restore_latest(lambda saved: templates[saved["phase"]])
-        if restored is None:
-            log.info("resume=true but no checkpoint in %s: starting from scratch", run_dir)
-        else:
-            _, record, trees = restored
-            log.info("resumed from %s step %d (environment step %d)", record["phase"],
-                     record["step"], record["env_step"])
+    restored = resume_point(cfg, checkpointer, templates)
+    if restored is not None:
+        _, record, trees = restored
+        log.info("resumed from %s step %d (environment step %d)", record["phase"],
+                 record["step"], record["env_step"])
+    checkpointer.write_settings(settings_fingerprint(cfg), result_settings(cfg))
     metrics.truncate(record["step"], record["env_step"])
     history = record["history"]
     stopped = {int(seed): tuple(value) for seed, value in record["stopped"].items()}
@@ -155,8 +168,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         save_every = int(cfg.checkpoint.every)
         bar = tqdm(total=int(cfg.steps), initial=step, desc=f"{algo.name} {info.name}", unit="step",
                    dynamic_ncols=True, disable=None)
+        saved_at = step if restored is not None else None
         for stop in loop.chunk_schedule(step, int(cfg.steps), int(cfg.log_every), eval_every,
                                         save_every):
+            if preemption.requested():  # SIGTERM: a checkpoint here, then leave (below)
+                if saved_at != step:
+                    save("offline", states, buffers, keys, step, 0, runner.stopped)
+                break
             states, buffers, keys, chunk_metrics = runner(states, buffers, keys, ctx, stop - step, stop)
             for offset, row in zip(range(step, stop, cfg.log_every),
                                    loop.summarize_metrics(chunk_metrics, int(cfg.log_every)),
@@ -169,7 +187,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 states = evaluate(states, "offline", step)
             if (save_every and step % save_every == 0) or step == cfg.steps:
                 save("offline", states, buffers, keys, step, 0, runner.stopped)
+                saved_at = step
         bar.close()
+        if preemption.requested() and step < cfg.steps:
+            checkpointer.wait()
+            preemption.leave(f"step {step}")
     timings = {"offline": {"seconds": time.perf_counter() - offline_started}, "online": {}}
     offline_seconds = runner.updates_per_second
 
@@ -200,6 +222,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             checkpoint=lambda r: save("online", r.states, r.buffers, r.keys, int(cfg.steps), r.env_step,
                                       online_runner.stopped, r.environments), timings=timings["online"])
         bar.close()
+        if preemption.requested() and state.env_step < online_steps:  # stopped at a checkpoint
+            checkpointer.wait()
+            preemption.leave(f"environment step {state.env_step}")
     checkpointer.wait()
     stopped = (online_runner or runner).stopped
     out = results(cfg, seeds, history, info, offline_seconds, runner.compile_seconds, stopped,
@@ -216,6 +241,37 @@ def online_schedule(cfg: DictConfig, online_steps: int) -> online.OnlineSchedule
                                  int(cfg.online.log_every), int(cfg.online.start_steps))
 
 
+def resume_point(cfg: DictConfig, checkpointer: Checkpointer, templates: dict):
+    """(index, record, trees) of the checkpoint the run continues from, or None to start fresh.
+
+    resume=auto (the default): continue when the folder holds a readable checkpoint written with the
+    same settings (`settings_fingerprint`), start fresh when it holds none, refuse (ConfigError) when
+    its checkpoints were written with other settings. resume=true: continue from the last checkpoint
+    whatever settings wrote it (a longer `steps`, say). resume=false: start over, deleting the
+    folder's checkpoints."""
+    if checkpointer.latest() is None:
+        if cfg.resume is True:
+            log.info("resume=true but no checkpoint in %s: starting from scratch",
+                     checkpointer.settings_path.parent)
+        return None
+    if cfg.resume is False:
+        log.info("resume=false: deleting the checkpoints in %s and starting over",
+                 checkpointer.settings_path.parent)
+        checkpointer.clear()
+        return None
+    saved = checkpointer.read_settings()
+    if saved is None or saved["fingerprint"] != settings_fingerprint(cfg):
+        changed = ("(its settings.json is missing)" if saved is None else "written with other settings: "
+                   + ", ".join(settings_differences(saved["settings"], result_settings(cfg))[:6]))
+        if cfg.resume == "auto":
+            raise ConfigError(
+                f"{checkpointer.settings_path.parent} holds checkpoints {changed}; resume=true continues "
+                "from them with these settings, resume=false starts over (deleting them), or choose "
+                "another hydra.run.dir")
+        log.warning("resume=true: continuing from checkpoints %s", changed)
+    return checkpointer.restore_latest(lambda record: templates[record["phase"]])
+
+
 setup(for_help=__name__ == "__main__" and asks_for_help(sys.argv[1:]))
 
 
@@ -224,9 +280,15 @@ def main(cfg: DictConfig) -> dict | None:
     run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     _import_training()
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
+    sweep.check_multirun()
     if cfg.skip_done and (done := sweep.completed_results(run_dir)) is not None:
-        log.info("skip_done=true: %s already has results.json; not training again", run_dir)
-        return done["summary"] and done["summary"]["final_score_mean"]
+        changed = settings_differences(result_settings(done.get("config") or {}), result_settings(cfg))
+        if not changed:
+            log.info("skip_done=true: %s already has results.json; not training again", run_dir)
+            return done["summary"] and done["summary"]["final_score_mean"]
+        log.warning("skip_done=true: %s has results.json of other settings (%s); training again from "
+                    "scratch", run_dir, ", ".join(changed[:6]))
+        cfg.resume = False  # its checkpoints are those of the other settings
     try:
         out = run(cfg, run_dir)
     except (envs.DatasetError, ConfigError, SettingsError, CheckpointError, KeyError,
@@ -248,4 +310,5 @@ def print_summary(summary: dict, seeds: int, run_dir: Path) -> None:
 
 
 if __name__ == "__main__":
+    sweep.check_plugins(sys.argv[1:])
     main()

@@ -105,7 +105,7 @@ def cases(files: dict[str, Path], folder: Path) -> dict[str, SimpleNamespace]:
         "negative_steps": case([*HOPPER, f"dataset.path={files['good']}", *QUICK[1:], "steps=-5"],
                                ["steps must be an integer >= 0", "-5"]),
         "resume_not_a_boolean": case([*HOPPER, f"dataset.path={files['good']}", *QUICK, "resume=maybe"],
-                                     ["resume must be true or false", "maybe"]),
+                                     ["resume must be auto, true or false", "maybe"]),
         "path_is_a_folder": case([*HOPPER, f"dataset.path={files['folder']}", *QUICK],
                                  [str(files["folder"]), "is a folder", "corrupt.hdf5", "dataset.path=FILE"]),
         # a previous run's checkpoints, every one unreadable (made in `outcomes`)

@@ -139,8 +139,10 @@ def test_wandb_groups_the_runs_of_a_sweep_and_mirrors_each(tmp_path, d4rl_steps,
     assert process.returncode == 0, process.stderr
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     inits = [c for c in calls if c["call"] == "init"]
-    assert [(c["project"], c["group"], c["name"]) for c in inits] == [
-        ("tests", "my-sweep", "0_bc_hopper-medium-v2"), ("tests", "my-sweep", "1_td3_bc_hopper-medium-v2")]
+    assert [(c["project"], c["group"], c["name"].rsplit("_", 1)[0]) for c in inits] == [
+        ("tests", "my-sweep", "bc_hopper-medium-v2"), ("tests", "my-sweep", "td3_bc_hopper-medium-v2")]
+    assert [(c["id"], c["resume"]) for c in inits] == [
+        (loggers.wandb_id(sweep_dir / c["name"]), "allow") for c in inits]
     assert [c["config"]["algo"]["name"] for c in inits] == ["bc", "td3_bc"]
     assert "hydra" not in inits[0]["config"] and inits[0]["config"]["steps"] == 30
     first_job = calls[:calls.index(inits[1])]

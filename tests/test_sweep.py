@@ -42,7 +42,11 @@ def files(tmp_path_factory):
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit())
+    """The job folders of a sweep in job order (their names come from their overrides)."""
+    from omegaconf import OmegaConf
+
+    folders = [p for p in sweep_dir.iterdir() if (p / ".hydra" / "hydra.yaml").exists()]
+    return sorted(folders, key=lambda p: OmegaConf.load(p / ".hydra" / "hydra.yaml").hydra.job.num)
 
 
 @pytest.fixture(scope="module")
