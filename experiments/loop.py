@@ -56,13 +56,25 @@ def prepare(algo: Algorithm, raw: envs.Dataset) -> PreparedData:
 
 
 def make_context(algo: Algorithm, prepared: PreparedData | None, stages: dict | None = None,
-                 phase: str = "offline", phase_start: int = 0, host: dict | None = None) -> Context:
-    """The shared read-only context: the device dataset, the stages' results, and the algorithm's
-    host-side helpers (built here from the dataset unless `host` gives them)."""
+                 phase: str = "offline", phase_start: int = 0, host: dict | None = None,
+                 per_seed: tuple[str, ...] = ()) -> Context:
+    """The read-only context: the device dataset, the stages' results (those named in `per_seed`
+    with a leading seed axis), and the algorithm's host-side helpers (built here from the dataset
+    unless `host` gives them)."""
     data = None if prepared is None else prepared.data
     if host is None:
         host = {} if data is None else algo.host_helpers(jax.device_get(data))
-    return Context(data, dict(stages or {}), phase, phase_start, tuple(sorted(host.items())))
+    return Context(data, dict(stages or {}), phase, phase_start, tuple(sorted(host.items())),
+                   tuple(per_seed))
+
+
+def context_axes(ctx: Context):
+    """vmap axes for the context: the per-seed stages' results along axis 0, everything else
+    shared (None: the whole context is shared)."""
+    if not ctx.per_seed:
+        return None
+    return ctx.replace(data=None, stages={name: 0 if name in ctx.per_seed else None
+                                          for name in ctx.stages})
 
 
 def seed_axes(states):
@@ -91,7 +103,7 @@ def init_states(algo: Algorithm, spec: Spec, ctx: Context, keys: jax.Array, *,
         raise ValueError(f"{algo.name} starts from its pretraining stage '{missing[0]}': train the "
                          "algorithm's stages first (experiments.stages.train_stages)")
     init = jax.vmap(lambda key, ctx, values: with_values(algo, values).init(key, spec, ctx),
-                    in_axes=(0, None, 0))
+                    in_axes=(0, context_axes(ctx), 0))
     states = jax.jit(init)(keys, ctx, values)
     return states.replace(step=states.step[0])
 
@@ -133,6 +145,23 @@ def shard_seeds(*trees):
     return tuple(place(tree) for tree in trees)
 
 
+def first_seeds(ctx: Context, count: int) -> Context:
+    """The context of the first `count` trainings (their per-seed stage results)."""
+    if not ctx.per_seed:
+        return ctx
+    return ctx.replace(stages={name: jax.tree.map(lambda x: x[:count], result) if name in ctx.per_seed
+                               else result for name, result in ctx.stages.items()})
+
+
+def shard_context(ctx: Context) -> Context:
+    """The per-seed stages' results spread over the devices as `shard_seeds` spreads the seeds."""
+    if not ctx.per_seed:
+        return ctx
+    seeded = {name: ctx.stages[name] for name in ctx.per_seed}
+    placed, _ = shard_seeds(seeded, jax.tree.leaves(seeded)[0])
+    return ctx.replace(stages={**ctx.stages, **placed})
+
+
 def make_train_chunk(algo: Algorithm, length: int, phase: str = "offline",
                      sampling: Sampling | None = None):
     """A jitted function running `length` updates for every seed:
@@ -157,7 +186,7 @@ def make_train_chunk(algo: Algorithm, length: int, phase: str = "offline",
         if rows is not None:
             buffers = jax.vmap(ReplayBuffer.add)(buffers, rows)
         axes = seed_axes(states)
-        step_all = jax.vmap(one_seed, in_axes=(axes, 0, 0, 0, None), out_axes=(axes, 0, 0))
+        step_all = jax.vmap(one_seed, in_axes=(axes, 0, 0, 0, context_axes(ctx)), out_axes=(axes, 0, 0))
 
         def body(carry, _):
             states, buffers, keys = carry

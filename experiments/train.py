@@ -65,11 +65,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     stage_results, stage_records = stages.train_stages(
         algo, spec, prepared.data, cache_root=OmegaConf.select(cfg, "pretrain.cache_dir"),
         dataset_key=(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path),
-        log_every=int(cfg.log_every), progress=stage_progress,
-        paths=OmegaConf.to_container(cfg.stage_paths) if "stage_paths" in cfg else None)
-    ctx = loop.make_context(algo, prepared, stage_results)
+        log_every=int(cfg.log_every), seeds=seeds, progress=stage_progress,
+        paths=OmegaConf.to_container(cfg.stage_paths) if "stage_paths" in cfg else None,
+        unknown_next=None if info.next_at_terminals else raw.terminals > 0)
+    per_seed = stages.per_seed_names(algo, spec)
+    ctx = loop.make_context(algo, prepared, stage_results, per_seed=per_seed)
     online_ctx = loop.make_context(algo, prepared, stage_results, "online", int(cfg.steps),
-                                   host=dict(ctx.host))
+                                   host=dict(ctx.host), per_seed=per_seed)
     grids.check_traceable(grid, algo, spec, prepared, {"offline": ctx, **(
         {"online": online_ctx} if online_steps else {})}, capacity if online_steps else 0)
     values = grid.values()
@@ -97,6 +99,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     stopped = {int(seed): tuple(value) for seed, value in record["stopped"].items()}
     states, buffers, values, keys = loop.shard_seeds(trees["states"], trees["buffers"], values,
                                                      trees["keys"])
+    ctx, online_ctx = loop.shard_context(ctx), loop.shard_context(online_ctx)
     policy = policies.make_policy(algo, prepared.preprocessor, values=values)
     member_policy = policies.make_policy(algo, prepared.preprocessor, values=values, members=algo.members())
     columns = grid.columns()  # each training's seed and grid values, for metrics.jsonl
