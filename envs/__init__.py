@@ -5,7 +5,7 @@ it imports neither `algorithms` nor `experiments` (a local dataset that is not g
 from __future__ import annotations
 
 from envs import d4rl, generated, minari_source
-from envs.dataset import Dataset, DatasetError, goal_terminals, returns_to_go
+from envs.dataset import Dataset, DatasetError, goal_terminals, last_rows, returns_to_go
 from envs.environment import (
     action_bounds,
     check_action_dim,
@@ -29,7 +29,7 @@ from envs.registry import REGISTRY, DatasetInfo, lookup
 __all__ = [
     "REGISTRY", "Dataset", "DatasetError", "DatasetInfo", "Normalizer", "NotGenerated",
     "Preprocessor", "check_action_dim", "check_observation_dim", "episode_seeds", "evaluate",
-    "load", "lookup", "make_env", "normalize_states", "normalized_score", "returns_to_go",
+    "last_rows", "load", "lookup", "make_env", "normalize_states", "normalized_score", "returns_to_go",
     "transform_rewards", "worker_count",
 ]
 

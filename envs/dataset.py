@@ -178,6 +178,16 @@ def qlearning_transitions(
     )
 
 
+def last_rows(data: Dataset, count: int, source: str = "dataset") -> Dataset:
+    """The last `count` transitions in the file's order (all when it has fewer): what a replay pool
+    of `count` rows holds after the dataset was poured into it in order, as MOPO's authors' 1M-row
+    pool kept of the 2M-row medium-expert files. The first kept episode may start mid-way."""
+    if count < 1:
+        raise DatasetError(f"{source}: dataset.last_rows must be >= 1 (got {count}); fix the override "
+                           "or drop it to keep every row.")
+    return Dataset(*(np.asarray(column)[-count:] for column in data))
+
+
 def goal_terminals(data: Dataset, goal_reward: float = 1.0) -> Dataset:
     """Every row that reaches the goal (reward == `goal_reward`) is terminal, D4RL's AntMaze
     convention: Minari recorded AntMaze as a continuing task (no terminations, the reward repeating

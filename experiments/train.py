@@ -43,6 +43,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                             f"{cfg.steps} offline steps); set steps=0 online.steps=N")
     grid = grids.make_grid(cfg, algo, list(range(cfg.seed, cfg.seed + cfg.seeds)))
     raw, info = load(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path, cfg.dataset.download)
+    if OmegaConf.select(cfg, "dataset.last_rows") is not None:  # e.g. MOPO's authors' 1M-row pool
+        raw = envs.last_rows(raw, int(cfg.dataset.last_rows))
     online_steps = int(cfg.online.steps)
     evaluating = cfg.eval.every > 0 and cfg.eval.episodes > 0
     if evaluating or online_steps:  # fail now, not after hours of training, if the env does not fit
