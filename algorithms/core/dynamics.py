@@ -1,4 +1,5 @@
-"""Probabilistic dynamics ensemble with elites (MBPO/MOPO), trained once per dataset as a `Stage`.
+"""Probabilistic dynamics ensemble with elites (MBPO/MOPO), trained as a `Stage`: one per training
+seed (the references train one per run), or one for every seed with `shared`.
 
 N members (default 7), each a Gaussian over the state change and the reward,
     p_i(s' - s, r | s, a) = N(mu_i(x), diag exp(l_i(x))),  x = standardized (s, a),
@@ -26,6 +27,12 @@ Where we differ from the references (options where it matters):
   worth of updates (ceil(rows / batch) steps, counted from the data `init` receives) and is a no-op
   otherwise, so the 1% rule and the patience count epochs as in the references.
 - Inputs are standardized with the mean and std of the data `init` receives (std < 1e-12 -> 1).
+- Patience: 5 epochs (OfflineRL-Kit's `cnt >= 5`); the MOPO authors stop after 6
+  (`epochs_since_update > 5`): `patience=6`.
+- Spectral normalization: none, as the authors' code (which imports it and never applies it); the
+  paper describes it on every layer but the variance head.
+- Training data: the columns in `DYNAMICS_COLUMNS`, without rows whose next state the data does not
+  know (D4RL terminal rows of a file without `next_observations`; experiments/stages.py).
 """
 
 from __future__ import annotations
