@@ -323,7 +323,10 @@ def train_stages(algo: Algorithm, spec: Spec, data, *, cache_root: str | None, d
         for seed in dict.fromkeys(int(seed) for seed in seeds):
             seeded = stage_for_seed(stage, seed)
             folder = cache_dir(cache_root, algo, seeded, stage_data, dataset_key)
-            by_seed[seed], record = obtain(seeded, spec, stage_data, folder, log_every, stage_progress)
+            seed_progress = None if progress is None else (  # lines say whose model they are
+                lambda step, means, kind, name=stage.name, seed=seed:
+                progress(name, step, {**means, "stage_seed": seed}, kind))
+            by_seed[seed], record = obtain(seeded, spec, stage_data, folder, log_every, seed_progress)
             seed_records.append(record.__dict__)
         results[stage.name] = stack_seeds([by_seed[int(seed)] for seed in seeds])
         records.append(StageRecord(

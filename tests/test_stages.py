@@ -175,3 +175,30 @@ def test_the_toy_family_caps_the_dynamics_at_ten_epochs():
         hopper = make_algorithm(compose([f"algo={name}", "dataset=d4rl/hopper-medium-v2"]).algo)
         assert (toy.dynamics.max_epochs, hopper.dynamics.max_epochs) == (10, None)
         assert not toy.dynamics.shared
+
+
+SHARDING_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+from algorithms.core.algorithm import Context
+from experiments import loop
+assert len(jax.devices()) == 2, jax.devices()
+ctx = Context(jnp.ones(3), {"model": {"w": jnp.arange(8.0).reshape(2, 4)}, "shared": jnp.ones(4)},
+              per_seed=("model",))
+placed = loop.shard_context(ctx)
+assert len(placed.stages["model"]["w"].sharding.device_set) == 2
+read = jax.jit(jax.vmap(lambda c: c.stages["model"]["w"].sum() + c.stages["shared"].sum(),
+                        in_axes=(loop.context_axes(placed),)))
+np.testing.assert_allclose(read(placed), [10.0, 26.0])
+"""
+
+
+@pytest.mark.integration
+def test_per_seed_stage_results_are_sharded_like_the_seeds(tmp_path):
+    """Two forced host devices: a per-seed result is split over them, one seed each, and every seed
+    still reads its own (the shared results stay whole)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], check=True, env=env, cwd=tmp_path)
