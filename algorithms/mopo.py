@@ -2,7 +2,9 @@
 (tianheyu927/mopo) and OfflineRL-Kit.
 
 Stage (`stages()`): a probabilistic dynamics ensemble of (s' - s, r), 7 members, 5 elites
-(algorithms/core/dynamics.py), trained once per dataset and shared by every seed.
+(algorithms/core/dynamics.py), one per training seed as the authors train one per run, so the spread
+over seeds includes the model's own variance (cached per dataset, settings and seed;
+`dynamics.shared=true`: one model for every seed, today's fast-sweep behaviour).
 
 Agent: SAC with automatic entropy (algorithms/sac.py) on batches drawn `real_ratio` (0.05) from the
 dataset and the rest from the seed's buffer of model rollouts. Every `rollout_freq` (1000) updates,
@@ -21,11 +23,11 @@ Where the references disagree (options; shared research notes §3 and §6):
   the paper's ensemble-disagreement ablation (max_i ||mu_i - mean mu||, state outputs);
   "ensemble_std" OfflineRL-Kit's sqrt(mean Var_i mu_i). `penalty_members="elites"` takes the max
   over the elites only (unifloral) instead of all members.
-- (h, lambda) per dataset: configs/algo/mopo.yaml has the paper's table (v0); the authors'
-  repository differs on halfcheetah-medium-expert (lambda 5, not 1), OfflineRL-Kit's v2 table
+- (h, lambda) per dataset: configs/algo/mopo.yaml has d3rlpy's table (v0), the authors' configs
+  except halfcheetah-medium-expert (the authors' lambda 5, not 1); OfflineRL-Kit's v2 table
   elsewhere (both listed there as overrides).
 - Target entropy: -|A| (SAC, OfflineRL-Kit, unifloral); the authors' code uses -3 for every
-  environment (`algo.target_entropy=-3`).
+  environment (`algo.target_entropy=-3`, set by `+experiment=mopo_locomotion`).
 - Rollouts run inside the compiled update loop, as in unifloral, but masked after termination and
   never sampling empty buffer slots (unifloral does both, a known quirk).
 

@@ -2,8 +2,9 @@
 (Lei-Kun/Uni-O4: main.py, critic.py, BC_ensemble.py, abppo.py, dynamics_eval.py, net.py, and
 ppo_finetune/ for the online phase; shared research notes §2 and §6).
 
-Stages, trained once per dataset and settings and shared by every seed (the reference trains them
-per seed; `critic_seed` / `bc_seed` / `dynamics.seed` give other ones):
+Stages, trained once per training seed and cached per dataset, settings and seed, as the reference
+trains them per seed (from `critic_seed` / `bc_seed` / `dynamics.seed` + the training seed);
+`shared_stages=true` (critics, BC, V re-fit) and `dynamics.shared=true` train one for every seed:
   (a) "critics": the behaviour critics Q_tau and V.
       critic="iql" (the code's --is_iql): double Q (2 x 1024) and V (3 x 512), per step
           L_V = E[|omega - 1(u < 0)| u^2],  u = min_i Qbar_i(s, a) - V(s)          (expectile omega)
@@ -313,6 +314,7 @@ class UniO4(Algorithm):
     value_refit_batch_size: int = 512
     value_refit_steps: int = 1_000_000
     value_refit_seed: int = 0
+    shared_stages: bool = False  # true: one critics / BC / V re-fit stage for every seed
 
     def __post_init__(self):
         if isinstance(self.dynamics, dict):
@@ -403,9 +405,11 @@ class UniO4(Algorithm):
         return [
             Stage("critics", self.critic_steps, self.critic_batch_size, self.init_critics,
                   self.critic_step, critic_settings,
-                  result=lambda t: Critics(t.q.params, t.v.params, q_network, v_network)),
+                  result=lambda t: Critics(t.q.params, t.v.params, q_network, v_network),
+                  per_seed=not self.shared_stages),
             Stage("bc", self.bc_steps, self.bc_batch_size, self.init_bc, self.bc_step, bc_settings,
-                  result=lambda t: PolicyEnsemble(t.policies.params, t.normalizer)),
+                  result=lambda t: PolicyEnsemble(t.policies.params, t.normalizer),
+                  per_seed=not self.shared_stages),
             dynamics_stage(self.dynamics, spec),
             *([self.value_refit_stage(common)] if self.ppo.reward_scaling != "none" else []),
         ]
@@ -491,7 +495,7 @@ class UniO4(Algorithm):
                     "seed": self.value_refit_seed}
         return Stage("online_value", self.value_refit_steps, self.value_refit_batch_size,
                      self.init_value_refit, self.value_refit_step, settings,
-                     result=lambda t: OnlineValue(t.value.params, t.scaler))
+                     result=lambda t: OnlineValue(t.value.params, t.scaler), per_seed=not self.shared_stages)
 
     def init_value_refit(self, key, spec: Spec, data) -> ValueRefit:
         """Rewards scaled over the dataset in order (the code's reward_normalize: "dynamic" leaves

@@ -5,7 +5,7 @@ it imports neither `algorithms` nor `experiments` (a local dataset that is not g
 from __future__ import annotations
 
 from envs import d4rl, generated, minari_source
-from envs.dataset import Dataset, DatasetError, returns_to_go
+from envs.dataset import Dataset, DatasetError, goal_terminals, last_rows, returns_to_go
 from envs.environment import (
     action_bounds,
     check_action_dim,
@@ -29,7 +29,7 @@ from envs.registry import REGISTRY, DatasetInfo, lookup
 __all__ = [
     "REGISTRY", "Dataset", "DatasetError", "DatasetInfo", "Normalizer", "NotGenerated",
     "Preprocessor", "check_action_dim", "check_observation_dim", "episode_seeds", "evaluate",
-    "load", "lookup", "make_env", "normalize_states", "normalized_score", "returns_to_go",
+    "last_rows", "load", "lookup", "make_env", "normalize_states", "normalized_score", "returns_to_go",
     "transform_rewards", "worker_count",
 ]
 
@@ -41,7 +41,7 @@ def load(source: str, name: str, path: str | None = None, download: bool = True)
     except KeyError as error:
         raise DatasetError(error.args[0]) from None
     if source == "d4rl":
-        data = d4rl.load(info, path, download)
+        data, info = d4rl.load(info, path, download)
     elif source == "minari":
         data, info = minari_source.load(info, path, download)
     elif source == "local":
@@ -53,6 +53,8 @@ def load(source: str, name: str, path: str | None = None, download: bool = True)
         data, info = minari_source.load(info, str(root))
     else:
         raise DatasetError(f"unknown dataset source '{source}'; use d4rl, minari or local.")
+    if info.family == "antmaze":  # D4RL's convention, which Minari's recordings lack
+        data = goal_terminals(data)
     bounds = action_bounds(info)
     if bounds is not None:
         check_action_dim(info, data.action_dim, bounds)

@@ -7,6 +7,7 @@ format is plain HDF5 with the keys D4RL writes, and the transition rule is repro
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
 import urllib.request
@@ -88,8 +89,11 @@ def _download(url: str, file: Path) -> Path:
     return file
 
 
-def read(file: Path, info: DatasetInfo) -> Dataset:
-    """Read a D4RL HDF5 file and build transitions as `d4rl.qlearning_dataset` does."""
+def read(file: Path, info: DatasetInfo) -> tuple[Dataset, DatasetInfo]:
+    """Read a D4RL HDF5 file and build transitions as `d4rl.qlearning_dataset` does, with the file's
+    own `next_observations` at terminal rows where it has them (`qlearning_transitions`). Returns
+    the data and `info`, whose `next_at_terminals` says whether those rows' next states are true
+    (a locomotion file without the array: the next episode's first state)."""
     import h5py
 
     source = f"D4RL file '{file}'"
@@ -103,16 +107,22 @@ def read(file: Path, info: DatasetInfo) -> Dataset:
                 )
             arrays = {key: np.asarray(h5[key]) for key in REQUIRED_KEYS}
             timeouts = np.asarray(h5["timeouts"]) if "timeouts" in h5 else None
+            next_observations = np.asarray(h5["next_observations"]) if "next_observations" in h5 else None
     except OSError as error:
         raise DatasetError(
             f"{source} is not a readable HDF5 file ({error}). Replace it with a complete copy "
             "(re-download or re-create it)."
         ) from None
-    return qlearning_transitions(
+    data = qlearning_transitions(
         arrays["observations"], arrays["actions"], arrays["rewards"], arrays["terminals"],
         timeouts, max_episode_steps=info.max_episode_steps, source=source,
+        next_observations=next_observations,
     )
+    # AntMaze's recordings ran on through the goal (its terminals only mark goal rows), so s_{i+1}
+    # is the true next state there too.
+    known = next_observations is not None or info.family == "antmaze"
+    return data, dataclasses.replace(info, next_at_terminals=known)
 
 
-def load(info: DatasetInfo, path: str | None = None, download: bool = True) -> Dataset:
+def load(info: DatasetInfo, path: str | None = None, download: bool = True) -> tuple[Dataset, DatasetInfo]:
     return read(locate(info, path, download), info)

@@ -118,8 +118,14 @@ def qlearning_transitions(
     *,
     max_episode_steps: int | None = None,
     source: str = "dataset",
+    next_observations: np.ndarray | None = None,
 ) -> Dataset:
-    """Turn D4RL's flat step arrays into transitions exactly as `d4rl.qlearning_dataset` does.
+    """Turn D4RL's flat step arrays into transitions as `d4rl.qlearning_dataset` does, except at
+    terminal rows when the file's own `next_observations` are given (D4RL v2 MuJoCo files have
+    them): there D4RL's s_{i+1} is the next episode's first state, the file's is the state the
+    episode ended in (as OfflineRL-Kit reads them). Model-free targets do not change (a terminal
+    row's next state is multiplied by 1 - d = 0); a dynamics model no longer learns fall -> reset
+    jumps. Elsewhere the two agree, and s_{i+1} is kept.
 
     D4RL's rule: row i gives (s_i, a_i, r_i, s_{i+1}, terminal_i), for i < N-1, except that rows
     flagged as timeouts are dropped (their s_{i+1} belongs to the next episode). Without a
@@ -130,7 +136,9 @@ def qlearning_transitions(
     exactly (IQL's return-range reward scaling needs them).
     """
     check_numeric({"observations": observations, "actions": actions, "rewards": rewards,
-                   "terminals": terminals, **({} if timeouts is None else {"timeouts": timeouts})}, source)
+                   "terminals": terminals, **({} if timeouts is None else {"timeouts": timeouts}),
+                   **({} if next_observations is None else {"next_observations": next_observations})},
+                  source)
     n = len(rewards)
     terminals = np.asarray(terminals).reshape(-1).astype(bool)
     if timeouts is None:
@@ -146,19 +154,49 @@ def qlearning_transitions(
             f"actions {len(actions)}, rewards {n}, terminals {len(terminals)}, timeouts "
             f"{len(timeouts)}). Re-download or re-create the file."
         )
+    if next_observations is not None and np.shape(next_observations) != np.shape(observations):
+        raise DatasetError(
+            f"{source}: 'next_observations' has shape {np.shape(next_observations)}, 'observations' "
+            f"{np.shape(observations)}; they must match. Re-download or re-create the file."
+        )
     keep = np.flatnonzero(~timeouts[:-1])  # the last row has no successor, as in D4RL
     is_last_row = keep == n - 2
     successor_is_timeout = timeouts[keep + 1]
     truncated_here = ~terminals[keep] & (successor_is_timeout | is_last_row)
+    successors = np.array(observations[keep + 1])
+    if next_observations is not None:
+        ended = terminals[keep]
+        successors[ended] = np.asarray(next_observations)[keep[ended]]
     return from_arrays(
         observations=observations[keep],
         actions=actions[keep],
         rewards=np.asarray(rewards).reshape(-1)[keep],
-        next_observations=observations[keep + 1],
+        next_observations=successors,
         terminals=terminals[keep],
         timeouts=truncated_here,
         source=source,
     )
+
+
+def last_rows(data: Dataset, count: int, source: str = "dataset") -> Dataset:
+    """The last `count` transitions in the file's order (all when it has fewer): what a replay pool
+    of `count` rows holds after the dataset was poured into it in order, as MOPO's authors' 1M-row
+    pool kept of the 2M-row medium-expert files. The first kept episode may start mid-way."""
+    if count < 1:
+        raise DatasetError(f"{source}: dataset.last_rows must be >= 1 (got {count}); fix the override "
+                           "or drop it to keep every row.")
+    return Dataset(*(np.asarray(column)[-count:] for column in data))
+
+
+def goal_terminals(data: Dataset, goal_reward: float = 1.0) -> Dataset:
+    """Every row that reaches the goal (reward == `goal_reward`) is terminal, D4RL's AntMaze
+    convention: Minari recorded AntMaze as a continuing task (no terminations, the reward repeating
+    while the ant stays at the goal), D4RL's files, which the references trained on, mark each such
+    row terminal, and the evaluation environment ends the episode there. A relabelled row is no
+    longer a timeout."""
+    terminals = (np.asarray(data.terminals) > 0) | (np.asarray(data.rewards) == goal_reward)
+    return data._replace(terminals=terminals.astype(np.float32),
+                         timeouts=np.where(terminals, 0.0, data.timeouts).astype(np.float32))
 
 
 def _timeouts_from_step_count(terminals: np.ndarray, max_episode_steps: int) -> np.ndarray:

@@ -53,6 +53,10 @@ class DatasetInfo:
     # over whatever environment the dataset records
     observation_zeros: int = 0  # zeros appended to every observation (D4RL Ant's contact forces)
     no_env_reason: str | None = None  # why there is no evaluation environment (env_id None)
+    # Whether next_observations at terminal rows are the states the episodes ended in; False for a
+    # D4RL file without a next_observations array (there they are the next episode's first state,
+    # and stages that fit next states leave those rows out). Set by the loader.
+    next_at_terminals: bool = True
 
     @property
     def key(self) -> str:

@@ -339,13 +339,13 @@ def register_configs(for_help: bool = False) -> None:
     for info in envs.REGISTRY.values():
         group, _, leaf = f"dataset/{info.key}".rpartition("/")
         node = {"source": info.source, "name": info.name, "path": None, "download": True,
-                **PROTOCOL[info.family], **info.protocol}
+                "last_rows": None, **PROTOCOL[info.family], **info.protocol}
         store.store(group=group, name=leaf, node=node, package="dataset")
     # grid.algo.<field>=[...] (experiments/grid.py): every algorithm's field may be named, unset.
     fields = {field for schema in schemas.values() for field in schema if field != "name"}
     store.store(name="grid_base", node={"grid": {"algo": dict.fromkeys(sorted(fields))}})
     store.store(group="dataset/minari", name="custom", package="dataset", node={
-        "source": "minari", "name": "???", "path": None, "download": True,
+        "source": "minari", "name": "???", "path": None, "download": True, "last_rows": None,
         **PROTOCOL["locomotion"]})
 
 

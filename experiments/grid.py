@@ -225,6 +225,7 @@ def check_traceable(grid: Grid, algo: Algorithm, spec: Spec, prepared, contexts:
 def _trace_problem(algo, names, spec, prepared, contexts, capacity) -> str | None:
     values = {name: jax.ShapeDtypeStruct((1,), jnp.float32) for name in names}
     keys = jax.random.split(jax.random.key(0), 1)
+    contexts = {phase: loop.first_seeds(phase_ctx, 1) for phase, phase_ctx in contexts.items()}
     ctx = contexts["offline"]
     try:
         # Separate traces, as the run's separate programs: a traced value that init hides in a

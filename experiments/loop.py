@@ -57,13 +57,25 @@ def prepare(algo: Algorithm, raw: envs.Dataset) -> PreparedData:
 
 
 def make_context(algo: Algorithm, prepared: PreparedData | None, stages: dict | None = None,
-                 phase: str = "offline", phase_start: int = 0, host: dict | None = None) -> Context:
-    """The shared read-only context: the device dataset, the stages' results, and the algorithm's
-    host-side helpers (built here from the dataset unless `host` gives them)."""
+                 phase: str = "offline", phase_start: int = 0, host: dict | None = None,
+                 per_seed: tuple[str, ...] = ()) -> Context:
+    """The read-only context: the device dataset, the stages' results (those named in `per_seed`
+    with a leading seed axis), and the algorithm's host-side helpers (built here from the dataset
+    unless `host` gives them)."""
     data = None if prepared is None else prepared.data
     if host is None:
         host = {} if data is None else algo.host_helpers(jax.device_get(data))
-    return Context(data, dict(stages or {}), phase, phase_start, tuple(sorted(host.items())))
+    return Context(data, dict(stages or {}), phase, phase_start, tuple(sorted(host.items())),
+                   tuple(per_seed))
+
+
+def context_axes(ctx: Context):
+    """vmap axes for the context: the per-seed stages' results along axis 0, everything else
+    shared (None: the whole context is shared)."""
+    if not ctx.per_seed:
+        return None
+    return ctx.replace(data=None, stages={name: 0 if name in ctx.per_seed else None
+                                          for name in ctx.stages})
 
 
 def seed_axes(states):
@@ -94,7 +106,7 @@ def init_states(algo: Algorithm, spec: Spec, ctx: Context, keys: jax.Array, *,
     if ctx.data is not None:  # the data the algorithm trains on has the widths its networks are built for
         check_transitions(ctx.data, spec)
     init = jax.vmap(lambda key, ctx, values: with_values(algo, values).init(key, spec, ctx),
-                    in_axes=(0, None, 0))
+                    in_axes=(0, context_axes(ctx), 0))
     states = jax.jit(init)(keys, ctx, values)
     return states.replace(step=states.step[0])
 
@@ -172,6 +184,32 @@ def check_transitions(data: Transitions, spec: Spec) -> None:
     chex.assert_type(list(data), float)
 
 
+def first_seeds(ctx: Context, count: int) -> Context:
+    """The context of the first `count` trainings (their per-seed stage results)."""
+    if not ctx.per_seed:
+        return ctx
+    return ctx.replace(stages={name: jax.tree.map(lambda x: x[:count], result) if name in ctx.per_seed
+                               else result for name, result in ctx.stages.items()})
+
+
+def pad_context(ctx: Context, padding: int) -> Context:
+    """The per-seed stages' results padded as `pad_seeds` pads the seeds (copies of the first)."""
+    if not ctx.per_seed or not padding:
+        return ctx
+    seeded = {name: ctx.stages[name] for name in ctx.per_seed}
+    placed, _ = shard_seeds(pad_seeds(seeded, padding), pad_seeds(jax.tree.leaves(seeded)[0], padding))
+    return ctx.replace(stages={**ctx.stages, **placed})
+
+
+def shard_context(ctx: Context) -> Context:
+    """The per-seed stages' results spread over the devices as `shard_seeds` spreads the seeds."""
+    if not ctx.per_seed:
+        return ctx
+    seeded = {name: ctx.stages[name] for name in ctx.per_seed}
+    placed, _ = shard_seeds(seeded, jax.tree.leaves(seeded)[0])
+    return ctx.replace(stages={**ctx.stages, **placed})
+
+
 def make_train_chunk(algo: Algorithm, length: int, phase: str = "offline",
                      sampling: Sampling | None = None):
     """A jitted function running `length` updates for every seed:
@@ -201,7 +239,7 @@ def make_train_chunk(algo: Algorithm, length: int, phase: str = "offline",
         if rows is not None:
             buffers = jax.vmap(ReplayBuffer.add)(buffers, rows)
         axes = seed_axes(states)
-        step_all = jax.vmap(one_seed, in_axes=(axes, 0, 0, 0, None), out_axes=(axes, 0, 0))
+        step_all = jax.vmap(one_seed, in_axes=(axes, 0, 0, 0, context_axes(ctx)), out_axes=(axes, 0, 0))
 
         def body(carry, _):
             states, buffers, keys = carry
@@ -271,6 +309,7 @@ class ChunkRunner:
         if padding:  # a seed count that does not divide over the devices: pad, shard, run, unpad
             states, buffers, rows, values, keys = shard_seeds(
                 *(pad_seeds(tree, padding) for tree in (states, buffers, rows, values, keys)))
+            ctx = pad_context(ctx, padding)
         program = self.compile(length, states, buffers, keys, ctx, rows, values)
         tic = time.perf_counter()
         with watchdog(self.watchdog_seconds, end_step):

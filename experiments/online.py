@@ -87,8 +87,8 @@ def begin(algo: Algorithm, spec, ctx: Context, states, values: dict | None = Non
     """`algo.begin_online` for every seed, in one compiled call: the states the online phase starts
     from (the shared `step` stays shared). `jax.eval_shape` of it is the online checkpoint's template."""
     def begin_all(states, ctx, values):
-        started = jax.vmap(lambda s, v: loop.with_values(algo, v).begin_online(s, spec, ctx),
-                           in_axes=(loop.seed_axes(states), 0))(states, values)
+        started = jax.vmap(lambda s, v, c: loop.with_values(algo, v).begin_online(s, spec, c),
+                           in_axes=(loop.seed_axes(states), 0, loop.context_axes(ctx)))(states, values, ctx)
         return started.replace(step=started.step[0])
 
     return jax.jit(begin_all)(states, ctx, values)

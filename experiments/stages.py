@@ -1,15 +1,24 @@
-"""Training an algorithm's stages (models fit once on the dataset before the agent, shared by every
-seed): compiled chunks, an optional holdout with validation and early stopping, a finish step, and
-a cache on disk keyed by the stage's settings and a fingerprint of the data, so that every later
-run with the same data and settings (any algorithm, any seed count) reuses the result.
+"""Training an algorithm's stages (models fit on the dataset before the agent, shared by every seed
+or one per training seed): compiled chunks, an optional holdout with validation and early stopping,
+a finish step, and a cache on disk keyed by the stage's settings and a fingerprint of the columns
+it reads, so that every later run with the same data and settings (any algorithm, any seed count)
+reuses the result. Cache entries are written into a temporary folder and renamed into place, so
+parallel jobs on one dataset never read half a model; a job that finds the entry written by
+another meanwhile keeps its own (equal) result, and an unreadable entry is retrained.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +35,14 @@ from experiments.progress import Progress
 
 log = logging.getLogger("stages")
 
+# Part of every cache key: bump it when the key's composition or the saved layout changes.
+CACHE_FORMAT = 2
+
 
 @dataclass
 class StageRecord:
-    """What a run reports about one stage."""
+    """What a run reports about one stage. A per-seed stage reports one record per training seed in
+    `seeds` (each with its `seed`); its own fields then sum them up (steps: the most)."""
 
     stage: str
     steps: int
@@ -38,6 +51,9 @@ class StageRecord:
     seconds: float
     stopped_early_at: int | None = None
     finish: dict = field(default_factory=dict)
+    stop_reason: str = ""
+    seed: int | None = None
+    seeds: list = field(default_factory=list)
 
 
 def make_stage_chunk(stage: Stage, length: int):
@@ -94,7 +110,7 @@ def train_stage(stage: Stage, spec: Spec, data, log_every: int, progress=None,
     state = jax.jit(stage.init, static_argnums=1)(init_key, spec, train)
     validate = jax.jit(stage.validate) if stage.validate is not None else None
     validate_every = stage.validate_every if validate is not None else 0
-    chunks, step, stopped_at = {}, 0, None
+    chunks, step, stopped_at, reasons = {}, 0, None, []
     shown = Progress(f"stage {stage.name}", stage.steps, seconds=progress_seconds,
                      bounded=validate is not None, logger=log)
     for stop in chunk_schedule(0, stage.steps, log_every, validate_every):
@@ -117,6 +133,8 @@ def train_stage(stage: Stage, spec: Spec, data, log_every: int, progress=None,
                 progress(step, checks, "validate")
             if bool(finished):
                 stopped_at = step
+                reasons = [name.removeprefix("stop_") for name, value in checks.items()
+                           if name.startswith("stop_") and value > 0]
         shown.update(step, **means, **checks)
         if stopped_at is not None:
             break
@@ -125,20 +143,34 @@ def train_stage(stage: Stage, spec: Spec, data, log_every: int, progress=None,
     if stage.finish is not None:
         state, finish = jax.jit(stage.finish)(state, holdout)
         finish = _to_json(finish)
-    record = StageRecord(stage.name, step, None, False, time.perf_counter() - tic, stopped_at, finish)
+    if stopped_at is None:
+        reason = f"ran its step budget ({stage.steps} updates)"
+    else:
+        reason = f"its validation stopped it at step {step}" + (f" ({', '.join(reasons)})" if reasons else "")
+    seconds = time.perf_counter() - tic
+    record = StageRecord(stage.name, step, None, False, seconds, stopped_at, finish, reason,
+                         int(stage.settings.get("seed", 0)))
+    log.info("stage %s (seed %d): %s, %.0f s", stage.name, record.seed, reason, seconds)
     return stage.result(state), record
 
 
 def cache_dir(root: str | None, algo: Algorithm, stage: Stage, data, dataset_key) -> Path | None:
-    """<root>/<stage>/<dataset>-<hash>: the hash covers the stage's settings, the dataset's identity
-    and a fingerprint of the data it trains on (sizes and sums). Not the algorithm: a stage with
-    the same settings on the same data is the same model whichever algorithm asked for it."""
+    """<root>/<stage>/<dataset>-<hash>: the hash covers the stage's settings and training budget
+    (steps, batch size, holdout, validation interval), its code `version`, the dataset's name and a
+    fingerprint (shapes and sums) of the columns the stage reads (`Stage.columns`). Not the
+    algorithm, nor columns other algorithms add (returns-to-go), nor where the file lies: a stage
+    with the same settings on the same data is the same model whichever algorithm asked for it."""
     if not root:
         return None
     data = jax.device_get(data)
+    columns = stage.columns if stage.columns is not None else data._fields
     fingerprint = {name: [list(np.shape(value)), float(np.asarray(value, np.float64).sum())]
-                   for name, value in zip(data._fields, data, strict=True)}
-    identity = {"stage": stage.name, "settings": stage.settings, "dataset": list(dataset_key),
+                   for name, value in zip(data._fields, data, strict=True) if name in columns}
+    budget = {"steps": stage.steps, "batch_size": stage.batch_size, "holdout": stage.holdout,
+              "max_holdout": stage.max_holdout,
+              "validate_every": stage.validate_every if stage.validate is not None else 0}
+    identity = {"stage": stage.name, "settings": stage.settings, "budget": budget,
+                "version": [CACHE_FORMAT, stage.version], "dataset": list(dataset_key)[:2],
                 "data": fingerprint}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     name = f"{str(dataset_key[1]).replace('/', '-')}-{digest[:16]}"
@@ -189,12 +221,99 @@ def restore_result(path: Path, template, name: str, spec: Spec, source: str):
         return checkpointer.restore(path.absolute(), template)
 
 
-def train_stages(algo: Algorithm, spec: Spec, data, *, cache_root: str | None, dataset_key,
-                 log_every: int, progress=None, paths: dict | None = None):
-    """Every stage of `algo`: restored from `paths[name]` (an explicit result folder) or from the
-    cache when present, else trained and cached. Returns ({name: result}, [StageRecord])."""
+def stage_for_seed(stage: Stage, training_seed: int | None) -> Stage:
+    """The stage as trained for one training seed: a per-seed stage starts from its own seed plus
+    the training seed; a shared one (`training_seed` None) from its own seed."""
+    if training_seed is None:
+        return stage
+    seed = int(stage.settings.get("seed", 0)) + int(training_seed)
+    return dataclasses.replace(stage, settings={**stage.settings, "seed": seed})
+
+
+def rows_known(data, unknown_next):
+    """`data` without the rows flagged in `unknown_next` (None: all of it)."""
+    if unknown_next is None or not np.any(unknown_next):
+        return data
+    keep = jnp.asarray(np.flatnonzero(~np.asarray(unknown_next, bool)))
+    return jax.tree.map(lambda column: column[keep], data)
+
+
+def read_cached(folder: Path, stage: Stage, spec: Spec, data):
+    """(result, saved record) of a cache entry, or None when it is unreadable (then it is moved
+    aside and deleted, with one warning line, and the caller retrains it)."""
+    try:
+        result = restore_result(folder / "result", abstract_result(stage, spec, data), stage.name, spec,
+                                f"the cached {folder}")
+        saved = json.loads((folder / "record.json").read_text())
+        saved = {key: value for key, value in saved.items() if key in StageRecord.__dataclass_fields__}
+        return result, saved
+    except Exception as error:  # orbax, json and OS errors alike: the entry cannot be used
+        log.warning("the cached %s '%s' is unreadable (%s: %s); training it again", stage.name, folder,
+                    type(error).__name__, str(error).splitlines()[0][:160] if str(error) else "")
+        aside = folder.with_name(f".{folder.name}.corrupt-{uuid.uuid4().hex[:8]}")
+        try:
+            folder.rename(aside)
+        except OSError:  # another job moved or replaced it first
+            return None
+        shutil.rmtree(aside, ignore_errors=True)
+        return None
+
+
+def write_cached(folder: Path, result, record: StageRecord) -> bool:
+    """Save a trained result as `folder`, atomically: written into a temporary folder beside it and
+    renamed. False when another job wrote `folder` first (its result is the same model; ours is
+    dropped)."""
     import orbax.checkpoint as ocp
 
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save((partial / "result").absolute(), result)
+            checkpointer.wait_until_finished()
+        (partial / "record.json").write_text(json.dumps({**record.__dict__, "cache": str(folder)}, indent=1))
+        try:
+            os.rename(partial, folder)  # replaces an empty folder, refuses a filled one
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            return False
+        return True
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def obtain(stage: Stage, spec: Spec, data, folder: Path | None, log_every: int, progress):
+    """One stage's (result, record): read from the cache folder when it holds a readable entry,
+    else trained (and cached when `folder` is given)."""
+    if folder is not None and folder.exists():
+        cached = read_cached(folder, stage, spec, data)
+        if cached is not None:
+            result, saved = cached
+            log.info("stage %s: reused from %s", stage.name, folder)
+            return result, StageRecord(**{**saved, "stage": stage.name, "cache": str(folder),
+                                          "reused": True, "seconds": 0.0})
+    result, record = train_stage(stage, spec, data, log_every, progress)
+    if folder is not None:
+        write_cached(folder, result, record)
+        record.cache = str(folder)
+    return result, record
+
+
+def stack_seeds(results: list):
+    """Per-seed results stacked along a new leading (seed) axis."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *results)
+
+
+def train_stages(algo: Algorithm, spec: Spec, data, *, cache_root: str | None, dataset_key,
+                 log_every: int, seeds=(0,), progress=None, paths: dict | None = None,
+                 unknown_next=None):
+    """Every stage of `algo`: restored from `paths[name]` (an explicit result folder) or from the
+    cache when present, else trained and cached. A per-seed stage (`Stage.per_seed`) is obtained
+    once for each distinct training seed in `seeds` (one per training, in order) and its results
+    are stacked along a leading seed axis in that order (`Context.per_seed`). `unknown_next`: a
+    mask of the rows whose next state is not known, left out of stages that fit next states.
+    Returns ({name: result}, [StageRecord])."""
     results, records = {}, []
     names = [stage.name for stage in algo.stages(spec)]
     unknown = sorted(set(paths or {}) - set(names))
@@ -204,32 +323,52 @@ def train_stages(algo: Algorithm, spec: Spec, data, *, cache_root: str | None, d
                           + "; drop the override")
     for stage in algo.stages(spec):
         explicit = (paths or {}).get(stage.name)
-        folder = Path(explicit) if explicit else cache_dir(cache_root, algo, stage, data, dataset_key)
-        if folder is not None and (folder / "result").exists():
-            template = abstract_result(stage, spec, data)
-            results[stage.name] = restore_result(folder / "result", template, stage.name, spec,
-                                                 f"stage_paths.{stage.name}={explicit}" if explicit
-                                                 else f"the cached {folder}")
-            saved = json.loads((folder / "record.json").read_text()) if (
-                folder / "record.json").exists() else {}
-            records.append(StageRecord(**{**saved, "stage": stage.name, "cache": str(folder),
-                                          "reused": True, "seconds": 0.0}))
-            log.info("stage %s: reused from %s", stage.name, folder)
-            continue
+        stage_data = rows_known(data, unknown_next) if stage.fits_next_states else data
         if explicit:
-            raise ConfigError(f"stage_paths.{stage.name}={explicit} holds no trained {stage.name} "
-                              "(no 'result' folder in it): point it at a folder a run cached "
-                              "(<pretrain.cache_dir>/<stage>/...) or drop the override")
+            result, record = restore_explicit(stage, spec, stage_data, Path(explicit))
+            results[stage.name] = stack_seeds([result] * len(seeds)) if stage.per_seed else result
+            records.append(record)
+            continue
         stage_progress = None if progress is None else (
             lambda step, means, kind, name=stage.name: progress(name, step, means, kind))
-        result, record = train_stage(stage, spec, data, log_every, stage_progress)
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            checkpointer = ocp.StandardCheckpointer()
-            checkpointer.save((folder / "result").absolute(), result)  # orbax writes a temporary
-            checkpointer.wait_until_finished()                         # folder, renamed when done
-            (folder / "record.json").write_text(json.dumps(record.__dict__, indent=1))
-            record.cache = str(folder)
-        results[stage.name] = result
-        records.append(record)
+        if not stage.per_seed:
+            folder = cache_dir(cache_root, algo, stage, stage_data, dataset_key)
+            results[stage.name], record = obtain(stage, spec, stage_data, folder, log_every, stage_progress)
+            records.append(record)
+            continue
+        by_seed, seed_records = {}, []
+        for seed in dict.fromkeys(int(seed) for seed in seeds):
+            seeded = stage_for_seed(stage, seed)
+            folder = cache_dir(cache_root, algo, seeded, stage_data, dataset_key)
+            seed_progress = None if progress is None else (  # lines say whose model they are
+                lambda step, means, kind, name=stage.name, seed=seed:
+                progress(name, step, {**means, "stage_seed": seed}, kind))
+            by_seed[seed], record = obtain(seeded, spec, stage_data, folder, log_every, seed_progress)
+            seed_records.append(record.__dict__)
+        results[stage.name] = stack_seeds([by_seed[int(seed)] for seed in seeds])
+        records.append(StageRecord(
+            stage.name, max(r["steps"] for r in seed_records), None,
+            all(r["reused"] for r in seed_records), sum(r["seconds"] for r in seed_records),
+            stop_reason="trained per seed (see seeds)", seeds=seed_records))
     return results, records
+
+
+def restore_explicit(stage: Stage, spec: Spec, data, folder: Path):
+    """`stage_paths.<name>=<folder>`: a result folder the user names, used for every seed (a
+    per-seed stage gets it on every seed's axis); missing or unreadable: a ConfigError."""
+    source = f"stage_paths.{stage.name}={folder}"
+    if not (folder / "result").exists():
+        raise ConfigError(f"{source} holds no trained {stage.name} (no 'result' folder in it): point "
+                          "it at a folder a run cached (<pretrain.cache_dir>/<stage>/...) or drop the "
+                          "override")
+    result = restore_result(folder / "result", abstract_result(stage, spec, data), stage.name, spec, source)
+    saved = json.loads((folder / "record.json").read_text()) if (folder / "record.json").exists() else {}
+    saved = {key: value for key, value in saved.items() if key in StageRecord.__dataclass_fields__}
+    record = StageRecord(**{**saved, "stage": stage.name, "cache": str(folder), "reused": True,
+                            "seconds": 0.0})
+    return result, record
+
+
+def per_seed_names(algo: Algorithm, spec: Spec) -> tuple[str, ...]:
+    """The stages whose results carry a seed axis (`Context.per_seed`)."""
+    return tuple(stage.name for stage in algo.stages(spec) if stage.per_seed)

@@ -71,6 +71,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
                             f"{cfg.steps} offline steps); set steps=0 online.steps=N")
     grid = grids.make_grid(cfg, algo, list(range(cfg.seed, cfg.seed + cfg.seeds)))
     raw, info = load(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path, cfg.dataset.download)
+    if OmegaConf.select(cfg, "dataset.last_rows") is not None:  # e.g. MOPO's authors' 1M-row pool
+        raw = envs.last_rows(raw, int(cfg.dataset.last_rows))
     online_steps = int(cfg.online.steps)
     evaluating = cfg.eval.every > 0 and cfg.eval.episodes > 0
     if not evaluating and algo.members() > 1 and (warning := algo.handover_without_evaluation()):
@@ -96,11 +98,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     stage_results, stage_records = stages.train_stages(
         algo, spec, prepared.data, cache_root=OmegaConf.select(cfg, "pretrain.cache_dir"),
         dataset_key=(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path),
-        log_every=int(cfg.log_every), progress=stage_progress,
-        paths=OmegaConf.to_container(cfg.stage_paths) if "stage_paths" in cfg else None)
-    ctx = loop.make_context(algo, prepared, stage_results)
+        log_every=int(cfg.log_every), seeds=seeds, progress=stage_progress,
+        paths=OmegaConf.to_container(cfg.stage_paths) if "stage_paths" in cfg else None,
+        unknown_next=None if info.next_at_terminals else raw.terminals > 0)
+    per_seed = stages.per_seed_names(algo, spec)
+    ctx = loop.make_context(algo, prepared, stage_results, per_seed=per_seed)
     online_ctx = loop.make_context(algo, prepared, stage_results, "online", int(cfg.steps),
-                                   host=dict(ctx.host))
+                                   host=dict(ctx.host), per_seed=per_seed)
     grids.check_traceable(grid, algo, spec, prepared, {"offline": ctx, **(
         {"online": online_ctx} if online_steps else {})}, capacity if online_steps else 0)
     values = grid.values()
@@ -126,6 +130,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     stopped = {int(seed): tuple(value) for seed, value in record["stopped"].items()}
     states, buffers, values, keys = loop.shard_seeds(trees["states"], trees["buffers"], values,
                                                      trees["keys"])
+    ctx, online_ctx = loop.shard_context(ctx), loop.shard_context(online_ctx)
     policy = policies.make_policy(algo, prepared.preprocessor, values=values)
     member_policy = policies.make_policy(algo, prepared.preprocessor, values=values, members=algo.members())
     columns = grid.columns()  # each training's seed and grid values, for metrics.jsonl

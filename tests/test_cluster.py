@@ -232,6 +232,28 @@ def test_five_seeds_train_on_four_devices_and_the_padding_is_discarded(offline_d
                 np.testing.assert_allclose(line[key], value, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.integration
+def test_per_seed_stage_results_are_padded_with_the_seeds(offline_data, tmp_path):
+    """MOPO trains one dynamics model per seed (a seed axis in the context): with 3 seeds on 4
+    devices the models are padded like the seeds, and each seed keeps its own model's numbers."""
+    overrides = ["algo=mopo", "dataset=local/pendulum-mixed", "seeds=3", "steps=20", "log_every=10",
+                 "eval.every=20", "eval.episodes=1", "algo.hidden_dims=[16,16]", "algo.batch_size=32",
+                 "algo.rollout_freq=10", "algo.rollout_batch=16", "algo.rollout_length=2",
+                 "algo.dynamics.hidden_dims=[8,8]", "algo.dynamics.weight_decays=[0,0,0]",
+                 "algo.dynamics.max_steps=30", "algo.dynamics.batch_size=16",
+                 f"pretrain.cache_dir={tmp_path / 'cache'}"]
+    single = run(compose(overrides), tmp_path / "one_device")
+    process = subprocess.run(
+        [sys.executable, "-c", PADDED, json.dumps(overrides), str(tmp_path / "four")], cwd=REPO,
+        env=cli_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), capture_output=True,
+        text=True, timeout=300)
+    assert process.returncode == 0, process.stderr
+    four = json.loads((tmp_path / "four" / "results.json").read_text())
+    assert [s["seed"] for s in four["seeds"]] == [0, 1, 2]
+    for ours, theirs in zip(four["seeds"], single["seeds"], strict=True):
+        assert ours["final_score"] == pytest.approx(theirs["final_score"], rel=1e-3, abs=1e-2)
+
+
 # ---- job folders named by their overrides; skip_done compares the settings ----------------------
 
 @pytest.mark.integration

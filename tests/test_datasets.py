@@ -588,3 +588,79 @@ def test_rescale_actions():
     assert out.actions.dtype == np.float32
     unchanged = rescale_actions(data, -np.ones(2), np.ones(2))
     assert unchanged is data
+
+
+# ---------------------------------------------------------------------------------------------
+# Next states at terminal rows, AntMaze's goal terminals, the last rows of a dataset
+# ---------------------------------------------------------------------------------------------
+
+
+def test_d4rl_terminal_rows_take_the_files_next_observations(tmp_path, d4rl_steps, write_hdf5):
+    """A hopper file whose episode falls at row 3 (terminal) and restarts at row 4: with the file's
+    next_observations the terminal row's s' is the fallen state, not the next episode's start;
+    every other row keeps s_{i+1}. Without the array, the loader says the terminal rows' next
+    states are unknown."""
+    steps = d4rl_steps()
+    steps["terminals"][3] = True
+    fallen = np.full(11, 7.0, np.float32)
+    next_observations = np.concatenate([steps["observations"][1:], steps["observations"][:1]])
+    next_observations[3] = fallen
+    file = write_hdf5(tmp_path / "with.hdf5", {**steps, "next_observations": next_observations})
+    data, info = envs.load("d4rl", "hopper-medium-v2", path=str(file))
+    np.testing.assert_array_equal(data.next_observations[3], fallen)
+    others = [i for i in range(9) if i != 3]
+    np.testing.assert_array_equal(data.next_observations[others], steps["observations"][1:][others])
+    assert info.next_at_terminals
+
+    file = write_hdf5(tmp_path / "without.hdf5", steps)
+    data, info = envs.load("d4rl", "hopper-medium-v2", path=str(file))
+    np.testing.assert_array_equal(data.next_observations[3], steps["observations"][4])  # D4RL's rule
+    assert not info.next_at_terminals
+
+
+def minari_antmaze(root, rewards_per_episode):
+    """A Minari dataset under AntMaze's id, written as Minari's AntMaze recordings are: dict
+    observations, 8 actions, no terminations (a continuing task), the reward 1 repeating while the
+    ant stays at the goal, each episode truncated at its end."""
+    import gymnasium as gym
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    sizes = {"achieved_goal": 2, "desired_goal": 2, "observation": 27}
+    space = gym.spaces.Dict({key: gym.spaces.Box(-np.inf, np.inf, (size,), np.float64)
+                             for key, size in sizes.items()})
+    rng = np.random.default_rng(0)
+    buffers = []
+    for index, rewards in enumerate(rewards_per_episode):
+        steps = len(rewards)
+        buffers.append(EpisodeBuffer(
+            id=index, observations={key: rng.normal(size=(steps + 1, size)) for key, size in sizes.items()},
+            actions=rng.uniform(-1, 1, (steps, 8)).astype(np.float32), rewards=np.asarray(rewards, float),
+            terminations=np.zeros(steps, bool), truncations=np.arange(steps) == steps - 1))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINARI_DATASETS_PATH", str(root))
+        minari.create_dataset_from_buffers(
+            "D4RL/antmaze/umaze-v1", buffers, observation_space=space,
+            action_space=gym.spaces.Box(-1, 1, (8,), np.float32), algorithm_name="tests", author="tests",
+            author_email="none", code_permalink="tests/test_datasets.py", description="AntMaze-shaped")
+
+
+def test_antmaze_goal_rows_are_terminal_as_in_d4rl(tmp_path):
+    """Minari's AntMaze data has no terminations; loaded, every reward-1 row is terminal (D4RL's
+    convention) and no longer a timeout, the other rows unchanged."""
+    minari_antmaze(tmp_path, [[0, 0, 1, 1], [0, 0, 0]])
+    data, info = envs.load("minari", "D4RL/antmaze/umaze-v1", path=str(tmp_path), download=False)
+    assert info.family == "antmaze"
+    assert data.rewards.tolist() == [0, 0, 1, 1, 0, 0, 0]
+    assert data.terminals.tolist() == [0, 0, 1, 1, 0, 0, 0]
+    assert data.timeouts.tolist() == [0, 0, 0, 0, 0, 0, 1]
+    np.testing.assert_array_equal(envs.returns_to_go(data, 0.5), [0.25, 0.5, 1, 1, 0, 0, 0])
+
+
+def test_last_rows_keeps_the_end_of_the_file():
+    data = from_arrays(*(np.arange(5.0).reshape(5, 1),) * 2, np.arange(5.0), np.arange(5.0).reshape(5, 1),
+                       np.zeros(5), np.zeros(5))
+    assert envs.last_rows(data, 2).rewards.tolist() == [3, 4]
+    assert envs.last_rows(data, 9).size == 5
+    with pytest.raises(DatasetError, match="last_rows must be >= 1"):
+        envs.last_rows(data, 0)

@@ -209,8 +209,12 @@ def test_a_killed_run_resumes_exactly_with_its_rollout_buffers(offline_data, tmp
                 "algo.dynamics.hidden_dims=[8,8]", "algo.dynamics.weight_decays=[0,0,0]",
                 "algo.dynamics.max_steps=50", "algo.dynamics.batch_size=16"]
     straight = run(compose(settings), tmp_path / "straight")
-    dynamics = straight["stages"][0]
-    assert dynamics["stage"] == "dynamics" and len(dynamics["finish"]["elites"]) == 5
+    dynamics = straight["stages"][0]  # one model per seed, each trained from its own seed
+    assert dynamics["stage"] == "dynamics" and [model["seed"] for model in dynamics["seeds"]] == [0, 1]
+    first, second = dynamics["seeds"]
+    assert len(first["finish"]["elites"]) == len(second["finish"]["elites"]) == 5
+    assert first["cache"] != second["cache"]
+    assert first["finish"]["holdout_mse"] != second["finish"]["holdout_mse"]
 
     killed = tmp_path / "killed"
     real_check = loop.check_finite

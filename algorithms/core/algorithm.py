@@ -119,13 +119,17 @@ class Context:
 
     data: the preprocessed dataset on the device; stages: {stage name: frozen result};
     phase: "offline" or "online"; phase_start: the gradient step at which this phase began;
-    host: host-side helpers that are not arrays (PRDC's KD-tree), keyed by name."""
+    host: host-side helpers that are not arrays (PRDC's KD-tree), keyed by name;
+    per_seed: the names of the `stages` trained per seed (`Stage.per_seed`): their results carry a
+        leading seed axis, which the loop maps with the seeds (`experiments.loop.context_axes`), so
+        inside a seed's `init`/`update` `ctx.stages[name]` is that seed's own result."""
 
     data: Any
     stages: dict = flax.struct.field(default_factory=dict)
     phase: str = flax.struct.field(pytree_node=False, default="offline")
     phase_start: int = flax.struct.field(pytree_node=False, default=0)
     host: tuple = flax.struct.field(pytree_node=False, default=())
+    per_seed: tuple = flax.struct.field(pytree_node=False, default=())
 
     def helper(self, name: str):
         return dict(self.host).get(name)
@@ -133,18 +137,28 @@ class Context:
 
 @dataclass(frozen=True)
 class Stage:
-    """A model trained on the dataset before the agent, shared by all seeds and frozen afterwards
-    (SPOT's VAE, a dynamics ensemble, a BC ensemble, value functions). The loop trains it in
-    compiled chunks from `settings["seed"]`, once per dataset fingerprint and `settings` (cached on
-    disk), and gives `result(state)` to every seed as `ctx.stages[name]`.
+    """A model trained on the dataset before the agent and frozen afterwards (SPOT's VAE, a dynamics
+    ensemble, a BC ensemble, value functions). The loop trains it in compiled chunks from
+    `settings["seed"]`, once per fingerprint of the data it reads and `settings` (cached on disk),
+    and gives `result(state)` to the seeds as `ctx.stages[name]`: one result shared by every seed,
+    or with `per_seed` one result per training seed, trained from seed `settings["seed"] + training
+    seed` (the references' protocol, where each run trains its own model, so the spread over seeds
+    includes the model's own variance).
 
     init(key, spec, data) -> state;  update(state, batch, key) -> (state, metrics)
     holdout: fraction of the dataset held out (at most `max_holdout` rows) for `validate`;
     validate(state, holdout) -> (state, stop, metrics), every `validate_every` steps: may keep a
-        best snapshot in the state and asks to stop early (bool);
+        best snapshot in the state and asks to stop early (bool); metrics named `stop_<reason>`
+        that are > 0 when it asks say why (logged and recorded as the stage's `stop_reason`);
     finish(state, holdout) -> (state, record): after the last step (elite selection); `record` (a
         dict of arrays) is written to the run's results;
-    settings: everything besides the data that determines the result; part of the cache key."""
+    settings: everything besides the data that determines the result; part of the cache key
+        (with `steps`, `batch_size`, the holdout and `validate_every`, which the loop adds);
+    columns: the dataset columns (`Transitions` fields) the stage reads; only they are
+        fingerprinted for the cache (None: every column);
+    fits_next_states: a model of s' from (s, a) (a dynamics model): rows whose next state the data
+        does not know (D4RL terminal rows in a file without `next_observations`) are left out;
+    version: bumped when the stage's code changes its result, so older cached results are not reused."""
 
     name: str
     steps: int
@@ -158,6 +172,10 @@ class Stage:
     validate_every: int = 0
     validate: Callable[..., tuple[Any, Any, dict]] | None = None
     finish: Callable[..., tuple[Any, dict]] | None = None
+    per_seed: bool = False
+    columns: tuple[str, ...] | None = None
+    fits_next_states: bool = False
+    version: int = 1
 
 
 class SettingsError(ValueError):

@@ -1,4 +1,5 @@
-"""Probabilistic dynamics ensemble with elites (MBPO/MOPO), trained once per dataset as a `Stage`.
+"""Probabilistic dynamics ensemble with elites (MBPO/MOPO), trained as a `Stage`: one per training
+seed (the references train one per run), or one for every seed with `shared`.
 
 N members (default 7), each a Gaussian over the state change and the reward,
     p_i(s' - s, r | s, a) = N(mu_i(x), diag exp(l_i(x))),  x = standardized (s, a),
@@ -26,6 +27,12 @@ Where we differ from the references (options where it matters):
   worth of updates (ceil(rows / batch) steps, counted from the data `init` receives) and is a no-op
   otherwise, so the 1% rule and the patience count epochs as in the references.
 - Inputs are standardized with the mean and std of the data `init` receives (std < 1e-12 -> 1).
+- Patience: 5 epochs (OfflineRL-Kit's `cnt >= 5`); the MOPO authors stop after 6
+  (`epochs_since_update > 5`): `patience=6`.
+- Spectral normalization: none, as the authors' code (which imports it and never applies it); the
+  paper describes it on every layer but the variance head.
+- Training data: the columns in `DYNAMICS_COLUMNS`, without rows whose next state the data does not
+  know (D4RL terminal rows of a file without `next_observations`; experiments/stages.py).
 """
 
 from __future__ import annotations
@@ -56,8 +63,13 @@ class DynamicsConfig:
 
     weight_decays: one per layer (the hidden layers, then the output layer), as wd * 0.5 ||W||^2.
     holdout / max_holdout: the holdout split, min(holdout * rows, max_holdout) (None: uncapped,
-        as unifloral). patience: epochs without a member improving by `improvement` before stopping.
-    max_steps: an upper bound on the updates (the references have none; early stopping ends them).
+        as unifloral). patience: epochs without a member improving by `improvement` before stopping
+        (5 as OfflineRL-Kit's `cnt >= 5`; the MOPO authors' `epochs_since_update > 5` is 6).
+    max_epochs: stop after this many epochs (None: no cap; the authors' `max_epochs`, which their
+        and Uni-O4's scripts set for some datasets). max_steps: an upper bound on the updates (the
+        references have none; early stopping ends them).
+    shared: one model for every seed of a run, from `seed` (fast sweeps); false (default): one per
+        training seed, from `seed` + the training seed, as the references train one per run.
     """
 
     num_members: int = 7
@@ -74,8 +86,10 @@ class DynamicsConfig:
     patience: int = 5
     improvement: float = 0.01
     validate_every: int = 100
+    max_epochs: int | None = None
     max_steps: int = 1_000_000
     seed: int = 0
+    shared: bool = False
 
     def __post_init__(self):
         self.hidden_dims, self.weight_decays = tuple(self.hidden_dims), tuple(self.weight_decays)
@@ -93,7 +107,8 @@ class DynamicsConfig:
             raise SettingsError(f"dynamics.holdout must lie in (0, 1) (got {self.holdout})")
         counts = {"hidden_dims": min(self.hidden_dims, default=0), "batch_size": self.batch_size,
                   "patience": self.patience, "validate_every": self.validate_every,
-                  "max_steps": self.max_steps}
+                  "max_steps": self.max_steps,
+                  **({} if self.max_epochs is None else {"max_epochs": self.max_epochs})}
         for name, value in counts.items():
             if value < 1:
                 raise SettingsError(f"dynamics.{name} must be >= 1 (got {getattr(self, name)})")
@@ -265,7 +280,8 @@ def train_step(config: DynamicsConfig, state: DynamicsTraining, batch, key=None)
 def validate(config: DynamicsConfig, state: DynamicsTraining, holdout, force: bool = False):
     """At the end of an epoch (or when `force`d): snapshot the members whose holdout MSE improved
     by more than `improvement` (relative), count epochs without any improvement, ask to stop after
-    `patience` of them. Returns (state, stop, metrics)."""
+    `patience` of them or after `max_epochs` epochs. Returns (state, stop, metrics); the metrics'
+    `stop_patience` / `stop_max_epochs` say which rule asked."""
     losses = holdout_mse(state.model.params, state.model.apply_fn, state.scaler, holdout)
     due = jnp.logical_or(force, state.model.step >= state.next_validation)
     improved = due & ((state.best_holdout - losses) / state.best_holdout > config.improvement)
@@ -281,7 +297,13 @@ def validate(config: DynamicsConfig, state: DynamicsTraining, holdout, force: bo
         next_validation=state.next_validation + jnp.where(due, state.epoch_steps, 0),
         epochs_since_improvement=since)
     elite_loss = jnp.sort(losses)[: config.num_elites].mean()
-    return state, since >= config.patience, {"holdout_mse": losses.mean(), "elite_holdout_mse": elite_loss}
+    epochs = state.next_validation // state.epoch_steps - 1
+    out_of_patience = since >= config.patience
+    out_of_epochs = (jnp.asarray(False) if config.max_epochs is None
+                     else epochs >= config.max_epochs)
+    metrics = {"holdout_mse": losses.mean(), "elite_holdout_mse": elite_loss, "epochs": epochs,
+               "stop_patience": out_of_patience, "stop_max_epochs": out_of_epochs}
+    return state, out_of_patience | out_of_epochs, metrics
 
 
 @flax.struct.dataclass
@@ -314,8 +336,16 @@ def frozen_model(config: DynamicsConfig, spec: Spec, state: DynamicsTraining) ->
                          state.scaler, ensemble_network(config, spec))
 
 
+# Bumped when a change here changes the trained model, so that cached models are not reused.
+DYNAMICS_VERSION = 2
+# What the stage reads of the dataset: only these are fingerprinted for its cache.
+DYNAMICS_COLUMNS = ("observations", "actions", "rewards", "next_observations")
+
+
 def dynamics_stage(config: DynamicsConfig, spec: Spec, name: str = "dynamics") -> Stage:
-    """The ensemble as a `Stage`: its result (`ctx.stages[name]`) is a `DynamicsModel`."""
+    """The ensemble as a `Stage`: its result (`ctx.stages[name]`) is a `DynamicsModel`, one per
+    training seed unless `config.shared`. It fits next states, so rows whose next state the data
+    does not know are left out of its training set (experiments/stages.py)."""
     settings = {"num_members": config.num_members, "num_elites": config.num_elites,
                 "hidden_dims": list(config.hidden_dims), "activation": config.activation,
                 "weight_decays": list(config.weight_decays), "logvar_bound_coef": config.logvar_bound_coef,
@@ -323,6 +353,7 @@ def dynamics_stage(config: DynamicsConfig, spec: Spec, name: str = "dynamics") -
                 "per_member_batches": config.per_member_batches, "holdout": config.holdout,
                 "max_holdout": config.max_holdout, "patience": config.patience,
                 "improvement": config.improvement, "max_steps": config.max_steps, "seed": config.seed,
+                **({} if config.max_epochs is None else {"max_epochs": config.max_epochs}),
                 "observation_dim": spec.observation_dim, "action_dim": spec.action_dim}
     rows = config.num_members * config.batch_size if config.per_member_batches else config.batch_size
     return Stage(
@@ -335,6 +366,8 @@ def dynamics_stage(config: DynamicsConfig, spec: Spec, name: str = "dynamics") -
         validate_every=config.validate_every,
         validate=lambda state, holdout: validate(config, state, holdout),
         finish=lambda state, holdout: finish(config, state, holdout),
+        per_seed=not config.shared, columns=DYNAMICS_COLUMNS, fits_next_states=True,
+        version=DYNAMICS_VERSION,
     )
 
 
