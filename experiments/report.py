@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from experiments.config import NOT_RESULTS
 from experiments.sweep import FAILURE_FILE, RESULTS_FILE
 
 PAPER_SCORES = Path(__file__).with_name("paper_scores.yaml")
@@ -55,9 +56,10 @@ O2O_FIELDS = {"offline": ("offline_score", "offline_final_score"),
 
 # Config fields that say where a run writes, how it is checkpointed, logged or watched, and which seeds
 # it trains: not settings of the experiment, so runs that differ only there are pooled in one row.
-NOT_SETTINGS = ("seed", "seeds", "log_every", "online.log_every", "eval.workers", "eval.mean_of_last",
-                "watchdog_seconds", "resume", "skip_done", "checkpoint", "pretrain.cache_dir", "logger",
-                "dataset.path", "dataset.download", "grid")
+# Fields that are not settings of a row: what does not change a run's numbers (config.NOT_RESULTS),
+# the seeds a row pools, and where the data and logs went.
+NOT_SETTINGS = (*NOT_RESULTS, "seed", "seeds", "log_every", "online.log_every", "eval.mean_of_last",
+                "checkpoint", "dataset.path", "grid")
 MISSING = "–"  # a setting a run's config does not have (written by another version of this project)
 
 
