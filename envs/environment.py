@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from envs.dataset import DatasetError
-from envs.registry import DatasetInfo
+from envs.registry import D4RL_ANTMAZE_ENTRY_POINT, D4RL_ANTMAZE_ENV, DatasetInfo
 
 # `eval.workers=auto` gives each worker process at least this many environments, so that a step's
 # pipe round trip to a worker is spread over at least this many MuJoCo steps, and one or two
@@ -74,7 +74,8 @@ def evaluation_env_kwargs(info: DatasetInfo) -> dict:
 
 
 def _register_robotics(info: DatasetInfo) -> None:
-    """Environments gymnasium does not know come from gymnasium-robotics (AntMaze, Adroit, Kitchen)."""
+    """Environments gymnasium does not know come from gymnasium-robotics (AntMaze, Adroit, Kitchen),
+    or are built on it here (D4RL's AntMaze: envs/d4rl_antmaze.py)."""
     import gymnasium as gym
 
     if info.env_id in gym.registry:
@@ -83,10 +84,12 @@ def _register_robotics(info: DatasetInfo) -> None:
         import gymnasium_robotics
     except ImportError:
         raise DatasetError(
-            f"{info.key} is evaluated in gymnasium-robotics' {info.env_id}; install it with "
-            "`pip install -e \".[robotics]\"` (or train with eval.episodes=0)."
+            f"{info.key} is evaluated in an environment built on gymnasium-robotics ({info.env_id}); "
+            "install it with `pip install -e \".[robotics]\"` (or train with eval.episodes=0)."
         ) from None
     gym.register_envs(gymnasium_robotics)
+    if D4RL_ANTMAZE_ENV not in gym.registry:
+        gym.register(D4RL_ANTMAZE_ENV, entry_point=D4RL_ANTMAZE_ENTRY_POINT)
 
 
 def action_bounds(info: DatasetInfo) -> tuple[np.ndarray, np.ndarray] | None:
