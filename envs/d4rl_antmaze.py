@@ -17,6 +17,8 @@ noise, 0.1 uniform on qpos and 0.1 Gaussian on qvel), with D4RL's choices on top
   with the row index; gymnasium-robotics centres the maze and lets y shrink with the row. The layout
   is built upside down (rows reversed) so that the two frames differ by a translation only (no
   mirror: the ant's dynamics are unchanged), and the observation's x, y are shifted into D4RL's frame.
+- **D4RL's actions**: in [-1, 1], mapped linearly onto the motors' +-30 and clipped there (D4RL's
+  `NormalizedBoxEnv`, which its files' actions are recorded under).
 - **D4RL's 29-value observation**: qpos[:15] then qvel[:14] (the torso's x, y first), no goal
   (D4RL's `eval=True`).
 - **D4RL's evaluation**: the ant starts at the reset cell's centre (plus the ant's reset noise), the
@@ -110,7 +112,8 @@ class D4RLAntMaze(gym.Env):
         self.ant.init_qpos[:2] = self.origin
         self.goal = self.goal_cell.copy()
         self.render_mode = render_mode
-        self.action_space = self.ant.action_space
+        self.control_low, self.control_high = self.ant.action_space.low, self.ant.action_space.high
+        self.action_space = gym.spaces.Box(-1.0, 1.0, self.ant.action_space.shape, np.float32)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (ANT_QPOS + ANT_QVEL,), np.float64)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -123,7 +126,9 @@ class D4RLAntMaze(gym.Env):
         return self.observation(ant_obs), {"success": self.reached(ant_obs)}
 
     def step(self, action):
-        ant_obs, _, _, _, _ = self.ant.step(action)  # the ant's own reward and health are not D4RL's
+        low, high = self.control_low, self.control_high  # D4RL's NormalizedBoxEnv
+        control = np.clip(low + (np.asarray(action, np.float64) + 1.0) * 0.5 * (high - low), low, high)
+        ant_obs, _, _, _, _ = self.ant.step(control)  # the ant's own reward and health are not D4RL's
         success = self.reached(ant_obs)
         return self.observation(ant_obs), float(success), success, False, {"success": success}
 
@@ -153,16 +158,31 @@ class D4RLAntMaze(gym.Env):
 
 def replay_errors(env, observations, actions, next_observations) -> np.ndarray:
     """For each row: set `env` (a D4RLAntMaze, possibly wrapped) to the row's observation, take one
-    step with the row's action (in [-1, 1], as D4RL's files store them: D4RL's NormalizedBoxEnv maps
-    it to the +-30 control range, clipped), and return the largest absolute difference from the
-    row's next observation, shape (rows,). Rows must not end an episode (their next observation then
-    starts another one)."""
+    step with the row's action (in [-1, 1], as D4RL's files store them), and return the largest
+    absolute difference from the row's next observation, shape (rows,). Rows must not end an
+    episode (their next observation then starts another one)."""
     maze = env.unwrapped
-    low, high = maze.action_space.low, maze.action_space.high
     errors = []
     for observation, action, target in zip(observations, actions, next_observations, strict=True):
         maze.set_state_from_observation(observation)
-        control = np.clip(low + (np.asarray(action, np.float64) + 1.0) * 0.5 * (high - low), low, high)
-        next_observation, *_ = maze.step(control)
+        next_observation, *_ = maze.step(action)
         errors.append(float(np.max(np.abs(next_observation - np.asarray(target, np.float64)))))
     return np.array(errors)
+
+
+def dataset_replay_errors(data, maze_map, rows: int = 200, seed: int = 0) -> np.ndarray:
+    """`replay_errors` on `rows` random transitions of a loaded D4RL AntMaze `envs.Dataset` that do
+    not end an episode: how well this environment reproduces the file's own dynamics. On a real file:
+
+        data, info = envs.load("d4rl", "antmaze-umaze-v2")
+        errors = dataset_replay_errors(data, info.env_kwargs["maze_map"])
+    """
+    candidates = np.flatnonzero(~data.episode_ends)
+    chosen = np.random.default_rng(seed).choice(candidates, min(rows, candidates.size), replace=False)
+    env = D4RLAntMaze(maze_map)
+    env.reset(seed=seed)
+    try:
+        return replay_errors(env, data.observations[chosen], data.actions[chosen],
+                             data.next_observations[chosen])
+    finally:
+        env.close()

@@ -86,8 +86,8 @@ def cases(files: dict[str, Path], folder: Path) -> dict[str, SimpleNamespace]:
         "seeds_not_a_number": case(["seeds=abc", *QUICK], ["seeds", "abc"]),
         # online fine-tuning: refused before any offline training
         "online_without_environment": case(
-            ["dataset=d4rl/antmaze-umaze-v2", f"dataset.path={files['good']}", *QUICK,
-             "online.steps=10"], ["AntMaze environment needs mujoco-py", "minari/D4RL/antmaze"]),
+            ["dataset=d4rl/kitchen-mixed-v0", f"dataset.path={files['good']}", *QUICK,
+             "online.steps=10"], ["Kitchen environment needs mujoco-py", "minari/D4RL/kitchen"]),
         "online_environment_mismatch": case(
             [*HOPPER, f"dataset.path={files['five_dim']}", *QUICK, "online.steps=10"],
             ["5 values", "Hopper-v4", "11"]),
