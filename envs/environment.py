@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from envs import robotics_compat
 from envs.dataset import DatasetError
 from envs.registry import D4RL_ANTMAZE_ENTRY_POINT, D4RL_ANTMAZE_ENV, DatasetInfo
 
@@ -76,20 +77,23 @@ def evaluation_env_kwargs(info: DatasetInfo) -> dict:
 def _register_robotics(info: DatasetInfo) -> None:
     """Environments gymnasium does not know come from gymnasium-robotics (AntMaze, Adroit, Kitchen),
     or are built on it here (D4RL's AntMaze: envs/d4rl_antmaze.py)."""
+    import sys
+
     import gymnasium as gym
 
-    if info.env_id in gym.registry:
-        return
-    try:
-        import gymnasium_robotics
-    except ImportError:
-        raise DatasetError(
-            f"{info.key} is evaluated in an environment built on gymnasium-robotics ({info.env_id}); "
-            "install it with `pip install -e \".[robotics]\"` (or train with eval.episodes=0)."
-        ) from None
-    gym.register_envs(gymnasium_robotics)
-    if D4RL_ANTMAZE_ENV not in gym.registry:
-        gym.register(D4RL_ANTMAZE_ENV, entry_point=D4RL_ANTMAZE_ENTRY_POINT)
+    if info.env_id not in gym.registry:
+        try:
+            import gymnasium_robotics
+        except ImportError:
+            raise DatasetError(
+                f"{info.key} is evaluated in an environment built on gymnasium-robotics ({info.env_id}); "
+                "install it with `pip install -e \".[robotics]\"` (or train with eval.episodes=0)."
+            ) from None
+        gym.register_envs(gymnasium_robotics)
+        if D4RL_ANTMAZE_ENV not in gym.registry:
+            gym.register(D4RL_ANTMAZE_ENV, entry_point=D4RL_ANTMAZE_ENTRY_POINT)
+    if "gymnasium_robotics" in sys.modules:  # whoever registered its environments
+        robotics_compat.install()  # FrankaKitchen-v1 on mujoco 4 (see envs/robotics_compat.py)
 
 
 def action_bounds(info: DatasetInfo) -> tuple[np.ndarray, np.ndarray] | None:

@@ -22,7 +22,8 @@ recorded in, so each family is evaluated on its own recording environment:
   docstring lists what matches and what cannot). The return is D4RL's 0/1 success.
 - **D4RL Kitchen files**: their environment needs mujoco-py and their 60-value observation (robot
   and object positions, then a goal vector) matches no maintained environment (FrankaKitchen-v1
-  gives 59 values with velocities). The files load; evaluation says so.
+  gives 59 values with velocities, on gymnasium-robotics' own Franka and kitchen models, never
+  checked against D4RL's files). The files load; evaluation says so.
 - **Minari** (`minari/...`): the environment the dataset itself records for evaluation
   (`eval_env_spec`, else the recording env; `envs.minari_source.complete_info`), with the family's
   evaluation protocol on top (`eval_overrides`): AntMaze with the dataset's evaluation maze (one
@@ -175,9 +176,14 @@ MINARI_ANTMAZES = {  # dataset -> recording environment (play: the non-diverse m
 # D4RL's AntMaze evaluation (eval=True) ends the episode at the goal: the return is 1 or 0. Here the
 # same with gymnasium-robotics: not a continuing task, sparse reward (1 within 0.45 of the goal).
 ANTMAZE_EVALUATION = {"continuing_task": False, "reset_target": False, "reward_type": "sparse"}
-MUJOCO_PY_ONLY = ("D4RL's {what} environment needs mujoco-py, which no longer installs, and no "
-                  "maintained environment gives its observations ({observations}). Train with "
-                  "eval.episodes=0, or use Minari's re-recording of the same task ({minari}).")
+KITCHEN_MUJOCO_PY_ONLY = (
+    "D4RL's Kitchen environment needs mujoco-py, which no longer installs, and no maintained "
+    "environment is known to reproduce it: its 60-value observation (robot and object positions, then "
+    "a 30-value goal) and its robot and kitchen models (D4RL's adept_envs files) are not "
+    "FrankaKitchen-v1's (59 values with velocities, gymnasium-robotics' own Franka and kitchen "
+    "models), and no replay check against D4RL's files has matched the two. Train with "
+    "eval.episodes=0, or use Minari's re-recording of the same task ({minari}), which evaluates in "
+    "FrankaKitchen-v1.")
 
 REGISTRY: dict[str, DatasetInfo] = {}
 
@@ -215,9 +221,7 @@ def _register_d4rl() -> None:
         register(DatasetInfo(
             f"kitchen-{split}-v0", "d4rl", None, "kitchen", *D4RL_REFERENCE["kitchen"],
             url=f"{D4RL_URL}/kitchen/{filename}", max_episode_steps=KITCHEN_EPISODE_STEPS,
-            no_env_reason=MUJOCO_PY_ONLY.format(
-                what="Kitchen", observations="60 values with a goal vector; FrankaKitchen-v1 gives 59",
-                minari=f"dataset=minari/D4RL/kitchen/{split}-v2"),
+            no_env_reason=KITCHEN_MUJOCO_PY_ONLY.format(minari=f"dataset=minari/D4RL/kitchen/{split}-v2"),
         ))
 
 

@@ -170,3 +170,22 @@ def test_a_d4rl_antmaze_file_trains_and_evaluates_with_a_success_rate(antmaze_fi
     returns = seed["episode_returns"][10]
     assert len(returns) == 2 and set(returns) <= {0.0, 1.0}  # D4RL's 0/1 success per episode
     assert seed["final_score"] == pytest.approx(100.0 * np.mean(returns))  # success rate x 100
+
+
+def test_franka_kitchen_builds_on_the_installed_mujoco():
+    """FrankaKitchen-v1 of gymnasium-robotics 1.4.2 asserted on its hinge joints' type with mujoco 4
+    (envs/robotics_compat.py); Minari's Kitchen datasets now evaluate, D4RL's protocol on top."""
+    from gymnasium_robotics.utils import mujoco_utils
+
+    env = envs.make_env(envs.lookup("minari", "D4RL/kitchen/mixed-v2"))
+    observation, _ = env.reset(seed=0)
+    assert observation.shape == (59,) and env.spec.max_episode_steps == 280
+    _, reward, *_ = env.step(np.zeros(9))
+    assert reward == 0.0  # no target task done by standing still
+    model, data = env.unwrapped.model, env.unwrapped.data
+    kettle = model.jnt_qposadr[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, "kettle")]
+    np.testing.assert_array_equal(mujoco_utils.get_joint_qpos(model, data, "kettle"),
+                                  data.qpos[kettle:kettle + 7])  # a free joint: 7 values
+    np.testing.assert_array_equal(mujoco_utils.get_joint_qpos(model, data, "robot:panda0_joint2"),
+                                  data.qpos[[1]])
+    env.close()
