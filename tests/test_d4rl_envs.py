@@ -159,17 +159,21 @@ def test_a_d4rl_layout_file_loads_and_passes_the_replay_check(antmaze_file):
 
 
 def test_a_d4rl_antmaze_file_trains_and_evaluates_with_a_success_rate(antmaze_file, tmp_path):
+    """Offline, then online fine-tuning whose checkpoints snapshot the running episodes."""
     from experiments.config import compose
     from experiments.train import run
 
     file, _ = antmaze_file
     results = run(compose(["algo=iql", "dataset=d4rl/antmaze-umaze-v2", f"dataset.path={file}",
                            "algo.hidden_dims=[16,16]", "algo.batch_size=16", "steps=10",
-                           "log_every=10", "eval.every=10", "eval.episodes=2"]), tmp_path / "run")
+                           "log_every=10", "eval.every=10", "eval.episodes=2", "online.steps=20",
+                           "online.eval_every=10", "online.log_every=10"]), tmp_path / "run")
     (seed,) = results["seeds"]
     returns = seed["episode_returns"][10]
     assert len(returns) == 2 and set(returns) <= {0.0, 1.0}  # D4RL's 0/1 success per episode
-    assert seed["final_score"] == pytest.approx(100.0 * np.mean(returns))  # success rate x 100
+    assert seed["offline_score"] == pytest.approx(100.0 * np.mean(returns))  # success rate x 100
+    online = seed["online_episode_returns"]
+    assert sorted(online) == [10, 20] and all(set(r) <= {0.0, 1.0} for r in online.values())
 
 
 def test_franka_kitchen_builds_on_the_installed_mujoco():
