@@ -10,7 +10,7 @@ import numpy as np
 
 from envs import robotics_compat
 from envs.dataset import DatasetError
-from envs.registry import D4RL_ANTMAZE_ENTRY_POINT, D4RL_ANTMAZE_ENV, DatasetInfo
+from envs.registry import D4RL_ENVS, DatasetInfo
 
 # `eval.workers=auto` gives each worker process at least this many environments, so that a step's
 # pipe round trip to a worker is spread over at least this many MuJoCo steps, and one or two
@@ -76,7 +76,7 @@ def evaluation_env_kwargs(info: DatasetInfo) -> dict:
 
 def _register_robotics(info: DatasetInfo) -> None:
     """Environments gymnasium does not know come from gymnasium-robotics (AntMaze, Adroit, Kitchen),
-    or are built on it here (D4RL's AntMaze: envs/d4rl_antmaze.py)."""
+    or are built on it here (D4RL's AntMaze and Kitchen: envs/d4rl_antmaze.py, envs/d4rl_kitchen.py)."""
     import sys
 
     import gymnasium as gym
@@ -90,8 +90,9 @@ def _register_robotics(info: DatasetInfo) -> None:
                 "install it with `pip install -e \".[robotics]\"` (or train with eval.episodes=0)."
             ) from None
         gym.register_envs(gymnasium_robotics)
-        if D4RL_ANTMAZE_ENV not in gym.registry:
-            gym.register(D4RL_ANTMAZE_ENV, entry_point=D4RL_ANTMAZE_ENTRY_POINT)
+        for env_id, entry_point in D4RL_ENVS.items():
+            if env_id not in gym.registry:
+                gym.register(env_id, entry_point=entry_point)
     if "gymnasium_robotics" in sys.modules:  # whoever registered its environments
         robotics_compat.install()  # FrankaKitchen-v1 on mujoco 4 (see envs/robotics_compat.py)
 

@@ -20,10 +20,10 @@ recorded in, so each family is evaluated on its own recording environment:
   rebuilt on gymnasium-robotics' maze and gymnasium's Ant-v4 with D4RL's ant model, evaluation
   mazes, start, goal noise, 0.5 success radius and 29-value observation (`envs.d4rl_antmaze`, whose
   docstring lists what matches and what cannot). The return is D4RL's 0/1 success.
-- **D4RL Kitchen files**: their environment needs mujoco-py and their 60-value observation (robot
-  and object positions, then a goal vector) matches no maintained environment (FrankaKitchen-v1
-  gives 59 values with velocities, on gymnasium-robotics' own Franka and kitchen models, never
-  checked against D4RL's files). The files load; evaluation says so.
+- **D4RL Kitchen** (`d4rl/kitchen-*-v0`): D4RL's own environment needs mujoco-py; FrankaKitchen-v1
+  is its port (same models, controller and initial pose), seen here as D4RL saw it: the 60-value
+  observation (positions and the goal vector), D4RL's observation noise and its four target tasks
+  (`envs.d4rl_kitchen`). The return is D4RL's 0..4 score.
 - **Minari** (`minari/...`): the environment the dataset itself records for evaluation
   (`eval_env_spec`, else the recording env; `envs.minari_source.complete_info`), with the family's
   evaluation protocol on top (`eval_overrides`): AntMaze with the dataset's evaluation maze (one
@@ -165,9 +165,10 @@ D4RL_ANTMAZE_MAPS = {
               [1, 0, 0, 1, 0, 0, 0, 1, 0, G, 0, 1],
               [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]],
 }
-# The gymnasium id of envs.d4rl_antmaze.D4RLAntMaze (registered by envs.environment on first use).
-D4RL_ANTMAZE_ENV = "D4RLAntMaze-v2"
-D4RL_ANTMAZE_ENTRY_POINT = "envs.d4rl_antmaze:D4RLAntMaze"
+# The gymnasium ids of D4RL's environments rebuilt here (registered by envs.environment on first use).
+D4RL_ENVS = {"D4RLAntMaze-v2": "envs.d4rl_antmaze:D4RLAntMaze",
+             "D4RLKitchen-v0": "envs.d4rl_kitchen:D4RLKitchen"}
+D4RL_ANTMAZE_ENV, D4RL_KITCHEN_ENV = D4RL_ENVS
 MINARI_ANTMAZES = {  # dataset -> recording environment (play: the non-diverse mazes)
     "umaze": "AntMaze_UMaze-v4", "umaze-diverse": "AntMaze_UMaze-v4",
     "medium-play": "AntMaze_Medium-v4", "medium-diverse": "AntMaze_Medium_Diverse_GR-v4",
@@ -176,14 +177,6 @@ MINARI_ANTMAZES = {  # dataset -> recording environment (play: the non-diverse m
 # D4RL's AntMaze evaluation (eval=True) ends the episode at the goal: the return is 1 or 0. Here the
 # same with gymnasium-robotics: not a continuing task, sparse reward (1 within 0.45 of the goal).
 ANTMAZE_EVALUATION = {"continuing_task": False, "reset_target": False, "reward_type": "sparse"}
-KITCHEN_MUJOCO_PY_ONLY = (
-    "D4RL's Kitchen environment needs mujoco-py, which no longer installs, and no maintained "
-    "environment is known to reproduce it: its 60-value observation (robot and object positions, then "
-    "a 30-value goal) and its robot and kitchen models (D4RL's adept_envs files) are not "
-    "FrankaKitchen-v1's (59 values with velocities, gymnasium-robotics' own Franka and kitchen "
-    "models), and no replay check against D4RL's files has matched the two. Train with "
-    "eval.episodes=0, or use Minari's re-recording of the same task ({minari}), which evaluates in "
-    "FrankaKitchen-v1.")
 
 REGISTRY: dict[str, DatasetInfo] = {}
 
@@ -219,9 +212,9 @@ def _register_d4rl() -> None:
                                  url=f"{D4RL_URL}/hand_dapg_v1/{name}.hdf5", max_episode_steps=steps))
     for split, filename in KITCHEN_FILES.items():
         register(DatasetInfo(
-            f"kitchen-{split}-v0", "d4rl", None, "kitchen", *D4RL_REFERENCE["kitchen"],
+            f"kitchen-{split}-v0", "d4rl", D4RL_KITCHEN_ENV, "kitchen", *D4RL_REFERENCE["kitchen"],
             url=f"{D4RL_URL}/kitchen/{filename}", max_episode_steps=KITCHEN_EPISODE_STEPS,
-            no_env_reason=KITCHEN_MUJOCO_PY_ONLY.format(minari=f"dataset=minari/D4RL/kitchen/{split}-v2"),
+            env_kwargs={"tasks_to_complete": KITCHEN_TASKS[split]},
         ))
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import envs
 from envs.d4rl_antmaze import D4RLAntMaze, dataset_replay_errors, replay_errors
-from envs.registry import D4RL_ANTMAZE_MAPS
+from envs.registry import D4RL_ANTMAZE_MAPS, KITCHEN_TASKS
 from envs.snapshot import restore, snapshot
 
 # One step replayed from a state the file records lands this close to the file's next row. The same
@@ -193,3 +193,83 @@ def test_franka_kitchen_builds_on_the_installed_mujoco():
     np.testing.assert_array_equal(mujoco_utils.get_joint_qpos(model, data, "robot:panda0_joint2"),
                                   data.qpos[[1]])
     env.close()
+
+
+# D4RL's kitchen (envs/d4rl_kitchen.py): goal values at their positions in the 30-value state
+MIXED_GOAL = {11: -0.88, 12: -0.01, 17: -0.69, 18: -0.05, 22: -0.75, 23: -0.23, 24: 0.75, 25: 1.62,
+              26: 0.99, 29: -0.06}  # bottom burner, light switch, microwave, kettle
+
+
+def test_d4rl_kitchen_observation_is_positions_then_the_goal():
+    from envs.d4rl_kitchen import D4RLKitchen
+
+    env = D4RLKitchen(KITCHEN_TASKS["mixed"])
+    observation, _ = env.reset(seed=0)
+    goal = np.zeros(30)
+    goal[list(MIXED_GOAL)] = list(MIXED_GOAL.values())
+    np.testing.assert_array_equal(observation[30:], goal)  # D4RL's _get_task_goal for the file's tasks
+    state = env.kitchen.data.qpos
+    # positions with D4RL's noise: 0.1 x amplitude 0.1 on the robot, at most 0.1 x 0.1 on the objects
+    assert np.all(np.abs(observation[:30] - state) <= 0.01 + 1e-12)
+    assert np.any(observation[:9] != state[:9])
+    env.close()
+
+
+def test_d4rl_kitchen_scores_each_target_task_once_and_ends_when_all_are_done():
+    from envs.d4rl_kitchen import D4RLKitchen
+
+    env = D4RLKitchen(KITCHEN_TASKS["mixed"])
+    observation, _ = env.reset(seed=0)
+    done_microwave = observation.copy()
+    done_microwave[22] = -0.75
+    env.set_state_from_observation(done_microwave)
+    _, reward, terminated, *_ = env.step(np.zeros(9))
+    assert (reward, terminated) == (1.0, False)
+    _, reward, *_ = env.step(np.zeros(9))
+    assert reward == 0.0  # counted once
+    all_done = done_microwave.copy()
+    all_done[list(MIXED_GOAL)] = list(MIXED_GOAL.values())
+    env.set_state_from_observation(all_done)
+    _, reward, terminated, *_ = env.step(np.zeros(9))
+    assert (reward, terminated) == (3.0, True)  # the other three, and the episode ends: return 4
+    env.close()
+
+
+def test_d4rl_kitchen_replay_from_positions_is_close_and_sees_a_wrong_controller():
+    """D4RL's kitchen files hold positions only (no velocities) with observation noise, so one step
+    replayed from a row is not exact: within 0.05 of the next row's positions on this environment's
+    own trajectory (measured: about 0.03 at most over 50 random steps), where a controller with half
+    D4RL's velocity scale misses by more."""
+    from envs.d4rl_kitchen import D4RLKitchen
+    from envs.d4rl_kitchen import replay_errors as kitchen_replay_errors
+
+    env = D4RLKitchen(KITCHEN_TASKS["mixed"])
+    observation, _ = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(50):
+        action = rng.uniform(-1, 1, 9)
+        next_observation, *_ = env.step(action)
+        rows.append((observation, action, next_observation))
+        observation = next_observation
+    observations, actions, next_observations = (np.array(column) for column in zip(*rows, strict=True))
+    replay = D4RLKitchen(KITCHEN_TASKS["mixed"])
+    replay.reset(seed=1)
+    assert kitchen_replay_errors(replay, observations, actions, next_observations).max() <= 0.05
+    replay.kitchen.robot_env.act_rng = np.ones(9)  # half D4RL's 2 rad/s per unit of action
+    assert kitchen_replay_errors(replay, observations, actions, next_observations).max() > 0.05
+    env.close()
+
+
+def test_a_d4rl_kitchen_file_trains_and_evaluates_with_a_task_score(tmp_path, d4rl_steps, write_hdf5):
+    from experiments.config import compose
+    from experiments.train import run
+
+    file = write_hdf5(tmp_path / "kitchen.hdf5", d4rl_steps(n=60, obs_dim=60, act_dim=9))
+    results = run(compose(["algo=iql", "dataset=d4rl/kitchen-partial-v0", f"dataset.path={file}",
+                           "algo.hidden_dims=[16,16]", "algo.batch_size=16", "steps=10",
+                           "log_every=10", "eval.every=10", "eval.episodes=2"]), tmp_path / "run")
+    (seed,) = results["seeds"]
+    returns = seed["episode_returns"][10]
+    assert len(returns) == 2 and set(returns) <= {0.0, 1.0, 2.0, 3.0, 4.0}  # tasks done, 0..4
+    assert seed["final_score"] == pytest.approx(100.0 * np.mean(returns) / 4.0)
