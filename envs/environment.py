@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from envs import robotics_compat
 from envs.dataset import DatasetError
-from envs.registry import DatasetInfo
+from envs.registry import D4RL_ENVS, DatasetInfo
 
 # `eval.workers=auto` gives each worker process at least this many environments, so that a step's
 # pipe round trip to a worker is spread over at least this many MuJoCo steps, and one or two
@@ -74,19 +75,26 @@ def evaluation_env_kwargs(info: DatasetInfo) -> dict:
 
 
 def _register_robotics(info: DatasetInfo) -> None:
-    """Environments gymnasium does not know come from gymnasium-robotics (AntMaze, Adroit, Kitchen)."""
+    """Environments gymnasium does not know come from gymnasium-robotics (AntMaze, Adroit, Kitchen),
+    or are built on it here (D4RL's AntMaze and Kitchen: envs/d4rl_antmaze.py, envs/d4rl_kitchen.py)."""
+    import sys
+
     import gymnasium as gym
 
-    if info.env_id in gym.registry:
-        return
-    try:
-        import gymnasium_robotics
-    except ImportError:
-        raise DatasetError(
-            f"{info.key} is evaluated in gymnasium-robotics' {info.env_id}; install it with "
-            "`pip install -e \".[robotics]\"` (or train with eval.episodes=0)."
-        ) from None
-    gym.register_envs(gymnasium_robotics)
+    if info.env_id not in gym.registry:
+        try:
+            import gymnasium_robotics
+        except ImportError:
+            raise DatasetError(
+                f"{info.key} is evaluated in an environment built on gymnasium-robotics ({info.env_id}); "
+                "install it with `pip install -e \".[robotics]\"` (or train with eval.episodes=0)."
+            ) from None
+        gym.register_envs(gymnasium_robotics)
+        for env_id, entry_point in D4RL_ENVS.items():
+            if env_id not in gym.registry:
+                gym.register(env_id, entry_point=entry_point)
+    if "gymnasium_robotics" in sys.modules:  # whoever registered its environments
+        robotics_compat.install()  # FrankaKitchen-v1 on mujoco 4 (see envs/robotics_compat.py)
 
 
 def action_bounds(info: DatasetInfo) -> tuple[np.ndarray, np.ndarray] | None:

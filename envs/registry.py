@@ -16,9 +16,14 @@ recorded in, so each family is evaluated on its own recording environment:
   same models (same observation, action and dense reward), with D4RL's episode lengths (pen 100,
   the others 200). One difference remains: D4RL's pen ends an episode when the pen drops, v1 goes on
   with the -5 penalty every step, so a policy that drops the pen scores lower than in D4RL.
-- **D4RL AntMaze and Kitchen files**: their environments need mujoco-py; their observations match
-  no maintained environment (AntMaze: 29 values without the goal; Kitchen: 60 values with a goal
-  vector, where FrankaKitchen-v1 has 59 with velocities). The files load; evaluation says so.
+- **D4RL AntMaze** (`d4rl/antmaze-*-v2`, `-v0`): D4RL's own environment needs mujoco-py; it is
+  rebuilt on gymnasium-robotics' maze and gymnasium's Ant-v4 with D4RL's ant model, evaluation
+  mazes, start, goal noise, 0.5 success radius and 29-value observation (`envs.d4rl_antmaze`, whose
+  docstring lists what matches and what cannot). The return is D4RL's 0/1 success.
+- **D4RL Kitchen** (`d4rl/kitchen-*-v0`): D4RL's own environment needs mujoco-py; FrankaKitchen-v1
+  is its port (same models, controller and initial pose), seen here as D4RL saw it: the 60-value
+  observation (positions and the goal vector), D4RL's observation noise and its four target tasks
+  (`envs.d4rl_kitchen`). The return is D4RL's 0..4 score.
 - **Minari** (`minari/...`): the environment the dataset itself records for evaluation
   (`eval_env_spec`, else the recording env; `envs.minari_source.complete_info`), with the family's
   evaluation protocol on top (`eval_overrides`): AntMaze with the dataset's evaluation maze (one
@@ -83,7 +88,8 @@ D4RL_ANT_CONTACT_FORCES = 84  # 14 bodies x 6, all zero in D4RL's files
 MINARI_LOCOMOTION_ENVS = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Walker2d-v5",
                           "ant": "Ant-v5"}
 D4RL_SPLITS = ("random", "medium", "expert", "medium-replay", "medium-expert", "full-replay")
-ANTMAZE_FILES = {  # D4RL antmaze v2 (the "_fixed" re-collection that fixed v0's timeouts)
+ANTMAZE_FILES = {  # D4RL antmaze v2 (the "_fixed" re-collection that fixed v0's timeouts); the v0
+    # files are the same names without "_fixed", in ant_maze_new/ (IQL's and FamO2O's tables)
     "umaze": "Ant_maze_u-maze_noisy_multistart_False_multigoal_False_sparse_fixed.hdf5",
     "umaze-diverse": "Ant_maze_u-maze_noisy_multistart_True_multigoal_True_sparse_fixed.hdf5",
     "medium-play": "Ant_maze_big-maze_noisy_multistart_True_multigoal_False_sparse_fixed.hdf5",
@@ -136,6 +142,37 @@ ANTMAZE_EVAL_MAPS = {
               [1, 0, 0, 1, 0, 0, 0, 1, 0, G, 0, 1],
               [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]],
 }
+# D4RL's AntMaze evaluation mazes (d4rl/locomotion/maze_env.py U_MAZE_TEST, BIG_MAZE_TEST,
+# HARDEST_MAZE_TEST, which every antmaze-v0/v1/v2 registration evaluates on), in D4RL's row order:
+# the start cell "r" top left, one goal cell "g".
+D4RL_ANTMAZE_MAPS = {
+    "umaze": [[1, 1, 1, 1, 1],
+              [1, R, 0, 0, 1],
+              [1, 1, 1, 0, 1],
+              [1, G, 0, 0, 1],
+              [1, 1, 1, 1, 1]],
+    "medium": [[1, 1, 1, 1, 1, 1, 1, 1],
+               [1, R, 0, 1, 1, 0, 0, 1],
+               [1, 0, 0, 1, 0, 0, 0, 1],
+               [1, 1, 0, 0, 0, 1, 1, 1],
+               [1, 0, 0, 1, 0, 0, 0, 1],
+               [1, 0, 1, 0, 0, 1, 0, 1],
+               [1, 0, 0, 0, 1, 0, G, 1],
+               [1, 1, 1, 1, 1, 1, 1, 1]],
+    "large": [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+              [1, R, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+              [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+              [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+              [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1],
+              [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+              [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1],
+              [1, 0, 0, 1, 0, 0, 0, 1, 0, G, 0, 1],
+              [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]],
+}
+# The gymnasium ids of D4RL's environments rebuilt here (registered by envs.environment on first use).
+D4RL_ENVS = {"D4RLAntMaze-v2": "envs.d4rl_antmaze:D4RLAntMaze",
+             "D4RLKitchen-v0": "envs.d4rl_kitchen:D4RLKitchen"}
+D4RL_ANTMAZE_ENV, D4RL_KITCHEN_ENV = D4RL_ENVS
 MINARI_ANTMAZES = {  # dataset -> recording environment (play: the non-diverse mazes)
     "umaze": "AntMaze_UMaze-v4", "umaze-diverse": "AntMaze_UMaze-v4",
     "medium-play": "AntMaze_Medium-v4", "medium-diverse": "AntMaze_Medium_Diverse_GR-v4",
@@ -144,9 +181,6 @@ MINARI_ANTMAZES = {  # dataset -> recording environment (play: the non-diverse m
 # D4RL's AntMaze evaluation (eval=True) ends the episode at the goal: the return is 1 or 0. Here the
 # same with gymnasium-robotics: not a continuing task, sparse reward (1 within 0.45 of the goal).
 ANTMAZE_EVALUATION = {"continuing_task": False, "reset_target": False, "reward_type": "sparse"}
-MUJOCO_PY_ONLY = ("D4RL's {what} environment needs mujoco-py, which no longer installs, and no "
-                  "maintained environment gives its observations ({observations}). Train with "
-                  "eval.episodes=0, or use Minari's re-recording of the same task ({minari}).")
 
 REGISTRY: dict[str, DatasetInfo] = {}
 
@@ -166,13 +200,15 @@ def _register_d4rl() -> None:
             register(DatasetInfo(name, "d4rl", env_id, "locomotion", low, high, url=url,
                                  observation_zeros=zeros))
     for maze, filename in ANTMAZE_FILES.items():
-        register(DatasetInfo(
-            f"antmaze-{maze}-v2", "d4rl", None, "antmaze", 0.0, 1.0,
-            url=f"{D4RL_URL}/ant_maze_v2/{filename}",
-            max_episode_steps=700 if maze.startswith("umaze") else 1000,
-            no_env_reason=MUJOCO_PY_ONLY.format(
-                what="AntMaze", observations="29 values, no goal", minari="dataset=minari/D4RL/antmaze/..."),
-        ))
+        size = maze.split("-")[0]
+        for version, folder, file in (("v2", "ant_maze_v2", filename),
+                                      ("v0", "ant_maze_new", filename.replace("_fixed", ""))):
+            register(DatasetInfo(
+                f"antmaze-{maze}-{version}", "d4rl", D4RL_ANTMAZE_ENV, "antmaze", 0.0, 1.0,
+                url=f"{D4RL_URL}/{folder}/{file}",
+                max_episode_steps=700 if size == "umaze" else 1000,
+                env_kwargs={"maze_map": D4RL_ANTMAZE_MAPS[size]},
+            ))
     for env, (env_id, steps) in ADROIT_ENVS.items():
         for split in ADROIT_SPLITS:
             name = f"{env}-{split}-v1"
@@ -180,11 +216,9 @@ def _register_d4rl() -> None:
                                  url=f"{D4RL_URL}/hand_dapg_v1/{name}.hdf5", max_episode_steps=steps))
     for split, filename in KITCHEN_FILES.items():
         register(DatasetInfo(
-            f"kitchen-{split}-v0", "d4rl", None, "kitchen", *D4RL_REFERENCE["kitchen"],
+            f"kitchen-{split}-v0", "d4rl", D4RL_KITCHEN_ENV, "kitchen", *D4RL_REFERENCE["kitchen"],
             url=f"{D4RL_URL}/kitchen/{filename}", max_episode_steps=KITCHEN_EPISODE_STEPS,
-            no_env_reason=MUJOCO_PY_ONLY.format(
-                what="Kitchen", observations="60 values with a goal vector; FrankaKitchen-v1 gives 59",
-                minari=f"dataset=minari/D4RL/kitchen/{split}-v2"),
+            env_kwargs={"tasks_to_complete": KITCHEN_TASKS[split]},
         ))
 
 

@@ -20,7 +20,8 @@ otherwise (the caller says what to do instead):
   forward velocity), which a forward pass at the restored qpos would not reproduce;
 - **gymnasium-robotics' mazes** (AntMaze, PointMaze): the maze's plain attributes (goal, reset
   position) and its inner MuJoCo environment as above. Only the goal marker's site in the model
-  (drawn, never simulated) is not restored.
+  (drawn, never simulated) is not restored;
+- **D4RL's AntMaze** (`envs.d4rl_antmaze`): the same, its goal and its inner Ant-v4 on D4RL's model.
 
 Adroit and Kitchen (gymnasium-robotics) change their MjModel at reset (targets, object positions)
 or keep task lists; they are refused rather than restored approximately. Imports neither
@@ -45,7 +46,7 @@ WRAPPER_STATE = {
     "TransformAction": (),
 }
 SUPPORTED_MODULES = ("gymnasium.envs.classic_control", "gymnasium.envs.mujoco",
-                     "gymnasium_robotics.envs.maze")
+                     "gymnasium_robotics.envs.maze", "envs.d4rl_antmaze")
 
 
 class SnapshotError(ValueError):
@@ -88,7 +89,7 @@ def _snapshot_base(env) -> dict:
         raise SnapshotError(
             f"{spec.id if spec else type(env).__name__} ({module}.{type(env).__name__}) cannot be "
             "snapshot: envs/snapshot.py restores classic-control, gymnasium MuJoCo and "
-            "gymnasium-robotics maze environments only")
+            "gymnasium-robotics maze environments and D4RL's AntMaze (envs/d4rl_antmaze.py) only")
     saved = {"attributes": {}, "nested": {}, "random": None, "mujoco": None}
     for name, value in vars(env).items():
         if _plain(value):

@@ -85,9 +85,6 @@ def cases(files: dict[str, Path], folder: Path) -> dict[str, SimpleNamespace]:
                                        ["Could not override", "algo.not_a_field"], app=False),
         "seeds_not_a_number": case(["seeds=abc", *QUICK], ["seeds", "abc"]),
         # online fine-tuning: refused before any offline training
-        "online_without_environment": case(
-            ["dataset=d4rl/antmaze-umaze-v2", f"dataset.path={files['good']}", *QUICK,
-             "online.steps=10"], ["AntMaze environment needs mujoco-py", "minari/D4RL/antmaze"]),
         "online_environment_mismatch": case(
             [*HOPPER, f"dataset.path={files['five_dim']}", *QUICK, "online.steps=10"],
             ["5 values", "Hopper-v4", "11"]),
@@ -161,7 +158,7 @@ BAD_INPUT = [
     "observation_size", "unknown_minari_dataset", "unknown_algorithm", "unknown_dataset",
     "unknown_hyperparameter",
     "seeds_not_a_number", "action_width", "non_numeric", "negative_layer_width", "negative_steps",
-    "resume_not_a_boolean", "path_is_a_folder", "unreadable_checkpoints", "online_without_environment",
+    "resume_not_a_boolean", "path_is_a_folder", "unreadable_checkpoints",
     "online_environment_mismatch", "online_negative_steps", "online_buffer_too_small",
 ]
 

@@ -103,13 +103,14 @@ def test_kitchen_evaluation_protocol_is_d4rls():
         assert info.observation_keys == ("observation",)
 
 
-def test_d4rl_files_without_an_environment_load_and_say_so(tmp_path, d4rl_steps, write_hdf5):
+def test_d4rl_kitchen_files_load_and_evaluate_in_d4rls_view_of_franka_kitchen(tmp_path, d4rl_steps,
+                                                                              write_hdf5):
     file = write_hdf5(tmp_path / "kitchen.hdf5", d4rl_steps(n=12, obs_dim=60, act_dim=9))
     data, info = envs.load("d4rl", "kitchen-mixed-v0", path=str(file))
     assert (data.observation_dim, data.action_dim, info.ref_max_score) == (60, 9, 4.0)
-    for name in ["kitchen-partial-v0", "antmaze-large-play-v2"]:
-        with pytest.raises(DatasetError, match="mujoco-py.*eval.episodes=0.*minari/D4RL/"):
-            envs.make_env(envs.lookup("d4rl", name))
+    env = envs.make_env(info)
+    assert env.observation_space.shape == (60,) and env.spec.max_episode_steps == 280
+    env.close()
 
 
 def test_an_environment_that_fails_to_build_is_one_clear_error():
