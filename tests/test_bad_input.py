@@ -20,6 +20,8 @@ from conftest import REPO, _d4rl_steps, _write_hdf5, cli_env, run_cli
 
 import algorithms
 
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("bad_input")]
+
 QUICK = ["steps=10", "log_every=10", "eval.every=0"]
 HOPPER = ["dataset=d4rl/hopper-medium-v2"]
 TINY = ["algo.batch_size=8", "algo.hidden_dims=[8,8]"]

@@ -27,6 +27,8 @@ def report(tmp_path_factory) -> tuple[dict, Path]:
     return json.loads(out.read_text()), out
 
 
+@pytest.mark.integration
+@pytest.mark.xdist_group("benchmark_report")
 def test_meta_and_settings(report):
     data, _ = report
     meta = data["meta"]
@@ -39,6 +41,8 @@ def test_meta_and_settings(report):
     assert data["matmul"]["peak_gflops"] > 0 and data["complete"]
 
 
+@pytest.mark.integration
+@pytest.mark.xdist_group("benchmark_report")
 def test_every_configuration_has_positive_measurements(report):
     data, _ = report
     results = data["results"]
@@ -61,6 +65,8 @@ def test_every_configuration_has_positive_measurements(report):
     assert results[1]["flops_per_update"] > results[0]["flops_per_update"]
 
 
+@pytest.mark.integration
+@pytest.mark.xdist_group("benchmark_report")
 def test_torch_comparison_or_reason(report):
     data, _ = report
     torch = data["torch"]
@@ -71,6 +77,8 @@ def test_torch_comparison_or_reason(report):
         assert torch["skipped"]
 
 
+@pytest.mark.integration
+@pytest.mark.xdist_group("benchmark_report")
 def test_markdown_table(report):
     _, out = report
     table = out.with_suffix(".md").read_text()
@@ -155,6 +163,7 @@ def test_warm_up_trains_whole_chunks_and_times_each(monkeypatch):
     assert all(rate > 0 for rate in warmup["updates_per_second_per_seed"])
 
 
+@pytest.mark.integration
 def test_worker_progress_is_echoed_and_a_hung_worker_times_out(capfd):
     from experiments.benchmark.machine import run_echoing_progress
 
@@ -168,6 +177,7 @@ def test_worker_progress_is_echoed_and_a_hung_worker_times_out(capfd):
     assert code is None
 
 
+@pytest.mark.integration
 def test_online_benchmark_runs_end_to_end(offline_data, tmp_path):
     """The online benchmark on a tiny config: our IQL online phase through `experiments.train`, one
     and two seeds, and d3rlpy's fit_online where d3rlpy imports ($D3RLPY_PYTHON), else a reason."""
@@ -203,6 +213,7 @@ def test_online_benchmark_runs_end_to_end(offline_data, tmp_path):
     assert "| library | hidden | seeds |" in table and table.count("| offrl-jax iql | 16x2 |") == 2
 
 
+@pytest.mark.integration
 def test_mopo_benchmark_writes_its_rows(tmp_path):
     """`experiments.benchmark.mopo --quick`: every part runs and the files hold what docs/speed.md
     reports. Quick sizes: SAC 16x2, ensemble 7 x 16x16, 64 rollouts of 3 steps every 20 updates."""

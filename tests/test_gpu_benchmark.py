@@ -3,6 +3,8 @@ sizes on the CPU: every figure it promises is written, for plain seeds and for s
 
 import json
 
+import pytest
+
 from experiments.benchmark import gpu as gpu_benchmark
 from experiments.grid import Grid
 
@@ -14,6 +16,7 @@ def test_trainings_are_seeds_times_grid_points():
     assert [p["alpha"] for p in grid.points][::7] == [1.0, 10.0]
 
 
+@pytest.mark.integration
 def test_the_benchmark_writes_every_figure(tmp_path):
     out = tmp_path / "gpu.json"
     report = gpu_benchmark.main(["--algos", "iql", "--trainings", "1", "4", "--width", "8",

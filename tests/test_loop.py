@@ -76,6 +76,7 @@ def test_episode_seeds_depend_on_seed_evaluation_and_episode_only():
     assert len(np.unique(table)) == table.size == 10_000
 
 
+@pytest.mark.integration
 def test_a_seed_scores_the_same_alone_and_beside_others(data_dir, tmp_path):
     """Seed 1 of `seed=0 seeds=2` and `seed=1 seeds=1`, through the command: the same results.json
     entry (final and best score, every episode's return at every evaluation). Equal to float
@@ -162,6 +163,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(offline_data, tmp_path)
     assert step == 20 and bool(loop.finite_per_seed(states).all())
 
 
+@pytest.mark.integration
 def test_watchdog_stops_a_chunk_that_runs_too_long(offline_data, tmp_path):
     """A compiled chunk that never returns (XLA CPU hang) must end the run with a clear message
     instead of hanging forever; a tiny limit makes any chunk 'too long'."""

@@ -207,6 +207,7 @@ def test_ppo_refuses_offline_steps_and_warm_up_steps(offline_data, tmp_path):
         PPO(online=OnlineConfig(replay="mixed"))
 
 
+@pytest.mark.integration
 def test_a_minibatch_larger_than_the_rollout_is_one_error_line(offline_data, tmp_path):
     result = run_cli([*TINY, "algo.ppo.minibatch_size=64"], tmp_path / "run", cli_env())
     assert result.returncode == 2

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("sweep")]
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["dataset=d4rl/hopper-medium-v2", "steps=10", "log_every=10", "eval.every=0", "algo=bc",
         "algo.hidden_dims=[8,8]", "algo.batch_size=8"]
