@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -34,8 +35,9 @@ from experiments.records import MetricsFile, evaluation, results
 log = logging.getLogger("train")
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train as configured, writing into `run_dir`; returns the results dict."""
+def run(cfg: DictConfig, run_dir: Path, after_chunk: Callable[[int], None] | None = None) -> dict:
+    """Train as configured, writing into `run_dir`; returns the results dict. `after_chunk`: given
+    to every phase's loop.ChunkRunner (called with the step after each compiled chunk)."""
     check_run_settings(cfg)
     algo = make_algorithm(cfg.algo)
     if not algo.learns_offline and cfg.steps:
@@ -130,7 +132,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     # ---- offline phase ------------------------------------------------------------------------
     runner = loop.ChunkRunner(algo, "offline", float(cfg.watchdog_seconds), stopped, values=values,
-                              early_stop=grid.early_stop(algo))
+                              early_stop=grid.early_stop(algo), after_chunk=after_chunk)
     step = record["step"]
     offline_started = time.perf_counter()
     if record["phase"] == "offline" and step < cfg.steps:
@@ -160,7 +162,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     online_runner = None
     if online_steps:
         online_runner = loop.ChunkRunner(algo, "online", float(cfg.watchdog_seconds), runner.stopped,
-                                         values=values, early_stop=grid.early_stop(algo))
+                                         values=values, early_stop=grid.early_stop(algo),
+                                         after_chunk=after_chunk)
         if record["phase"] == "offline":  # starting it: fresh replay buffers, the algorithm's
             # online states (begin_online), same keys
             states, buffers = loop.shard_seeds(online.begin(algo, spec, online_ctx, states, values),

@@ -14,7 +14,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from conftest import cli_env
+from helpers import cli_env
 
 import algorithms
 import envs

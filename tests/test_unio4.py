@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cli_env, run_cli
-from test_dynamics import constant_model
+from helpers import cli_env, constant_model, run_cli
 
 import envs
 from algorithms.core.algorithm import Context, Spec
