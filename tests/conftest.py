@@ -20,6 +20,23 @@ HOPPER_REF = (-20.272305, 3234.3)  # D4RL's hopper reference returns (random, ex
 REPO_ROOT = str(REPO)
 
 
+def pytest_configure(config):
+    """JAX's persistent compilation cache for the test run and every command it starts: a program
+    compiled once (by any test, xdist worker or subprocess, in this run or an earlier one) is loaded
+    instead of compiled again. It lies in pytest's cache folder (`pytest --cache-clear` empties it);
+    off with `-p no:cacheprovider` or OFFRL_TEST_COMPILATION_CACHE=0, and a JAX_COMPILATION_CACHE_DIR
+    of your own is kept. docs/testing.md has the measurements."""
+    if os.environ.get("OFFRL_TEST_COMPILATION_CACHE") == "0" or getattr(config, "cache", None) is None:
+        return
+    import jax
+
+    folder = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(config.cache.mkdir("jax-compilation")))
+    # Every program, however fast it compiles (JAX's default keeps those over 1 s only).
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_data_home(tmp_path_factory):
