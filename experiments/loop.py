@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import chex
@@ -273,13 +274,17 @@ class ChunkRunner:
     (compiled ahead of time, timed apart), a watchdog around each call, the finiteness check and
     the algorithm's early stop after it. Seeds the early stop flags keep the parameters they had
     then (`stopped`: seed index -> (step, reason)); when every seed has stopped, TrainingStopped.
-    `values`: per-training grid values, with `early_stop` their per-training rule (experiments/grid.py)."""
+    `values`: per-training grid values, with `early_stop` their per-training rule (experiments/grid.py).
+    `after_chunk(end_step)`: called after each chunk has been checked, before the host logs or
+    checkpoints it; an exception it raises stops the run there, as a killed job would (the resume
+    tests' fault seam)."""
 
     def __init__(self, algo: Algorithm, phase: str = "offline", watchdog_seconds: float = 0.0,
                  stopped: dict | None = None, sampling: Sampling | None = None,
-                 values: dict | None = None, early_stop=None):
+                 values: dict | None = None, early_stop=None,
+                 after_chunk: Callable[[int], None] | None = None):
         self.algo, self.phase, self.watchdog_seconds = algo, phase, watchdog_seconds
-        self.sampling, self.values = sampling, values
+        self.sampling, self.values, self.after_chunk = sampling, values, after_chunk
         self.early_stop = early_stop or algo.early_stop
         self.programs: dict = {}
         self.stopped = dict(stopped or {})
@@ -321,7 +326,10 @@ class ChunkRunner:
         self.update_seconds += time.perf_counter() - tic
         self.updates += length
         check_finite(states, metrics, end_step, ignore=list(self.stopped))
-        return (self._early_stop(states, metrics, end_step), buffers, keys, metrics)
+        states = self._early_stop(states, metrics, end_step)
+        if self.after_chunk is not None:
+            self.after_chunk(end_step)
+        return states, buffers, keys, metrics
 
     def _early_stop(self, states, metrics: dict, end_step: int):
         flags, reason = self.early_stop(metrics)

@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -55,15 +56,17 @@ def _import_training():
     from experiments.records import MetricsFile, evaluation, results
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
+def run(cfg: DictConfig, run_dir: Path, after_chunk: Callable[[int], None] | None = None) -> dict:
     """Train as configured, writing into `run_dir`; returns the results dict. SIGTERM (or submitit's
-    time-limit signal) stops it at the next chunk boundary with a checkpoint (experiments/preemption.py)."""
+    time-limit signal) stops it at the next chunk boundary with a checkpoint (experiments/preemption.py).
+    `after_chunk`: given to every phase's loop.ChunkRunner (called with the step after each compiled
+    chunk; the tests' fault seam)."""
     _import_training()
     with preemption.watching():
-        return _train(cfg, run_dir)
+        return _train(cfg, run_dir, after_chunk)
 
 
-def _train(cfg: DictConfig, run_dir: Path) -> dict:
+def _train(cfg: DictConfig, run_dir: Path, after_chunk=None) -> dict:
     check_run_settings(cfg)
     algo = make_algorithm(cfg.algo)
     if not algo.learns_offline and cfg.steps:
@@ -165,7 +168,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
 
     # ---- offline phase ------------------------------------------------------------------------
     runner = loop.ChunkRunner(algo, "offline", float(cfg.watchdog_seconds), stopped, values=values,
-                              early_stop=grid.early_stop(algo))
+                              early_stop=grid.early_stop(algo), after_chunk=after_chunk)
     step = record["step"]
     offline_started = time.perf_counter()
     if record["phase"] == "offline" and step < cfg.steps:
@@ -204,7 +207,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     online_runner = None
     if online_steps:
         online_runner = loop.ChunkRunner(algo, "online", float(cfg.watchdog_seconds), runner.stopped,
-                                         values=values, early_stop=grid.early_stop(algo))
+                                         values=values, early_stop=grid.early_stop(algo),
+                                         after_chunk=after_chunk)
         if record["phase"] == "offline":  # starting it: fresh replay buffers, the algorithm's
             # online states (begin_online), same keys
             states, buffers = loop.shard_seeds(online.begin(algo, spec, online_ctx, states, values),

@@ -3,52 +3,39 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
+import helpers
 import numpy as np
 import pytest
+
+# Re-exported for test modules written before tests/helpers.py; new code imports them from helpers.
+from helpers import REPO, Interrupted, cli_env, logged, run_cli  # noqa: F401
 
 # Every place the data sources read or write: the generated datasets, Minari's and D4RL's caches.
 DATA_ENV_VARS = {"offrl": "OFFRL_DATA_DIR", "minari": "MINARI_DATASETS_PATH", "d4rl": "D4RL_DATASET_DIR"}
 
 MINARI_TEST_ID = "test/hopper/random-v0"
 HOPPER_REF = (-20.272305, 3234.3)  # D4RL's hopper reference returns (random, expert)
-REPO = Path(__file__).resolve().parent.parent
 REPO_ROOT = str(REPO)
 
 
-def cli_env(**variables: str) -> dict:
-    """The environment for running our commands in a subprocess: this repository importable, JAX on
-    the CPU, Hydra's errors as its short messages (no HYDRA_FULL_ERROR), plus `variables`."""
-    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["JAX_PLATFORMS"] = "cpu"
-    return {**env, **variables}
+def pytest_configure(config):
+    """JAX's persistent compilation cache for the test run and every command it starts: a program
+    compiled once (by any test, xdist worker or subprocess, in this run or an earlier one) is loaded
+    instead of compiled again. It lies in pytest's cache folder (`pytest --cache-clear` empties it);
+    off with `-p no:cacheprovider` or OFFRL_TEST_COMPILATION_CACHE=0, and a JAX_COMPILATION_CACHE_DIR
+    of your own is kept. docs/testing.md has the measurements."""
+    if os.environ.get("OFFRL_TEST_COMPILATION_CACHE") == "0" or getattr(config, "cache", None) is None:
+        return
+    import jax
 
-
-def run_cli(overrides: list[str], run_dir: Path, env: dict) -> subprocess.CompletedProcess:
-    """`python -m experiments.train <overrides>` writing into `run_dir`."""
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.train", *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=300,
-    )
-
-
-class Interrupted(Exception):
-    """Raised from a patched checkpoint call to kill a run mid-way (the resume tests)."""
-
-
-def logged(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's lines without their wall-clock fields: what two runs that computed the same
-    numbers share."""
-    import json
-
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in line.items() if k not in ("seconds", "env_steps_per_second")}
-            for line in lines]
+    folder = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(config.cache.mkdir("jax-compilation")))
+    # Every program, however fast it compiles (JAX's default keeps those over 1 s only).
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -93,39 +80,17 @@ def data_dirs(tmp_path, monkeypatch):
     return SimpleNamespace(**dirs)
 
 
-def _d4rl_steps(n: int = 10, obs_dim: int = 11, act_dim: int = 3, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    return {
-        "observations": rng.normal(size=(n, obs_dim)).astype(np.float32),
-        "actions": rng.uniform(-1.0, 1.0, size=(n, act_dim)).astype(np.float32),
-        "rewards": rng.normal(size=n).astype(np.float32),
-        "terminals": np.zeros(n, dtype=bool),
-        "timeouts": np.zeros(n, dtype=bool),
-    }
-
-
-def _write_hdf5(path: Path, arrays: dict) -> Path:
-    import h5py
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as h5:
-        for key, value in arrays.items():  # "infos/qpos" creates the group as D4RL's files have
-            h5.create_dataset(key, data=value)
-    return path
-
-
 @pytest.fixture
 def d4rl_steps():
     """Factory of D4RL-style step arrays (hopper-shaped by default): observations, actions, rewards,
     terminals, timeouts; random but seeded."""
-    return _d4rl_steps
+    return helpers.d4rl_arrays
 
 
 @pytest.fixture
 def write_hdf5():
     """Factory writing a dict of arrays (keys may be nested, 'infos/qpos') to an HDF5 file."""
-    return _write_hdf5
+    return helpers.write_hdf5
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_spot import random_batch  # the same small 3-d / 2-d batch
+from helpers import numpy_batch as random_batch
 
 import algorithms
 from algorithms import Spec

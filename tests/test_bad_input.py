@@ -16,9 +16,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import REPO, _d4rl_steps, _write_hdf5, cli_env, run_cli
+from helpers import REPO, cli_env, d4rl_arrays, run_cli, write_hdf5
 
 import algorithms
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("bad_input")]
 
 QUICK = ["steps=10", "log_every=10", "eval.every=0"]
 HOPPER = ["dataset=d4rl/hopper-medium-v2"]
@@ -121,7 +123,7 @@ def cases(files: dict[str, Path], folder: Path) -> dict[str, SimpleNamespace]:
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    files = make_files(root / "files", _d4rl_steps, _write_hdf5)
+    files = make_files(root / "files", d4rl_arrays, write_hdf5)
     env = cli_env(**{variable: str(root / folder) for variable, folder in [
         ("OFFRL_DATA_DIR", "offrl"), ("MINARI_DATASETS_PATH", "minari"), ("D4RL_DATASET_DIR", "d4rl")]})
     table = cases(files, root)

@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO, cli_env, logged
 from omegaconf import OmegaConf
 
-from experiments import loggers, loop, sweep
+from experiments import loggers, sweep
 from experiments.checkpoints import Checkpointer
 from experiments.config import ConfigError, compose, result_settings, settings_fingerprint
 from experiments.train import resume_point, run
@@ -50,18 +50,16 @@ def sigterm_guard():
     signal.signal(signal.SIGTERM, previous)
 
 
-def signal_during(monkeypatch, steps: set[int], signum=signal.SIGTERM):
-    """Send `signum` to this process while the compiled chunk ending at a step of `steps` runs
-    (from the finiteness check after it), once per step."""
-    real = loop.check_finite
-
-    def check(states, metrics, step, **kwargs):
+def signal_after(steps: set[int], signum=signal.SIGTERM):
+    """An `after_chunk` hook (loop.ChunkRunner's fault seam) that sends `signum` to this process
+    after the compiled chunk ending at a step of `steps`, once per step: the run notices it at its
+    next chunk boundary, as it would a signal that arrived while the chunk ran."""
+    def send(step: int) -> None:
         if step in steps:
             steps.discard(step)
             os.kill(os.getpid(), signum)
-        real(states, metrics, step, **kwargs)
 
-    monkeypatch.setattr(loop, "check_finite", check)
+    return send
 
 
 # ---- resume=auto: the settings beside the checkpoints -------------------------------------------
@@ -108,10 +106,10 @@ def test_sigterm_offline_and_online_stops_at_a_checkpoint_and_the_rerun_is_exact
     preempted = tmp_path / "preempted"
     # offline: during the chunk that ends at step 20; online: during the block ending at env step 40
     # (updates 60-80); the block after it ends at env step 60, with a checkpoint, and the run leaves
-    signal_during(monkeypatch, {20, 80})
+    send = signal_after({20, 80})
     for checkpoint, step in ((20, 20), (40 + 60, 60)):
         with pytest.raises(SystemExit) as stop:
-            run(cfg, preempted)  # the same command each time: resume=auto continues
+            run(cfg, preempted, after_chunk=send)  # the same command each time: resume=auto continues
         assert stop.value.code == 128 + signal.SIGTERM
         assert Checkpointer(preempted / "checkpoints").latest() == checkpoint
         assert not (preempted / "results.json").exists()

@@ -363,6 +363,7 @@ def test_unwritable_d4rl_cache(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.xdist_group("minari_hopper")
 def test_minari_loader(minari_hopper, monkeypatch):
     episodes = minari_hopper.episodes
     ends = [(bool(e["terminations"][-1]), bool(e["truncations"][-1])) for e in episodes]
@@ -402,6 +403,7 @@ def test_minari_loader(minari_hopper, monkeypatch):
     envs.check_observation_dim(info, data.observation_dim)
 
 
+@pytest.mark.xdist_group("minari_hopper")
 def test_minari_loader_by_environment_variable(minari_hopper, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_hopper.root))
     data, _ = envs.load("minari", minari_hopper.dataset_id)
@@ -415,6 +417,7 @@ def test_minari_missing_dataset(data_dirs, tmp_path):
         envs.load("minari", "nobody/nothing-v0", path=str(tmp_path / "absent"), download=False)
 
 
+@pytest.mark.xdist_group("minari_hopper")
 def test_minari_damaged_dataset(minari_hopper, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(minari_hopper.root, root)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import constant_model, soft_clamp
 
 from algorithms.core import dynamics
 from algorithms.core.algorithm import Spec
@@ -57,33 +58,6 @@ def test_ensemble_recovers_a_linear_gaussian_system():
     np.testing.assert_allclose(np.asarray(record["holdout_mse"]), (SIGMA**2).mean(), rtol=0.3)
     np.testing.assert_array_equal(record["elites"], model.elites)
     assert steps == 2000
-
-
-def softplus(x):
-    return np.logaddexp(0.0, x)
-
-
-def soft_clamp(logvar, low=-10.0, high=0.5):
-    logvar = high - softplus(high - logvar)
-    return low + softplus(logvar - low)
-
-
-def constant_model(means: np.ndarray, raw_logvars: np.ndarray, elites, observation_dim=2, action_dim=1):
-    """A `DynamicsModel` whose member i predicts `means[i]` and log-variance soft_clamp(raw[i]) for
-    every input: zero kernels, so every hidden unit is swish(0) = 0 and the output is the bias."""
-    members, outputs = means.shape
-    config = dynamics.DynamicsConfig(num_members=members, num_elites=len(elites), hidden_dims=(4,),
-                                     weight_decays=(0.0, 0.0))
-    spec = Spec(observation_dim, action_dim, 0)
-    network = dynamics.ensemble_network(config, spec)
-    params = network.init(jax.random.key(0), jnp.zeros((1, observation_dim + action_dim)))
-    params = jax.tree.map(jnp.zeros_like, params)
-    bias = np.concatenate([means, raw_logvars], axis=1)[:, None, :]
-    params["params"]["layer_1"]["bias"] = jnp.asarray(bias, jnp.float32)
-    params["params"]["max_logvar"] = jnp.full((outputs,), 0.5)
-    params["params"]["min_logvar"] = jnp.full((outputs,), -10.0)
-    scaler = dynamics.Scaler(jnp.zeros(observation_dim + action_dim), jnp.ones(observation_dim + action_dim))
-    return dynamics.DynamicsModel(params, jnp.asarray(elites), scaler, network)
 
 
 def test_loss_terms_by_hand():

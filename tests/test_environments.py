@@ -156,6 +156,7 @@ def antmaze_dataset(tmp_path_factory):
     return root
 
 
+@pytest.mark.xdist_group("antmaze_dataset")
 def test_antmaze_is_evaluated_on_the_datasets_evaluation_maze(antmaze_dataset):
     data, info = envs.load("minari", ANTMAZE_ID, path=str(antmaze_dataset))
     assert data.observation_dim == 2 + 27 + 2 and data.size == 45
@@ -174,6 +175,7 @@ def test_antmaze_is_evaluated_on_the_datasets_evaluation_maze(antmaze_dataset):
     assert len(gym.make("AntMaze_UMaze-v4").unwrapped.maze.unique_goal_locations) == 7
 
 
+@pytest.mark.xdist_group("antmaze_dataset")
 def test_antmaze_score_is_the_success_rate(antmaze_dataset):
     """An episode that reaches the goal ends there with return 1, one that does not returns 0: the
     normalized score (reference scores 0 and 1) is the success rate x 100."""

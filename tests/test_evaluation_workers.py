@@ -111,6 +111,7 @@ def test_worker_count(monkeypatch):
             envs.worker_count(bad, 10)
 
 
+@pytest.mark.integration
 def test_evaluation_benchmark_writes_its_table(tmp_path):
     from experiments.benchmark import evaluation
 

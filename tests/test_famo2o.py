@@ -2,14 +2,13 @@
 family against IQL and CQL at a fixed balance, where the policy's b comes from in each phase, acting."""
 
 import functools
-import json
 import math
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import Interrupted
 
 import algorithms
 from algorithms import Spec
@@ -18,29 +17,14 @@ from algorithms.core.balance import balance_encoding, to_balance
 from algorithms.core.training import create_train_state
 from algorithms.cql import CQLState
 from algorithms.iql import IQLState
-from envs.dataset import Dataset
-from experiments import loop
 from experiments.config import compose
-from experiments.train import run
 
 SPEC = Spec(observation_dim=3, action_dim=2, total_steps=100)
 OFFLINE, ONLINE = Context(None, phase="offline"), Context(None, phase="online")
 
 
-def random_batch(key, size=32) -> Dataset:
-    keys = jax.random.split(key, 4)
-    return Dataset(
-        observations=jax.random.normal(keys[0], (size, SPEC.observation_dim)),
-        actions=jax.random.uniform(keys[1], (size, SPEC.action_dim), minval=-1, maxval=1),
-        rewards=jax.random.normal(keys[2], (size,)),
-        next_observations=jax.random.normal(keys[3], (size, SPEC.observation_dim)),
-        terminals=jnp.zeros(size).at[0].set(1.0),
-        timeouts=jnp.zeros(size),
-    )
-
-
-def small(name, **overrides):
-    return algorithms.get(name)(**{"hidden_dims": (16, 16), "batch_size": 32, **overrides})
+random_batch = functools.partial(helpers.random_batch, size=32)
+small = functools.partial(helpers.tiny, width=16, batch_size=32)
 
 
 @functools.cache
@@ -196,8 +180,13 @@ def test_at_a_constant_balance_the_actor_loss_is_iqls_with_that_temperature():
     iql_new, iql_metrics = iql.update(iql_state, batch, jax.random.key(2))
     assert float(metrics["actor_balance"]) == 11.0
     np.testing.assert_allclose(metrics["actor_loss"], iql_metrics["actor_loss"], rtol=1e-6)
+    # One Adam step moves a parameter by at most about its learning rate (|m / sqrt(v)| <= 1 at the
+    # first step). This update is compiled, IQL's runs op by op, and the policy sees the balance code
+    # as extra inputs: float32 sums in another order, so a gradient near Adam's epsilon rounds to a
+    # slightly different step (1.1e-7 of a 3e-4 step on an AMD EPYC). Allowed: 0.1% of a step.
+    step = 1e-3 * max(iql.actor_lr, iql.critic_lr, iql.value_lr)
     for part in ("actor", "critic", "value", "target_critic_params"):
-        assert_trees_close(getattr(new, part), getattr(iql_new, part), 1e-6, 1e-7, part)
+        assert_trees_close(getattr(new, part), getattr(iql_new, part), 1e-6, step, part)
     # online, a balance model frozen at b = 11 (std e^-10) gives IQL's actor loss with beta = 11. Its
     # learning rate is huge, so a b from the model after its update would be far from 11: the policy
     # must use the balance model from before the update.
@@ -298,7 +287,7 @@ def test_cql_online_balances_follow_the_code_map_unless_clamped():
     np.testing.assert_allclose(balances["clamped"], 0.5, atol=1e-6)
 
 
-def test_famo2o_resumes_during_the_online_phase_to_the_same_numbers(offline_data, tmp_path, monkeypatch):
+def test_famo2o_resumes_during_the_online_phase_to_the_same_numbers(offline_data, tmp_path):
     """Both phases through the engine: a run killed between two online checkpoints resumes (the
     balance model, its temperature and the policy family restored) to an uninterrupted run's numbers,
     with offline and online scores and metrics lines per phase."""
@@ -306,29 +295,10 @@ def test_famo2o_resumes_during_the_online_phase_to_the_same_numbers(offline_data
                 "algo.batch_size=32", "steps=40", "log_every=20", "eval.every=40", "eval.episodes=2",
                 "online.steps=60", "online.eval_every=20", "online.log_every=20", "online.episodes=2",
                 "seeds=2"]
-    straight = run(compose(settings), tmp_path / "straight")
-    real_check = loop.check_finite
-
-    def crash(states, metrics, step, **kwargs):
-        if step == 40 + 30:  # online, between the checkpoints at environment steps 20 and 40
-            raise Interrupted
-        real_check(states, metrics, step, **kwargs)
-
-    monkeypatch.setattr(loop, "check_finite", crash)
-    with pytest.raises(Interrupted):
-        run(compose(settings), tmp_path / "killed")
-    monkeypatch.setattr(loop, "check_finite", real_check)
-    resumed = run(compose([*settings, "resume=true"]), tmp_path / "killed")
-    assert resumed["seeds"] == straight["seeds"]
-
-    def logged(folder):
-        lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in line.items() if k not in ("seconds", "env_steps_per_second")}
-                for line in lines]
-
-    lines = logged(tmp_path / "straight")
-    assert logged(tmp_path / "killed") == lines
+    # killed online, between the checkpoints at environment steps 20 and 40
+    straight = helpers.resume_is_exact(settings, 40 + 30, tmp_path)
+    lines = straight.lines
     train = {line["phase"] for line in lines if line["type"] == "train" and "actor_balance" in line}
     assert train == {"offline", "online"}
-    for seed in straight["seeds"]:
+    for seed in straight.results["seeds"]:
         assert seed["offline_score"] is not None and seed["online_final_score"] is not None

@@ -137,6 +137,7 @@ def load_split(root, split):
     return minari.load_dataset(generated.behaviour_dataset_id("pendulum", split), download=False)
 
 
+@pytest.mark.xdist_group("pendulum_splits")
 def test_splits_round_trip_through_minari(pendulum_splits, monkeypatch):
     root, report = pendulum_splits
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
@@ -153,6 +154,7 @@ def test_splits_round_trip_through_minari(pendulum_splits, monkeypatch):
         assert metadata["ref_min_score"] < metadata["ref_max_score"]
 
 
+@pytest.mark.xdist_group("pendulum_splits")
 def test_protocol_invariants(pendulum_splits, monkeypatch):
     root, report = pendulum_splits
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
@@ -172,6 +174,7 @@ def test_protocol_invariants(pendulum_splits, monkeypatch):
         np.testing.assert_array_equal(a.actions, b.actions)
 
 
+@pytest.mark.xdist_group("pendulum_splits")
 def test_medium_replay_is_what_training_collected(pendulum_splits, monkeypatch):
     root, _ = pendulum_splits
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
@@ -248,6 +251,7 @@ def test_collection_log_recovers_history_from_an_unwrapped_buffer(tmp_path):
         generate.CollectionLog(tmp_path / "other").resume(10, wrapped)
 
 
+@pytest.mark.xdist_group("pendulum_splits")
 def test_same_seed_same_arrays(pendulum_splits, tmp_path, monkeypatch):
     root, _ = pendulum_splits
     generate.generate("pendulum", ["medium"], size=1_000, root=tmp_path, progress=False)

@@ -14,7 +14,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from conftest import cli_env
+from helpers import cli_env
 
 import algorithms
 import envs
@@ -172,6 +172,7 @@ def test_a_field_that_does_not_trace_is_refused_and_a_constant_learning_rate_tra
             check_traceable(grid, algo, spec, prepared, contexts)
 
 
+@pytest.mark.integration
 def test_a_structural_field_in_the_grid_stops_the_command_with_one_error_line(data_dir, tmp_path):
     process = subprocess.run(
         [sys.executable, "-m", "experiments.train", "algo=td3_bc", "grid.algo.policy_freq=[1,2]", *SMALL,
@@ -205,6 +206,7 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_the_training_axis_of_a_grid_is_sharded_over_devices(offline_data, tmp_path):
     overrides = ["algo=td3_bc", "seeds=2", "grid.algo.alpha=[1.0,5.0]", *SMALL[:-3], "eval.every=0"]
     one = run(compose(overrides), tmp_path / "one")

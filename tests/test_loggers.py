@@ -85,6 +85,7 @@ def tensorboard_events(folder: Path):
     return scalars, texts
 
 
+@pytest.mark.integration
 def test_tensorboard_mirrors_a_run(tmp_path, d4rl_steps, write_hdf5):
     pytest.importorskip("tensorboardX", reason='the tensorboard extra: pip install -e ".[tensorboard]"')
     data = write_hdf5(tmp_path / "good.hdf5", d4rl_steps(n=50))
@@ -125,6 +126,7 @@ def init(**kwargs):
 '''
 
 
+@pytest.mark.integration
 def test_wandb_groups_the_runs_of_a_sweep_and_mirrors_each(tmp_path, d4rl_steps, write_hdf5):
     fake = tmp_path / "fake" / "wandb"
     fake.mkdir(parents=True)

@@ -7,7 +7,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from conftest import Interrupted, cli_env, run_cli
+from helpers import cli_env, logged, resume_is_exact, run_cli
 
 import envs
 from algorithms import Spec
@@ -19,12 +19,6 @@ from experiments.train import run
 SMALL = ["dataset=local/pendulum-mixed",
          "algo.hidden_dims=[16,16]", "algo.batch_size=32", "steps=40", "log_every=10",
          "eval.every=20", "eval.episodes=2"]
-
-
-def logged_numbers(run_dir):
-    """metrics.jsonl without wall-clock timings."""
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in line.items() if k != "seconds"} for line in lines]
 
 
 def train_states(algo, prepared, seeds, steps=30):
@@ -63,7 +57,7 @@ def test_same_seed_same_results(offline_data, tmp_path):
     first = run(cfg, tmp_path / "a")
     second = run(cfg, tmp_path / "b")
     assert first["seeds"] == second["seeds"]
-    assert logged_numbers(tmp_path / "a") == logged_numbers(tmp_path / "b")
+    assert logged(tmp_path / "a") == logged(tmp_path / "b")
     assert first["seeds"][0]["episode_returns"] != first["seeds"][1]["episode_returns"]
 
 
@@ -78,13 +72,16 @@ def test_episode_seeds_depend_on_seed_evaluation_and_episode_only():
     assert len(np.unique(table)) == table.size == 10_000
 
 
+@pytest.mark.integration
 def test_a_seed_scores_the_same_alone_and_beside_others(data_dir, tmp_path):
     """Seed 1 of `seed=0 seeds=2` and `seed=1 seeds=1`, through the command: the same results.json
     entry (final and best score, every episode's return at every evaluation). Equal to float
     rounding, not bit for bit: a seed's parameters trained in a batch of 2 differ from those trained
     alone by about 1e-7 from the first update on (XLA compiles the vmapped update differently for
     another batch size; see test_seed_batch_matches_single_seed_runs), which moved these returns by
-    about 1e-8 relative when measured. Episodes on other environment seeds differ by far more."""
+    about 1e-8 relative when measured. Training amplifies that difference (up to 8e-4 relative by
+    600 steps, docs/running.md): this run is 40 steps, where 1e-6 holds. Episodes on other
+    environment seeds differ by far more."""
     env = cli_env(OFFRL_DATA_DIR=str(data_dir))
     runs = {"batched": ["seed=0", "seeds=2"], "alone": ["seed=1", "seeds=1"]}
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -122,26 +119,8 @@ def test_run_writes_results_and_metrics(offline_data, tmp_path):
     assert results["updates_per_second_per_seed"] > 0
 
 
-def test_resume_continues_exactly(offline_data, tmp_path, monkeypatch):
-    cfg = compose(["algo=td3_bc", "seeds=2", *SMALL])
-    straight = run(cfg, tmp_path / "straight")
-
-    killed = tmp_path / "killed"
-    real_check = loop.check_finite
-
-    def crash_at_40(states, metrics, step, **kwargs):
-        if step == 40:
-            raise Interrupted  # as if the job were killed after its first checkpoint
-        real_check(states, metrics, step, **kwargs)
-
-    monkeypatch.setattr(loop, "check_finite", crash_at_40)
-    with pytest.raises(Interrupted):
-        run(cfg, killed)
-    assert not (killed / "results.json").exists()
-    monkeypatch.setattr(loop, "check_finite", real_check)
-    resumed = run(compose(["algo=td3_bc", "seeds=2", "resume=true", *SMALL]), killed)
-    assert resumed["seeds"] == straight["seeds"]
-    assert logged_numbers(killed) == logged_numbers(tmp_path / "straight")
+def test_resume_continues_exactly(offline_data, tmp_path):
+    resume_is_exact(["algo=td3_bc", "seeds=2", *SMALL], 40, tmp_path)  # killed after its first checkpoint
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(offline_data, tmp_path):
@@ -164,6 +143,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(offline_data, tmp_path)
     assert step == 20 and bool(loop.finite_per_seed(states).all())
 
 
+@pytest.mark.integration
 def test_watchdog_stops_a_chunk_that_runs_too_long(offline_data, tmp_path):
     """A compiled chunk that never returns (XLA CPU hang) must end the run with a clear message
     instead of hanging forever; a tiny limit makes any chunk 'too long'."""

@@ -4,8 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import Interrupted
-from test_dynamics import constant_model, soft_clamp
+from helpers import constant_model, resume_is_exact, soft_clamp
 
 from algorithms.core.algorithm import Context, Sampling, Spec
 from algorithms.core.replay import Transitions, draw, sample_batch
@@ -196,40 +195,17 @@ def test_a_saved_dynamics_of_another_problem_or_a_corrupt_folder_is_refused(tmp_
 def test_a_killed_run_resumes_exactly_with_its_rollout_buffers(offline_data, tmp_path, monkeypatch):
     """Killed after the checkpoint at step 20 (rollouts at 0 and 10 in the buffers), resumed: the
     same numbers as a straight run, so the checkpoint holds the buffers and the shared step."""
-    from test_loop import logged_numbers
-
-    from experiments import loop
-    from experiments.config import compose
-    from experiments.train import run
-
     monkeypatch.setenv("OFFRL_CACHE_DIR", str(tmp_path / "cache"))  # the dynamics stage's cache
     settings = ["algo=mopo", "dataset=local/pendulum-mixed", "seeds=2", "steps=40", "log_every=10",
                 "eval.every=20", "eval.episodes=2", "algo.hidden_dims=[16,16]", "algo.batch_size=32",
                 "algo.rollout_freq=10", "algo.rollout_batch=16", "algo.rollout_length=2",
                 "algo.dynamics.hidden_dims=[8,8]", "algo.dynamics.weight_decays=[0,0,0]",
                 "algo.dynamics.max_steps=50", "algo.dynamics.batch_size=16"]
-    straight = run(compose(settings), tmp_path / "straight")
+    # the dynamics stage is cached by the straight run: the killed run does not log it again
+    straight = resume_is_exact(settings, 40, tmp_path, skip_types=("pretrain", "validate")).results
     dynamics = straight["stages"][0]  # one model per seed, each trained from its own seed
     assert dynamics["stage"] == "dynamics" and [model["seed"] for model in dynamics["seeds"]] == [0, 1]
     first, second = dynamics["seeds"]
     assert len(first["finish"]["elites"]) == len(second["finish"]["elites"]) == 5
     assert first["cache"] != second["cache"]
     assert first["finish"]["holdout_mse"] != second["finish"]["holdout_mse"]
-
-    killed = tmp_path / "killed"
-    real_check = loop.check_finite
-
-    def crash_at_40(states, metrics, step, **kwargs):
-        if step == 40:
-            raise Interrupted
-        real_check(states, metrics, step, **kwargs)
-
-    monkeypatch.setattr(loop, "check_finite", crash_at_40)
-    with pytest.raises(Interrupted):
-        run(compose(settings), killed)
-    monkeypatch.setattr(loop, "check_finite", real_check)
-    resumed = run(compose([*settings, "resume=true"]), killed)
-    assert resumed["seeds"] == straight["seeds"]
-    agent_lines = lambda run_dir: [line for line in logged_numbers(run_dir)
-                                   if line["type"] not in ("pretrain", "validate")]  # the stage: cached
-    assert agent_lines(killed) == agent_lines(tmp_path / "straight")

@@ -10,9 +10,12 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from experiments.config import compose
 from experiments.train import run
+
+pytestmark = [pytest.mark.integration]
 
 OVERRIDES = ["dataset=local/pendulum-mixed",
              "algo=td3_bc", "seeds=4", "algo.hidden_dims=[16,16]", "algo.batch_size=32",

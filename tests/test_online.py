@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import Interrupted, logged
+from helpers import resume_is_exact
 
 import algorithms
 import envs
@@ -129,29 +129,13 @@ def test_resume_during_the_online_phase_gives_the_same_numbers(offline_data, tmp
     """Killed between the online checkpoints at environment steps 20 and 40, both in the middle of
     25-step episodes, and resumed: the same numbers, and episodes that end only at their time limit."""
     short_episodes(monkeypatch)
-    cfg = compose(["algo=iql", *TINY])
-    straight = run(cfg, tmp_path / "straight")
-    lines = [line for line in logged(tmp_path / "straight") if line.get("phase") == "online"]
+    checked = resume_is_exact(["algo=iql", *TINY], 40 + 30, tmp_path)
+    straight = checked.results
+    lines = [line for line in checked.lines if line.get("phase") == "online"]
     episodes = [e for line in lines if line["type"] == "train" for e in line["episodes"]]
     # [end step, seed index, return, length, success]: no episode cut at the checkpoints at 20, 40
     assert [(e[0], e[1], e[3]) for e in episodes] == [(25, 0, 25), (25, 1, 25), (50, 0, 25), (50, 1, 25)]
     assert straight["online"]["episodes"] == episodes
-    killed = tmp_path / "killed"
-    real_check = loop.check_finite
-
-    def crash(states, metrics, step, **kwargs):
-        if step == 40 + 30:  # the online phase, between its checkpoints at environment steps 20 and 40
-            raise Interrupted
-        real_check(states, metrics, step, **kwargs)
-
-    monkeypatch.setattr(loop, "check_finite", crash)
-    with pytest.raises(Interrupted):
-        run(cfg, killed)
-    assert not (killed / "results.json").exists()
-    monkeypatch.setattr(loop, "check_finite", real_check)
-    resumed = run(compose(["algo=iql", *TINY, "resume=true"]), killed)
-    assert resumed["seeds"] == straight["seeds"]
-    assert logged(killed) == logged(tmp_path / "straight")
     for seed in straight["seeds"]:
         assert set(seed["online_episode_returns"]) == {20, 40, 60}
         assert seed["offline_score"] is not None and seed["online_best_score"] >= seed["online_final_score"]

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import Interrupted, cli_env, logged, run_cli
+from helpers import cli_env, resume_is_exact, run_cli
 
 from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, SettingsError
 from algorithms.core.ppo import PPOConfig, ReturnScaler, clipped_surrogate, clipped_value_loss, gae
@@ -173,23 +173,9 @@ def test_resume_in_the_middle_of_a_rollout_gives_the_same_numbers(offline_data, 
             params=jax.tree.map(jnp.zeros_like, state.critic.params)))
 
     monkeypatch.setattr(PPO, "begin_online", begin_online)
-    straight = run(compose(TINY), tmp_path / "straight")
-    killed = tmp_path / "killed"
-    real_check = loop.check_finite
-
-    def crash(states, metrics, step, **kwargs):
-        if step == 3:  # the third update (environment step 96), after the checkpoint at step 80
-            raise Interrupted
-        real_check(states, metrics, step, **kwargs)
-
-    monkeypatch.setattr(loop, "check_finite", crash)
-    with pytest.raises(Interrupted):
-        run(compose(TINY), killed)
-    monkeypatch.setattr(loop, "check_finite", real_check)
-    resumed = run(compose([*TINY, "resume=true"]), killed)
-    assert resumed["seeds"] == straight["seeds"]
-    assert logged(killed) == logged(tmp_path / "straight")
-    train_lines = [line for line in logged(killed) if line["type"] == "train"]
+    # killed after the third update (environment step 96), after the checkpoint at step 80
+    lines = resume_is_exact(TINY, 3, tmp_path).lines
+    train_lines = [line for line in lines if line["type"] == "train"]
     assert [(line["step"], line["env_step"]) for line in train_lines] == [(1, 40), (2, 80)]  # log_every 40
     assert train_lines[0]["value"] == [0.0, 0.0]  # begin_online's critic
     assert set(train_lines[0]) >= {"actor_loss", "critic_loss", "entropy", "clip_fraction", "approx_kl"}
@@ -207,6 +193,7 @@ def test_ppo_refuses_offline_steps_and_warm_up_steps(offline_data, tmp_path):
         PPO(online=OnlineConfig(replay="mixed"))
 
 
+@pytest.mark.integration
 def test_a_minibatch_larger_than_the_rollout_is_one_error_line(offline_data, tmp_path):
     result = run_cli([*TINY, "algo.ppo.minibatch_size=64"], tmp_path / "run", cli_env())
     assert result.returncode == 2

@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import numpy_batch
 
 import algorithms
 from algorithms import Spec
 from algorithms.core.algorithm import Context
 from algorithms.core.neighbours import nearest_neighbour
 from algorithms.prdc import KDTreeSearch
-from envs.dataset import Dataset
 from experiments import loop
 from experiments.config import compose, make_algorithm, select_for_dataset
 
@@ -90,20 +90,12 @@ def test_unknown_method_is_named():
         algorithms.get("prdc")(neighbour_search="tree")
 
 
-def tiny_dataset(n=64, seed=0) -> Dataset:
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n, 3)).astype(np.float32)
-    zeros = np.zeros(n, np.float32)
-    return Dataset(obs, rng.uniform(-1, 1, (n, 2)).astype(np.float32), rng.normal(size=n).astype(np.float32),
-                   rng.normal(size=(n, 3)).astype(np.float32), zeros, zeros)
-
-
 def small_prdc(search, **kwargs):
     return algorithms.get("prdc")(hidden_dims=(8, 8), batch_size=16, neighbour_search=search, **kwargs)
 
 
 def test_actor_step_is_td3_bc_with_neighbour_actions():
-    data = tiny_dataset()
+    data = numpy_batch(64)
     algo = small_prdc("matmul", beta=2.0)
     td3_bc = algorithms.get("td3_bc")(hidden_dims=(8, 8), batch_size=16)
     ctx = Context(data)
@@ -145,7 +137,7 @@ def trainer(algo, data, steps=6):
 
 
 def test_updates_are_deterministic_and_seeds_batch_exactly():
-    data = jax.device_put(tiny_dataset())
+    data = jax.device_put(numpy_batch(64))
     train = trainer(small_prdc("kdtree"), data)  # the CPU default; the in-graph searches are checked above
     kdtree, kdtree_metrics = train([0, 1])
     again, _ = train([0, 1])
@@ -160,7 +152,7 @@ def test_updates_are_deterministic_and_seeds_batch_exactly():
 
 
 def test_kdtree_needs_the_context_helper_and_auto_picks_it_on_cpu():
-    data = tiny_dataset()
+    data = numpy_batch(64)
     default = algorithms.get("prdc")()
     # without the helper in the context: in-graph
     assert default.neighbour_search == "auto" and default.search_method(Context(data)) == "matmul"

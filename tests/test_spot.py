@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import numpy_batch as random_batch
 
 import algorithms
 import envs
@@ -34,14 +35,6 @@ def test_actor_loss_by_hand():
     # the normaliser mean|Q| is not differentiated: d/dQ_i = -1 / (n * 2)
     grad = jax.grad(lambda q: spot_actor_loss(q, density, 0.5)[0])(q_pi)
     np.testing.assert_allclose(grad, [-0.25, -0.25], rtol=1e-6)
-
-
-def random_batch(size=16):
-    rng = np.random.default_rng(0)
-    obs = rng.normal(size=(size, 3)).astype(np.float32)
-    zeros = np.zeros(size, np.float32)
-    return envs.Dataset(obs, rng.uniform(-1, 1, (size, 2)).astype(np.float32),
-                        rng.normal(size=size).astype(np.float32), obs[::-1].copy(), zeros, zeros)
 
 
 def context_with_vae(algo, batch, seed=0):

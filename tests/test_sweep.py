@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("sweep")]
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["dataset=d4rl/hopper-medium-v2", "steps=10", "log_every=10", "eval.every=0", "algo=bc",
         "algo.hidden_dims=[8,8]", "algo.batch_size=8"]
@@ -34,11 +36,11 @@ def run_sweep(sweep_dir: Path, paths: list[Path], *extra: str) -> subprocess.Com
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from conftest import _d4rl_steps, _write_hdf5
+    from helpers import d4rl_arrays, write_hdf5
 
     folder = tmp_path_factory.mktemp("sweep-data")
     return {"missing": folder / "missing.hdf5",
-            "good": _write_hdf5(folder / "good.hdf5", _d4rl_steps(n=50))}
+            "good": write_hdf5(folder / "good.hdf5", d4rl_arrays(n=50))}
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:

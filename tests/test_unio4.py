@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cli_env, run_cli
-from test_dynamics import constant_model
+from helpers import cli_env, constant_model, run_cli
 
 import envs
 from algorithms.core.algorithm import Context, Spec
@@ -419,6 +418,7 @@ TINY_RUN = ["algo=unio4", "dataset=local/pendulum-mixed", "seeds=2", "log_every=
             "algo.policy_hidden_dims=[16]", "algo.dynamics.hidden_dims=[16,16,16,16]"]
 
 
+@pytest.mark.integration
 def test_train_end_to_end_reports_every_member(offline_data, tmp_path):
     overrides = [*TINY_RUN, "steps=40"]
     run_dir = tmp_path / "run"
@@ -434,6 +434,7 @@ def test_train_end_to_end_reports_every_member(offline_data, tmp_path):
     assert "member_ranking_top1_mean" in results["summary"]
 
 
+@pytest.mark.integration
 def test_train_end_to_end_then_online_ppo(offline_data, tmp_path):
     """Offline BPPO, the hand-over of the chosen member, then online PPO rollouts; with reward
     scaling the re-fitted V is a fourth stage."""

@@ -76,6 +76,7 @@ def trained():
     return before, after, metrics, obs, act
 
 
+@pytest.mark.xdist_group("trained_vae")
 def test_training_improves_reconstruction(trained):
     before, after, metrics, obs, act = trained
     key = jax.random.key(7)
@@ -84,6 +85,7 @@ def test_training_improves_reconstruction(trained):
     assert float(metrics["vae_loss"][-100:].mean()) < float(metrics["vae_loss"][:100].mean())
 
 
+@pytest.mark.xdist_group("trained_vae")
 @pytest.mark.parametrize("loss", [elbo_loss, iwae_loss])
 def test_density_ranks_in_support_above_out_of_support(trained, loss):
     _, after, _, obs, act = trained
