@@ -22,7 +22,15 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import sweep
-from experiments.config import CONFIG_DIR, asks_for_help, setup
+from experiments.config import (
+    CONFIG_DIR,
+    ConfigError,
+    asks_for_help,
+    result_settings,
+    settings_differences,
+    settings_fingerprint,
+    setup,
+)
 
 log = logging.getLogger("train")
 
@@ -31,9 +39,8 @@ def _import_training():
     """The training modules (JAX, orbax, the algorithms) into this module's namespace, imported on
     the first run rather than at start-up: `--help` answers without them (experiments/config.py)."""
     global jax, jnp, np, tqdm, envs, SettingsError, Spec, grids, loop, online, policies, stages
-    global Checkpointer, CheckpointError, ConfigError, check_run_settings, make_algorithm, load
+    global Checkpointer, CheckpointError, check_run_settings, make_algorithm, load
     global MetricsFile, evaluation, results, preemption
-    global result_settings, settings_differences, settings_fingerprint
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -44,14 +51,7 @@ def _import_training():
     from experiments import grid as grids
     from experiments import loop, online, policies, preemption, stages
     from experiments.checkpoints import Checkpointer, CheckpointError
-    from experiments.config import (
-        ConfigError,
-        check_run_settings,
-        make_algorithm,
-        result_settings,
-        settings_differences,
-        settings_fingerprint,
-    )
+    from experiments.config import check_run_settings, make_algorithm
     from experiments.data import load
     from experiments.records import MetricsFile, evaluation, results
 

@@ -89,7 +89,8 @@ def test_stage_pretraining_logs_step_holdout_loss_and_time_left(caplog):
         "stage dynamics: step 20/60", "stage dynamics: step 40/60", "stage dynamics: step 60/60"]
     assert all("holdout_mse" in line and "left" in line for line in lines[:3])
     assert "at most" in lines[0]  # the ensemble may stop early: max_steps bounds the time left
-    assert lines[3].startswith("stage dynamics: done, 60 steps") and len(lines) == 4
+    assert lines[3].startswith("stage dynamics: done, 60 steps") and len(lines) == 5
+    assert lines[4].startswith("stage dynamics (seed 0): ran its step budget (60 updates)")
 
     caplog.clear()  # an ensemble that stops at its first validation says so
     impatient = dataclasses.replace(config, patience=1, improvement=10.0, max_steps=400)
@@ -97,8 +98,9 @@ def test_stage_pretraining_logs_step_holdout_loss_and_time_left(caplog):
         _, record = train_stage(dynamics.dynamics_stage(impatient, spec), spec, data, log_every=20)
     lines = [record.getMessage() for record in caplog.records if record.name == "stages"]
     assert record.stopped_early_at == record.steps < 400
-    assert lines[-1].startswith(f"stage dynamics: done, {record.steps} steps")
-    assert lines[-1].endswith(f"(stopped early at step {record.steps})")
+    assert lines[-2].startswith(f"stage dynamics: done, {record.steps} steps")
+    assert lines[-2].endswith(f"(stopped early at step {record.steps})")
+    assert lines[-1].startswith(f"stage dynamics (seed 0): its validation stopped it at step {record.steps}")
 
 
 def test_dataset_generation_logs_its_progress(tmp_path, caplog):
