@@ -256,9 +256,9 @@ def test_per_seed_stage_results_are_padded_with_the_seeds(offline_data, tmp_path
 
 @pytest.mark.integration
 def test_a_relaunch_in_another_order_finds_its_jobs_and_retrains_changed_settings(tmp_path):
-    from conftest import _d4rl_steps, _write_hdf5
+    from helpers import d4rl_arrays, write_hdf5
 
-    data = _write_hdf5(tmp_path / "good.hdf5", _d4rl_steps(n=50))
+    data = write_hdf5(tmp_path / "good.hdf5", d4rl_arrays(n=50))
     sweep_dir = tmp_path / "sweep"
 
     def launch(algos: str, *extra: str):
@@ -373,9 +373,9 @@ def test_the_ray_cluster_preset_joins_a_running_head(tmp_path):
     pytest.importorskip("ray", reason='the ray extra, in its own environment: pip install -e ".[ray]"')
     pytest.importorskip("hydra_plugins.hydra_ray_launcher",
                         reason='the ray extra, in its own environment: pip install -e ".[ray]"')
-    from conftest import _d4rl_steps, _write_hdf5
+    from helpers import d4rl_arrays, write_hdf5
 
-    data = _write_hdf5(tmp_path / "good.hdf5", _d4rl_steps(n=50))
+    data = write_hdf5(tmp_path / "good.hdf5", d4rl_arrays(n=50))
     env = cli_env(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     head = subprocess.Popen(  # --block: the head's processes end with this one (ours to stop)
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
