@@ -206,15 +206,22 @@ PADDED = textwrap.dedent("""
 """)
 
 
+def on_four_devices(overrides: list[str], run_dir: Path) -> subprocess.CompletedProcess:
+    """`overrides` trained into `run_dir` by a process with 4 forced host devices (PADDED): its
+    last stdout line lists the seed axis and device count of each shard_seeds call."""
+    process = subprocess.run(
+        [sys.executable, "-c", PADDED, json.dumps(overrides), str(run_dir)], cwd=REPO,
+        env=cli_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), capture_output=True,
+        text=True, timeout=300)
+    assert process.returncode == 0, process.stderr
+    return process
+
+
 @pytest.mark.integration
 def test_five_seeds_train_on_four_devices_and_the_padding_is_discarded(offline_data, tmp_path):
     overrides = [*OFFLINE, "seeds=5", "steps=40", "eval.every=20"]
     single = run(compose(overrides), tmp_path / "one_device")
-    process = subprocess.run(
-        [sys.executable, "-c", PADDED, json.dumps(overrides), str(tmp_path / "four")], cwd=REPO,
-        env=cli_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), capture_output=True,
-        text=True, timeout=300)
-    assert process.returncode == 0, process.stderr
+    process = on_four_devices(overrides, tmp_path / "four")
     seen = json.loads(process.stdout.strip().splitlines()[-1])
     assert seen[0] == [5, 1] and [8, 4] in seen  # the run's own trees as they are; each chunk padded
     four = json.loads((tmp_path / "four" / "results.json").read_text())
@@ -241,11 +248,7 @@ def test_per_seed_stage_results_are_padded_with_the_seeds(offline_data, tmp_path
                  "algo.dynamics.max_steps=30", "algo.dynamics.batch_size=16",
                  f"pretrain.cache_dir={tmp_path / 'cache'}"]
     single = run(compose(overrides), tmp_path / "one_device")
-    process = subprocess.run(
-        [sys.executable, "-c", PADDED, json.dumps(overrides), str(tmp_path / "four")], cwd=REPO,
-        env=cli_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), capture_output=True,
-        text=True, timeout=300)
-    assert process.returncode == 0, process.stderr
+    on_four_devices(overrides, tmp_path / "four")
     four = json.loads((tmp_path / "four" / "results.json").read_text())
     assert [s["seed"] for s in four["seeds"]] == [0, 1, 2]
     for ours, theirs in zip(four["seeds"], single["seeds"], strict=True):
