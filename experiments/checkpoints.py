@@ -130,12 +130,11 @@ def restore_newest_readable(steps, restore: Callable[[int], tuple], directory,
             log.warning("checkpoint at step %d in %s cannot be read (%s); trying the one before it",
                         step, directory, failed[-1][1])
             continue
-        if failed:
+        if failed and discard is not None:  # without `discard` (evaluation) the first line says it all
             log.warning("resuming from the checkpoint at step %d; the unreadable one(s) after it, at "
                         "step(s) %s, are removed", step, ", ".join(str(s) for s, _ in failed))
             for bad, _ in failed:
-                if discard is not None:
-                    discard(bad)
+                discard(bad)
         return restored
     if failed:
         reasons = "; ".join(f"step {step}: {reason}" for step, reason in failed)
