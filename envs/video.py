@@ -22,10 +22,11 @@ class VideoError(ValueError):
 
 
 def choose_gl_backend() -> str | None:
-    """MUJOCO_GL as set, else `egl` where there is no display (set for this process); None: a display
-    is there and gymnasium picks."""
-    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
-        os.environ["MUJOCO_GL"] = "egl"
+    """MUJOCO_GL as set, else `egl` where there is no display (set for this process, with pygame's
+    dummy video driver); None: a display is there and gymnasium picks."""
+    if not os.environ.get("DISPLAY"):
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame: no window system to probe
     return os.environ.get("MUJOCO_GL")
 
 

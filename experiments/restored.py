@@ -79,6 +79,13 @@ class Restored:
         values = None if self.values is None else {k: v[rows] for k, v in self.values.items()}
         return states, values
 
+    def source(self, training: int) -> dict:
+        """Where training `training`'s policy comes from: run, checkpoint, phase, steps, seed, grid point."""
+        return {"run": str(self.run_dir), "checkpoint": self.index, "phase": self.phase,
+                "step": self.record["step"], "env_step": self.record["env_step"],
+                "seed": self.training_seeds[training],
+                "point": self.grid.point_of(training) if self.grid.fields else None}
+
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """The evaluation environment's own action bounds; [-1, 1] when it has none to ask."""
         import envs

@@ -1,6 +1,6 @@
-"""The layers import downward only: experiments -> algorithms -> envs. `envs` imports neither
-`algorithms` nor `experiments`, not even inside a function; `algorithms` never imports
-`experiments`."""
+"""The layers import downward only: offrl -> experiments -> algorithms -> envs. `envs` imports
+none of the others, not even inside a function; `algorithms` never imports `experiments` or
+`offrl`; `experiments` never imports `offrl` (the public Python module, the topmost layer)."""
 
 import ast
 from pathlib import Path
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FORBIDDEN = {"envs": ("algorithms", "experiments"), "algorithms": ("experiments",)}
+FORBIDDEN = {"envs": ("algorithms", "experiments", "offrl"), "algorithms": ("experiments", "offrl"),
+             "experiments": ("offrl",)}
 
 
 def imported_packages(path: Path) -> set[str]:
