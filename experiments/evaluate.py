@@ -1,9 +1,9 @@
 """Evaluate a kept checkpoint of a run, optionally with videos and on a changed environment.
 
-    python -m experiments.evaluate runs/2026-12-05_iql_hopper-medium          # newest checkpoint, run's protocol
+    python -m experiments.evaluate runs/2026-12-05_iql_hopper-medium    # newest checkpoint, run's protocol
     python -m experiments.evaluate runs/... checkpoint=200000 episodes=50 seeds=[0,3]
-    python -m experiments.evaluate runs/... video=true video.episodes=2      # mp4s under runs/.../videos/
-    python -m experiments.evaluate runs/... +env.frame_skip=5                 # gym.make arguments over the run's
+    python -m experiments.evaluate runs/... video=true video.episodes=2 # mp4s under runs/.../videos/
+    python -m experiments.evaluate runs/... +env.frame_skip=5           # gym.make arguments over the run's
 
 Restores the algorithm states of the checkpoint (experiments/restored.py: no buffers), rebuilds the
 run's own batched policy with its preprocessing (experiments/policies.py, the program the run
@@ -143,9 +143,10 @@ def _check_options(episodes, seeds, deterministic, evaluation_index, workers, ou
     import envs
 
     for key, value in (("episodes", episodes), ("evaluation_index", evaluation_index)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (key == "episodes")):
-            raise ConfigError(f"{key} must be an integer >= {int(key == 'episodes')} or null (got {value!r}); "
-                              f"fix the override {key}=...")
+        least = int(key == "episodes")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ConfigError(f"{key} must be an integer >= {least} or null (got {value!r}); fix the "
+                              f"override {key}=...")
     if seeds is not None and (not isinstance(seeds, list | tuple) or not seeds
                               or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)):
         raise ConfigError(f"seeds must be a list of training seeds, e.g. seeds=[0,3] (got {seeds!r})")
@@ -209,12 +210,13 @@ def main(cfg: DictConfig) -> dict:
             options["env"], options["video"], options["out"])
     except (RunError, ConfigError, CheckpointError, VideoError, GridError, envs.DatasetError) as error:
         _exit(str(error.args[0]) if error.args else str(error))
-    summary = result["summary"]
+    summary, where = result["summary"], f"{result['phase']} step {result['step']}"
+    if result["phase"] == "online":
+        where += f", environment step {result['env_step']}"
+    written = f"; written to {Path(options['run']) / options['out']}" if options["out"] else ""
     print(f"{summary['score'].replace('_', ' ')} {summary['mean']:.1f} ± {summary['std']:.1f} over "
-          f"{summary['seeds']} seed(s), {result['episodes']} episode(s) each, checkpoint {result['checkpoint']} "
-          f"({result['phase']} step {result['step']}"
-          + (f", environment step {result['env_step']}" if result["phase"] == "online" else "")
-          + f"); written to {Path(options['run']) / options['out']}" if options["out"] else "")
+          f"{summary['seeds']} seed(s), {result['episodes']} episode(s) each, checkpoint "
+          f"{result['checkpoint']} ({where}){written}")
     for path in result.get("videos", []):
         print(f"video: {Path(options['run']) / path}")
     return result
