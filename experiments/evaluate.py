@@ -121,11 +121,14 @@ def evaluate_run(run_dir, checkpoint: int | None = None, episodes: int | None = 
 
 
 def own_evaluation_index(history: dict, record: dict) -> int:
-    """The index of the checkpoint's own evaluation (the last one, when it was made at the
-    checkpoint's step), else the next index: episodes the run has not played."""
+    """The index of the checkpoint's own evaluation (the last one, when it was made where the
+    checkpoint was: at its gradient step offline, at its environment step online, where an
+    evaluation's `step` counts the online updates too), else the next index: episodes the run has
+    not played."""
     evaluations = history["evaluations"]
-    if evaluations and (evaluations[-1]["step"], evaluations[-1]["env_step"]) == (record["step"],
-                                                                                   record["env_step"]):
+    if evaluations and evaluations[-1].get("phase", "offline") == record["phase"] and (
+            evaluations[-1]["env_step"] == record["env_step"] if record["phase"] == "online"
+            else evaluations[-1]["step"] == record["step"]):
         return len(evaluations) - 1
     return len(evaluations)
 
@@ -210,9 +213,9 @@ def main(cfg: DictConfig) -> dict:
             options["env"], options["video"], options["out"])
     except (RunError, ConfigError, CheckpointError, VideoError, GridError, envs.DatasetError) as error:
         _exit(str(error.args[0]) if error.args else str(error))
-    summary, where = result["summary"], f"{result['phase']} step {result['step']}"
+    summary, where = result["summary"], f"offline step {result['step']}"
     if result["phase"] == "online":
-        where += f", environment step {result['env_step']}"
+        where = f"online, environment step {result['env_step']} after {result['step']} offline steps"
     written = f"; written to {Path(options['run']) / options['out']}" if options["out"] else ""
     print(f"{summary['score'].replace('_', ' ')} {summary['mean']:.1f} ± {summary['std']:.1f} over "
           f"{summary['seeds']} seed(s), {result['episodes']} episode(s) each, checkpoint "

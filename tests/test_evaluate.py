@@ -65,9 +65,14 @@ def test_an_earlier_checkpoint_and_one_seed(iql_run, offline_data):
 
 
 def test_the_evaluation_index_of_a_checkpoint():
-    history = {"evaluations": [{"step": 20, "env_step": 0}, {"step": 40, "env_step": 0}]}
-    assert own_evaluation_index(history, {"step": 40, "env_step": 0}) == 1
-    assert own_evaluation_index(history, {"step": 50, "env_step": 0}) == 2  # saved without evaluating
+    history = {"evaluations": [{"phase": "offline", "step": 20, "env_step": 0},
+                               {"phase": "offline", "step": 40, "env_step": 0}]}
+    assert own_evaluation_index(history, {"phase": "offline", "step": 40, "env_step": 0}) == 1
+    assert own_evaluation_index(history, {"phase": "offline", "step": 50, "env_step": 0}) == 2  # not evaluated
+    # online, an evaluation's step counts the updates (20 offline + 40 online); the checkpoint's does not
+    history["evaluations"].append({"phase": "online", "step": 80, "env_step": 40})
+    assert own_evaluation_index(history, {"phase": "online", "step": 40, "env_step": 40}) == 2
+    assert own_evaluation_index(history, {"phase": "online", "step": 40, "env_step": 50}) == 3
 
 
 def test_the_command_line_takes_the_run_folder_first_and_video_as_a_switch():
