@@ -68,7 +68,7 @@ def test_the_evaluation_index_of_a_checkpoint():
     history = {"evaluations": [{"phase": "offline", "step": 20, "env_step": 0},
                                {"phase": "offline", "step": 40, "env_step": 0}]}
     assert own_evaluation_index(history, {"phase": "offline", "step": 40, "env_step": 0}) == 1
-    assert own_evaluation_index(history, {"phase": "offline", "step": 50, "env_step": 0}) == 2  # not evaluated
+    assert own_evaluation_index(history, {"phase": "offline", "step": 50, "env_step": 0}) == 2  # no eval
     # online, an evaluation's step counts the updates (20 offline + 40 online); the checkpoint's does not
     history["evaluations"].append({"phase": "online", "step": 80, "env_step": 40})
     assert own_evaluation_index(history, {"phase": "online", "step": 40, "env_step": 40}) == 2

@@ -79,7 +79,8 @@ def test_bad_input_is_one_error_line(trained, tmp_path):
         assert message in lines[-1]
     assert not (tmp_path / "nothing").exists()  # never created for Hydra's log
     done = command("experiments.export", tmp_path, env=env, cwd=tmp_path)
-    assert done.returncode == 2 and done.stderr.strip().startswith("error:") and "not a run folder" in done.stderr
+    assert done.returncode == 2 and done.stderr.strip().startswith("error:")
+    assert "not a run folder" in done.stderr
 
 
 RELOAD = """

@@ -18,7 +18,8 @@ def test_the_python_api_page_runs(offline_data, tmp_path, monkeypatch):
     for number, block in enumerate(blocks):
         exec(compile(block, f"{PAGE}:block{number}", "exec"), namespace)
     assert (tmp_path / "runs" / "iql-pendulum" / "results.json").exists()
-    assert namespace["result"].scores == [seed["final_score"] for seed in namespace["result"].results["seeds"]]
+    result = namespace["result"]
+    assert result.scores == [seed["final_score"] for seed in result.results["seeds"]]
     assert (tmp_path / "policy" / "policy.json").exists()
 
 
