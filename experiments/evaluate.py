@@ -52,9 +52,11 @@ def evaluate_run(run_dir, checkpoint: int | None = None, episodes: int | None = 
     trainings = restored.select(seeds, point)
     states, values = restored.subset(trainings)
     training_seeds = [restored.training_seeds[i] for i in trainings]
-    info = restored.info
-    if env:  # over the dataset's and the protocol's own arguments (envs.evaluation_env_kwargs)
-        info = dataclasses.replace(info, eval_overrides={**info.eval_overrides, **env})
+    info, overrides = restored.info, dict(env or {})
+    if overrides:  # over the dataset's and the protocol's own arguments (envs.evaluation_env_kwargs)
+        arguments = {k: v for k, v in overrides.items() if k != "max_episode_steps"}  # gym.make's own
+        info = dataclasses.replace(info, eval_overrides={**info.eval_overrides, **arguments},
+                                   max_episode_steps=overrides.get("max_episode_steps", info.max_episode_steps))
     if episodes is None:
         episodes = int(cfg.eval.episodes if restored.phase == "offline" else cfg.online.episodes)
     if episodes < 1:
@@ -95,12 +97,17 @@ def evaluate_run(run_dir, checkpoint: int | None = None, episodes: int | None = 
         "run": str(Path(run_dir)), "algorithm": restored.algo.name, "dataset": info.key,
         "checkpoint": restored.index, "phase": restored.phase, "step": record["step"],
         "env_step": record["env_step"], "evaluation_index": evaluation_index, "episodes": episodes,
-        "deterministic": deterministic, "env": dict(env or {}),
+        "deterministic": deterministic, "env": overrides,
         "summary": {"score": "normalized_score" if scores is not None else "return",
                     "mean": float(finals.mean(axis=1).mean()), "std": float(finals.mean(axis=1).std()),
                     "seeds": len(trainings)},
         "seeds": per_seed, "seconds": None,
     }
+    if restored.grid.fields:  # a summary per grid point, as results.json has it
+        result["points"] = [{"values": point, "mean": float(np.mean(rows)), "std": float(np.std(rows))}
+                            for point in restored.grid.points
+                            if (rows := [finals[row].mean() for row, training in enumerate(trainings)
+                                         if restored.grid.point_of(training) == point])]
     if recorder is not None:
         videos, rendering = recorder
         count = min(int(video.get("episodes") or 1), episodes)

@@ -222,3 +222,30 @@ def test_recorded_episodes_play_as_evaluated(env_id, tmp_path):
     if env_id == "Pendulum-v1":  # never terminates: the first frame and one per step of 30
         with imageio.get_reader(files[0]) as reader:
             assert sum(1 for _ in reader) == 31
+
+
+def test_a_changed_environment_and_a_stochastic_policy(iql_run, offline_data):
+    base = evaluate_run(iql_run.run_dir, seeds=[0], episodes=1, out=None)["seeds"][0]["episode_returns"][0]
+    shorter = evaluate_run(iql_run.run_dir, seeds=[0], episodes=1, env={"max_episode_steps": 50}, out=None)
+    assert shorter["env"] == {"max_episode_steps": 50}
+    assert base < shorter["seeds"][0]["episode_returns"][0] <= 0  # 50 of the 200 steps' costs
+    heavier = evaluate_run(iql_run.run_dir, seeds=[0], episodes=1, env={"g": 20.0}, out=None)
+    assert heavier["seeds"][0]["episode_returns"][0] != base  # Pendulum's gravity, a gym.make argument
+    sampled = [evaluate_run(iql_run.run_dir, seeds=[0], episodes=1, deterministic=False, out=None)[
+        "seeds"][0]["episode_returns"][0] for _ in range(2)]
+    assert sampled[0] == sampled[1] != base  # keys from the seed: reproducible, and not the mean action
+
+
+def test_trainings_are_chosen_by_seed_and_grid_point():
+    from experiments.grid import Grid
+    from experiments.restored import Restored
+
+    grid = Grid((0, 1), ("expectile",), ({"expectile": 0.7}, {"expectile": 0.9}))
+    restored = Restored(*[None] * 7, grid, *[None] * 5)
+    assert restored.select() == [0, 1, 2, 3]
+    assert restored.select([1], {"expectile": 0.9}) == [3]
+    assert restored.select(None, {"expectile": 0.7}) == [0, 1]
+    with pytest.raises(RunError, match="point.tau: the run's grid has the fields expectile"):
+        restored.select(None, {"tau": 0.1})
+    with pytest.raises(RunError, match=r"no training .* has seed in \[2\]"):
+        restored.select([2], {"expectile": 0.9})

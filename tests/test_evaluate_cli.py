@@ -6,12 +6,14 @@ that imports nothing of this project; one `error:` line and exit code 2 for bad 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli_env, run_cli
+from helpers import REPO, cli_env, run_cli
 from test_unio4 import TINY_RUN as TINY_UNIO4  # Uni-O4's own tiny settings, kept by its tests
 
 pytestmark = pytest.mark.integration
@@ -105,7 +107,8 @@ def test_the_exported_policy_runs_without_the_project(trained, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     observations = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
     np.save(tmp_path / "observations.npy", observations)
-    bare = {k: v for k, v in env.items() if k != "PYTHONPATH"}  # this project not importable
+    paths = [p for p in env["PYTHONPATH"].split(os.pathsep) if p and Path(p).resolve() != REPO]
+    bare = {**env, "PYTHONPATH": os.pathsep.join(paths)}  # this project not importable
     script = tmp_path / "reload.py"
     script.write_text(RELOAD)
     reloaded = subprocess.run([sys.executable, script, tmp_path / "policy" / "policy.jaxexport",
