@@ -17,8 +17,9 @@ Reloading needs only `jax` (a version that reads this serialization: the same or
     policy = export.deserialize(open("policy/policy.jaxexport", "rb").read())
     actions = policy.call(observations)
 
-ONNX is not written: the maintained JAX-to-ONNX converter (jax2onnx) is not a dependency of this
-project and its coverage of every algorithm's policy ops was not checked (docs/python-api.md).
+ONNX is not written: the maintained JAX-to-ONNX converter, jax2onnx (0.17.1), requires
+orbax-checkpoint < 0.11.37, and this project orbax-checkpoint >= 0.12, so the two cannot be installed
+together (docs/python-api.md).
 """
 
 from __future__ import annotations
