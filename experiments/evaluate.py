@@ -55,8 +55,9 @@ def evaluate_run(run_dir, checkpoint: int | None = None, episodes: int | None = 
     info, overrides = restored.info, dict(env or {})
     if overrides:  # over the dataset's and the protocol's own arguments (envs.evaluation_env_kwargs)
         arguments = {k: v for k, v in overrides.items() if k != "max_episode_steps"}  # gym.make's own
+        limit = overrides.get("max_episode_steps", info.max_episode_steps)
         info = dataclasses.replace(info, eval_overrides={**info.eval_overrides, **arguments},
-                                   max_episode_steps=overrides.get("max_episode_steps", info.max_episode_steps))
+                                   max_episode_steps=limit)
     if episodes is None:
         episodes = int(cfg.eval.episodes if restored.phase == "offline" else cfg.online.episodes)
     if episodes < 1:
@@ -75,10 +76,14 @@ def evaluate_run(run_dir, checkpoint: int | None = None, episodes: int | None = 
 
     keys = jax.vmap(jax.random.key)(np.asarray(training_seeds)) if not deterministic else None
     bound = policies.make_policy(restored.algo, restored.preprocessor, deterministic, values)(states, keys)
-    calls = iter(range(1 << 62))
-    policy = lambda observations: bound(observations, next(calls))  # a new key every step when exploring
+
+    def fresh_policy():
+        """The policy from its first step on; exploring, a new key every step (a counter folded in)."""
+        calls = iter(range(1 << 62))
+        return lambda observations: bound(observations, next(calls))
+
     env_seeds = envs.episode_seeds(training_seeds, evaluation_index, episodes)
-    returns = envs.evaluate(policy, info, env_seeds, observation_dim=restored.observation_dim,
+    returns = envs.evaluate(fresh_policy(), info, env_seeds, observation_dim=restored.observation_dim,
                             workers=workers)
     scores = envs.normalized_score(returns, info)
     recorded = _recorded(history, evaluation_index, trainings, episodes)
@@ -113,14 +118,16 @@ def evaluate_run(run_dir, checkpoint: int | None = None, episodes: int | None = 
         count = min(int(video.get("episodes") or 1), episodes)
         folder = Path(run_dir) / VIDEOS
 
-        def path_of(row, episode, episode_return):
-            return folder / (f"checkpoint{restored.index}_seed{training_seeds[row]}_episode{episode}"
-                             f"_return{episode_return:.1f}.mp4")
+        written = []
 
-        videos.record(policy, lambda: envs.make_env(rendering), env_seeds[:, :count], path_of,
+        def path_of(row, episode, episode_return):
+            written.append(folder / (f"checkpoint{restored.index}_seed{training_seeds[row]}_episode"
+                                     f"{episode}_return{episode_return:.1f}.mp4"))
+            return written[-1]
+
+        videos.record(fresh_policy(), lambda: envs.make_env(rendering), env_seeds[:, :count], path_of,
                       fps=video.get("fps"))
-        result["videos"] = sorted(str(path.relative_to(run_dir)) for path in folder.glob(
-            f"checkpoint{restored.index}_*.mp4"))
+        result["videos"] = [str(path.relative_to(run_dir)) for path in written]
     result["seconds"] = time.perf_counter() - tic
     if out:
         (Path(run_dir) / out).write_text(json.dumps(result, indent=1))
