@@ -75,7 +75,8 @@ def evaluate_run(run_dir, checkpoint: int | None = None, episodes: int | None = 
         recorder = (videos, rendering)
 
     keys = jax.vmap(jax.random.key)(np.asarray(training_seeds)) if not deterministic else None
-    bound = policies.make_policy(restored.algo, restored.preprocessor, deterministic, values)(states, keys)
+    bound = policies.make_policy(restored.algo, restored.preprocessor, deterministic, values,
+                                 phase=restored.phase)(states, keys)
 
     def fresh_policy():
         """The policy from its first step on; exploring, a new key every step (a counter folded in)."""
@@ -212,11 +213,9 @@ def _exit(message: str):
 
 @hydra.main(config_path=CONFIG_DIR, config_name="evaluate", version_base=None)
 def main(cfg: DictConfig) -> dict:
-    import envs
     from envs.video import VideoError
-    from experiments.checkpoints import CheckpointError
-    from experiments.grid import GridError
     from experiments.restored import RunError
+    from experiments.run_folder import FAILURES
 
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every restore at INFO
     options = OmegaConf.to_container(cfg, resolve=True)
@@ -225,7 +224,7 @@ def main(cfg: DictConfig) -> dict:
             options["run"], options["checkpoint"], options["episodes"], options["seeds"], options["point"],
             options["deterministic"], options["evaluation_index"], options["eval"]["workers"],
             options["env"], options["video"], options["out"])
-    except (RunError, ConfigError, CheckpointError, VideoError, GridError, envs.DatasetError) as error:
+    except (RunError, VideoError, *FAILURES) as error:  # FAILURES: what training turns into `error:`
         _exit(str(error.args[0]) if error.args else str(error))
     summary, where = result["summary"], f"offline step {result['step']}"
     if result["phase"] == "online":

@@ -113,15 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=int, help="a kept checkpoint's index (default: the newest)")
     parser.add_argument("--platforms", default="cpu", help="comma-separated: cpu, cuda, rocm, tpu")
     args = parser.parse_args(argv)
-    from experiments.checkpoints import CheckpointError
     from experiments.restored import RunError, read_config
+    from experiments.run_folder import FAILURES
 
     try:
         read_config(Path(args.run))
         out = export_policy(args.run, args.out, args.seed, args.checkpoint, tuple(args.platforms.split(",")))
     except ImportError as error:  # jax.export's serialization needs flatbuffers
         parser.exit(2, f"error: {error}; pip install -e . installs it\n")
-    except (RunError, CheckpointError, ValueError) as error:
+    except (RunError, ValueError, *FAILURES) as error:  # ValueError: --platforms
         parser.exit(2, f"error: {str(error.args[0]) if error.args else error}\n")
     print(f"exported to {out} ({POLICY_FILE}, {SPEC_FILE}, README.md)")
 

@@ -36,7 +36,7 @@ class RunError(ValueError):
 class Restored:
     run_dir: Path
     cfg: DictConfig
-    algo: object  # the algorithm that acts in `phase` (algorithms.Algorithm)
+    algo: object  # the run's algorithm (algorithms.Algorithm); `acting_algorithm` acts in `phase`
     info: object  # envs.DatasetInfo
     preprocessor: object  # envs.Preprocessor
     observation_dim: int
@@ -79,6 +79,13 @@ class Restored:
         values = None if self.values is None else {k: v[rows] for k, v in self.values.items()}
         return states, values
 
+    def acting_algorithm(self):
+        """The algorithm that acts in the checkpoint's phase: online, the learner the run handed
+        over to (Uni-O4: its PPO), else the run's own."""
+        from algorithms.core.components import learner
+
+        return learner(self.algo, self.phase)
+
     def source(self, training: int) -> dict:
         """Where training `training`'s policy comes from: run, checkpoint, phase, steps, seed, grid point."""
         return {"run": str(self.run_dir), "checkpoint": self.index, "phase": self.phase,
@@ -106,7 +113,8 @@ class Restored:
 
         states, values = self.subset([training])
         state = jax.tree.map(lambda x: x[0], states.replace(step=None)).replace(step=states.step)
-        algo = with_values(self.algo, None if values is None else {k: v[0] for k, v in values.items()})
+        algo = with_values(self.acting_algorithm(), None if values is None else {
+            k: v[0] for k, v in values.items()})
         mean = jnp.asarray(self.preprocessor.normalizer.mean, jnp.float32)
         std = jnp.asarray(self.preprocessor.normalizer.std, jnp.float32)
         low, high = (jnp.asarray(bound, jnp.float32) for bound in self.action_bounds())
@@ -167,82 +175,29 @@ def restore(run_dir, checkpoint: int | None = None) -> Restored:
                        f"{', '.join(map(str, kept))} (training keeps the last checkpoint.keep="
                        f"{OmegaConf.select(cfg, 'checkpoint.keep')}); pick one of them or drop the option")
     chosen = kept[-1] if checkpoint is None else checkpoint
-    run = _rebuild(cfg, algo)
+    assembly, templates = _rebuild(cfg)
     checkpointer = Checkpointer(run_dir / CHECKPOINTS, keep=len(kept) + 1)
 
     def read(index):
         record = checkpointer.record(index)
-        trees = checkpointer.restore(index, {"states": run.templates(record["phase"])})
+        if record["phase"] not in templates:
+            raise RunError(f"checkpoint {index} is of the {record['phase']} phase, which the run's "
+                           "settings (.hydra/config.yaml) do not have")
+        trees = checkpointer.restore(index, {"states": templates[record["phase"]]["states"]})
         return index, record, trees["states"]
 
     index, record, states = restore_newest_readable([i for i in kept if i <= chosen], read,
                                                     run_dir / CHECKPOINTS)
-    return Restored(run_dir, cfg, run.acting_algorithm(record["phase"]), run.info, run.preprocessor,
-                    run.observation_dim, run.action_dim, run.grid, states, run.values, record["phase"],
-                    index, record)
+    return Restored(run_dir, cfg, algo, assembly.info, assembly.prepared.preprocessor,
+                    assembly.spec.observation_dim, assembly.spec.action_dim, assembly.grid, states,
+                    assembly.values, record["phase"], index, record)
 
 
-@dataclasses.dataclass
-class _Rebuilt:
-    """What a restore needs from the run's settings and dataset, before any checkpoint is read."""
+def _rebuild(cfg: DictConfig):
+    """The run rebuilt from its settings by the Assembly (experiments/assembly.py) with the stages'
+    results as shapes only: the same data, preprocessing, grid and checkpoint templates as training
+    built, nothing trained or initialised. Returns (assembly, templates {phase: trees})."""
+    from experiments.assembly import Assembly
 
-    algo: object
-    info: object
-    preprocessor: object
-    observation_dim: int
-    action_dim: int
-    grid: object
-    values: dict | None
-    templates: object  # phase -> the states' shapes, to restore into
-    acting_algorithm: object  # phase -> the algorithm that acts in it
-
-
-def _rebuild(cfg: DictConfig, algo) -> _Rebuilt:
-    """The one place that rebuilds a run's pieces from its settings with training's own functions
-    (the same data, preprocessing, grid and stage-result shapes as experiments/train.py builds);
-    the state templates come from `jax.eval_shape`, so no stage is trained and nothing is
-    initialised. The Assembly of issue 23 (`Assembly.build(cfg, stages="abstract")`,
-    `asm.templates()`, `asm.policy(phase)`) replaces this function whole."""
-    import envs
-    from algorithms import Spec
-    from experiments import grid as grids
-    from experiments import loop, online, stages
-    from experiments.data import load
-
-    raw, info = load(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path, cfg.dataset.download)
-    if OmegaConf.select(cfg, "dataset.last_rows") is not None:
-        raw = envs.last_rows(raw, int(cfg.dataset.last_rows))
-    prepared = loop.prepare(algo, raw)
-    spec = Spec(raw.observation_dim, raw.action_dim, int(cfg.steps))
-    grid = grids.make_grid(cfg, algo, list(range(cfg.seed, cfg.seed + cfg.seeds)))
-    seeds, values = grid.training_seeds, grid.values()
-    per_seed = stages.per_seed_names(algo, spec)
-
-    def stage_shapes():
-        shapes = {}
-        for stage in algo.stages(spec):
-            shape = stages.abstract_result(stage, spec, prepared.data)
-            shapes[stage.name] = jax.tree.map(
-                lambda s: jax.ShapeDtypeStruct((len(seeds), *s.shape), s.dtype), shape) if (
-                stage.per_seed) else shape
-        return shapes
-
-    host = algo.host_helpers(jax.device_get(prepared.data))
-    init_keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))[0]
-    results = stage_shapes()
-
-    def offline_states(results):
-        ctx = loop.make_context(algo, prepared, results, host=dict(host), per_seed=per_seed)
-        return loop.init_states(algo, spec, ctx, init_keys, values=values)
-
-    offline = jax.eval_shape(offline_states, results)
-
-    def templates(phase: str):
-        if phase == "offline":
-            return offline
-        return jax.eval_shape(lambda states, results: online.begin(algo, spec, loop.make_context(
-            algo, prepared, results, "online", int(cfg.steps), host=dict(host), per_seed=per_seed),
-            states, values), offline, results)
-
-    return _Rebuilt(algo, info, prepared.preprocessor, raw.observation_dim, raw.action_dim, grid, values,
-                    templates, lambda phase: algo)
+    assembly = Assembly.build(cfg, stages="abstract")
+    return assembly, assembly.templates()
