@@ -197,7 +197,15 @@ def _rebuild(cfg: DictConfig):
     """The run rebuilt from its settings by the Assembly (experiments/assembly.py) with the stages'
     results as shapes only: the same data, preprocessing, grid and checkpoint templates as training
     built, nothing trained or initialised. Returns (assembly, templates {phase: trees})."""
+    from hydra.core.hydra_config import HydraConfig
+
     from experiments.assembly import Assembly
 
-    assembly = Assembly.build(cfg, stages="abstract")
+    # Inside `experiments.evaluate` (a Hydra app) the settings check would read that command's
+    # overrides (eval.workers=...) as if they had trained the run: check the run's file alone.
+    hydra_config, HydraConfig.instance().cfg = HydraConfig.instance().cfg, None
+    try:
+        assembly = Assembly.build(cfg, stages="abstract")
+    finally:
+        HydraConfig.instance().cfg = hydra_config
     return assembly, assembly.templates()
