@@ -25,6 +25,8 @@ RUNS = {
                    "online.steps=40", "online.eval_every=20", "online.log_every=20", "online.episodes=2"],
     "unio4": [*TINY_UNIO4, "steps=40"],
 }
+GRID = ["algo=td3_bc", *PENDULUM, "seeds=1", "steps=40", "algo.hidden_dims=[8,8]", "algo.batch_size=16",
+        "grid.algo.alpha=[1.0,5.0]"]
 
 
 def command(module: str, *arguments, env: dict, cwd) -> subprocess.CompletedProcess:
@@ -41,7 +43,7 @@ def trained(tmp_path_factory, data_dir):
     def get(name: str):
         if name not in cache:
             run_dir = tmp_path_factory.mktemp(name) / "run"
-            done = run_cli(RUNS[name], run_dir, env)
+            done = run_cli(RUNS.get(name, GRID), run_dir, env)
             assert done.returncode == 0, done.stderr[-3000:]
             cache[name] = run_dir, env
         return cache[name]
@@ -64,6 +66,20 @@ def test_evaluate_gives_the_returns_of_the_runs_last_evaluation(trained, name):
         list(seed[key].values())[-1] for seed in results["seeds"]]
     assert [seed["normalized_score"] for seed in evaluation["seeds"]] == pytest.approx(
         [seed["final_score"] for seed in results["seeds"]])
+
+
+def test_a_grid_point_is_chosen_by_its_value(trained):
+    run_dir, env = trained("grid")
+    done = command("experiments.evaluate", run_dir, "+point.alpha=5.0", "out=point.json", env=env,
+                   cwd=run_dir.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    evaluation = json.loads((run_dir / "point.json").read_text())
+    assert [seed["grid"] for seed in evaluation["seeds"]] == [{"alpha": 5.0}]
+    point_seed = results["seeds"][1]  # trainings are point-major: alpha=5.0's seed 0 is the second
+    assert evaluation["seeds"][0]["episode_returns"] == list(point_seed["episode_returns"].values())[-1]
+    assert evaluation["points"] == [{"values": {"alpha": 5.0}, "mean": pytest.approx(
+        results["grid"]["points"][1]["summary"]["final_score_mean"]), "std": 0.0}]
 
 
 def test_bad_input_is_one_error_line(trained, tmp_path):
