@@ -350,3 +350,29 @@ def test_small_hopper_medium_is_registered_apart_with_a_short_protocol():
     info = envs.lookup("local", generated.QUICKSTART)
     assert info.env_id == "Hopper-v5" and info.family == "locomotion"
     assert info.minari_id == "local/hopper/medium-50k-v0" != envs.lookup("local", "hopper-medium").minari_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Training a behaviour policy (experiments/behaviour.py)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # two SAC trainings with compilation: about 40 s of CPU
+def test_behaviour_training_resumes_and_writes_a_policy_the_splits_use(tmp_path):
+    out, checkpoints, lines = tmp_path / "pendulum", tmp_path / "checkpoints", []
+    settings = dict(hidden_dims=(16, 16), start_steps=100, snapshot_every=100, eval_episodes=1,
+                    reference_episodes=1, buffer_size=1_000, checkpoint_dir=checkpoints, log=lines.append)
+    behaviour.train_behaviour("pendulum", out, total_steps=200, **settings)
+    manifest = behaviour.train_behaviour("pendulum", out, total_steps=400, **settings)
+    assert "pendulum: resuming SAC training from step 200" in lines
+    assert [step for step, _ in manifest["returns_during_training"]] == [0, 100, 200, 300, 400]
+    roles = manifest["roles"]
+    assert roles["random"] == 0 and roles["expert"] == 400 and roles["medium"] in (100, 200, 300)
+    kept = sorted(path.name for path in out.glob("actor_*.msgpack"))
+    assert kept == sorted(f"actor_{roles[r]:08d}.msgpack" for r in ("random", "medium", "expert"))
+    # medium-replay is everything collected up to the medium snapshot, across the resumption
+    assert len(splits.Behaviour(out).replay()["rewards"]) == roles["medium"]
+    report = splits.generate("pendulum", ["expert", "medium-replay"], size=200, root=tmp_path / "data",
+                             policy_dir=tmp_path, progress=False)
+    assert report["expert"]["transitions"] == 200
+    assert report["medium-replay"]["transitions"] == roles["medium"]
