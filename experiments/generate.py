@@ -21,7 +21,6 @@ from pathlib import Path
 from envs.behaviour_files import BEHAVIOUR_DIR
 from envs.dataset import DatasetError
 from envs.generated import BEHAVIOUR_ENVS, SPLITS
-from experiments.behaviour import TRAINING, train_behaviour
 from experiments.splits import check_request, command_line, generate
 
 
@@ -69,6 +68,10 @@ def parse(argv: list[str]) -> GenerateSettings:
 
 
 def retrain(settings: GenerateSettings, policy_root: Path) -> None:
+    # Imported only now: importing orbax (its checkpoints) gives the root logger a handler, and
+    # basicConfig in `main` would then no longer show the progress lines.
+    from experiments.behaviour import TRAINING, train_behaviour
+
     train = {**TRAINING[settings.env],
              **{k: v for k, v in dataclasses.asdict(settings.train).items() if v is not None}}
     train_behaviour(settings.env, policy_root / settings.env, seed=settings.seed, **train)
