@@ -305,6 +305,21 @@ def test_missing_policy_says_how_to_train_one(tmp_path, capsys):
     assert code == 2 and "retrain=true" in capsys.readouterr().err
 
 
+@pytest.mark.integration
+def test_the_command_shows_its_progress_lines(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import REPO, cli_env
+
+    done = subprocess.run([sys.executable, "-m", "experiments.generate", "env=pendulum", "splits=[random]",
+                           "size=300", f"data_dir={tmp_path}"], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "generating local/pendulum-random: done, 300 steps" in done.stderr
+    assert done.stdout.startswith("local/pendulum-random: 300 transitions")
+
+
 def test_interrupted_split_is_not_complete(tmp_path, monkeypatch):
     import minari
 
