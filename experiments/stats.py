@@ -1,7 +1,7 @@
-"""The statistics of the report: rliable's aggregates with stratified-bootstrap confidence intervals,
-the probability of improvement, performance profiles, and the t-interval of a learning curve's mean.
-Pure functions of score arrays; experiments/report_tables.py and experiments/report_plots.py show
-what they return."""
+"""The statistics of results: the interquartile mean of a run's seeds (records.py); the report's
+rliable aggregates with stratified-bootstrap confidence intervals, probability of improvement and
+performance profiles; the t-interval of a learning curve's mean. Pure functions of score arrays;
+experiments/report_tables.py and experiments/report_plots.py show what they return."""
 
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ def seeded_numpy(seed: int):
         yield
     finally:
         np.random.set_state(state)
+
+
+def iqm(values) -> float:
+    """Interquartile mean (mean of the middle 50%), as rliable defines it."""
+    from scipy.stats import trim_mean
+
+    return float(trim_mean(np.asarray(values, dtype=np.float64), 0.25))
 
 
 def stratified_bootstrap(scores: np.ndarray, reps: int, seed: int = 0) -> dict[str, tuple]:
