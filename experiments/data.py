@@ -10,11 +10,11 @@ from envs import generated
 
 
 def ensure_generated(name: str, root: Path | None = None) -> Path:
-    """The folder holding `local/<name>`, generating it first (experiments.generate) if needed."""
+    """The folder holding `local/<name>`, generating it first (experiments.splits) if needed."""
     try:
         return generated.behaviour_dataset_root(name, root)
     except envs.NotGenerated as missing:
-        from experiments.generate import generate
+        from experiments.splits import generate
 
         generate(missing.env, splits=(missing.split,), size=missing.generate_size, root=missing.root,
                  sized_name=missing.size is not None)

@@ -7,8 +7,8 @@ The training loop knows nothing of them: `experiments.sweep.SweepCallbacks` star
 job starts, which follows metrics.jsonl from a thread and forwards every new line, and stops it (last
 lines included) when the job ends. A line of per-seed values becomes the mean over seeds; evaluation
 scores and returns are also logged per seed. The x-axis is the line's `step`, or its `env_step` for
-online lines. In a sweep, W&B groups the runs by the sweep folder's name. metrics.jsonl stays the
-record; the loggers are off by default and never required.
+online lines. In a sweep, W&B groups the runs by the sweep folder's name (the callback passes
+it). metrics.jsonl stays the record; the loggers are off by default and never required.
 
 A requeued or resumed job mirrors into the same W&B run (its id derived from the run folder,
 `resume="allow"`) and does not replay what was sent: the mirror keeps the count of metrics.jsonl
@@ -26,8 +26,6 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-
-from experiments.sweep import in_multirun
 
 PER_SEED = ("normalized_score", "return")  # evaluation values also logged seed by seed
 NOT_LOGGED = {"type", "step", "env_step", "phase", "stage", "episode_returns"}
@@ -167,14 +165,14 @@ def run_config(config: DictConfig) -> dict[str, Any]:
             for key, value in config.items() if key != "hydra"}
 
 
-def start(config: DictConfig, run_dir: Path) -> Mirror:
-    """The mirror the job's `logger` config asks for, already following metrics.jsonl."""
+def start(config: DictConfig, run_dir: Path, group: str | None = None) -> Mirror:
+    """The mirror the job's `logger` config asks for, already following metrics.jsonl. `group`: the
+    W&B group of the run (the sweep folder's name in a multirun, named by the sweep's callback)."""
     settings = config.logger
     resolved = run_config(config)
     if settings.name == "tensorboard":
         sink = TensorBoardSink(run_dir, resolved, settings)
     elif settings.name == "wandb":
-        group = Path(config.hydra.sweep.dir).name if in_multirun() else None
         sink = WandbSink(run_dir, resolved, settings, group)
     else:
         raise ValueError(f"unknown logger '{settings.name}'; use logger=none, wandb or tensorboard")

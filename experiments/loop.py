@@ -444,13 +444,6 @@ def check_finite(states, metrics: dict, step: int, ignore=()) -> None:
         )
 
 
-def iqm(values) -> float:
-    """Interquartile mean (mean of the middle 50%), as rliable defines it."""
-    from scipy.stats import trim_mean
-
-    return float(trim_mean(np.asarray(values, dtype=np.float64), 0.25))
-
-
 @contextlib.contextmanager
 def watchdog(seconds: float, step: int):
     """Stop the process with a clear message if the block takes longer than `seconds` (0: off).

@@ -11,7 +11,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 import envs
-from experiments.loop import iqm
+from experiments.stats import iqm
 
 
 class MetricsFile:

@@ -37,6 +37,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from experiments import loggers  # wandb / tensorboardX are imported only when a sink starts
+
 log = logging.getLogger(__name__)
 
 FAILURE_FILE = "failure.json"
@@ -160,9 +162,9 @@ class SweepCallbacks(Callback):
         (output / FAILURE_FILE).unlink(missing_ok=True)  # a stale record from an earlier attempt
         logger = OmegaConf.select(config, "logger.name", default="none")
         if logger and logger != "none":
-            from experiments import loggers  # imports wandb / tensorboardX only when asked
-
-            self._mirror = loggers.start(config, output)
+            # W&B groups a sweep's runs by the sweep folder's name.
+            group = Path(config.hydra.sweep.dir).name if in_multirun() else None
+            self._mirror = loggers.start(config, output, group)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if self._mirror is not None:

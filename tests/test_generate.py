@@ -14,15 +14,15 @@ import envs
 from algorithms.core.algorithm import Context, OnlineConfig, Sampling
 from algorithms.core.replay import ReplayBuffer, Transitions
 from algorithms.sac import SAC, temperature_loss
-from envs import generated
+from envs import behaviour_files, generated
 from envs.dataset import Dataset, DatasetError
 from envs.environment import episode_seeds, run_episodes
 from envs.preprocessing import Preprocessor
-from experiments import generate, loop, policies
+from experiments import behaviour, generate, loop, policies, splits
 from experiments.data import ensure_generated, load
 from experiments.online import OnlineSchedule, environment_spec, fresh_run, train_online
 
-PENDULUM = generate.BEHAVIOUR_DIR / "pendulum"
+PENDULUM = behaviour_files.BEHAVIOUR_DIR / "pendulum"
 
 
 def rows(start: int, count: int) -> Transitions:
@@ -127,7 +127,7 @@ def test_shipped_pendulum_policy_follows_the_protocol():
 @pytest.fixture(scope="module")
 def pendulum_splits(tmp_path_factory):
     root = tmp_path_factory.mktemp("generated")
-    report = generate.generate("pendulum", generate.SPLITS, size=1_000, root=root, progress=False)
+    report = splits.generate("pendulum", generated.SPLITS, size=1_000, root=root, progress=False)
     return root, report
 
 
@@ -178,7 +178,7 @@ def test_protocol_invariants(pendulum_splits, monkeypatch):
 def test_medium_replay_is_what_training_collected(pendulum_splits, monkeypatch):
     root, _ = pendulum_splits
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    stored = generate.Behaviour(PENDULUM).replay()
+    stored = splits.Behaviour(PENDULUM).replay()
     episodes = list(load_split(root, "medium-replay").iterate_episodes())
     np.testing.assert_allclose(np.concatenate([e.actions for e in episodes]), stored["actions"])
     np.testing.assert_allclose(np.concatenate([e.observations[:-1] for e in episodes]),
@@ -203,9 +203,9 @@ def stream(observations: list[float], ends: dict[int, str]) -> dict:
 def test_packed_transitions_store_each_observation_once():
     transitions = stream([0, 1, 2, 3, 4, 5, 6], {1: "terminal"})
     transitions["next_observations"][1] = 7.0  # the terminal state, not the next reset
-    packed = generate.pack_transitions(transitions)
+    packed = behaviour_files.pack_transitions(transitions)
     assert "next_observations" not in packed and packed["cuts"].tolist() == [1, 5]
-    for name, column in generate.unpack_transitions(packed).items():
+    for name, column in behaviour_files.unpack_transitions(packed).items():
         np.testing.assert_array_equal(column, transitions[name])
 
 
@@ -213,7 +213,7 @@ def test_replay_episodes_cut_at_ends_and_at_resumed_training():
     transitions = stream([0, 1, 2, 3, 4, 5, 6], {1: "terminal"})
     # Row 4 resumed training: it starts from 9, not from row 3's next observation 4.
     transitions["observations"][4] = 9.0
-    episodes = generate.replay_episodes(transitions)
+    episodes = behaviour_files.replay_episodes(transitions)
     assert [e.rewards.tolist() for e in episodes] == [[0, 1], [2, 3], [4, 5]]
     assert [bool(e.terminations[-1]) for e in episodes] == [True, False, False]
     assert [bool(e.truncations[-1]) for e in episodes] == [False, True, True]  # cut; stream end
@@ -222,7 +222,7 @@ def test_replay_episodes_cut_at_ends_and_at_resumed_training():
 
 
 def test_collection_log_resumes_and_keeps_the_prefix(tmp_path):
-    log = generate.CollectionLog(tmp_path / "collected")
+    log = behaviour.CollectionLog(tmp_path / "collected")
     whole = rows(0, 30)
     log.write(10, [Dataset(*(c[:5] for c in whole[:6])), Dataset(*(c[5:10] for c in whole[:6]))])
     log.write(20, [Dataset(*(c[10:20] for c in whole[:6]))])
@@ -231,7 +231,7 @@ def test_collection_log_resumes_and_keeps_the_prefix(tmp_path):
     assert [p.stem for p in log.parts()] == ["000000010", "000000020"]
     space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
     log.save_prefix(15, tmp_path / "prefix.npz", space)
-    prefix = generate.unpack_transitions(dict(np.load(tmp_path / "prefix.npz")))
+    prefix = behaviour_files.unpack_transitions(dict(np.load(tmp_path / "prefix.npz")))
     assert prefix["rewards"].tolist() == list(range(15))
     np.testing.assert_array_equal(prefix["next_observations"], whole.next_observations[:15])
     np.testing.assert_allclose(prefix["actions"][:, 0], 2.0 * np.arange(15))  # [-1, 1] -> [-2, 2]
@@ -242,24 +242,24 @@ def test_collection_log_resumes_and_keeps_the_prefix(tmp_path):
 def test_collection_log_recovers_history_from_an_unwrapped_buffer(tmp_path):
     buffers = jax.vmap(lambda _: ReplayBuffer.create(8, 1, 1))(jnp.arange(1))
     buffers = jax.vmap(ReplayBuffer.add)(buffers, jax.tree.map(lambda x: x[None], rows(0, 6)))
-    log = generate.CollectionLog(tmp_path / "collected")
+    log = behaviour.CollectionLog(tmp_path / "collected")
     log.resume(6, buffers)
     log.save_prefix(6, tmp_path / "prefix.npz", gym.spaces.Box(-1.0, 1.0, (1,), np.float32))
     assert dict(np.load(tmp_path / "prefix.npz"))["rewards"].tolist() == list(range(6))
     wrapped = jax.vmap(ReplayBuffer.add)(buffers, jax.tree.map(lambda x: x[None], rows(6, 4)))
     with pytest.raises(DatasetError, match="wrapped around"):
-        generate.CollectionLog(tmp_path / "other").resume(10, wrapped)
+        behaviour.CollectionLog(tmp_path / "other").resume(10, wrapped)
 
 
 @pytest.mark.xdist_group("pendulum_splits")
 def test_same_seed_same_arrays(pendulum_splits, tmp_path, monkeypatch):
     root, _ = pendulum_splits
-    generate.generate("pendulum", ["medium"], size=1_000, root=tmp_path, progress=False)
+    splits.generate("pendulum", ["medium"], size=1_000, root=tmp_path, progress=False)
     first, _ = envs.minari_source.load(envs.lookup("local", "pendulum-medium"), str(root))
     second, _ = envs.minari_source.load(envs.lookup("local", "pendulum-medium"), str(tmp_path))
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
-    generate.generate("pendulum", ["medium"], size=1_000, seed=1, root=tmp_path, force=True,
+    splits.generate("pendulum", ["medium"], size=1_000, seed=1, root=tmp_path, force=True,
                       progress=False)
     other, _ = envs.minari_source.load(envs.lookup("local", "pendulum-medium"), str(tmp_path))
     assert not np.array_equal(first.actions, other.actions)
@@ -305,6 +305,21 @@ def test_missing_policy_says_how_to_train_one(tmp_path, capsys):
     assert code == 2 and "retrain=true" in capsys.readouterr().err
 
 
+@pytest.mark.integration
+def test_the_command_shows_its_progress_lines(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import REPO, cli_env
+
+    done = subprocess.run([sys.executable, "-m", "experiments.generate", "env=pendulum", "splits=[random]",
+                           "size=300", f"data_dir={tmp_path}"], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "generating local/pendulum-random: done, 300 steps" in done.stderr
+    assert done.stdout.startswith("local/pendulum-random: 300 transitions")
+
+
 def test_interrupted_split_is_not_complete(tmp_path, monkeypatch):
     import minari
 
@@ -313,13 +328,13 @@ def test_interrupted_split_is_not_complete(tmp_path, monkeypatch):
 
     monkeypatch.setattr(minari, "create_dataset_from_buffers", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        generate.generate("pendulum", ["random"], size=300, root=tmp_path, progress=False)
+        splits.generate("pendulum", ["random"], size=300, root=tmp_path, progress=False)
     assert not generated.dataset_complete(tmp_path, generated.behaviour_dataset_id("pendulum", "random"))
     assert not list(tmp_path.glob(".staging-*"))
 
 
 def test_corrupt_cached_split_is_reported(tmp_path):
-    generate.generate("pendulum", ["random"], size=300, root=tmp_path, progress=False)
+    splits.generate("pendulum", ["random"], size=300, root=tmp_path, progress=False)
     data_file = tmp_path / generated.behaviour_dataset_id("pendulum", "random") / "data" / "main_data.hdf5"
     data_file.write_bytes(b"\0" * 512)
     with pytest.raises(DatasetError, match="could not be read"):
@@ -350,3 +365,29 @@ def test_small_hopper_medium_is_registered_apart_with_a_short_protocol():
     info = envs.lookup("local", generated.QUICKSTART)
     assert info.env_id == "Hopper-v5" and info.family == "locomotion"
     assert info.minari_id == "local/hopper/medium-50k-v0" != envs.lookup("local", "hopper-medium").minari_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Training a behaviour policy (experiments/behaviour.py)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # two SAC trainings with compilation: about 40 s of CPU
+def test_behaviour_training_resumes_and_writes_a_policy_the_splits_use(tmp_path):
+    out, checkpoints, lines = tmp_path / "pendulum", tmp_path / "checkpoints", []
+    settings = dict(hidden_dims=(16, 16), start_steps=100, snapshot_every=100, eval_episodes=1,
+                    reference_episodes=1, buffer_size=1_000, checkpoint_dir=checkpoints, log=lines.append)
+    behaviour.train_behaviour("pendulum", out, total_steps=200, **settings)
+    manifest = behaviour.train_behaviour("pendulum", out, total_steps=400, **settings)
+    assert "pendulum: resuming SAC training from step 200" in lines
+    assert [step for step, _ in manifest["returns_during_training"]] == [0, 100, 200, 300, 400]
+    roles = manifest["roles"]
+    assert roles["random"] == 0 and roles["expert"] == 400 and roles["medium"] in (100, 200, 300)
+    kept = sorted(path.name for path in out.glob("actor_*.msgpack"))
+    assert kept == sorted(f"actor_{roles[r]:08d}.msgpack" for r in ("random", "medium", "expert"))
+    # medium-replay is everything collected up to the medium snapshot, across the resumption
+    assert len(splits.Behaviour(out).replay()["rewards"]) == roles["medium"]
+    report = splits.generate("pendulum", ["expert", "medium-replay"], size=200, root=tmp_path / "data",
+                             policy_dir=tmp_path, progress=False)
+    assert report["expert"]["transitions"] == 200
+    assert report["medium-replay"]["transitions"] == roles["medium"]

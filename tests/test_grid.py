@@ -240,6 +240,6 @@ def test_the_report_gives_one_row_per_grid_point(tmp_path, capsys):
     rows = [line for line in out.splitlines() if line.startswith("| d4rl/hopper-medium-v2")]
     assert any("td3_bc (alpha=1)" in row and "45.0" in row for row in rows), rows
     assert any("td3_bc (alpha=5)" in row and "75.0" in row for row in rows), rows
-    from experiments.report_plots import pooled_curves
+    from experiments.report_figures import pooled_curves
     curves = pooled_curves([(folder, {"alpha": 5.0})])
     np.testing.assert_array_equal(curves["offline"][1], [[70.0, 70.0], [80.0, 80.0]])

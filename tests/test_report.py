@@ -19,7 +19,8 @@ pytest.importorskip("rliable", reason='the report extra: pip install -e ".[repor
 
 from rliable import metrics  # noqa: E402
 
-from experiments import report  # noqa: E402
+from experiments import report, report_tables, stats  # noqa: E402
+from experiments.papers import PAPER_SCORES, load_paper_scores, mean_of, published  # noqa: E402
 
 # final scores per seed: known numbers, (dataset, algo) -> seeds
 FINAL = {
@@ -76,7 +77,7 @@ def table_rows(markdown: str, title: str) -> list[list[str]]:
 def test_known_scores_give_the_known_table(sweep, capsys):
     code, out, _ = run_report(sweep, capsys=capsys)
     assert code == 0
-    rows = {(r[0], r[1]): r for r in table_rows(out, report.TITLES["scores"])}
+    rows = {(r[0], r[1]): r for r in table_rows(out, report_tables.TITLES["scores"])}
     # hopper-medium-v2, iql: 60, 70, 65 -> mean 65.0, population std 4.08; best = final + 1
     # the mean of the last 10 evaluations: of the 2 there are, (final - 10 + final) / 2 = final - 5
     assert rows[("d4rl/hopper-medium-v2", "iql")][2:6] == ["3", "65.0 ± 4.1", "60.0 ± 4.1", "66.0 ± 4.1"]
@@ -144,17 +145,17 @@ def test_offline_to_online_fields_get_their_columns(tmp_path, capsys):
                      "online_regret": 0.1})
     code, out, _ = run_report(root, "--no-plots", capsys=capsys)
     assert code == 0
-    (row,) = table_rows(out, report.TITLES["offline_to_online"])
+    (row,) = table_rows(out, report_tables.TITLES["offline_to_online"])
     # Minari's re-recording is compared, marked approximate, with CORL's antmaze-umaze-v2: 77.00 -> 96.50
     assert row[3:] == ["70.0 ± 0.0 → 95.0 ± 0.0", "97.0 ± 0.0", "0.10 ± 0.00", "≈ 77.0 → 96.5", "-1.5",
                        "corl", "ours Minari v1, published D4RL v2"]
     # the final score is the one after fine-tuning: no offline published number beside it
-    assert table_rows(out, report.TITLES["scores"])[0][6:] == ["–", "–", "–", "–"]
+    assert table_rows(out, report_tables.TITLES["scores"])[0][6:] == ["–", "–", "–", "–"]
     # IQL's own fine-tuning table (D4RL v0) is reachable too, marked as other data
     code, out, _ = run_report(root, "--no-plots", "--paper", "iql_finetune", capsys=capsys)
-    (row,) = table_rows(out, report.TITLES["offline_to_online"])
+    (row,) = table_rows(out, report_tables.TITLES["offline_to_online"])
     assert row[6:] == ["≈ 86.7 → 96.0", "-1.0", "iql_finetune", "ours Minari v1, published D4RL v0"]
-    published = table_rows(out, report.TITLES["published"])
+    published = table_rows(out, report_tables.TITLES["published"])
     assert ["minari/D4RL/antmaze/umaze-v1", "iql", "iql_finetune", "offline_to_online", "86.7 → 96.0",
             "antmaze-umaze-v0", "ours Minari v1, published D4RL v0"] in published
 
@@ -179,14 +180,14 @@ def test_failed_unfinished_and_broken_runs_are_listed_or_skipped_with_a_warning(
     (old / "results.json").write_text(json.dumps({"final_score": 50.0}))
     code, out, err = run_report(sweep, "--no-plots", capsys=capsys)
     assert code == 0
-    failures = table_rows(out, report.TITLES["failures"])
+    failures = table_rows(out, report_tables.TITLES["failures"])
     assert [str(failed), "bc", "d4rl/hopper-medium-v2", "dataset file 'x' does not exist"] in failures
     assert any(row[0] == str(sweep / "10_iql_killed") and "unfinished" in row[3] for row in failures)
     assert f"warning: skipping {half / 'results.json'}: not complete JSON" in err
     assert f"warning: skipping {old / 'results.json'}: no 'config' field" in err
-    iql = {r[0]: r for r in table_rows(out, report.TITLES["scores"]) if r[1] == "iql"}
+    iql = {r[0]: r for r in table_rows(out, report_tables.TITLES["scores"]) if r[1] == "iql"}
     assert iql["d4rl/hopper-medium-v2"][2] == "3"  # nothing counted from the broken files
-    bc = {r[0]: r for r in table_rows(out, report.TITLES["scores"]) if r[1] == "bc"}
+    bc = {r[0]: r for r in table_rows(out, report_tables.TITLES["scores"]) if r[1] == "bc"}
     assert bc["d4rl/hopper-medium-v2"][2] == "4"  # 3 seeds + the one of 13_bc_stopped not stopped
     assert [str(stopped), "bc", "d4rl/hopper-medium-v2",
             "seed 4 stopped at step 4000: Q above 1e4"] in failures
@@ -214,14 +215,14 @@ def test_a_folder_without_results_is_one_error_line(tmp_path, capsys):
 
 
 def test_every_paper_entry_cites_a_known_source_and_holds_scores():
-    papers = yaml.safe_load(report.PAPER_SCORES.read_text())
+    papers = yaml.safe_load(PAPER_SCORES.read_text())
     for entry in papers["scores"]:
         assert entry["source"] in papers["sources"]
         assert entry["metric"] in ("final", "best", "offline_to_online")
         for name, value in entry["scores"].items():
             assert name.endswith(("-v0", "-v2")), name
             values = [value] if entry["metric"] != "offline_to_online" else list(value.values())
-            assert all(0 <= report.mean_of(v) <= 130 for v in values), (name, value)
+            assert all(0 <= mean_of(v) <= 130 for v in values), (name, value)
 
 
 def two_expectiles(root: Path) -> None:
@@ -243,17 +244,17 @@ def test_a_sweep_over_two_expectiles_gives_two_rows_and_counts_a_relaunch_once(t
     two_expectiles(tmp_path)
     code, out, err = run_report(tmp_path, "--no-plots", capsys=capsys, reps=200)
     assert code == 0
-    rows = {r[1]: r for r in table_rows(out, report.TITLES["scores"])}
+    rows = {r[1]: r for r in table_rows(out, report_tables.TITLES["scores"])}
     assert set(rows) == {"iql (expectile=0.7)", "iql (expectile=0.9)"}
     # 60..64 -> 62.0 ± sqrt(2); the re-launched job's 99s are the same settings and seeds: not counted
     assert rows["iql (expectile=0.7)"][2:4] == ["5", "62.0 ± 1.4"]
     assert rows["iql (expectile=0.9)"][2:4] == ["3", "21.0 ± 0.8"]
-    duplicates = table_rows(out, report.TITLES["duplicates"])
+    duplicates = table_rows(out, report_tables.TITLES["duplicates"])
     assert [[r[0], r[3], r[4]] for r in duplicates] == [
         [str(tmp_path / "3_iql_again"), str(seed), str(tmp_path / "1_iql")] for seed in range(3)]
     assert (f"warning: {tmp_path / '3_iql_again'}: seed 0 has the settings and seed of "
             f"{tmp_path / '1_iql'}; counted once") in err
-    aggregate = {r[0] for r in table_rows(out, report.TITLES["aggregate"])}
+    aggregate = {r[0] for r in table_rows(out, report_tables.TITLES["aggregate"])}
     assert aggregate == {"iql (expectile=0.7)", "iql (expectile=0.9)"}
 
 
@@ -261,14 +262,14 @@ def test_group_by_chooses_the_columns_and_names_what_it_pools(tmp_path, capsys):
     two_expectiles(tmp_path)
     code, out, err = run_report(tmp_path, "--no-plots", "--group-by", "steps", capsys=capsys, reps=200)
     assert code == 0
-    (row,) = table_rows(out, report.TITLES["scores"])
+    (row,) = table_rows(out, report_tables.TITLES["scores"])
     # the eight distinct (settings, seed) pairs pooled: mean 46.6, population std 19.9
     pooled = [60, 61, 62, 63, 64, 20, 21, 22]
     assert row[1:4] == ["iql (steps=1000)", "8", f"{np.mean(pooled):.1f} ± {np.std(pooled):.1f}"] == [
         "iql (steps=1000)", "8", "46.6 ± 19.9"]
     assert "iql (steps=1000): pools runs that differ in algo.expectile (--group-by)" in err
     code, out, _ = run_report(tmp_path, "--no-plots", "--group-by", "algo.expectile", capsys=capsys, reps=200)
-    assert {r[1] for r in table_rows(out, report.TITLES["scores"])} == {"iql (expectile=0.7)",
+    assert {r[1] for r in table_rows(out, report_tables.TITLES["scores"])} == {"iql (expectile=0.7)",
                                                                        "iql (expectile=0.9)"}
     code, out, err = run_report(tmp_path, "--group-by", "algo.expectle", capsys=capsys, reps=200)
     assert code == 2 and out == ""
@@ -309,7 +310,7 @@ def test_results_json_holds_the_mean_of_the_last_evaluations():
 def test_the_report_shows_the_mean_of_the_last_evaluations_with_intervals(sweep, capsys):
     code, out, _ = run_report(sweep, "--no-plots", "--last", "1", capsys=capsys, reps=200)
     assert code == 0
-    rows = {(r[0], r[1]): r for r in table_rows(out, report.TITLES["scores"])}
+    rows = {(r[0], r[1]): r for r in table_rows(out, report_tables.TITLES["scores"])}
     assert rows[("d4rl/hopper-medium-v2", "iql")][4] == "65.0 ± 4.1"  # the last 1: the final score
     code, out, _ = run_report(sweep, "--no-plots", "--last", "2", capsys=capsys, reps=200)
     aggregate = list(csv.reader(open(sweep / "report" / "aggregate.csv")))
@@ -331,7 +332,7 @@ def test_probability_of_improvement_by_hand(tmp_path, capsys):
     code, out, _ = run_report(tmp_path, "--no-plots", "--compare", "iql", "bc", "--compare", "bc", "iql",
                               capsys=capsys, reps=200)
     assert code == 0
-    rows = table_rows(out, report.TITLES["probability_of_improvement"])
+    rows = table_rows(out, report_tables.TITLES["probability_of_improvement"])
     # the best and the mean of the last evaluations are the final shifted alike: the same probability
     assert [r[:3] for r in rows[:3]] == [["iql > bc", "2", "final"], ["iql > bc", "2", "mean of last 10"],
                                          ["iql > bc", "2", "best"]]
@@ -340,9 +341,9 @@ def test_probability_of_improvement_by_hand(tmp_path, capsys):
         assert point == pytest.approx(expected, abs=0.005) and low <= point <= high
     # walker alone: iql above bc in every resample
     scores = np.random.default_rng(0).integers(0, 5, size=(2, 6, 3)).astype(float)  # with ties
-    assert report.average_probability_of_improvement(*scores) == pytest.approx(
+    assert stats.average_probability_of_improvement(*scores) == pytest.approx(
         metrics.probability_of_improvement(*scores))
-    assert report.probability_of_improvement(np.array([[50.0], [60.0], [70.0]]), np.array([[10.0], [20.0]]),
+    assert stats.probability_of_improvement(np.array([[50.0], [60.0], [70.0]]), np.array([[10.0], [20.0]]),
                                              reps=200) == (1.0, 1.0, 1.0)
     code, _, err = run_report(tmp_path, "--compare", "iql", "cql", capsys=capsys, reps=200)
     assert code == 2 and err.startswith("error: --compare cql: no row has this label; rows: bc, iql")
@@ -373,16 +374,16 @@ def experiment_pairs():
 
 
 def test_every_experiment_config_reaches_a_published_number_or_says_why_not():
-    papers = report.load_paper_scores()
+    papers = load_paper_scores()
     pairs = list(experiment_pairs())
     assert len(pairs) > 100 and {name for name, *_ in pairs} >= {"iql_antmaze", "o2o_antmaze"}
     for name, algo, metric, dataset in pairs:
         absent = papers["absent"].get(name, {})
         documented = absent.get("datasets") == "all" or dataset.split("/")[-1] in absent.get("datasets", ())
-        reachable = report.published(papers, algo, dataset, metric, None)
+        reachable = published(papers, algo, dataset, metric, None)
         assert bool(reachable) != documented, (name, algo, metric, dataset, reachable, absent)
     # the AntMaze tables of IQL's paper (D4RL v0) are reachable from Minari's re-recordings
-    sources = {match[1] for match in report.published(papers, "iql", "minari/D4RL/antmaze/large-play-v1",
+    sources = {match[1] for match in published(papers, "iql", "minari/D4RL/antmaze/large-play-v1",
                                                       None, None)}
     assert sources == {"corl", "iql_antmaze", "iql_finetune"}
     for source in papers["sources"].values():
