@@ -136,7 +136,8 @@ def bench_agent(run, args, seeds: int) -> dict:
         timing.start(run, {"dynamics": run.model}, seeds)
         runner = loop.ChunkRunner(algo, "offline", args.config_timeout)
         chunk, compile_timing = timing.compile_program(runner, length, run)
-        refresh = jax.vmap(algo.refresh, in_axes=(loop.seed_axes(run.states), 0, 0, None))
+        refresh = jax.vmap(algo.refresh,
+                           in_axes=(loop.seed_axes(run.states), 0, 0, loop.context_axes(run.ctx)))
         tic = time.perf_counter()
         refresh = jax.jit(refresh, donate_argnums=(1,)).lower(run.states, run.buffers, run.keys,
                                                               run.ctx).compile()
