@@ -17,6 +17,7 @@ Adam eps 1e-5) with that code's 2 x 64 tanh networks; Uni-O4's own online settin
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from algorithms import register
-from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, SettingsError, Spec
+from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, OnPolicy, SettingsError, Spec
 from algorithms.core.networks import MLP, BoundedGaussianPolicy
 from algorithms.core.ppo import ACTIVATIONS, PPOConfig, PPOState, check_rollouts, init_ppo_state, ppo_update
 
@@ -51,7 +52,6 @@ def scratch_ppo() -> PPOConfig:
 @dataclass
 class PPO(Algorithm):
     name = "ppo"
-    learns_offline = False
     hidden_dims: tuple[int, ...] = (64, 64)
     activation: str = "tanh"  # of both networks' hidden layers: tanh | relu
     log_std_min: float = -5.0  # the policy's log std lies in (log_std_min, log_std_max)
@@ -69,6 +69,10 @@ class PPO(Algorithm):
             raise SettingsError(f"algo.log_std_min ({self.log_std_min}) must be below algo.log_std_max "
                                 f"({self.log_std_max}); fix the overrides")
         check_rollouts(self.online, self.ppo, "PPO")
+
+    def driver(self) -> OnPolicy:
+        """Online only: its own rollouts, no dataset."""
+        return dataclasses.replace(super().driver(), learns_offline=False)
 
     def networks(self, action_dim: int):
         actor = BoundedGaussianPolicy(self.hidden_dims, action_dim, ACTIVATIONS[self.activation],

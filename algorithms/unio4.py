@@ -91,7 +91,17 @@ from flax.training.train_state import TrainState
 
 import envs
 from algorithms import register
-from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, SettingsError, Spec, Stage
+from algorithms.core.algorithm import (
+    Algorithm,
+    Candidates,
+    Context,
+    Derived,
+    Handover,
+    OnlineConfig,
+    SettingsError,
+    Spec,
+    Stage,
+)
 from algorithms.core.dynamics import DynamicsConfig, dynamics_stage, sample_start_states, step
 from algorithms.core.networks import MLP, BoundedGaussianPolicy, ValueNetwork, critic_ensemble
 from algorithms.core.ppo import (
@@ -384,9 +394,10 @@ class UniO4(Algorithm):
 
     # ---- stages --------------------------------------------------------------------------------
 
-    def returns_to_go(self, data):
+    def derive(self, data) -> Derived:
         """SARSA's V regresses on the Monte-Carlo return (episodes end at terminals and timeouts)."""
-        return envs.returns_to_go(data, self.discount) if self.critic == "sarsa" else None
+        return Derived(returns_to_go=envs.returns_to_go(data, self.discount) if self.critic == "sarsa"
+                       else None)
 
     def stages(self, spec: Spec) -> list[Stage]:
         common = {"state_norm": self.state_norm, "observation_dim": spec.observation_dim,
@@ -649,8 +660,13 @@ class UniO4(Algorithm):
         ppo = init_ppo_state(self.ppo, actor, member_params(state), critic, critic_params, scaler)
         return UniO4Online(ppo.actor, ppo.critic, ppo.scaler, ppo.step, state.normalizer)
 
-    def members(self) -> int:
-        return self.num_members
+    def candidates(self) -> Candidates:
+        """The K policies of the ensemble, one handed over (`choose`)."""
+        return Candidates(self.num_members, self.member_state, self.choose,
+                          self.handover_without_evaluation())
+
+    def hand_over(self) -> Handover:
+        return Handover(self, self.begin_online)
 
     def member_state(self, state: UniO4State, index) -> UniO4State:
         return state.replace(chosen=jnp.asarray(index, jnp.int32))
