@@ -94,15 +94,13 @@ def trainings_grid(name: str, trainings: int):
 def bench_training(args, name: str, trainings: int, data_file: Path) -> dict:
     import jax
 
-    from experiments import loop
-
     grid = trainings_grid(name, trainings)
     axes = [f"grid.algo.{field}={timing.hydra_value([p[field] for p in grid.points])}"
             for field in grid.fields]
     cfg = timing.compose_run(name, args.width, None, None, data_file, layers=LAYERS[name],
                              extra=[f"seeds={len(grid.seeds)}", *axes])
-    run = timing.build_run(cfg, {})
-    runner = loop.ChunkRunner(run.algo, values=run.values)
+    run = timing.assemble(cfg)
+    runner = run.asm.runner("offline")
     timing.time_calls(runner, run, args.chunk, 2)  # compiles, then warms up
     runner.updates = runner.update_seconds = 0
     started = time.perf_counter()
@@ -113,8 +111,8 @@ def bench_training(args, name: str, trainings: int, data_file: Path) -> dict:
     stats = jax.devices()[0].memory_stats() or {}
     return {
         "algo": name, "width": args.width, "hidden_dims": list(run.algo.hidden_dims), "trainings": trainings,
-        "seeds": len(run.grid.seeds),
-        "grid": {field: [p[field] for p in run.grid.points] for field in run.grid.fields},
+        "seeds": len(run.asm.grid.seeds),
+        "grid": {field: [p[field] for p in run.asm.grid.points] for field in run.asm.grid.fields},
         "batch_size": run.algo.batch_size, "chunk_length": args.chunk, "timed_updates": runner.updates,
         "updates_per_second_per_training": per_training, "updates_per_second_total": per_training * trainings,
         "seconds_to_1M_updates": 1e6 / per_training, "compile_seconds": runner.compile_seconds,
@@ -128,13 +126,11 @@ def bench_evaluation(run, trainings: int, steps: int) -> dict:
     """Seconds per step of `trainings` HalfCheetah-v5 environments with one batched policy call."""
     import gymnasium as gym
 
-    from experiments import policies
-
     tic = time.perf_counter()
     vector = gym.vector.SyncVectorEnv([lambda: gym.make("HalfCheetah-v5") for _ in range(trainings)])
     observations, _ = vector.reset(seed=list(range(trainings)))
     created = time.perf_counter() - tic
-    policy = policies.make_policy(run.algo, run.prepared.preprocessor, values=run.values)(run.states)
+    policy = run.asm.policy()(run.states)
     policy(observations[:, None].astype(np.float32))  # compile
     tic = time.perf_counter()
     for _ in range(steps):

@@ -84,23 +84,24 @@ def check(args, parser) -> None:
     args.options = key_value_options(parser, args.option)
 
 
-def bench_dynamics(run, args) -> tuple[object, dict]:
-    """The ensemble's stage timed, its FLOPs, and the epoch extrapolation."""
+def bench_dynamics(asm, args) -> tuple[object, dict]:
+    """The ensemble's stage timed on the data of `asm` (an Assembly), its FLOPs, and the epoch
+    extrapolation."""
     import jax
 
     from algorithms.core.replay import sample_batch
 
-    (stage,) = run.algo.stages(run.spec)
-    dynamics, data = run.algo.dynamics, run.prepared.data
+    (stage,) = asm.algo.stages(asm.spec)
+    dynamics, data = asm.algo.dynamics, asm.prepared.data
     with timing.PeakRSS() as rss, timing.Busy() as busy:
-        model, measured = timing.time_stage(stage, run.spec, data, dynamics.validate_every, None,
+        model, measured = timing.time_stage(stage, asm.spec, data, dynamics.validate_every, None,
                                             args.dynamics_chunks)
     rows = int(data.rewards.shape[0])
     holdout = int(rows * dynamics.holdout)
     holdout = holdout if dynamics.max_holdout is None else min(holdout, dynamics.max_holdout)
     epoch_updates = math.ceil((rows - holdout) / dynamics.batch_size)  # as dynamics.init_training
     key = jax.random.key(0)
-    state = jax.eval_shape(lambda k: stage.init(k, run.spec, data), key)
+    state = jax.eval_shape(lambda k: stage.init(k, asm.spec, data), key)
     batch = jax.eval_shape(lambda k: sample_batch(data, k, stage.batch_size), key)
     flops = timing.xla_flops(jax.jit(stage.update).lower(state, batch, key).compile())
     rate = measured["updates_per_second"]
@@ -125,16 +126,17 @@ def dense_flops_per_row(params) -> float:
                      if getattr(path[-1], "key", None) == "kernel")
 
 
-def bench_agent(run, args, seeds: int) -> dict:
+def bench_agent(cfg, model, args) -> dict:
     """Chunks of rollout_freq updates (one refresh each) through ChunkRunner, then the refresh alone."""
     import jax
 
     from experiments import loop
 
-    algo, length = run.algo, run.algo.rollout_freq
+    seeds = int(cfg.seeds)
     with timing.PeakRSS() as rss, timing.Busy() as busy:
-        timing.start(run, {"dynamics": run.model}, seeds)
-        runner = loop.ChunkRunner(algo, "offline", args.config_timeout)
+        run = timing.assemble(cfg, {"dynamics": model})
+        algo, length = run.algo, run.algo.rollout_freq
+        runner = run.asm.runner("offline")
         chunk, compile_timing = timing.compile_program(runner, length, run)
         refresh = jax.vmap(algo.refresh,
                            in_axes=(loop.seed_axes(run.states), 0, 0, loop.context_axes(run.ctx)))
@@ -154,7 +156,7 @@ def bench_agent(run, args, seeds: int) -> dict:
     update_flops = None if None in (chunk_flops, refresh_xla) else (chunk_flops - refresh_xla) / seeds
     # one seed's refresh: every step of every rollout runs the actor and all the members
     actor = dense_flops_per_row(run.states.actor.params) / seeds  # the parameters have a seed axis
-    per_refresh = algo.rollout_batch * algo.rollout_length * (actor + dense_flops_per_row(run.model.params))
+    per_refresh = algo.rollout_batch * algo.rollout_length * (actor + dense_flops_per_row(model.params))
     amortised = None if update_flops is None else update_flops + per_refresh / length
     return {
         "seeds": seeds, "chunk_length": length, "warmup_chunk_seconds": seconds[0],
@@ -183,27 +185,32 @@ def set_rooflines(report) -> None:
 
 
 def measure(args, report) -> None:
+    from experiments.assembly import Assembly
+
     start_peak = timing.matmul_peak(args.matmul_sizes, args.matmul_seconds, 3)
     report.update(matmul=timing.matmul_section(start_peak), dynamics=None, agent=[])
     with tempfile.TemporaryDirectory(prefix="offrl-mopo-benchmark-") as folder:
         data_file = timing.write_synthetic_dataset(Path(folder) / "synthetic.hdf5", args.dataset_size,
                                                    args.seed)
-        run = timing.build_run(timing.compose_run("mopo", args.width, args.batch_size, args.options,
-                                                  data_file, extra=[f"seed={args.seed}"]))  # read here
-    algo = run.algo
-    report["settings"]["algorithm"] = {key: getattr(algo, key) for key in (
-        "rollout_length", "rollout_batch", "rollout_freq", "retain_epochs", "real_ratio", "hidden_dims",
-        "batch_size", "uncertainty", "termination")}
-    print("dynamics ensemble ...", flush=True)
-    run.model, report["dynamics"] = bench_dynamics(run, args)
-    set_rooflines(report)
-    report.write()
-    for seeds in args.seeds:
-        report["agent"].append(bench_agent(run, args, seeds))
-        rate = report["agent"][-1]["updates_per_second_per_seed"]
-        print(f"  {seeds} seed(s): {rate:.1f} updates/s per seed", flush=True)
+        configs = {seeds: timing.compose_run("mopo", args.width, args.batch_size, args.options, data_file,
+                                             extra=[f"seed={args.seed}", f"seeds={seeds}",
+                                                    f"watchdog_seconds={args.config_timeout}"])
+                   for seeds in args.seeds}
+        shapes = Assembly.build(configs[args.seeds[0]], stages="abstract")  # what the ensemble trains on
+        report["settings"]["algorithm"] = {key: getattr(shapes.algo, key) for key in (
+            "rollout_length", "rollout_batch", "rollout_freq", "retain_epochs", "real_ratio", "hidden_dims",
+            "batch_size", "uncertainty", "termination")}
+        print("dynamics ensemble ...", flush=True)
+        model, report["dynamics"] = bench_dynamics(shapes, args)
+        del shapes
         set_rooflines(report)
         report.write()
+        for seeds, cfg in configs.items():
+            report["agent"].append(bench_agent(cfg, model, args))
+            rate = report["agent"][-1]["updates_per_second_per_seed"]
+            print(f"  {seeds} seed(s): {rate:.1f} updates/s per seed", flush=True)
+            set_rooflines(report)
+            report.write()
     report["matmul"] = timing.matmul_section(start_peak, timing.matmul_peak(args.matmul_sizes,
                                                                             args.matmul_seconds, 3))
     set_rooflines(report)

@@ -1,6 +1,7 @@
 """What several measurements time with: the synthetic dataset and the run configuration, the one
-place a benchmark builds a run (`build_run`), the runner's chunks and the stages timed, XLA's cost
-and memory analysis, the matmul peak, peak memory and the CPU share.
+place a benchmark builds a run (`assemble`, through `experiments.assembly.Assembly`), the runner's
+chunks and the stages timed, XLA's cost and memory analysis, the matmul peak, peak memory and the
+CPU share.
 
 Nothing here trains in a loop of its own: chunks run through `experiments.loop.ChunkRunner` (the
 programs, watchdog and checks `experiments.train` uses), stages through `experiments.stages`.
@@ -8,11 +9,13 @@ programs, watchdog and checks `experiments.train` uses), stages through `experim
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,7 +65,7 @@ def compose_run(name: str, width: int | None, batch_size: int | None = None, opt
     """The run configuration `python -m experiments.train` would compose: algo=`name` with `layers`
     hidden layers of `width` (None: its own), `batch_size`, the `options` the algorithm has (a key
     it lacks is left out: one option list serves several algorithms), on `dataset` (source/name) or
-    the synthetic file `data_file`, plus `extra` overrides."""
+    the synthetic file `data_file`, plus `extra` overrides. Stages are never cached."""
     import algorithms
     from experiments import config
 
@@ -74,53 +77,31 @@ def compose_run(name: str, width: int | None, batch_size: int | None = None, opt
         *([f"algo.batch_size={batch_size}"] if batch_size else []),
         *(f"algo.{key}={hydra_value(value)}" for key, value in (options or {}).items()
           if key.split(".")[0] in fields),  # dynamics.hidden_dims: a field of a nested config
-        *data, *extra])
+        *data, "pretrain.cache_dir=null", *extra])
 
 
-def build_run(cfg, stage_results: dict | None = None, spec_steps: int = 1_000_000):
-    """Everything a benchmark's compiled chunks need, built as `experiments.train` builds a run: the
-    algorithm, its data prepared on the device, the context (with `stage_results` for the
-    algorithm's stages: the measurement trains or fakes them), the states of every training of
-    `cfg`'s seeds and grid, their buffers and keys. The one place a benchmark assembles a run."""
-    from algorithms import Spec
-    from experiments import grid as grids
-    from experiments import loop
-    from experiments.config import make_algorithm
-    from experiments.data import load
+def assemble(cfg, stage_results: dict | None = None, **fields):
+    """The run `cfg` describes, built by `experiments.assembly.Assembly` (every check, the data, the
+    stages' results, a context per phase, the seeds and keys), with fresh trees of its trainings:
+    what a measurement's compiled chunks take. `stage_results`: {stage: result} the measurement
+    trained, timed or made up itself, handed over as `stage_paths` (a per-seed stage's result is
+    then every seed's). `fields`: Assembly fields replaced for making the trees only (Uni-O4 starts
+    its states without AM-Q's cost)."""
+    from omegaconf import OmegaConf
 
-    algo = make_algorithm(cfg.algo)
-    grid = grids.make_grid(cfg, algo, list(range(cfg.seed, cfg.seed + cfg.seeds)))
-    raw, info = load(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path, cfg.dataset.download)
-    prepared = loop.prepare(algo, raw)
-    spec = Spec(raw.observation_dim, raw.action_dim, spec_steps)
-    run = SimpleNamespace(algo=algo, grid=grid, info=info, prepared=prepared, spec=spec)
-    if stage_results is None:  # the caller trains the stages first, then calls start()
-        return run
-    return start(run, stage_results)
+    from experiments.assembly import Assembly
+    from experiments.stages import StageRecord, write_cached
 
-
-def start(run, stage_results: dict, seeds: int | None = None):
-    """`run` with its contexts (offline and online), and its trainings' fresh states, buffers and keys
-    (the seed axis sharded);
-    `seeds`: that many seeds from the configuration's first instead of its seeds and grid."""
-    from experiments import loop, stages
-    from experiments.grid import Grid
-
-    if seeds is not None:
-        run.grid = Grid(tuple(range(run.grid.seeds[0], run.grid.seeds[0] + seeds)))
-    seeds = run.grid.training_seeds
-    per_seed = stages.per_seed_names(run.algo, run.spec)  # one model per seed: here the same for all
-    stage_results = {name: stages.stack_seeds([result] * len(seeds)) if name in per_seed else result
-                     for name, result in stage_results.items()}
-    run.ctx = loop.make_context(run.algo, run.prepared, stage_results, per_seed=per_seed)
-    run.online_ctx = loop.make_context(run.algo, run.prepared, stage_results, "online", run.spec.total_steps,
-                                       host=dict(run.ctx.host), per_seed=per_seed)
-    init_keys, run.keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
-    values = run.grid.values()
-    states = loop.init_states(run.algo, run.spec, run.ctx, init_keys, values=values)
-    buffers = loop.init_buffers(run.algo, run.spec, run.ctx, len(seeds))
-    run.states, run.buffers, run.values, run.keys = loop.shard_seeds(states, buffers, values, run.keys)
-    return run
+    cfg = copy.deepcopy(cfg)
+    with tempfile.TemporaryDirectory(prefix="offrl-benchmark-stages-") as folder:
+        for name, result in (stage_results or {}).items():
+            path = Path(folder, name).absolute()
+            write_cached(path, result, StageRecord(name, 0, None, False, 0.0))
+            OmegaConf.update(cfg, f"stage_paths.{name}", str(path), force_add=True)
+        asm = Assembly.build(cfg)
+    trees = (dataclasses.replace(asm, **fields) if fields else asm).fresh()
+    return SimpleNamespace(asm=asm, algo=asm.algo, spec=asm.spec, prepared=asm.prepared, values=asm.values,
+                           ctx=asm.contexts["offline"], **trees)
 
 
 def compile_program(runner, length: int, run) -> tuple[object, dict]:

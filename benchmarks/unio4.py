@@ -14,6 +14,7 @@ Every timed program is compiled first (compile time apart) and run `--repeats` t
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from dataclasses import replace
@@ -57,14 +58,21 @@ def best_of(call, repeats: int) -> float:
     return min(times)
 
 
-def time_stage(stage, run, length: int, repeats: int) -> tuple[object, dict]:
-    """A stage's compiled chunk timed; its result after init (and finish): enough to start BPPO."""
+def config(rows_file: Path, seeds: int, options: dict):
+    """Uni-O4 on the synthetic file, its code's sizes for halfcheetah-medium, `options` on top."""
+    options = {"termination": "halfcheetah", "eval_step": 10**9, **options}
+    return timing.compose_run("unio4", None, options=options, data_file=rows_file, extra=[f"seeds={seeds}"])
+
+
+def time_stage(stage, shapes, length: int, repeats: int) -> tuple[object, dict]:
+    """A stage's compiled chunk timed on the data of `shapes` (an Assembly); its result after init (and
+    finish): enough to start BPPO."""
     import jax
 
     from experiments.stages import make_stage_chunk
 
-    data = run.prepared.data
-    state = jax.jit(stage.init, static_argnums=1)(jax.random.key(0), run.spec, data)
+    data = shapes.prepared.data
+    state = jax.jit(stage.init, static_argnums=1)(jax.random.key(0), shapes.spec, data)
     tic = time.perf_counter()
     compiled = make_stage_chunk(stage, length).lower(state, data, jax.random.key(1)).compile()
     compile_seconds = time.perf_counter() - tic
@@ -83,89 +91,87 @@ def time_stage(stage, run, length: int, repeats: int) -> tuple[object, dict]:
                                  "full_minutes": stage.steps / rate / 60}
 
 
-def time_bppo(run, results: dict, seeds: int, length: int, repeats: int) -> dict:
-    from experiments import loop
-
-    algo = run.algo
-    run.algo = replace(algo, rollout_length=1)  # the AM-Q of the initialisation: timed apart
-    timing.start(run, results, seeds)
-    run.algo = algo
-    runner = loop.ChunkRunner(algo, "offline")
+def time_bppo(run, length: int, repeats: int) -> dict:
+    """BPPO's chunks on `run`, assembled with rollout_length 1: its AM-Q (at initialisation) is timed
+    apart, and none runs within the chunks (eval_step lies beyond them)."""
+    runner = run.asm.runner("offline")
     _, compiled = timing.compile_program(runner, length, run)
     seconds = min(timing.time_calls(runner, run, length, repeats))
-    return {"seeds": seeds, "members": algo.num_members, "updates_per_second_per_seed": length / seconds,
+    seeds = len(run.asm.seeds)
+    return {"seeds": seeds, "members": run.algo.num_members, "updates_per_second_per_seed": length / seconds,
             "updates_per_second_total": length * seeds / seconds,
             "compile_seconds": compiled["total_seconds"]}
 
 
-def time_amq(run, seeds: int, repeats: int) -> dict:
-    """AM-Q on the states time_bppo left in `run`."""
+def time_amq(run, length: int, repeats: int) -> dict:
+    """One AM-Q of every member of every seed of `run`, `length` model steps."""
     import jax
 
     from experiments import loop
 
-    algo = run.algo
+    algo = replace(run.algo, rollout_length=length)
     score = jax.jit(jax.vmap(lambda s, k, c: algo.amq(s.policies.params, s.normalizer, k, c),
                              in_axes=(loop.seed_axes(run.states), 0, loop.context_axes(run.ctx))))
     tic = time.perf_counter()
     compiled = score.lower(run.states, run.keys, run.ctx).compile()
     compile_seconds = time.perf_counter() - tic
     seconds = best_of(lambda: compiled(run.states, run.keys, run.ctx), repeats)
-    return {"seeds": seeds, "rollout_length": algo.rollout_length, "rollout_batch": algo.rollout_batch,
-            "seconds": seconds, "seconds_per_model_step": seconds / algo.rollout_length,
+    return {"seeds": len(run.asm.seeds), "rollout_length": length, "rollout_batch": algo.rollout_batch,
+            "seconds": seconds, "seconds_per_model_step": seconds / length,
             "compile_seconds": compile_seconds}
 
 
-def time_online(run, results: dict, seeds: int, rollouts: int) -> dict:
-    """Environment steps per second of the online phase: the hand-over, then `rollouts` + 1 rollouts
-    per seed (the first, which compiles the policy and the update, not counted)."""
-    import envs
-    from experiments import loop, online
+def time_online(cfg, results: dict, rollouts: int) -> dict:
+    """Environment steps per second of the online phase (`experiments.phases.run_online`) of `cfg`
+    with the stages' `results`: the hand-over, then `rollouts` + 1 rollouts per seed (the first,
+    which compiles the policy and the update, not counted)."""
+    from omegaconf import OmegaConf
 
-    algo = run.algo
-    run.algo = replace(algo, rollout_length=1)  # AM-Q: only in the initialisation here
-    timing.start(run, results, seeds)
-    states = online.begin(run.algo, run.spec, run.online_ctx, run.states)
-    steps = (rollouts + 1) * run.algo.online.block
-    buffers = loop.replay_buffers(online.buffer_capacity(run.algo, 0, steps), run.spec, seeds)
+    from experiments import phases
+
+    cfg = copy.deepcopy(cfg)
+    block = int(cfg.algo.online.block)
+    for key, value in {"online.steps": (rollouts + 1) * block, "online.eval_every": 0, "online.log_every": 0,
+                       "checkpoint.every": 0, "algo.rollout_length": 1}.items():  # AM-Q: none here
+        OmegaConf.update(cfg, key, value)
+    run = timing.assemble(cfg, results)
+    trees = run.asm.begin_online({"states": run.states, "buffers": run.buffers, "keys": run.keys})
+    quiet = phases.Hooks(log=lambda line: None, evaluate=lambda phase, states, step, env_step: states,
+                         checkpoint=lambda position, trees: None, leave=lambda where: None)
     measured: dict = {}
-    online.train_online(run.algo, run.online_ctx, run.prepared.preprocessor, lambda: envs.make_env(run.info),
-                        online.OnlineSchedule(steps, eval_every=0, checkpoint_every=0, log_every=0),
-                        list(range(seeds)), online.OnlineRun(states, buffers, run.keys),
-                        loop.ChunkRunner(run.algo, "online"), timings=measured)
-    online_algo, run.algo = run.algo, algo
+    phases.run_online(run.asm, trees, phases.Position(), quiet, run.asm.runner("online"), timings=measured)
+    seeds = len(run.asm.seeds)
     per_seed = measured["env_steps"] / measured["seconds"]
-    return {"seeds": seeds, "rollout": online_algo.online.block, "epochs": online_algo.ppo.epochs,
-            "minibatch": online_algo.ppo.minibatch_size, "env_steps_per_second_per_seed": per_seed,
+    return {"seeds": seeds, "rollout": block, "env_steps_per_second_per_seed": per_seed,
             "env_steps_per_second_total": per_seed * seeds,
             **{f"{part}_seconds": measured[part] for part in ("policy", "environment", "updates")},
             "seconds": measured["seconds"], "env_steps": measured["env_steps"]}
 
 
 def measure(args, report) -> None:
-    from algorithms.core.ppo import PPOConfig
+    from experiments.assembly import Assembly
 
-    with tempfile.TemporaryDirectory(prefix="offrl-unio4-benchmark-") as folder:
-        data_file = timing.write_synthetic_dataset(Path(folder) / "synthetic.hdf5", args.rows)
-        options = {"termination": "halfcheetah", "eval_step": 10**9, "rollout_length": args.amq_length}
-        run = timing.build_run(timing.compose_run("unio4", None, options=options, data_file=data_file),
-                               spec_steps=10_000)
     report.update(stages=[], bppo=[], amq=[], online=[])
-    results = {}
-    for stage in run.algo.stages(run.spec):
-        results[stage.name], row = time_stage(stage, run, args.stage_length, args.repeats)
-        report["stages"].append(row)
-        print(row, flush=True)
-    for seeds in args.seeds:
-        report["bppo"].append(time_bppo(run, results, seeds, args.bppo_length, args.repeats))
-        report["amq"].append(time_amq(run, seeds, args.repeats))
-        print(report["bppo"][-1], report["amq"][-1], flush=True)
-        report.write()
-    run.algo = replace(run.algo, ppo=PPOConfig(epochs=30))  # the halfcheetah-medium script's
-    for seeds in args.seeds if args.online_rollouts else []:
-        report["online"].append(time_online(run, results, seeds, args.online_rollouts))
-        print(report["online"][-1], flush=True)
-        report.write()
+    with tempfile.TemporaryDirectory(prefix="offrl-unio4-benchmark-") as folder:
+        rows_file = timing.write_synthetic_dataset(Path(folder) / "synthetic.hdf5", args.rows)
+        shapes = Assembly.build(config(rows_file, 1, {}), stages="abstract")  # the data the stages train on
+        results = {}
+        for stage in shapes.algo.stages(shapes.spec):
+            results[stage.name], row = time_stage(stage, shapes, args.stage_length, args.repeats)
+            report["stages"].append(row)
+            print(row, flush=True)
+        del shapes
+        for seeds in args.seeds:
+            run = timing.assemble(config(rows_file, seeds, {"rollout_length": 1}), results)
+            report["bppo"].append(time_bppo(run, args.bppo_length, args.repeats))
+            report["amq"].append(time_amq(run, args.amq_length, args.repeats))
+            print(report["bppo"][-1], report["amq"][-1], flush=True)
+            report.write()
+        for seeds in args.seeds if args.online_rollouts else []:  # the halfcheetah-medium script's epochs
+            report["online"].append(time_online(config(rows_file, seeds, {"ppo.epochs": 30}), results,
+                                                args.online_rollouts))
+            print(report["online"][-1], flush=True)
+            report.write()
 
 
 def markdown(report: dict) -> str:

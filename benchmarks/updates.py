@@ -214,23 +214,25 @@ def measure_worker(args) -> dict:
 
     import jax
 
-    from experiments import loop
+    from experiments.assembly import Assembly
 
     name, width, seeds = args.worker.split(":")
     width, seeds = int(width), int(seeds)
     # Stacks on stderr shortly before the parent's timeout, so a hang can be diagnosed.
     faulthandler.dump_traceback_later(max(1.0, args.config_timeout - 30), exit=False)
-    run = timing.build_run(run_config(args, name, width, seeds))
-    entry = {"batch_size": args.batch_size, "dataset_size": int(run.prepared.data.size),
-             "options": {k: v for k, v in args.options.items() if hasattr(run.algo, k)}}
+    cfg = run_config(args, name, width, seeds, f"watchdog_seconds={args.config_timeout}")
+    shapes = Assembly.build(cfg, stages="abstract")  # the algorithm and the data its stages train on
+    entry = {"batch_size": args.batch_size, "dataset_size": int(shapes.prepared.data.size),
+             "options": {k: v for k, v in args.options.items() if hasattr(shapes.algo, k)}}
     stage_results = {}
     with timing.PeakRSS() as rss:
-        for stage in run.algo.stages(run.spec):
+        for stage in shapes.algo.stages(shapes.spec):
             stage_results[stage.name], stage_timing = timing.time_stage(
-                stage, run.spec, run.prepared.data, args.chunk, args.chunk_seconds, args.repeats)
+                stage, shapes.spec, shapes.prepared.data, args.chunk, args.chunk_seconds, args.repeats)
             entry.setdefault("stages", []).append(stage_timing)
-        timing.start(run, stage_results)  # search structures (PRDC's KD-tree) count in the peak RSS
-        runner = loop.ChunkRunner(run.algo, "offline", args.config_timeout, values=run.values)
+        del shapes
+        run = timing.assemble(cfg, stage_results)  # search structures (PRDC's KD-tree) count in the peak
+        runner = run.asm.runner("offline")
         if args.warmup_updates:
             entry["warmup"] = warm_up(runner, run, args.warmup_updates, seeds)
         # The one-step program: XLA's FLOPs per update, the time that sizes the chunk, the Python loop.

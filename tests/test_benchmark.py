@@ -257,34 +257,33 @@ def test_warm_up_trains_whole_chunks_and_times_each(monkeypatch):
 
 
 def test_unio4_online_rows_time_the_online_phase_after_the_hand_over(tmp_path):
-    """The hand-over, then timed rollouts (the first, compiling one not counted); the split adds up."""
+    """The hand-over, then timed rollouts of `phases.run_online` (the first, compiling one not
+    counted); the split adds up."""
     import jax
 
     from benchmarks import harness, timing
     from benchmarks import unio4 as bench
+    from experiments.assembly import Assembly
 
     options = {"num_members": 2, "policy_hidden_dims": [8], "q_hidden_dims": [8], "v_hidden_dims": [8],
-               "rollout_batch": 4, "rollout_length": 1, "termination": "halfcheetah",
-               "dynamics.hidden_dims": [8], "dynamics.weight_decays": [0.0, 0.0],
+               "rollout_batch": 4, "dynamics.hidden_dims": [8], "dynamics.weight_decays": [0.0, 0.0],
                "dynamics.num_members": 3, "dynamics.num_elites": 2, "online.block": 32,
                "ppo.minibatch_size": 16, "ppo.epochs": 2}
-    data_file = timing.write_synthetic_dataset(tmp_path / "synthetic.hdf5", 256)
-    run = timing.build_run(timing.compose_run("unio4", None, options=options, data_file=data_file),
-                           spec_steps=10)
+    cfg = bench.config(timing.write_synthetic_dataset(tmp_path / "synthetic.hdf5", 256), 2, options)
+    shapes = Assembly.build(cfg, stages="abstract")
     results = {}
-    for stage in run.algo.stages(run.spec):
-        state = jax.jit(stage.init, static_argnums=1)(jax.random.key(0), run.spec, run.prepared.data)
+    for stage in shapes.algo.stages(shapes.spec):
+        state = jax.jit(stage.init, static_argnums=1)(jax.random.key(0), shapes.spec, shapes.prepared.data)
         if stage.finish is not None:
-            state, _ = jax.jit(stage.finish)(state, jax.tree.map(lambda x: x[:32], run.prepared.data))
+            state, _ = jax.jit(stage.finish)(state, jax.tree.map(lambda x: x[:32], shapes.prepared.data))
         results[stage.name] = stage.result(state)
-    row = bench.time_online(run, results, seeds=2, rollouts=2)
+    row = bench.time_online(cfg, results, rollouts=2)
     check_schema(row, {"env_steps": 64, "env_steps_per_second_per_seed": MEASURED,
                        "env_steps_per_second_total": MEASURED, "seconds": MEASURED})
     assert row["policy_seconds"] + row["environment_seconds"] + row["updates_seconds"] <= row["seconds"]
     report = {"meta": {"date": "d", "cpu_model": "c", "cores_available": 2, "jax": "j",
                        "devices": ["cpu"], "load_average_start": [0, 0, 0], "argv": ["unio4"]},
-              "settings": {"rows": 1},
-              "online": [row]}
+              "settings": {"rows": 1}, "online": [row]}
     table = bench.markdown(report)
     assert "| online PPO, seeds |" in table and "\n| 2 |" in table
     assert harness.command_line(report) == "python -m benchmarks unio4"
