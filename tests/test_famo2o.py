@@ -189,12 +189,13 @@ def test_at_a_constant_balance_the_actor_loss_is_iqls_with_that_temperature():
     assert float(metrics["actor_balance"]) == 11.0
     np.testing.assert_allclose(metrics["actor_loss"], iql_metrics["actor_loss"], rtol=1e-6)
     # One Adam step moves a parameter by lr g / (|g| + eps) (the bias-corrected first step): a whole
-    # learning rate unless the gradient g is within a few eps = 1e-8 of 0. The two programs (this
-    # update; IQL's with the balance code as extra policy inputs) sum the same float32 terms in
-    # another order, so such a g rounds to another step: measured up to 4e-4 of a step (1.1e-7 of
-    # 3e-4 on an AMD EPYC), bounded by lr |dg| / eps, about 1e-2 lr for a rounding dg ~ 1e-10 of
-    # gradients summed from terms ~ 1e-3. A wrong update (another b, another input) moves parameters
-    # by whole steps. Allowed: 1% of a step, plus the parameter's own float32 rounding (rtol).
+    # learning rate unless its gradient g is within a few eps = 1e-8 of 0. The two programs (this
+    # update; IQL's with the balance code as extra policy inputs) may sum the same float32 terms in
+    # another order; only a g within that rounding of 0 then takes another step (by at most
+    # lr |dg| / eps). Measured: bit for bit here (both compiled, Intel Xeon); with IQL's update run
+    # op by op, 4e-4 of a step (1.1e-7 of 3e-4) on an AMD EPYC. A wrong update (another b, another
+    # input) moves parameters by whole steps. Allowed: 1% of a step, plus the parameter's own
+    # float32 rounding (rtol).
     step = 1e-2 * max(iql.actor_lr, iql.critic_lr, iql.value_lr)
     for part in ("actor", "critic", "value", "target_critic_params"):
         assert_trees_close(getattr(new, part), getattr(iql_new, part), 1e-6, step, part)

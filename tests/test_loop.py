@@ -21,15 +21,13 @@ SMALL = ["dataset=local/pendulum-mixed",
          "eval.every=20", "eval.episodes=2"]
 
 
-def train_states(algo, prepared, seeds, steps=30, chunk=None):
-    """`steps` updates of every seed in one compiled chunk (`chunk`: one made before, reused)."""
+def train_states(algo, prepared, seeds, steps=30):
     data = prepared.data
     spec = Spec(data.observations.shape[1], data.actions.shape[1], steps)
     keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(np.asarray(seeds)))
     ctx = loop.make_context(algo, prepared)
     states = loop.init_states(algo, spec, ctx, keys[0])
-    chunk = chunk or loop.make_train_chunk(algo, steps)
-    states, _, _, metrics = chunk(states, None, keys[1], ctx)
+    states, _, _, metrics = loop.make_train_chunk(algo, steps)(states, None, keys[1], ctx)
     return states, metrics
 
 
@@ -40,9 +38,8 @@ def test_seed_batch_matches_single_seed_runs(name, offline_data):
     raw, _ = envs.load("local", "pendulum-mixed")
     data = loop.prepare(algo, raw)
     batched, batched_metrics = train_states(algo, data, [0, 1, 2, 3])
-    alone = loop.make_train_chunk(algo, 30)  # one program for the four single-seed runs
     for i, seed in enumerate([0, 1, 2, 3]):
-        single, single_metrics = train_states(algo, data, [seed], chunk=alone)
+        single, single_metrics = train_states(algo, data, [seed])
         # leaves: the two states' static parts (bound apply functions) are distinct objects
         chex.assert_trees_all_close([leaf[i] for leaf in jax.tree.leaves(batched.replace(step=None))],
                                     [leaf[0] for leaf in jax.tree.leaves(single.replace(step=None))],
