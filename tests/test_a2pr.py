@@ -74,8 +74,8 @@ def test_network_sizes_follow_the_code():
 def test_one_update_trains_every_part_and_the_actor_every_second_step():
     algo = small()
     batch = random_batch()
-    state = algo.init(jax.random.key(0), SPEC, batch)
-    update = jax.jit(algo.update)
+    state = jax.jit(algo.init, static_argnums=1)(jax.random.key(0), SPEC, batch)  # one program each,
+    update = jax.jit(algo.update)  # not one per operation
     key = jax.random.key(1)
     first, metrics = update(state, batch, key)
     again, _ = update(state, batch, key)
@@ -86,7 +86,7 @@ def test_one_update_trains_every_part_and_the_actor_every_second_step():
     for part in ("actor", "critic", "value", "vae"):
         assert changed(getattr(state, part).params, getattr(first, part).params), part
     # the VAE's weights: vae_weight where the updated critic's Q_1(s, a) exceeds V(s) from before
-    critic_stepped, _ = algo.critic_step(state, batch, jax.random.split(key, 3)[0])
+    critic_stepped, _ = jax.jit(algo.critic_step)(state, batch, jax.random.split(key, 3)[0])
     critic = critic_stepped.critic
     q_data = critic.apply_fn(critic.params, batch.observations, batch.actions)[0]
     v = state.value.apply_fn(state.value.params, batch.observations)

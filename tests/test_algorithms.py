@@ -98,15 +98,15 @@ def test_iql_actor_dropout_acts_only_in_the_loss():
 def test_update_and_act_shapes_and_determinism(name):
     algo = small(name)
     batch = random_batch(jax.random.key(0))
-    state = algo.init(jax.random.key(1), SPEC, batch)
-    update = jax.jit(algo.update)
+    state = jax.jit(algo.init, static_argnums=1)(jax.random.key(1), SPEC, batch)  # one program each,
+    update = jax.jit(algo.update)  # not one per operation
     new_state, metrics = update(state, batch, jax.random.key(2))
     again, metrics_again = update(state, batch, jax.random.key(2))
     assert int(new_state.step) == 1
     for value in metrics.values():
         assert value.shape == ()
     chex.assert_trees_all_equal(new_state, again)
-    actions = algo.act(new_state, batch.observations, jax.random.key(3), True)
+    actions = jax.jit(algo.act, static_argnums=3)(new_state, batch.observations, jax.random.key(3), True)
     assert actions.shape == (16, 2)
     assert jnp.all(jnp.abs(actions) <= 1.0)
 
