@@ -51,7 +51,7 @@ PRESETS = {
              "config_timeout": 900, "torch_threads": sorted({cores(), 1}, reverse=True)},
     "quick": {"dataset_size": 20_000, "chunk": 25, "chunk_seconds": 0.2, "repeats": 2, "eval_scale": 0,
               "pipeline_periods": 1, "matmul_sizes": [256, 512], "matmul_seconds": 0.05,
-              "torch_steps": 10, "torch_repeats": 2, "seeds": [2], "widths": [64], "config_timeout": 300,
+              "torch_steps": 10, "torch_repeats": 2, "seeds": [2], "widths": [64], "config_timeout": 600,
               "torch_threads": [cores()]},
 }
 

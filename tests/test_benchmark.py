@@ -49,7 +49,7 @@ def head(**settings) -> dict:
             "definitions": dict, "settings": settings, "complete": True}
 
 
-def benchmark(tmp_path: Path, measurement: str, *options: str, timeout: int = 600) -> tuple[dict, str]:
+def benchmark(tmp_path: Path, measurement: str, *options: str, timeout: int = 900) -> tuple[dict, str]:
     """`python -m benchmarks <measurement> --preset quick <options>` in a subprocess (a stuck run fails
     the test at the timeout instead of hanging the suite); its JSON report and Markdown table."""
     out = tmp_path / f"{measurement}.json"
@@ -87,7 +87,7 @@ def test_updates_report(tmp_path):
 def test_online_report(offline_data, tmp_path):
     """Our IQL online phase through `experiments.train` (OFFRL_DATA_DIR: the small local/pendulum-mixed of
     conftest), one and two seeds, and d3rlpy's where it imports ($D3RLPY_PYTHON), else a reason."""
-    report, table = benchmark(tmp_path, "online", "--steps", "40", timeout=900)
+    report, table = benchmark(tmp_path, "online", "--steps", "40")
     row = {"env_steps_per_second_per_seed": MEASURED, "env_steps_per_second_total": MEASURED,
            "parts_seconds": {"policy": MEASURED, "environment": MEASURED, "updates": MEASURED}}
     check_schema(report, {**head(preset="quick", steps=40), "environment": "Pendulum-v1",
