@@ -64,6 +64,7 @@ the right w differ from maze to maze; the multiplier instead holds w * Gap near 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -74,7 +75,7 @@ from flax.training.train_state import TrainState
 
 import envs
 from algorithms import register
-from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, Spec
+from algorithms.core.algorithm import Algorithm, Context, Derived, OffPolicy, OnlineConfig, Spec
 from algorithms.core.networks import ReferenceTanhGaussianActor, critic_ensemble
 from algorithms.core.training import copy_params, create_train_state, scalar_state, soft_update
 
@@ -350,11 +351,15 @@ class CalQL(CQL):
     online: OnlineConfig = field(default_factory=lambda: OnlineConfig(replay="mixed",
                                                                       dataset_fraction=0.5))
 
-    def returns_to_go(self, data):
-        return envs.returns_to_go(data, self.discount, self.failure_reward)
+    def derive(self, data) -> Derived:
+        return Derived(returns_to_go=envs.returns_to_go(data, self.discount, self.failure_reward))
 
-    def online_returns_to_go(self) -> bool:
-        return self.online_calibration
+    def driver(self):
+        """With `online_calibration`, online rows get their episode's return-to-go when it ends."""
+        driver = super().driver()
+        if not isinstance(driver, OffPolicy):
+            return driver
+        return dataclasses.replace(driver, returns_to_go=self.online_calibration)
 
     def push_down_values(self, q_sampled, batch, ctx):
         if ctx is not None and ctx.phase == "online" and not self.online_calibration:

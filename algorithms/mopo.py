@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from algorithms import register
-from algorithms.core.algorithm import Context, Sampling, SettingsError, Spec, Stage
+from algorithms.core.algorithm import Context, ModelData, SettingsError, Spec, Stage
 from algorithms.core.dynamics import (
     PENALTY_MEMBERS,
     UNCERTAINTIES,
@@ -142,33 +142,37 @@ class MOPO(SAC):
     def stages(self, spec: Spec) -> list[Stage]:
         return [dynamics_stage(self.dynamics, spec)]
 
-    def sampling(self, phase: str) -> Sampling:
-        if phase == "offline":
-            return Sampling("mixed", self.real_ratio)
-        return super().sampling(phase)
+    def model_data(self) -> ModelData:
+        """Batches take `real_ratio` of their rows from the dataset, the rest from the rollouts."""
+        return ModelData(self.real_ratio, self.init_rollouts, self.refresh_model_data)
 
     def buffer_capacity(self) -> int:
         """The last `retain_epochs` refreshes of `rollout_batch * rollout_length` transitions."""
         return max(1, self.retain_epochs * self.rollout_batch * self.rollout_length)
 
-    def init_buffer(self, spec: Spec, ctx: Context) -> RolloutBuffer:
+    def init_rollouts(self, spec: Spec, ctx: Context) -> RolloutBuffer:
         zero = jnp.zeros((), jnp.float32)
         return RolloutBuffer(ReplayBuffer.create(self.buffer_capacity(), spec.observation_dim,
                                                  spec.action_dim), RolloutStats(zero, zero, zero, zero))
 
-    def buffer_metrics(self, buffer: RolloutBuffer) -> dict[str, jax.Array]:
+    def rollout_metrics(self, buffer: RolloutBuffer) -> dict[str, jax.Array]:
         if not self.uses_model_data:
             return {}
         stats = buffer.last_refresh
         return {"rollout_length": stats.length, "rollout_model_reward": stats.model_reward,
                 "rollout_uncertainty": stats.uncertainty, "rollout_penalty": stats.penalty}
 
-    def fill_buffer(self, state: SACState, buffer: ReplayBuffer, key: jax.Array, ctx: Context):
+    def fill_rollouts(self, state: SACState, buffer: RolloutBuffer, key: jax.Array, ctx: Context):
         """Every `rollout_freq` updates (from update 0 on), new model rollouts into the buffer."""
         if not self.uses_model_data:
             return buffer
         return jax.lax.cond(state.step % self.rollout_freq == 0,
                             lambda: self.refresh(state, buffer, key, ctx), lambda: buffer)
+
+    def refresh_model_data(self, state: SACState, buffer: RolloutBuffer, key: jax.Array, ctx: Context):
+        """Before each offline batch: the buffer, refreshed when due, and its last refresh's statistics."""
+        buffer = self.fill_rollouts(state, buffer, key, ctx)
+        return buffer, self.rollout_metrics(buffer)
 
     def model_rollout(self, state: SACState, key: jax.Array, ctx: Context) -> Rollout:
         """`rollout_batch` rollouts of h steps from dataset states with the current policy."""

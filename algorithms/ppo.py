@@ -13,12 +13,13 @@ The defaults are the PPO-continuous code Uni-O4's online phase derives from (Liz
 pytorch: clip 0.2, 10 epochs, minibatch 64, learning rates 3e-4 decayed linearly to 0 at 3e6 steps,
 entropy 0.01, GAE(0.99, 0.95), advantage normalization, "dynamic" reward scaling, gradient norm 0.5,
 Adam eps 1e-5) with that code's 2 x 64 tanh networks; Uni-O4's own online settings are `PPOConfig`'s defaults.
-Uni-O4's online phase is this learner too (`UniO4.online_learner`), handed a state whose networks and
+Uni-O4's online phase is this learner too (`UniO4.hand_over`), handed a state whose networks and
 state statistics come from its offline phase.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from algorithms import register
-from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, SettingsError, Spec
+from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, OnPolicy, SettingsError, Spec
 from algorithms.core.networks import MLP, BoundedGaussianPolicy
 from algorithms.core.ppo import ACTIVATIONS, PPOConfig, PPOState, check_rollouts, init_ppo_state, ppo_update
 from envs.preprocessing import Normalizer
@@ -54,7 +55,6 @@ def scratch_ppo() -> PPOConfig:
 @dataclass
 class PPO(Algorithm):
     name = "ppo"
-    learns_offline = False
     hidden_dims: tuple[int, ...] = (64, 64)
     activation: str = "tanh"  # of both networks' hidden layers: tanh | relu
     log_std_min: float = -5.0  # the policy's log std lies in (log_std_min, log_std_max)
@@ -72,6 +72,10 @@ class PPO(Algorithm):
             raise SettingsError(f"algo.log_std_min ({self.log_std_min}) must be below algo.log_std_max "
                                 f"({self.log_std_max}); fix the overrides")
         check_rollouts(self.online, self.ppo, "PPO")
+
+    def driver(self) -> OnPolicy:
+        """Online only: its own rollouts, no dataset."""
+        return dataclasses.replace(super().driver(), learns_offline=False)
 
     def networks(self, action_dim: int):
         actor = BoundedGaussianPolicy(self.hidden_dims, action_dim, ACTIVATIONS[self.activation],

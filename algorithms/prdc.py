@@ -13,7 +13,7 @@ flag is store_false, i.e. always on).
 The search is exact over the whole dataset, inside the compiled update (`neighbour_search`):
   "auto" (default): "kdtree" when the backend is a CPU, else "matmul" (chosen by measurement: README,
       PRDC section; on a CPU the in-graph brute force is far slower than the tree).
-  "kdtree": scipy's cKDTree over {[beta s_i, a_i]} built once on the host (`host_helpers`, which the
+  "kdtree": scipy's cKDTree over {[beta s_i, a_i]} built once on the host (`derive`, which the
       loop calls; every seed shares it through the context), queried through `jax.pure_callback`
       on all cores (the reference code's structure). Ties between identical dataset rows go to
       the lowest index. Its cost depends on how far the queries are from the data: an untrained
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from algorithms import register
-from algorithms.core.algorithm import Context, SettingsError
+from algorithms.core.algorithm import Context, Derived, SettingsError
 from algorithms.core.neighbours import nearest_neighbour
 from algorithms.td3_bc import TD3BC, delayed
 
@@ -91,15 +91,15 @@ class PRDC(TD3BC):
         return self.neighbour_search == "kdtree" or (
             self.neighbour_search == "auto" and jax.default_backend() == "cpu")
 
-    def host_helpers(self, data) -> dict:
+    def derive(self, data) -> Derived:
         """The KD-tree over {[beta s_i, a_i]}, built once from the preprocessed dataset and shared
         by every seed through `ctx` (when the search method asks for it)."""
         if not self.wants_tree():
-            return {}
+            return Derived()
         observations = np.asarray(data.observations, np.float32)
         keys = np.concatenate([np.float32(self.beta) * observations,
                                np.asarray(data.actions, np.float32)], axis=1)
-        return {"kdtree": KDTreeSearch(keys)}
+        return Derived(host={"kdtree": KDTreeSearch(keys)})
 
     def search_method(self, ctx: Context | None) -> str:
         """The method in use: "auto" is the KD-tree when the context holds one (built on a CPU
@@ -113,8 +113,9 @@ class PRDC(TD3BC):
         if self.search_method(ctx) == "kdtree":
             tree = ctx.helper("kdtree")
             if tree is None:
-                raise RuntimeError("neighbour_search='kdtree' needs the KD-tree in the context: build "
-                                   "it with host_helpers(data) (the loop does) before compiling")
+                raise RuntimeError("neighbour_search='kdtree' needs the KD-tree among the context's "
+                                   "host_helpers: build it with derive(data) (the loop does) before "
+                                   "compiling")
             return tree.query(queries)
         return nearest_neighbour(queries, [ctx.data.observations, ctx.data.actions], [self.beta, 1.0],
                                  self.search_block, self.search_method(ctx))

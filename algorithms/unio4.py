@@ -22,12 +22,14 @@ Lei-Kun/Uni-O4 runs it (`main.py`, `critic.py`, `BC_ensemble.py`, `abppo.py`, `d
    (`termination`), at any |s'| >= `amq_state_bound`, with the achieved goal s'[:2] within
    `amq_goal_radius` of the desired one s'[-2:] (Minari AntMaze), or at a non-finite s'; a step whose
    Q is not finite ends it uncounted. pi_i^old <- pi_i when AM-Q beats the member's best.
-3. The member handed over: every AM-Q scoring picks the highest; the members are the candidates every
-   evaluation scores (`choose`): handover="code", the best real score among the `handover_top_k`
-   highest AM-Q (the code's load_pi_value; optimistic as an offline score), "amq" the AM-Q alone.
-4. Online, a real PPO learner (`online_learner`, algorithms/ppo.py) from the chosen member and the
-   offline V (with reward scaling, V re-fitted first: stage "online_value", Monte-Carlo regression on
-   the scaled dataset rewards), the states standardized with the offline statistics, frozen.
+3. The member handed over: every AM-Q scoring picks the highest; the members are the `candidates`
+   every evaluation scores, then `choose` applies handover="code", the best real score among the
+   `handover_top_k` highest AM-Q (the code's load_pi_value; optimistic as an offline score), or
+   "amq", the AM-Q alone (what "code" falls back to, with a warning, when evaluation is off).
+4. Online, a real PPO learner (`hand_over`: algo=ppo's, algorithms/ppo.py) from the chosen member
+   (with `online_extra_tanh`, the online code's second tanh on the log-std head) and the offline V
+   (with reward scaling, V re-fitted first: stage "online_value", Monte-Carlo regression on the scaled
+   dataset rewards), the states standardized with the offline statistics, frozen.
 """
 
 from __future__ import annotations
@@ -44,7 +46,17 @@ from flax.training.train_state import TrainState
 
 import envs
 from algorithms import register
-from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, SettingsError, Spec, Stage
+from algorithms.core.algorithm import (
+    Algorithm,
+    Candidates,
+    Context,
+    Derived,
+    Handover,
+    OnlineConfig,
+    SettingsError,
+    Spec,
+    Stage,
+)
 from algorithms.core.dynamics import DynamicsConfig, dynamics_stage, sample_start_states, step
 from algorithms.core.networks import BoundedGaussianPolicy, ValueNetwork, critic_ensemble
 from algorithms.core.ppo import (
@@ -196,9 +208,10 @@ class UniO4(Algorithm):
 
     # ---- 1. stages -------------------------------------------------------------------------------
 
-    def returns_to_go(self, data):
+    def derive(self, data) -> Derived:
         """SARSA's V regresses on the Monte-Carlo return (episodes end at terminals and timeouts)."""
-        return envs.returns_to_go(data, self.discount) if self.critic == "sarsa" else None
+        sarsa = self.critic == "sarsa"
+        return Derived(returns_to_go=envs.returns_to_go(data, self.discount) if sarsa else None)
 
     def stages(self, spec: Spec) -> list[Stage]:
         common = {"state_norm": self.state_norm, "observation_dim": spec.observation_dim,
@@ -413,8 +426,12 @@ class UniO4(Algorithm):
         actions = dist.mean() if deterministic else dist.sample(seed=key)
         return jnp.clip(actions, -1.0, 1.0)
 
-    def members(self) -> int:
-        return self.num_members
+    def candidates(self) -> Candidates:
+        """The K members, all scored by every offline evaluation; `choose` picks the one handed over."""
+        without_evaluation = None if self.handover == "amq" else (
+            "evaluation is off (eval.every=0 or eval.episodes=0), so algo.handover=code has no real scores: "
+            "each seed hands over the member with the highest latest AM-Q (algo.handover=amq)")
+        return Candidates(self.num_members, self.member_state, self.choose, without_evaluation)
 
     def member_state(self, state: UniO4State, index) -> UniO4State:
         return state.replace(chosen=jnp.asarray(index, jnp.int32))
@@ -429,24 +446,19 @@ class UniO4(Algorithm):
             chosen = top[jnp.argmax(scores[top])].astype(jnp.int32)
         return state.replace(chosen=chosen), {"chosen": chosen, "estimates": state.last_amq}
 
-    def handover_without_evaluation(self) -> str | None:
-        if self.handover != "code":
-            return None
-        return ("evaluation is off (eval.every=0 or eval.episodes=0), so algo.handover=code has no real "
-                "scores: each seed hands over the member with the highest latest AM-Q (algo.handover=amq)")
-
     # ---- 4. the online phase: PPO ----------------------------------------------------------------
 
-    def online_learner(self) -> PPO:
-        """What trains online: `algo=ppo` with this run's online settings and policy network (with
-        the code's extra tanh on the log-std head when `online_extra_tanh`)."""
-        return PPO(hidden_dims=tuple(self.policy_hidden_dims), activation=self.policy_activation,
-                   extra_tanh=self.online_extra_tanh, ppo=self.ppo, online=self.online, reward=self.reward)
+    def hand_over(self) -> Handover:
+        """Online, `algo=ppo`'s learner with this run's online settings and policy network (with the
+        code's extra tanh on the log-std head, `online_extra_tanh`), from `begin_online`'s state."""
+        learner = PPO(hidden_dims=tuple(self.policy_hidden_dims), activation=self.policy_activation,
+                      extra_tanh=self.online_extra_tanh, ppo=self.ppo, online=self.online, reward=self.reward)
+        return Handover(learner, self.begin_online)
 
     def begin_online(self, state: UniO4State, spec: Spec, ctx: Context) -> PPOState:
-        """The online learner's state: the chosen member, the offline V (the re-fitted one with its
-        return scaler when rewards are scaled), the offline state statistics; new optimisers."""
-        actor, _ = self.online_learner().networks(spec.action_dim)
+        """PPO's state: the chosen member, the offline V (the re-fitted one with its return scaler
+        when rewards are scaled), the offline state statistics; new optimisers."""
+        actor, _ = self.hand_over().learner.networks(spec.action_dim)
         if self.ppo.reward_scaling == "none":
             critics: Critics = ctx.stages["critics"]
             critic, critic_params, scaler = critics.v_network, critics.v_params, None

@@ -15,7 +15,8 @@ refused, with one error line, when
   * it is not a float (integers are sizes, counts, delays and step numbers; booleans, strings,
     lists and nested settings shape the program or the data);
   * the algorithm reads it on the host, once for every training: in `stages()` (a pretrained model
-    shared by all trainings), `sampling()`, `returns_to_go()` or `host_helpers()`;
+    shared by all trainings), in where batches come from (`driver()`, `model_data()`: "sampling"),
+    or in `derive()` (its returns-to-go or host-side helpers);
   * tracing the program with it as a traced value fails (it is used in Python control flow, as a
     shape, or captured by an optimiser schedule).
 Those stay Hydra multirun sweeps (`-m algo.<field>=a,b,c`). Learning rates work: Adam keeps a
@@ -36,8 +37,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from algorithms import Algorithm, SettingsError, Spec
-from algorithms.core.replay import Transitions
-from experiments import loop, online, policies
+from experiments import loop, policies
 from experiments.config import ConfigError
 
 # What tracing raises when a traced value meets Python control flow, a shape, or leaves its trace.
@@ -168,9 +168,10 @@ def griddable_fields(algo: Algorithm) -> list[str]:
 
 
 def fields_read_on_host(algo: Algorithm, spec: Spec, raw) -> dict[str, str]:
-    """{field: hook} for the fields the algorithm reads in its host-side hooks, which run once for
-    every training: stages(), sampling(), returns_to_go() and host_helpers() (the last two on the
-    first rows of the dataset `raw`)."""
+    """{field: what} for the fields the algorithm reads on the host, once for every training:
+    "stages" (`stages()`), "sampling" (`driver()` and `model_data()`: where batches come from), and
+    in `derive()` (on the first rows of the dataset `raw`) "returns_to_go" or "host_helpers", after
+    what it derived."""
     names = {item.name for item in dataclasses.fields(algo)}
     read: dict[str, str] = {}
     current = {"hook": ""}
@@ -184,14 +185,15 @@ def fields_read_on_host(algo: Algorithm, spec: Spec, raw) -> dict[str, str]:
     spy = copy.copy(algo)
     spy.__class__ = Recorder
     rows = type(raw)(*(np.asarray(column[:64]) for column in raw))
-    calls = {"stages": lambda: spy.stages(spec),
-             "sampling": lambda: (spy.sampling("offline"), spy.sampling("online")),
-             "returns_to_go": lambda: spy.returns_to_go(rows),
-             "host_helpers": lambda: spy.host_helpers(Transitions.from_dataset(rows))}
-    for hook, call in calls.items():
-        current["hook"] = hook
-        call()
-    return read
+    current["hook"] = "stages"
+    spy.stages(spec)
+    current["hook"] = "sampling"
+    spy.driver(), spy.model_data()
+    current["hook"] = "derive"
+    derived = spy.derive(rows)
+    part = ("returns_to_go" if derived.returns_to_go is not None else "host_helpers" if derived.host
+            else "derive")
+    return {name: part if hook == "derive" else hook for name, hook in read.items()}
 
 
 def check_host_fields(grid: Grid, algo: Algorithm, spec: Spec, raw) -> None:
@@ -227,6 +229,7 @@ def _trace_problem(algo, names, spec, prepared, contexts, capacity) -> str | Non
     keys = jax.random.split(jax.random.key(0), 1)
     contexts = {phase: loop.first_seeds(phase_ctx, 1) for phase, phase_ctx in contexts.items()}
     ctx = contexts["offline"]
+    observations = jax.ShapeDtypeStruct((1, 1, spec.observation_dim), jnp.float32)
     try:
         # Separate traces, as the run's separate programs: a traced value that init hides in a
         # static place (an optimiser schedule) and the update then reads fails here too.
@@ -236,13 +239,13 @@ def _trace_problem(algo, names, spec, prepared, contexts, capacity) -> str | Non
                 (lambda: loop.init_buffers(algo, spec, ctx, 1)) if phase == "offline"
                 else (lambda: loop.replay_buffers(capacity, spec, 1)))
             phase_states = states if phase == "offline" else jax.eval_shape(
-                lambda s, v, c=phase_ctx: online.begin(algo, spec, c, s, v), states, values)
+                lambda s, v, c=phase_ctx: loop.begin(algo, spec, c, s, v), states, values)
             jax.eval_shape(loop.make_train_chunk(algo, 1, phase), phase_states, buffers, keys, phase_ctx,
                            None, values)
-        observations = jax.ShapeDtypeStruct((1, 1, spec.observation_dim), jnp.float32)
-        for deterministic in (True, False) if "online" in contexts else (True,):
-            jax.eval_shape(policies.policy_program(algo, prepared.preprocessor, deterministic), states,
-                           observations, keys, 0, values)
+            # evaluation acts deterministically in both phases; online collection explores
+            for deterministic in (True, False) if phase == "online" else (True,):
+                program = policies.policy_program(algo, prepared.preprocessor, deterministic, phase=phase)
+                jax.eval_shape(program, phase_states, observations, keys, 0, values)
     except TRACING_ERRORS as error:
         return str(error).strip().splitlines()[0]
     return None

@@ -1,6 +1,6 @@
 """The compiled training loop: every seed in one program, thousands of updates per dispatch.
 
-    states, buffers = jit(scan(vmap_seeds(fill_buffer + draw batch + update), length=chunk))(...)
+    states, buffers = jit(scan(vmap_seeds(refresh model data + draw batch + update), length=chunk))(...)
 
 Data lives on the device and batches are drawn inside the compiled scan; nothing runs in Python per
 gradient step. `ChunkRunner` is the one place that runs those programs (offline, online and in the
@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import chex
 import jax
@@ -29,7 +29,9 @@ import numpy as np
 import envs
 from algorithms import Algorithm, Spec
 from algorithms.core.algorithm import Context, Sampling
+from algorithms.core.components import learner
 from algorithms.core.replay import ReplayBuffer, Transitions, draw
+from experiments.config import ConfigError
 
 
 class TrainingDiverged(RuntimeError):
@@ -44,30 +46,39 @@ class TrainingStopped(TrainingDiverged):
 class PreparedData:
     data: Transitions  # on the device, preprocessed as the algorithm asks
     preprocessor: envs.Preprocessor  # applied identically to evaluation and online transitions
+    host: dict = field(default_factory=dict)  # the algorithm's host-side helpers (`derive`)
 
 
 def prepare(algo: Algorithm, raw: envs.Dataset) -> PreparedData:
-    """Apply the algorithm's reward convention and state normalization; move data to the device."""
+    """Apply the algorithm's reward convention and state normalization, derive what it computes
+    once from the dataset (`Algorithm.derive`), and move the data to the device."""
     reward = algo.reward
     preprocessor = envs.Preprocessor.fit(raw, normalize_states=algo.normalize_states,
                                          returns_span=reward.returns_span, scale=reward.scale,
                                          shift=reward.shift)
     data = preprocessor(raw)
-    transitions = Transitions.from_dataset(data, algo.returns_to_go(data))
-    return PreparedData(jax.device_put(transitions), preprocessor)
+    derived = algo.derive(data)
+    transitions = Transitions.from_dataset(data, derived.returns_to_go)
+    return PreparedData(jax.device_put(transitions), preprocessor, dict(derived.host))
 
 
 def make_context(algo: Algorithm, prepared: PreparedData | None, stages: dict | None = None,
                  phase: str = "offline", phase_start: int = 0, host: dict | None = None,
                  per_seed: tuple[str, ...] = ()) -> Context:
     """The read-only context: the device dataset, the stages' results (those named in `per_seed`
-    with a leading seed axis), and the algorithm's host-side helpers (built here from the dataset
+    with a leading seed axis), and the algorithm's host-side helpers (those `prepare` derived,
     unless `host` gives them)."""
     data = None if prepared is None else prepared.data
     if host is None:
-        host = {} if data is None else algo.host_helpers(jax.device_get(data))
+        host = {} if prepared is None else prepared.host
     return Context(data, dict(stages or {}), phase, phase_start, tuple(sorted(host.items())),
                    tuple(per_seed))
+
+
+def seed_keys(seeds) -> tuple[jax.Array, jax.Array]:
+    """(init keys, training keys), one of each per training seed: a function of the seed alone, so
+    a seed trains the same alone or beside others."""
+    return jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
 
 
 def context_axes(ctx: Context):
@@ -113,11 +124,46 @@ def init_states(algo: Algorithm, spec: Spec, ctx: Context, keys: jax.Array, *,
 
 
 def init_buffers(algo: Algorithm, spec: Spec, ctx: Context, seeds: int):
-    """The per-seed buffers of the offline phase (None for most algorithms)."""
-    buffer = algo.init_buffer(spec, ctx)
-    if buffer is None:
+    """The per-seed buffers of the offline phase: the algorithm's model data (None for most)."""
+    model = algo.model_data()
+    if model is None:
         return None
+    buffer = model.init(spec, ctx)
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds, *x.shape)).copy(), buffer)
+
+
+def begin(algo: Algorithm, spec: Spec, ctx: Context, states, values: dict | None = None):
+    """The states the online phase starts from, for every seed in one compiled call: those of the
+    learner the algorithm hands over to (`Algorithm.hand_over`), else the offline states themselves
+    (the shared `step` stays shared). `jax.eval_shape` of it is the online checkpoint's template."""
+    if algo.hand_over() is None:
+        return states
+
+    def begin_all(states, ctx, values):
+        started = jax.vmap(lambda s, v, c: with_values(algo, v).hand_over().begin(s, spec, c),
+                           in_axes=(seed_axes(states), 0, context_axes(ctx)))(states, values, ctx)
+        return started.replace(step=started.step[0])
+
+    return jax.jit(begin_all)(states, ctx, values)
+
+
+def buffer_capacity(algo: Algorithm, dataset_size: int, steps: int, start_steps: int = 0) -> int:
+    """Rows of each seed's online buffer, as the online learner's driver says (`OffPolicy.capacity`,
+    `OnPolicy.capacity`); a warm-up of random actions its driver cannot learn from is refused."""
+    driver = learner(algo, "online").driver()
+    if start_steps and not driver.random_warmup:
+        raise ConfigError(f"online.start_steps={start_steps}: uniformly random actions cannot be "
+                          "trained on by an on-policy algorithm; set online.start_steps=0")
+    return driver.capacity(dataset_size, steps)
+
+
+def batch_sampling(algo: Algorithm, phase: str) -> Sampling:
+    """Where `phase`'s batches come from: offline the dataset (with the model data, if any, at its
+    ratio); online as the online learner's driver says."""
+    if phase == "online":
+        return learner(algo, "online").driver().sampling()
+    model = algo.model_data()
+    return Sampling("dataset") if model is None else model.sampling()
 
 
 def replay_buffers(capacity: int, spec: Spec, seeds: int) -> ReplayBuffer:
@@ -217,24 +263,25 @@ def make_train_chunk(algo: Algorithm, length: int, phase: str = "offline",
     (states, buffers, keys, ctx, rows=None, values=None) -> (states, buffers, keys, metrics),
     metrics of shape (length, seeds). `rows`: new transitions per seed (seeds, n, ...) appended to
     the buffers first (online collection). `values`: per-training grid values (`with_values`).
-    Batches are drawn as `sampling` (default `algo.sampling(phase)`) says."""
-    sampling = sampling or algo.sampling(phase)
+    Batches are drawn as `sampling` (default `batch_sampling(algo, phase)`) says; online, the
+    learner the algorithm hands over to trains (`components.learner`)."""
+    sampling = sampling or batch_sampling(algo, phase)
+    model_data = phase == "offline" and algo.model_data() is not None
+    batch_size = learner(algo, phase).batch_size
 
     def one_seed(state, buffer, key, values, ctx):
-        algo_here = with_values(algo, values)
+        algo_here = learner(with_values(algo, values), phase)
         fill_key, sample_key, update_key = jax.random.split(key, 3)
-        if phase == "offline":
-            buffer = algo_here.fill_buffer(state, buffer, fill_key, ctx)
-        batch = draw(sampling, ctx.data, buffer, sample_key, algo.batch_size)
+        extra = {}
+        if model_data:
+            buffer, extra = algo_here.model_data().refresh(state, buffer, fill_key, ctx)
+        batch = draw(sampling, ctx.data, buffer, sample_key, batch_size)
         updated, metrics = algo_here.update(state, batch, update_key, ctx)
         # The contract of `update` (checked once, when tracing): the state keeps its structure,
         # shapes and dtypes, and every metric is one number per step.
         chex.assert_trees_all_equal_shapes_and_dtypes(updated, state)
         chex.assert_rank(list(metrics.values()), 0)
-        state = updated
-        if phase == "offline":
-            metrics = {**metrics, **algo_here.buffer_metrics(buffer)}
-        return state, buffer, metrics
+        return updated, buffer, {**metrics, **extra}
 
     def chunk(states, buffers, keys, ctx, rows=None, values=None):
         if rows is not None:

@@ -5,12 +5,14 @@ and its own agent; all seeds step together with one batched policy call per envi
 Every `block` environment steps the transitions collected meanwhile are preprocessed as the
 dataset was (state normalization, reward transform), appended to the buffers, and
 block * updates_per_step updates run in one compiled call (`loop.ChunkRunner`), drawing batches as
-the algorithm's `sampling("online")` says (the dataset and the buffer as one pool, or mixed at a
+the learner's driver says (`OffPolicy`: the dataset and the buffer as one pool, or mixed at a
 ratio). The only Python per environment step is the environment itself and that policy call.
 
-With `algo.online.replay = "on_policy"` (PPO) the buffer is the rollout: it holds `block`
+With the on-policy driver (`OnPolicy`: PPO) the buffer is the rollout: it holds `block`
 transitions, and every time it is full (at environment steps that are multiples of `block`) the
-whole rollout, in time order, is the batch of one update; no dataset rows are drawn.
+whole rollout, in time order, is the batch of one update; no dataset rows are drawn. An algorithm
+that hands over to another learner online (`Algorithm.hand_over`: Uni-O4 to PPO) collects, trains
+and acts here with that learner (`components.learner`).
 
 Terminals are true terminations only; a time-limit truncation is stored as a timeout and
 bootstrapped through. Episodes end only where the environment ends them: a checkpoint saves where
@@ -20,9 +22,9 @@ run continues those episodes, so it gives exactly the numbers of the uninterrupt
 environment `envs.snapshot` cannot save is refused before training when intermediate online
 checkpoints are asked for (`check_environments`).
 
-Algorithms whose batches carry a Monte-Carlo return-to-go online (`Algorithm.online_returns_to_go`:
+Algorithms whose batches carry a Monte-Carlo return-to-go online (`OffPolicy.returns_to_go`:
 Cal-QL with `online_calibration=true`) get it for every online row when its episode ends, computed
-by the algorithm's own `returns_to_go` on the episode's preprocessed rewards, as for the dataset.
+by the algorithm's own `derive` on the episode's preprocessed rewards, as for the dataset.
 The rows enter the buffer as they arrive (so the update order stays the references' step, store,
 sample, update), with -inf until then: a row of an unfinished episode is trained on but sets no
 bound (max(Q, -inf) = Q); when the episode ends its rows already in the buffer are written over.
@@ -41,6 +43,7 @@ import numpy as np
 
 from algorithms import Algorithm, Spec
 from algorithms.core.algorithm import Context
+from algorithms.core.components import learner
 from algorithms.core.replay import ReplayBuffer, Transitions
 from envs import Dataset, Preprocessor, snapshot
 from experiments import loop, policies, preemption
@@ -77,21 +80,10 @@ class OnlineRun:
 
 def fresh_run(algo: Algorithm, spec, ctx: Context, seeds: list[int], capacity: int) -> OnlineRun:
     """A run that starts online (no offline phase): one new agent and an empty replay buffer per
-    seed, keys from the seeds as in train.py."""
-    init_keys, keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
+    seed, keys from the seeds as in every run (`loop.seed_keys`)."""
+    init_keys, keys = loop.seed_keys(seeds)
     return OnlineRun(loop.init_states(algo, spec, ctx, init_keys),
                      loop.replay_buffers(capacity, spec, len(seeds)), keys)
-
-
-def begin(algo: Algorithm, spec, ctx: Context, states, values: dict | None = None):
-    """`algo.begin_online` for every seed, in one compiled call: the states the online phase starts
-    from (the shared `step` stays shared). `jax.eval_shape` of it is the online checkpoint's template."""
-    def begin_all(states, ctx, values):
-        started = jax.vmap(lambda s, v, c: loop.with_values(algo, v).begin_online(s, spec, c),
-                           in_axes=(loop.seed_axes(states), 0, loop.context_axes(ctx)))(states, values, ctx)
-        return started.replace(step=started.step[0])
-
-    return jax.jit(begin_all)(states, ctx, values)
 
 
 def environment_spec(make_env: Callable, steps: int):
@@ -110,30 +102,6 @@ def environment_seed(seed: int, env_step: int) -> int:
 def uniform_actions(seeds: list[int], env_step: int, action_dim: int) -> np.ndarray:
     return np.stack([np.random.default_rng([seed, env_step, 0x5eed]).uniform(-1.0, 1.0, action_dim)
                      for seed in seeds])
-
-
-def buffer_capacity(algo: Algorithm, dataset_size: int, steps: int, start_steps: int = 0) -> int:
-    """Rows of each seed's online buffer. "prefilled": the buffer holds the dataset (drawn from the
-    shared device copy) and then online rows, `online.buffer_size` in all (None: nothing evicted;
-    set: a ring that evicts the dataset's first rows, then the oldest online rows, so the online
-    rows alone need at most `buffer_size` slots; `replay.draw`). "mixed": the online rows alone.
-    "on_policy": one rollout of `block` rows."""
-    size = algo.online.buffer_size
-    if algo.online.replay == "on_policy":
-        if start_steps:
-            raise ConfigError(f"online.start_steps={start_steps}: uniformly random actions cannot be "
-                              "trained on by an on-policy algorithm; set online.start_steps=0")
-        return algo.online.block
-    if algo.online.replay == "prefilled" and dataset_size:
-        if size is None:
-            return max(steps, 1)
-        if size < dataset_size:
-            raise ConfigError(
-                f"algo.online.buffer_size={size} cannot hold the dataset ({dataset_size} transitions) "
-                "that the pre-filled replay starts from; raise it (null: dataset + online.steps) or "
-                "use algo.online.replay=mixed.")
-        return max(min(size, steps), 1)
-    return max(size or steps, 1)
 
 
 def check_environments(make_env: Callable, schedule: OnlineSchedule) -> None:
@@ -168,7 +136,7 @@ def _preprocessed(preprocessor: Preprocessor, collected: dict) -> Dataset:
 
 class EpisodeReturns:
     """The Monte-Carlo return-to-go of every online row, known when its episode ends: the
-    algorithm's `returns_to_go` (its discount and failure rule, as for the dataset) over the
+    algorithm's `derive` (its discount and failure rule, as for the dataset) over the
     episode's preprocessed rewards, with no bootstrap after a time limit (as the dataset's
     truncated episodes and Cal-QL's sampler). Holds each seed's running episode's rewards."""
 
@@ -206,7 +174,7 @@ class EpisodeReturns:
         zeros = np.zeros((length, 1), np.float32)
         ends = np.zeros(length, np.float32)
         ends[-1] = 1.0
-        return self.algo.returns_to_go(Dataset(zeros, zeros, rewards, zeros, ends * 0, ends))
+        return self.algo.derive(Dataset(zeros, zeros, rewards, zeros, ends * 0, ends)).returns_to_go
 
 
 @jax.jit
@@ -249,16 +217,18 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
         "checkpoints", their sum with the host's bookkeeping as "seconds", and the "env_steps"
         they cover. Three clock reads per environment step: nothing measurable."""
     num_seeds = len(seeds)
-    explore = policies.make_policy(algo, preprocessor, deterministic=False, values=runner.values)
+    explore = policies.make_policy(algo, preprocessor, deterministic=False, values=runner.values,
+                                   phase="online")
     act_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 1))(jnp.asarray(seeds))
-    block, utd = algo.online.block, algo.online.updates_per_step
+    driver = learner(algo, "online").driver()
+    block = driver.block
     envs = gym.vector.SyncVectorEnv([make_env for _ in seeds],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     action_dim = envs.single_action_space.shape[0]
     update_step = lambda: int(run.states.step)
     host_steps = [s for s in (schedule.eval_every, schedule.checkpoint_every, schedule.log_every) if s]
 
-    tracked = algo.online_returns_to_go() and algo.online.replay != "on_policy"
+    tracked = driver.returns_to_go
 
     def start():
         """Fresh episodes, or the ones a checkpoint saved, continued (`run.environments`)."""
@@ -320,10 +290,7 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
             schedule.checkpoint_every and stop % schedule.checkpoint_every == 0))
         if on_collect is not None:
             on_collect({name: np.stack(values) for name, values in collected.items()}, stop)
-        if algo.online.replay == "on_policy":  # one update per complete rollout
-            updates = int(stop % block == 0)
-        else:
-            updates = utd * len(collected["rewards"]) if stop >= schedule.start_steps else 0
+        updates = driver.updates(len(collected["rewards"]), stop, schedule.start_steps)
         rows_returns = None
         if tracked:  # each row's return-to-go, or -inf until its episode ends (module docstring)
             ended = np.logical_or(np.stack(collected["terminals"]), np.stack(collected["timeouts"]))
@@ -332,7 +299,7 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
                 run.buffers.transitions.rewards.shape[1])
             run.buffers = _fill_returns(run.buffers, writes)
         rows = _rows(preprocessor, collected, rows_returns)
-        if algo.online.replay == "on_policy" and updates:  # rows of any length, one update program
+        if not driver.rows_in_program and updates:  # rows of any length, one update program
             run.buffers, rows = loop.append_rows(run.buffers, rows), None
         tic, compiling = time.perf_counter(), runner.compile_seconds
         run.states, run.buffers, run.keys, chunk_metrics = runner(

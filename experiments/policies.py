@@ -10,24 +10,27 @@ import numpy as np
 
 import envs
 from algorithms import Algorithm
+from algorithms.core.components import learner
 from experiments.loop import seed_axes, with_values
 
 
 def policy_program(algo: Algorithm, preprocessor: envs.Preprocessor, deterministic: bool = True,
-                   members: int = 1):
+                   members: int = 1, phase: str = "offline"):
     """The jitted batched policy: (states, raw observations (seeds, n, obs_dim), keys (seeds,),
     counter, values) -> actions (seeds, n, act_dim); see `make_policy`. With `members` > 1 the rows
-    are (seeds x members) instead, member m of seed i at row i * members + m (`algo.member_state`)."""
+    are (seeds x members) instead, member m of seed i at row i * members + m (the algorithm's
+    `candidates().state_of`). `phase="online"`: the states are those of the learner the algorithm
+    hands over to, if any (`components.learner`)."""
     mean = jnp.asarray(preprocessor.normalizer.mean)
     std = jnp.asarray(preprocessor.normalizer.std)
 
     def seed_act(state, observations, key, values):
-        algo_here = with_values(algo, values)
+        algo_here = learner(with_values(algo, values), phase)
         if members == 1:
             return algo_here.act(state, observations, key, deterministic)
-        return jax.vmap(lambda o, m: algo_here.act(algo_here.member_state(state, m), o,
-                                                   jax.random.fold_in(key, m), deterministic))(
-            observations, jnp.arange(members))
+        state_of = algo_here.candidates().state_of
+        return jax.vmap(lambda o, m: algo_here.act(state_of(state, m), o, jax.random.fold_in(key, m),
+                                                   deterministic))(observations, jnp.arange(members))
 
     @jax.jit
     def act(states, observations, keys, counter, values=None):
@@ -44,15 +47,15 @@ def policy_program(algo: Algorithm, preprocessor: envs.Preprocessor, determinist
 
 
 def make_policy(algo: Algorithm, preprocessor: envs.Preprocessor, deterministic: bool = True,
-                values: dict | None = None, members: int = 1):
+                values: dict | None = None, members: int = 1, phase: str = "offline"):
     """The one batched policy of the project: `policy(states)` gives a function of raw observations
     (seeds, n, obs_dim) [, per-seed keys (seeds,), counter] -> actions (seeds, n, act_dim) as host
     arrays, with observations preprocessed exactly as the training data was. Exploring
     (`deterministic=False`), each seed's key is folded with the counter on the device, so a seed
     acts the same alone or batched with others; one dispatch per environment step. `values`: the
     trainings' grid values (`with_values`). `members` > 1: every member of every seed, rows
-    (seeds x members) as `policy_program` says."""
-    act = policy_program(algo, preprocessor, deterministic, members)
+    (seeds x members) as `policy_program` says. `phase`: as `policy_program` says."""
+    act = policy_program(algo, preprocessor, deterministic, members, phase)
 
     def bind(states, keys=None):
         if keys is None:
@@ -63,11 +66,3 @@ def make_policy(algo: Algorithm, preprocessor: envs.Preprocessor, deterministic:
 
     return bind
 
-
-def choose_members(algo: Algorithm, states, scores):
-    """`algo.choose` for every seed at once: scores (seeds, members) -> (states acting with their
-    chosen members, the record as host arrays with a leading seed axis)."""
-    axes = seed_axes(states)
-    choose = jax.jit(jax.vmap(algo.choose, in_axes=(axes, 0), out_axes=(axes, 0)))
-    states, record = choose(states, jnp.asarray(scores, jnp.float32))
-    return states, jax.device_get(record)

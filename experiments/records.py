@@ -42,42 +42,39 @@ class MetricsFile:
         self.path.write_text("".join(line + "\n" for line in lines))
 
 
-def evaluation(policy, info, seeds: list[int], cfg, phase: str, step: int, env_step: int, index: int,
-               observation_dim: int, members: int = 1, choose=None) -> dict:
-    """Evaluation number `index` of every seed's deterministic policy, on episodes that depend on
-    the seed's value and `index` only (`envs.episode_seeds`: a seed scores the same alone or in any
-    batch; the online phase's evaluations continue the offline index); every episode's return.
-    With `members` > 1 (`policy` from `make_policy(..., members=...)`), every member of a seed plays
-    the seed's episodes; `choose(scores (seeds, members))` returns the algorithm's record (the chosen
-    member per seed, optionally its estimates), the seed's entry is its chosen member's and
-    "members" keeps every member's scores beside the record."""
-    tic = time.perf_counter()
+def play(policy, info, seeds: list[int], cfg, phase: str, index: int, observation_dim: int,
+         copies: int = 1) -> np.ndarray:
+    """Every episode's return of evaluation number `index`, (seeds x copies, episodes): episodes
+    that depend on the seed's value and `index` only (`envs.episode_seeds`: a seed scores the same
+    alone or in any batch; the online phase's evaluations continue the offline index). `copies`:
+    rows per seed that play the seed's episodes (several candidate policies: experiments/members.py)."""
     episodes = int(cfg.eval.episodes if phase == "offline" else cfg.online.episodes)
-    env_seeds = np.repeat(envs.episode_seeds(seeds, index, episodes), members, axis=0)
-    returns = envs.evaluate(policy, info, env_seeds, observation_dim=observation_dim,
-                            workers=cfg.eval.get("workers", "auto"))
-    by_member = None
-    if members > 1:
-        returns = returns.reshape(len(seeds), members, episodes)
-        scores = envs.normalized_score(returns, info)
-        record = choose((returns if scores is None else scores).mean(axis=-1))
-        by_member = {"return": returns.mean(axis=-1).tolist(),
-                     "normalized_score": None if scores is None else scores.mean(axis=-1).tolist(),
-                     **{name: np.asarray(value).tolist() for name, value in record.items()}}
-        returns = returns[np.arange(len(seeds)), np.asarray(record["chosen"])]
+    env_seeds = np.repeat(envs.episode_seeds(seeds, index, episodes), copies, axis=0)
+    return envs.evaluate(policy, info, env_seeds, observation_dim=observation_dim,
+                         workers=cfg.eval.get("workers", "auto"))
+
+
+def evaluation_entry(returns: np.ndarray, info, phase: str, step: int, env_step: int, seconds: float) -> dict:
+    """The record of one evaluation of every seed from its episodes' returns (seeds, episodes)."""
     scores = envs.normalized_score(returns, info)
-    entry = {
+    return {
         "phase": phase,
         "step": step,
         "env_step": env_step,
         "return": returns.mean(axis=1).tolist(),
         "normalized_score": None if scores is None else scores.mean(axis=1).tolist(),
         "episode_returns": returns.tolist(),
-        "seconds": time.perf_counter() - tic,
+        "seconds": seconds,
     }
-    if by_member is not None:
-        entry["members"] = by_member
-    return entry
+
+
+def evaluation(policy, info, seeds: list[int], cfg, phase: str, step: int, env_step: int, index: int,
+               observation_dim: int) -> dict:
+    """Evaluation number `index` of every seed's deterministic policy (`play`): every episode's
+    return, their means and normalized scores."""
+    tic = time.perf_counter()
+    returns = play(policy, info, seeds, cfg, phase, index, observation_dim)
+    return evaluation_entry(returns, info, phase, step, env_step, time.perf_counter() - tic)
 
 
 def member_ranking(evaluations: list[dict], seed_index: int) -> dict | None:

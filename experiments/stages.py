@@ -369,6 +369,20 @@ def restore_explicit(stage: Stage, spec: Spec, data, folder: Path):
     return result, record
 
 
+def abstract_stages(algo: Algorithm, spec: Spec, data, seeds=(0,), unknown_next=None) -> dict:
+    """{name: the shapes of the stage's result} as `train_stages` would give them (a per-seed stage's
+    with a leading seed axis), without training or reading anything: what a restored run's
+    checkpoint templates and policy need."""
+    out = {}
+    for stage in algo.stages(spec):
+        shapes = abstract_result(stage, spec, rows_known(data, unknown_next) if stage.fits_next_states
+                                 else data)
+        out[stage.name] = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((len(seeds), *leaf.shape),
+                                                                         leaf.dtype), shapes) if (
+            stage.per_seed) else shapes
+    return out
+
+
 def per_seed_names(algo: Algorithm, spec: Spec) -> tuple[str, ...]:
     """The stages whose results carry a seed axis (`Context.per_seed`)."""
     return tuple(stage.name for stage in algo.stages(spec) if stage.per_seed)

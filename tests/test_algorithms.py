@@ -212,7 +212,7 @@ def test_compiled_programs_call_no_custom_kernels(name):
     algo = small(name, **REQUIRED.get(name, {}))
     data = random_batch(jax.random.key(0), size=64)
     keys = jax.random.split(jax.random.key(1), 3)
-    phase = "offline" if algo.learns_offline else "online"  # PPO: on its own rollouts only
+    phase = "offline" if algo.driver().learns_offline else "online"  # PPO: on its own rollouts only
     ctx = Context(Transitions.from_dataset(data), phase=phase)
     # the stages' results (SPOT's VAE, MOPO's dynamics, Uni-O4's policies) are part of the context
     ctx = ctx.replace(stages={stage.name: stage.result(stage.init(jax.random.key(0), SPEC, data))
@@ -221,7 +221,7 @@ def test_compiled_programs_call_no_custom_kernels(name):
     programs = [init.lower(keys, SPEC, ctx).as_text()]
     states = jax.eval_shape(jax.vmap(lambda key: algo.init(key, SPEC, ctx)), keys)
     states = states.replace(step=jax.ShapeDtypeStruct((), states.step.dtype))
-    buffers = (loop.init_buffers(algo, SPEC, ctx, 3) if algo.learns_offline
+    buffers = (loop.init_buffers(algo, SPEC, ctx, 3) if algo.driver().learns_offline
                else loop.replay_buffers(algo.online.block, SPEC, 3))
     programs.append(loop.make_train_chunk(algo, 2, phase).lower(states, buffers, keys, ctx).as_text())
     for text in programs:

@@ -270,7 +270,7 @@ def test_cal_ql_batches_carry_the_datasets_returns_to_go():
     # failure: -5 / (1 - 0.5) everywhere; then 1 + 0.5 * 2 and 2
     np.testing.assert_allclose(prepared.data.returns_to_go, [-10.0, -10.0, -10.0, 2.0, 2.0])
     assert not np.asarray(loop.prepare(algorithms.get("cql")(), data).data.returns_to_go).any()
-    assert algo.sampling("online") == Sampling("mixed", 0.5)
+    assert algo.driver().sampling() == Sampling("mixed", 0.5)
 
 
 def test_cal_ql_config_is_the_codes_antmaze_recipe():

@@ -34,7 +34,7 @@ def mopo(**overrides) -> MOPO:
 
 
 def test_offline_batches_mix_the_dataset_and_the_rollouts_at_real_ratio():
-    assert mopo(real_ratio=0.05).sampling("offline") == Sampling("mixed", 0.05)
+    assert mopo(real_ratio=0.05).model_data().sampling() == Sampling("mixed", 0.05)
     assert mopo().buffer_capacity() == 2 * 4 * 5  # retain_epochs * rollout_batch * rollout_length
 
 
@@ -44,7 +44,7 @@ def test_rollouts_fill_the_buffer_without_terminated_steps():
     algo = mopo()
     ctx = Context(start_states(), {"dynamics": falling_model()})
     state = algo.init(jax.random.key(0), SPEC, ctx)
-    buffer = algo.fill_buffer(state, algo.init_buffer(SPEC, ctx), jax.random.key(1), ctx)
+    buffer = algo.fill_rollouts(state, algo.init_rollouts(SPEC, ctx), jax.random.key(1), ctx)
     assert int(buffer.size) == 8
     stored = jax.tree.map(lambda column: column[:8], buffer.transitions)
     np.testing.assert_allclose(np.sort(stored.observations[:, 0]), [0.95] * 4 + [1.25] * 4, atol=0.05)
@@ -60,8 +60,8 @@ def test_rollouts_refresh_every_rollout_freq_updates_and_keep_the_last_epochs():
     algo = mopo()
     ctx = Context(start_states(height=1.85), {"dynamics": falling_model()})  # 4 steps each: 16 rows
     state = algo.init(jax.random.key(0), SPEC, ctx)
-    fill = jax.jit(algo.fill_buffer)
-    buffer = algo.init_buffer(SPEC, ctx)
+    fill = jax.jit(algo.fill_rollouts)
+    buffer = algo.init_rollouts(SPEC, ctx)
     sizes = []
     for step in (0, 1, 9, 10, 20, 25):
         buffer = fill(state.replace(step=jnp.asarray(step)), buffer, jax.random.key(step), ctx)
@@ -81,10 +81,10 @@ def test_the_last_refresh_is_summarised_in_the_buffer_and_logged_with_every_upda
         algo = mopo()
         ctx = Context(start_states(height=height), {"dynamics": falling_model()})
         state = algo.init(jax.random.key(0), SPEC, ctx)
-        buffer = algo.init_buffer(SPEC, ctx)
+        buffer = algo.init_rollouts(SPEC, ctx)
         assert float(buffer.last_refresh.length) == 0.0  # before the first refresh
-        buffer = algo.fill_buffer(state, buffer, jax.random.key(1), ctx)
-        logged = algo.buffer_metrics(buffer)
+        buffer = algo.fill_rollouts(state, buffer, jax.random.key(1), ctx)
+        logged = algo.rollout_metrics(buffer)
         np.testing.assert_allclose(logged["rollout_length"], length)
         np.testing.assert_allclose(logged["rollout_model_reward"], 1.0, atol=0.03)
         np.testing.assert_allclose(logged["rollout_uncertainty"], u, rtol=1e-4)
@@ -97,7 +97,7 @@ def test_the_last_refresh_is_summarised_in_the_buffer_and_logged_with_every_upda
     np.testing.assert_allclose(metrics["rollout_length"], np.full((3, 2), 4.0))
     assert "critic_loss" in metrics
     # Without model data there are no rollouts to report.
-    assert mopo(rollout_length=0).buffer_metrics(buffers) == {}
+    assert mopo(rollout_length=0).rollout_metrics(buffers) == {}
 
 
 def test_the_refresh_is_a_real_branch_under_vmapped_seeds():
@@ -108,9 +108,9 @@ def test_the_refresh_is_a_real_branch_under_vmapped_seeds():
     keys = jax.random.split(jax.random.key(0), 2)
     states = jax.vmap(lambda key: algo.init(key, SPEC, ctx))(keys)
     states = states.replace(step=jnp.asarray(0))
-    buffers = jax.vmap(lambda _: algo.init_buffer(SPEC, ctx))(keys)
+    buffers = jax.vmap(lambda _: algo.init_rollouts(SPEC, ctx))(keys)
     axes = jax.tree.map(lambda _: 0, states).replace(step=None)
-    fill = jax.vmap(algo.fill_buffer, in_axes=(axes, 0, 0, None))
+    fill = jax.vmap(algo.fill_rollouts, in_axes=(axes, 0, 0, None))
     assert "cond" in str(jax.make_jaxpr(fill)(states, buffers, keys, ctx))
     filled = jax.jit(fill)(states, buffers, keys, ctx)
     np.testing.assert_array_equal(filled.size, [8, 8])
@@ -125,13 +125,13 @@ def test_without_model_data_mopo_updates_exactly_as_sac():
     ctx = Context(data, {"dynamics": falling_model()})
     algo, sac = mopo(penalty=0.0, rollout_length=0, real_ratio=1.0), SAC(**SMALL)
     ours, theirs = algo.init(keys[4], SPEC, ctx), sac.init(keys[4], SPEC, ctx)
-    buffer = algo.init_buffer(SPEC, ctx)
+    buffer = algo.init_rollouts(SPEC, ctx)
     key = keys[5]
     for _ in range(3):
         key, fill_key, batch_key, update_key = jax.random.split(key, 4)
-        buffer = algo.fill_buffer(ours, buffer, fill_key, ctx)
+        buffer = algo.fill_rollouts(ours, buffer, fill_key, ctx)
         assert int(buffer.size) == 0
-        batch = draw(algo.sampling("offline"), data, buffer, batch_key, algo.batch_size)
+        batch = draw(algo.model_data().sampling(), data, buffer, batch_key, algo.batch_size)
         np.testing.assert_array_equal(batch.observations, sample_batch(data, jax.random.split(batch_key)[0],
                                                                        16).observations)
         ours, our_metrics = jax.jit(algo.update)(ours, batch, update_key, ctx)

@@ -57,11 +57,11 @@ def test_union_draws_uniformly_over_dataset_and_buffer_as_one_pool():
 def test_prefilled_buffer_too_small_for_the_dataset_is_refused():
     algo = algorithms.get("iql")(online=OnlineConfig(buffer_size=50))
     with pytest.raises(ValueError, match="cannot hold the dataset"):
-        online.buffer_capacity(algo, 100, 1_000)
+        loop.buffer_capacity(algo, 100, 1_000)
     ring = algo.__class__(online=OnlineConfig(buffer_size=150))
-    assert online.buffer_capacity(ring, 100, 10) == 10  # every online row fits beside the dataset
-    assert online.buffer_capacity(ring, 100, 1_000) == 150  # then the online rows alone fill the ring
-    assert online.buffer_capacity(algo.__class__(), 100, 1_000) == 1_000  # nothing evicted
+    assert loop.buffer_capacity(ring, 100, 10) == 10  # every online row fits beside the dataset
+    assert loop.buffer_capacity(ring, 100, 1_000) == 150  # then the online rows alone fill the ring
+    assert loop.buffer_capacity(algo.__class__(), 100, 1_000) == 1_000  # nothing evicted
 
 
 def test_a_finite_prefilled_buffer_evicts_the_dataset_first_then_the_oldest_online_rows():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import cli_env, resume_is_exact, run_cli
 
-from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, SettingsError
+from algorithms.core.algorithm import Algorithm, Context, Handover, OnlineConfig, SettingsError
 from algorithms.core.ppo import PPOConfig, ReturnScaler, clipped_surrogate, clipped_value_loss, gae
 from algorithms.ppo import PPO
 from envs import Preprocessor
@@ -172,7 +172,7 @@ def test_resume_in_the_middle_of_a_rollout_gives_the_same_numbers(offline_data, 
         return state.replace(critic=state.critic.replace(
             params=jax.tree.map(jnp.zeros_like, state.critic.params)))
 
-    monkeypatch.setattr(PPO, "begin_online", begin_online)
+    monkeypatch.setattr(PPO, "hand_over", lambda self: Handover(self, begin_online.__get__(self)))
     # killed after the third update (environment step 96), after the checkpoint at step 80
     lines = resume_is_exact(TINY, 3, tmp_path).lines
     train_lines = [line for line in lines if line["type"] == "train"]

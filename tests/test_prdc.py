@@ -123,7 +123,7 @@ def test_actor_step_is_td3_bc_with_neighbour_actions():
 
 def trainer(algo, data, steps=6):
     """seeds -> (states, metrics) after `steps` updates through the loop's compiled chunk."""
-    ctx = Context(data, {}, host=tuple(algo.host_helpers(data).items()))
+    ctx = Context(data, {}, host=tuple(algo.derive(data).host.items()))
     chunks = {}
 
     def train(seeds):
@@ -156,10 +156,10 @@ def test_kdtree_needs_the_context_helper_and_auto_picks_it_on_cpu():
     default = algorithms.get("prdc")()
     # without the helper in the context: in-graph
     assert default.neighbour_search == "auto" and default.search_method(Context(data)) == "matmul"
-    bound = Context(data, host=tuple(default.host_helpers(data).items()))
+    bound = Context(data, host=tuple(default.derive(data).host.items()))
     assert default.search_method(bound) == ("kdtree" if jax.default_backend() == "cpu" else "matmul")
     matmul = algorithms.get("prdc")(neighbour_search="matmul")
-    assert matmul.host_helpers(data) == {}
+    assert matmul.derive(data).host == {}
     algo = small_prdc("kdtree")
     state = algo.init(jax.random.key(0), SPEC, Context(data))
     with pytest.raises(RuntimeError, match="host_helpers"):

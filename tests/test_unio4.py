@@ -335,7 +335,7 @@ def test_handover_gives_ppo_the_chosen_member_and_the_offline_value():
         np.testing.assert_allclose(online.critic.apply_fn(online.critic.params, observations),
                                    observations[:, 0])  # the critics stage's V(s) = s[0]
         assert int(online.step) == 0 and int(online.actor.step) == 0
-        np.testing.assert_allclose(algo.online_learner().act(online, observations, None),
+        np.testing.assert_allclose(algo.hand_over().learner.act(online, observations, None),
                                    algo.act(state, observations, None), rtol=1e-6)
         offline_std = state.policies.apply_fn(chosen_params, observations).stddev()
         online_std = online.actor.apply_fn(online.actor.params, observations).stddev()
@@ -346,7 +346,7 @@ def test_handover_gives_ppo_the_chosen_member_and_the_offline_value():
     rollout = dataset(rows=rows, start=0.5)._replace(rewards=jnp.ones(rows))
     state = state.replace(normalizer=Normalizer(jnp.full(1, 0.5), jnp.full(1, 2.0)))
     online = algo.begin_online(state, SPEC, ctx)
-    updated, metrics = algo.online_learner().update(online, rollout, jax.random.key(1), ctx)
+    updated, metrics = algo.hand_over().learner.update(online, rollout, jax.random.key(1), ctx)
     # V(s) = s[0] of the standardized states (0.5 - 0.5) / 2 = 0: the values PPO saw
     assert float(metrics["value"]) == 0.0 and int(updated.step) == 1
     assert isinstance(updated, type(online)) and updated.normalizer is state.normalizer

@@ -1,15 +1,16 @@
 """The contract every algorithm follows: what the training loop calls, and nothing more.
 
-    stages()                                   models trained once on the dataset before the agent
-    init(key, spec, ctx) -> state              one seed's agent
-    update(state, batch, key, ctx) -> (state, metrics)
-    begin_online(state, spec, ctx) -> state    once, when the online phase starts from the offline one
+    init(key, spec, ctx) -> state                        one seed's agent
+    update(state, batch, key, ctx) -> (state, metrics)   one gradient step
     act(state, observations, key, deterministic) -> actions in [-1, 1]
-    sampling(phase) -> Sampling                where each batch comes from
-    init_buffer(spec, ctx) / fill_buffer(...)  a per-seed buffer the algorithm fills itself (MOPO)
-    buffer_metrics(buffer) -> metrics         logged with each offline update (MOPO's rollouts)
-    early_stop(metrics) -> (stop per seed, reason)
-    members() / member_state(state, i) / choose(state, scores)   several candidate policies per seed
+    stages(spec) -> [Stage]                               models trained once on the dataset first
+    early_stop(metrics) -> (stop per seed, reason)        checked after every compiled chunk
+    derive(data) -> Derived                               computed once from the dataset on the host
+
+plus the optional components of algorithms/core/components.py, which an algorithm declares by
+overriding the method that returns it: `driver()` (the online phase: off-policy with replay, the
+default, or on-policy rollouts), `model_data()` (MOPO's rollout buffer), `candidates()` (Uni-O4's
+ensemble) and `hand_over()` (another learner online).
 
 `ctx` is the shared, read-only `Context` (the device dataset, the frozen stage results, host-side
 helpers such as PRDC's KD-tree): every seed reads the same one and it never enters a seed's state
@@ -26,8 +27,23 @@ from typing import Any, ClassVar, NamedTuple
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from algorithms.core.components import (
+    Candidates,
+    Derived,
+    Handover,
+    ModelData,
+    OffPolicy,
+    OnlineConfig,
+    OnPolicy,
+    Sampling,
+    SettingsError,
+)
+
+__all__ = ["Algorithm", "Candidates", "Context", "Derived", "Handover", "ModelData", "OffPolicy",
+           "OnPolicy", "OnlineConfig", "RewardConfig", "Sampling", "SettingsError", "Spec", "Stage",
+           "check_settings"]
 
 
 class Spec(NamedTuple):
@@ -48,69 +64,6 @@ class RewardConfig:
     returns_span: float | None = None
     scale: float = 1.0
     shift: float = 0.0
-
-
-REPLAYS = ("prefilled", "mixed", "on_policy")
-
-
-@dataclass
-class OnlineConfig:
-    """How the algorithm fine-tunes online after its offline steps (run with `online.steps=N`).
-
-    replay: "prefilled" - one buffer holding the dataset and then every online transition, sampled
-        uniformly (IQL's and CORL's fine-tuning); "mixed" - the dataset and the
-        online transitions kept apart and each batch drawn with exactly `dataset_fraction` of its
-        rows from the dataset (Cal-QL, RLPD); "on_policy" - no replay: every `block` environment
-        steps per seed are handed whole, in time order, as the batch of one `update` call
-        (`Sampling("rollout")`, shape (block, ...) inside update) and then discarded (PPO; Uni-O4's
-        online phase). A rollout cut by a checkpoint is kept in the checkpoint and completed on
-        resume; the steps after the last full block are never trained on.
-    buffer_size: transitions the prefilled buffer holds, dataset included (None: the dataset plus
-        every online step, so nothing is evicted). Set, it is the references' ring (CORL, IQL, SPOT,
-        d3rlpy: a buffer loaded with the dataset, then the online rows): once full, each online row
-        evicts the oldest row held, the dataset's first rows first, then the oldest online rows.
-        In "mixed", the online buffer's size (None: every online step; the dataset is kept whole).
-        Smaller than the dataset with "prefilled" is refused.
-    updates_per_step: the update-to-data ratio (not used by "on_policy").
-    block: environment steps collected between compiled update calls (then block * updates_per_step
-        updates run at once; "on_policy": the rollout length, one update per block). 1 is the
-        references' "one step, one update" order; larger blocks dispatch less often and are faster,
-        with slightly staler data.
-    """
-
-    replay: str = "prefilled"
-    dataset_fraction: float = 0.5
-    buffer_size: int | None = None
-    updates_per_step: int = 1
-    block: int = 1
-
-    def __post_init__(self):
-        problems = [(self.replay in REPLAYS, "replay", f"one of {', '.join(REPLAYS)}"),
-                     (0.0 <= self.dataset_fraction <= 1.0, "dataset_fraction", "in [0, 1]"),
-                     (self.buffer_size is None or self.buffer_size >= 1, "buffer_size", "null or >= 1"),
-                     (self.updates_per_step >= 0, "updates_per_step", "an integer >= 0"),
-                     (self.block >= 1, "block", "an integer >= 1")]
-        for fine, name, requirement in problems:
-            if not fine:
-                raise SettingsError(f"algo.online.{name} must be {requirement} (got "
-                                    f"{getattr(self, name)!r}); fix the override algo.online.{name}=...")
-
-
-class Sampling(NamedTuple):
-    """Where the rows of a batch come from.
-
-    source: "dataset" (the shared device dataset), "buffer" (the seed's own buffer), "union" (the
-        dataset and the buffer as one pool, uniformly: a buffer pre-filled with the dataset, without
-        copying it into every seed's buffer), "mixed" (exactly round(batch * dataset_fraction)
-        rows from the dataset, the rest from the buffer) or "rollout" (the seed's whole buffer, in
-        the order it was filled: the on-policy rollout).
-    pool_size: "union" only: the rows the pool holds, dataset included; once the dataset and the
-        buffer's rows exceed it, the dataset's first rows leave the pool, oldest first (the
-        references' ring; the buffer itself holds at most `pool_size` rows). None: nothing evicted."""
-
-    source: str = "dataset"
-    dataset_fraction: float = 1.0
-    pool_size: int | None = None
 
 
 @flax.struct.dataclass
@@ -178,10 +131,6 @@ class Stage:
     version: int = 1
 
 
-class SettingsError(ValueError):
-    """A hyperparameter no network or update can use; the message names it and the fix."""
-
-
 def check_settings(algo) -> None:
     """Reject settings that cannot train, by what each field is: layer widths (`*hidden_dims`) and
     counts (integers: batch sizes, numbers of critics and samples, delays) >= 1, step counts, seeds
@@ -224,7 +173,6 @@ class Algorithm:
     """
 
     name: ClassVar[str] = ""
-    learns_offline: ClassVar[bool] = True  # False: online only, from its own rollouts (steps=0)
     batch_size: int = 256
     # Offline gradient steps when the run does not set `steps` (None: the dataset family's protocol);
     # for algorithms whose protocol fixes them (Uni-O4's 10 000 BPPO updates, FamO2O-CQL's 2M).
@@ -237,26 +185,7 @@ class Algorithm:
         """Subclasses that check more call this first."""
         check_settings(self)
 
-    def stages(self, spec: Spec) -> list[Stage]:
-        """Models to train on the dataset before the agent (see Stage); none for most algorithms."""
-        return []
-
-    def host_helpers(self, data) -> dict:
-        """Host-side objects built once from the (preprocessed, host) dataset and shared through
-        `ctx.host` (PRDC's KD-tree); none for most algorithms."""
-        return {}
-
-    def returns_to_go(self, data) -> np.ndarray | None:
-        """Each dataset transition's Monte-Carlo return-to-go (`envs.returns_to_go`), computed once
-        on the preprocessed dataset and carried in every batch (`batch.returns_to_go`) for
-        algorithms that calibrate against it (Cal-QL); None (zeros) for most algorithms."""
-        return None
-
-    def online_returns_to_go(self) -> bool:
-        """Whether online rows need their return-to-go too: the online loop then computes it with
-        `returns_to_go` over each episode when it ends (experiments/online.py); until then a row
-        carries -inf. False: online rows carry zeros."""
-        return False
+    # ---- what every algorithm has ----------------------------------------------------------------
 
     def init(self, key: jax.Array, spec: Spec, ctx: Context) -> Any:
         """The initial state of one seed; `ctx.stages` holds the trained stages' results."""
@@ -270,56 +199,9 @@ class Algorithm:
         """Actions in [-1, 1] for preprocessed observations; `deterministic=False` explores."""
         raise NotImplementedError
 
-    def sampling(self, phase: str) -> Sampling:
-        """Offline: the dataset. Online: as `self.online.replay` says."""
-        if phase == "offline":
-            return Sampling("dataset")
-        if self.online.replay == "mixed":
-            return Sampling("mixed", self.online.dataset_fraction)
-        if self.online.replay == "on_policy":
-            return Sampling("rollout")
-        return Sampling("union", pool_size=self.online.buffer_size)
-
-    def begin_online(self, state, spec: Spec, ctx: Context):
-        """Called once per seed (vmapped) when the online phase starts from the offline state (not
-        when an online checkpoint is resumed): the state to fine-tune from, which may be of another
-        type (Uni-O4 builds its PPO state here). `ctx` is the online context."""
-        return state
-
-    def init_buffer(self, spec: Spec, ctx: Context):
-        """A per-seed buffer for the offline phase, filled by `fill_buffer` (MOPO's model
-        rollouts); None for most algorithms. Online, the loop gives every seed a replay buffer."""
-        return None
-
-    def fill_buffer(self, state, buffer, key: jax.Array, ctx: Context):
-        """Called before each offline batch is drawn; returns the (possibly refreshed) buffer."""
-        return buffer
-
-    def buffer_metrics(self, buffer) -> dict[str, jax.Array]:
-        """Metrics read from a seed's offline buffer after `fill_buffer`, logged with the update's
-        (MOPO: its last refresh's rollout statistics); none for most algorithms."""
-        return {}
-
-    def members(self) -> int:
-        """Candidate policies per seed that every offline evaluation scores (Uni-O4's ensemble);
-        1 for most algorithms (then `member_state` and `choose` are never called)."""
-        return 1
-
-    def member_state(self, state, index):
-        """`state` acting with member `index` (a traced integer) instead of its chosen one."""
-        return state
-
-    def choose(self, state, scores: jax.Array):
-        """After each offline evaluation, per seed: `scores` (members,) are every member's real
-        evaluation scores; returns (the state acting with the member the algorithm chooses, a dict
-        of arrays to record, with "chosen" (the member) and optionally "estimates" (members,), the
-        algorithm's own offline estimate of each member)."""
-        return state, {"chosen": jnp.zeros((), jnp.int32)}
-
-    def handover_without_evaluation(self) -> str | None:
-        """With several members and evaluation off, `choose` never runs: the one warning line the
-        run logs then (how the member handed over is chosen instead), or None for nothing to say."""
-        return None
+    def stages(self, spec: Spec) -> list[Stage]:
+        """Models to train on the dataset before the agent (see Stage); none for most algorithms."""
+        return []
 
     def early_stop(self, metrics: dict) -> tuple[np.ndarray, str]:
         """Checked on the host after every compiled chunk, offline and online, on the chunk's
@@ -327,3 +209,28 @@ class Algorithm:
         Stopped seeds keep the parameters they had then and are reported as stopped."""
         seeds = np.shape(next(iter(metrics.values())))[1] if metrics else 0
         return np.zeros(seeds, bool), ""
+
+    def derive(self, data) -> Derived:
+        """What is computed once on the host from the preprocessed dataset `data` (an
+        `envs.Dataset`; also each finished online episode, for its returns-to-go): host-side helpers
+        shared through `ctx.host` (PRDC's KD-tree) and each transition's return-to-go (Cal-QL);
+        nothing for most algorithms."""
+        return Derived()
+
+    # ---- optional components (algorithms/core/components.py) -------------------------------------
+
+    def driver(self) -> OffPolicy | OnPolicy:
+        """How the online phase collects and trains: as `self.online` says (replay by default)."""
+        return self.online.driver()
+
+    def model_data(self) -> ModelData | None:
+        """A per-seed buffer of model rollouts offline (MOPO); None for most algorithms."""
+        return None
+
+    def candidates(self) -> Candidates | None:
+        """Several policies per seed, one chosen after each offline evaluation (Uni-O4); None."""
+        return None
+
+    def hand_over(self) -> Handover | None:
+        """Another learner for the online phase (Uni-O4 hands over to PPO); None: this one."""
+        return None

@@ -117,9 +117,9 @@ def time_online(algo: UniO4, spec: Spec, results: dict, data, seeds: int, rollou
     keys = jax.vmap(jax.random.key)(jnp.arange(seeds))
     states = loop.init_states(algo, spec, loop.make_context(algo, prepared, results, host={}), keys)
     ctx = loop.make_context(algo, prepared, results, "online", spec.total_steps, host={})
-    states = online.begin(algo, spec, ctx, states)
+    states = loop.begin(algo, spec, ctx, states)
     steps = (rollouts + 1) * algo.online.block
-    run = online.OnlineRun(states, loop.replay_buffers(online.buffer_capacity(algo, 0, steps), spec, seeds),
+    run = online.OnlineRun(states, loop.replay_buffers(loop.buffer_capacity(algo, 0, steps), spec, seeds),
                            keys)
     timings: dict = {}
     online.train_online(algo, ctx, Preprocessor.identity(OBSERVATION_DIM), lambda: gym.make("HalfCheetah-v4"),

@@ -1,0 +1,184 @@
+"""One run, assembled once from its configuration: every check before any training, then the
+algorithm, its grid, the prepared data, the stages' results, a context per phase, the seeds and
+their keys. Training (experiments/train.py), the grid's checks, evaluation of a finished run and
+the benchmarks all build their runs here.
+
+    asm = Assembly.build(cfg)                      # checks, loads, trains (or restores) the stages
+    trees = asm.fresh()                            # {"states", "buffers", "keys"}, sharded over devices
+    runner = asm.runner("offline")                 # loop.ChunkRunner of the phase
+    act = asm.policy()(trees["states"])            # observations (seeds, n, obs_dim) -> actions
+
+A finished run: `Assembly.build(its config, stages="abstract")` (the stages' results as shapes
+only, nothing trained) and `Checkpointer(run/"checkpoints").restore(index, asm.templates()[phase])`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+from omegaconf import DictConfig, OmegaConf
+
+import envs
+from algorithms import Algorithm, SettingsError, Spec
+from algorithms.core.algorithm import Context
+from experiments import grid as grids
+from experiments import loop, online, policies
+from experiments.config import check_run_settings, make_algorithm
+from experiments.data import load
+from experiments.stages import abstract_stages, per_seed_names, train_stages
+
+log = logging.getLogger("train")
+
+STAGES = ("train", "abstract")
+
+
+@dataclass
+class Assembly:
+    cfg: DictConfig
+    algo: Algorithm
+    grid: grids.Grid
+    spec: Spec
+    info: envs.DatasetInfo
+    raw: envs.Dataset
+    prepared: loop.PreparedData
+    seeds: list[int]  # one per training: every grid point's seeds, point-major
+    values: dict | None  # the trainings' grid values (None: no grid)
+    contexts: dict[str, Context]  # {"offline": ctx, "online": ctx}, sharded as the seeds
+    keys: tuple[jax.Array, jax.Array]  # (init keys, training keys), one per training
+    online_steps: int
+    capacity: int  # rows of each seed's online buffer (0 without an online phase)
+    stage_records: list
+
+    @classmethod
+    def build(cls, cfg: DictConfig, stages: str = "train", progress: Callable | None = None) -> Assembly:
+        """Check every setting, load and prepare the data, and obtain the stages' results: trained
+        or read from the cache (`stages="train"`; `progress(name, step, means, kind)` sees their
+        lines), or their shapes only (`stages="abstract"`: enough for checkpoint templates and
+        policies of a restored run; the grid's traceability is then not checked again). Raises
+        ConfigError, SettingsError or envs.DatasetError with the one-line message."""
+        if stages not in STAGES:
+            raise ValueError(f"stages must be one of {', '.join(STAGES)} (got {stages!r})")
+        check_run_settings(cfg)
+        algo = make_algorithm(cfg.algo)
+        if not algo.driver().learns_offline and cfg.steps:
+            raise SettingsError(f"algo={algo.name} learns online only, from its own rollouts (got steps="
+                                f"{cfg.steps} offline steps); set steps=0 online.steps=N")
+        grid = grids.make_grid(cfg, algo, list(range(cfg.seed, cfg.seed + cfg.seeds)))
+        raw, info = load(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path, cfg.dataset.download)
+        if OmegaConf.select(cfg, "dataset.last_rows") is not None:  # e.g. MOPO's authors' 1M-row pool
+            raw = envs.last_rows(raw, int(cfg.dataset.last_rows))
+        online_steps = int(cfg.online.steps)
+        evaluating = cfg.eval.every > 0 and cfg.eval.episodes > 0
+        candidates = algo.candidates()
+        if not evaluating and candidates is not None and candidates.count > 1 and (
+                candidates.without_evaluation):  # the choice falls back on the algorithm's own estimate
+            log.warning(candidates.without_evaluation)
+        if evaluating or online_steps:  # fail now, not after hours of training, if the env does not fit
+            envs.check_observation_dim(info, raw.observation_dim)  # (actions: checked by load)
+        prepared = loop.prepare(algo, raw)
+        spec = Spec(raw.observation_dim, raw.action_dim, int(cfg.steps))
+        grids.check_host_fields(grid, algo, spec, raw)
+        seeds = grid.training_seeds
+        capacity = 0
+        if online_steps:  # before any training: a buffer too small for the dataset is refused now
+            capacity = loop.buffer_capacity(algo, prepared.data.size, online_steps,
+                                            int(cfg.online.start_steps))
+            online.check_environments(lambda: envs.make_env(info), online_schedule(cfg))
+        results, records = cls._stage_results(cfg, algo, spec, prepared, info, raw, seeds, stages, progress)
+        per_seed = per_seed_names(algo, spec)
+        offline = loop.make_context(algo, prepared, results, per_seed=per_seed)
+        contexts = {"offline": offline,
+                    "online": loop.make_context(algo, prepared, results, "online", int(cfg.steps),
+                                                host=dict(offline.host), per_seed=per_seed)}
+        if stages == "train":
+            grids.check_traceable(grid, algo, spec, prepared, contexts if online_steps else
+                                  {"offline": offline}, capacity)
+            contexts = {phase: loop.shard_context(ctx) for phase, ctx in contexts.items()}
+        values, keys = grid.values(), loop.seed_keys(seeds)
+        if values is not None:
+            values = loop.shard_seeds(values, keys[1])[0]
+        return cls(cfg, algo, grid, spec, info, raw, prepared, seeds, values, contexts, keys,
+                   online_steps, capacity, records)
+
+    @staticmethod
+    def _stage_results(cfg, algo, spec, prepared, info, raw, seeds, mode, progress):
+        unknown_next = None if info.next_at_terminals else raw.terminals > 0
+        if mode == "abstract":
+            return abstract_stages(algo, spec, prepared.data, seeds, unknown_next), []
+        return train_stages(
+            algo, spec, prepared.data, cache_root=OmegaConf.select(cfg, "pretrain.cache_dir"),
+            dataset_key=(cfg.dataset.source, cfg.dataset.name, cfg.dataset.path),
+            log_every=int(cfg.log_every), seeds=seeds, progress=progress,
+            paths=OmegaConf.to_container(cfg.stage_paths) if "stage_paths" in cfg else None,
+            unknown_next=unknown_next)
+
+    # ---- what a run is made of --------------------------------------------------------------------
+
+    def fresh(self, phase: str = "offline") -> dict:
+        """New trees of `phase`: {"states", "buffers", "keys"}, sharded over the devices. Online:
+        the algorithm's fresh states handed to the online learner (`begin`), empty replay buffers."""
+        init_keys, train_keys = self.keys
+        states = loop.init_states(self.algo, self.spec, self.contexts["offline"], init_keys,
+                                  values=self.values)
+        trees = {"states": states, "buffers": loop.init_buffers(self.algo, self.spec,
+                                                                self.contexts["offline"], len(self.seeds)),
+                 "keys": train_keys}
+        return self.shard(trees if phase == "offline" else self.begin_online(trees))
+
+    def begin_online(self, trees: dict) -> dict:
+        """The online phase's trees from the offline phase's: the learner's states (`loop.begin`),
+        fresh replay buffers, the same keys."""
+        states = loop.begin(self.algo, self.spec, self.contexts["online"], trees["states"], self.values)
+        return self.shard({"states": states, "keys": trees["keys"],
+                           "buffers": loop.replay_buffers(self.capacity, self.spec, len(self.seeds))})
+
+    def shard(self, trees: dict) -> dict:
+        states, buffers, keys = loop.shard_seeds(trees["states"], trees["buffers"], trees["keys"])
+        return {"states": states, "buffers": buffers, "keys": keys}
+
+    def templates(self) -> dict[str, dict]:
+        """{phase: trees as shapes} to restore a checkpoint of that phase into (`Checkpointer`)."""
+        init_keys, train_keys = self.keys
+        offline, values = self.contexts["offline"], self.values
+        states = jax.eval_shape(lambda ctx: loop.init_states(self.algo, self.spec, ctx, init_keys,
+                                                             values=values), offline)
+        buffers = jax.eval_shape(lambda ctx: loop.init_buffers(self.algo, self.spec, ctx, len(self.seeds)),
+                                 offline)
+        out = {"offline": {"states": states, "buffers": buffers, "keys": train_keys}}
+        if self.online_steps:
+            out["online"] = {"keys": train_keys,
+                             "states": jax.eval_shape(lambda s, ctx: loop.begin(self.algo, self.spec, ctx, s,
+                                                                                values),
+                                                      states, self.contexts["online"]),
+                             "buffers": jax.eval_shape(lambda: loop.replay_buffers(
+                                 self.capacity, self.spec, len(self.seeds)))}
+        return out
+
+    def runner(self, phase: str, stopped: dict | None = None, after_chunk=None) -> loop.ChunkRunner:
+        """The phase's `loop.ChunkRunner` (the grid's per-point early stop, the run's watchdog)."""
+        return loop.ChunkRunner(self.algo, phase, float(self.cfg.watchdog_seconds), stopped,
+                                values=self.values, early_stop=self.grid.early_stop(self.algo),
+                                after_chunk=after_chunk)
+
+    def policy(self, phase: str = "offline", deterministic: bool = True, members: int = 1):
+        """`policies.make_policy` of this run: bind(states, keys=None) -> act(raw observations);
+        online, the learner the algorithm hands over to acts; `members` > 1: every candidate."""
+        return policies.make_policy(self.algo, self.prepared.preprocessor, deterministic, self.values,
+                                    members=members, phase=phase)
+
+    def make_env(self):
+        """The dataset's evaluation environment."""
+        return envs.make_env(self.info)
+
+    def online_schedule(self) -> online.OnlineSchedule:
+        return online_schedule(self.cfg)
+
+
+def online_schedule(cfg: DictConfig) -> online.OnlineSchedule:
+    return online.OnlineSchedule(int(cfg.online.steps), int(cfg.online.eval_every),
+                                 int(cfg.checkpoint.every and cfg.online.checkpoint_every),
+                                 int(cfg.online.log_every), int(cfg.online.start_steps))
+
