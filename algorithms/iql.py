@@ -50,6 +50,30 @@ def awr_weights(advantage: jax.Array, temperature, max_weight: float) -> jax.Arr
     return jnp.minimum(jnp.exp(temperature * advantage), max_weight)
 
 
+def expectile_value_step(value: TrainState, observations, target_q, expectile: float):
+    """IQL's value step, one Adam step of L_V = E[|tau - 1(u < 0)| u^2], u = target_q - V(s) (also
+    Uni-O4's critics stage); returns the new V and its metrics."""
+    def value_loss(params):
+        v = value.apply_fn(params, observations)
+        return expectile_loss(target_q - v, expectile).mean(), v
+
+    (v_loss, v), grads = jax.value_and_grad(value_loss, has_aux=True)(value.params)
+    return value.apply_gradients(grads=grads), {"value_loss": v_loss, "v": v.mean()}
+
+
+def td_critic_step(critic: TrainState, batch, next_values, discount: float):
+    """IQL's critic step, one Adam step of L_Q = E[sum_i (Q_i(s, a) - r - gamma (1 - d) next)^2]
+    for given next-state values (IQL: V(s'); Uni-O4's SARSA: Qbar(s', a')); the new Q, metrics."""
+    td_target = batch.rewards + discount * (1.0 - batch.terminals) * next_values
+
+    def critic_loss(params):
+        q = critic.apply_fn(params, batch.observations, batch.actions)
+        return ((q - td_target) ** 2).sum(axis=0).mean(), q
+
+    (q_loss, q), grads = jax.value_and_grad(critic_loss, has_aux=True)(critic.params)
+    return critic.apply_gradients(grads=grads), {"critic_loss": q_loss, "q": q.mean()}
+
+
 @register
 @dataclass
 class IQL(Algorithm):
@@ -105,13 +129,8 @@ class IQL(Algorithm):
         and the metrics."""
         target_q = state.critic.apply_fn(
             state.target_critic_params, batch.observations, batch.actions).min(axis=0)
-
-        def value_loss(params):
-            v = state.value.apply_fn(params, batch.observations)
-            return expectile_loss(target_q - v, self.expectile).mean(), v
-
-        (v_loss, v), grads = jax.value_and_grad(value_loss, has_aux=True)(state.value.params)
-        return state.value.apply_gradients(grads=grads), target_q, {"value_loss": v_loss, "v": v.mean()}
+        value, metrics = expectile_value_step(state.value, batch.observations, target_q, self.expectile)
+        return value, target_q, metrics
 
     def update_actor(self, actor: TrainState, policy_inputs, actions, weights, key):
         """Step 2: the weighted log-likelihood of the dataset actions; `policy_inputs` are what the
@@ -128,14 +147,7 @@ class IQL(Algorithm):
     def update_critic(self, state: IQLState, batch, value: TrainState) -> tuple[TrainState, dict]:
         """Step 3: Q_i towards r + gamma (1 - d) V(s') with the just-updated V."""
         next_v = value.apply_fn(value.params, batch.next_observations)
-        td_target = batch.rewards + self.discount * (1.0 - batch.terminals) * next_v
-
-        def critic_loss(params):
-            q = state.critic.apply_fn(params, batch.observations, batch.actions)
-            return ((q - td_target) ** 2).sum(axis=0).mean(), q
-
-        (q_loss, q), grads = jax.value_and_grad(critic_loss, has_aux=True)(state.critic.params)
-        return state.critic.apply_gradients(grads=grads), {"critic_loss": q_loss, "q": q.mean()}
+        return td_critic_step(state.critic, batch, next_v, self.discount)
 
     def act(self, state: IQLState, observations, key, deterministic: bool = True):
         dist = state.actor.apply_fn(state.actor.params, observations)

@@ -13,6 +13,8 @@ The defaults are the PPO-continuous code Uni-O4's online phase derives from (Liz
 pytorch: clip 0.2, 10 epochs, minibatch 64, learning rates 3e-4 decayed linearly to 0 at 3e6 steps,
 entropy 0.01, GAE(0.99, 0.95), advantage normalization, "dynamic" reward scaling, gradient norm 0.5,
 Adam eps 1e-5) with that code's 2 x 64 tanh networks; Uni-O4's own online settings are `PPOConfig`'s defaults.
+Uni-O4's online phase is this learner too (`UniO4.hand_over`), handed a state whose networks and
+state statistics come from its offline phase.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from algorithms import register
 from algorithms.core.algorithm import Algorithm, Context, OnlineConfig, OnPolicy, SettingsError, Spec
 from algorithms.core.networks import MLP, BoundedGaussianPolicy
 from algorithms.core.ppo import ACTIVATIONS, PPOConfig, PPOState, check_rollouts, init_ppo_state, ppo_update
+from envs.preprocessing import Normalizer
 
 
 class ValueMLP(nn.Module):
@@ -84,12 +87,13 @@ class PPO(Algorithm):
         actor, critic = self.networks(spec.action_dim)
         observations = jnp.zeros((1, spec.observation_dim))
         return init_ppo_state(self.ppo, actor, actor.init(actor_key, observations),
-                              critic, critic.init(critic_key, observations))
+                              critic, critic.init(critic_key, observations),
+                              Normalizer.identity(spec.observation_dim))
 
     def update(self, state: PPOState, batch, key, ctx: Context | None = None):
         return ppo_update(self.ppo, state, batch, key)
 
     def act(self, state: PPOState, observations, key, deterministic: bool = True):
-        dist = state.actor.apply_fn(state.actor.params, observations)
+        dist = state.actor.apply_fn(state.actor.params, state.normalizer(observations))
         actions = dist.mean() if deterministic else dist.sample(seed=key)
         return jnp.clip(actions, -1.0, 1.0)

@@ -97,11 +97,8 @@ class Assembly:
             grids.check_traceable(grid, algo, spec, prepared, contexts if online_steps else
                                   {"offline": offline}, capacity)
             contexts = {phase: loop.shard_context(ctx) for phase, ctx in contexts.items()}
-        values, keys = grid.values(), loop.seed_keys(seeds)
-        if values is not None:
-            values = loop.shard_seeds(values, keys[1])[0]
-        return cls(cfg, algo, grid, spec, info, raw, prepared, seeds, values, contexts, keys,
-                   online_steps, capacity, records)
+        return cls(cfg, algo, grid, spec, info, raw, prepared, seeds, grid.values(), contexts,
+                   loop.seed_keys(seeds), online_steps, capacity, records)
 
     @staticmethod
     def _stage_results(cfg, algo, spec, prepared, info, raw, seeds, mode, progress):
@@ -136,7 +133,9 @@ class Assembly:
                            "buffers": loop.replay_buffers(self.capacity, self.spec, len(self.seeds))})
 
     def shard(self, trees: dict) -> dict:
-        states, buffers, keys = loop.shard_seeds(trees["states"], trees["buffers"], trees["keys"])
+        """`trees` (and the grid values, which go with the seeds) spread over the devices."""
+        states, buffers, self.values, keys = loop.shard_seeds(trees["states"], trees["buffers"],
+                                                              self.values, trees["keys"])
         return {"states": states, "buffers": buffers, "keys": keys}
 
     def templates(self) -> dict[str, dict]:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import cli_env, constant_model, run_cli
+from helpers import cli_env, constant_model, resume_is_exact, run_cli
 
 import envs
 from algorithms.core.algorithm import Context, Spec
@@ -17,11 +17,12 @@ from algorithms.core.replay import Transitions
 from algorithms.unio4 import (
     Critics,
     PolicyEnsemble,
-    StateNormalizer,
     UniO4,
     bc_ensemble_loss,
+    fit_normalizer,
     normalized_advantage,
 )
+from envs.preprocessing import Normalizer
 from experiments import loop, policies
 
 SPEC = Spec(observation_dim=1, action_dim=1, total_steps=40)
@@ -120,7 +121,7 @@ def test_amq_on_a_known_model():
     algo = UniO4(**SMALL)
     ctx = context(algo)
     params = ctx.stages["bc"].params
-    normalizer = StateNormalizer.fit(ctx.data.observations, False)
+    normalizer = fit_normalizer(ctx.data.observations, False)
     np.testing.assert_allclose(algo.amq(params, normalizer, jax.random.key(0), ctx), [1.5] * 3, rtol=1e-5)
     algo.termination_rule = lambda: (lambda s, a, s_next: s_next[:, 0] >= 2.5)
     np.testing.assert_allclose(algo.amq(params, normalizer, jax.random.key(0), ctx), [1.0] * 3, rtol=1e-5)
@@ -135,7 +136,7 @@ def amq_of(algo: UniO4, start, delta, **broken) -> np.ndarray:
     data = dataset()._replace(observations=states, next_observations=states)
     bc = algo.init_bc(jax.random.key(0), spec, data)
     ctx = Context(data, {"critics": known_critics(**broken), "dynamics": model_adding(delta)})
-    return np.asarray(algo.amq(bc.policies.params, StateNormalizer.fit(data.observations, False),
+    return np.asarray(algo.amq(bc.policies.params, fit_normalizer(data.observations, False),
                                jax.random.key(0), ctx))
 
 
@@ -334,8 +335,8 @@ def test_handover_gives_ppo_the_chosen_member_and_the_offline_value():
         np.testing.assert_allclose(online.critic.apply_fn(online.critic.params, observations),
                                    observations[:, 0])  # the critics stage's V(s) = s[0]
         assert int(online.step) == 0 and int(online.actor.step) == 0
-        np.testing.assert_allclose(algo.act(online, observations, None), algo.act(state, observations, None),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(algo.hand_over().learner.act(online, observations, None),
+                                   algo.act(state, observations, None), rtol=1e-6)
         offline_std = state.policies.apply_fn(chosen_params, observations).stddev()
         online_std = online.actor.apply_fn(online.actor.params, observations).stddev()
         y = (jnp.log(offline_std) + 5.0) / 2.5 - 1.0  # the head's tanh output
@@ -343,9 +344,9 @@ def test_handover_gives_ppo_the_chosen_member_and_the_offline_value():
         np.testing.assert_allclose(online_std, expected, rtol=1e-4)
     rows = algo.ppo.minibatch_size
     rollout = dataset(rows=rows, start=0.5)._replace(rewards=jnp.ones(rows))
-    state = state.replace(normalizer=StateNormalizer(jnp.full(1, 0.5), jnp.full(1, 2.0)))
+    state = state.replace(normalizer=Normalizer(jnp.full(1, 0.5), jnp.full(1, 2.0)))
     online = algo.begin_online(state, SPEC, ctx)
-    updated, metrics = algo.update(online, rollout, jax.random.key(1), ctx)
+    updated, metrics = algo.hand_over().learner.update(online, rollout, jax.random.key(1), ctx)
     # V(s) = s[0] of the standardized states (0.5 - 0.5) / 2 = 0: the values PPO saw
     assert float(metrics["value"]) == 0.0 and int(updated.step) == 1
     assert isinstance(updated, type(online)) and updated.normalizer is state.normalizer
@@ -455,6 +456,21 @@ def test_train_end_to_end_then_online_ppo(offline_data, tmp_path):
     online = [line for line in lines if line["type"] == "train" and line.get("phase") == "online"]
     assert [line["step"] for line in online] == [1, 2]  # one PPO update per rollout of 64 steps
     assert all(np.isfinite(line["actor_loss"]).all() and min(line["actor_lr"]) > 0 for line in online)
+
+
+@pytest.mark.slow
+def test_a_killed_offline_to_online_run_resumes_to_the_same_numbers(offline_data, tmp_path):
+    """Killed after the second online PPO update (the last checkpoint at environment step 64, after
+    the hand-over) and resumed: the offline phase, the hand-over and online PPO (its state restored:
+    the offline state statistics, the return scaler the V re-fit started) give the numbers of the
+    run straight through."""
+    settings = [*TINY_RUN, "steps=20", "online.steps=192", "algo.online.block=64",
+                "algo.ppo.minibatch_size=32", "online.eval_every=64", "online.log_every=64",
+                "online.checkpoint_every=64", "algo.ppo.reward_scaling=dynamic", "algo.value_refit_steps=20",
+                "algo.value_refit_hidden_dims=[16]"]
+    lines = resume_is_exact(settings, 2, tmp_path).lines
+    online = [line for line in lines if line["type"] == "train" and line.get("phase") == "online"]
+    assert [line["step"] for line in online] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("critic", ["iql", "sarsa"])

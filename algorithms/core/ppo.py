@@ -20,11 +20,17 @@ pi_old and V_old are the networks that collected the rollout: the loop updates o
 ends, so they are the state's own networks when `ppo_update` starts, and the log-probabilities and
 values are computed there rather than stored at collection (equal up to float rounding; the
 reference stores the log-probability of the clamped action, which is the action the rows hold).
+
+The state carries the statistics its networks standardize states with (`normalizer`, frozen): the
+identity from scratch, the offline phase's when a policy is handed over (Uni-O4). With reward
+scaling, a critic handed over is first re-fitted to the dataset's scaled returns, as Uni-O4's
+`ppo_finetune/main.py` does (`init_value_refit`, `value_refit_step`: a stage of the algorithm).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -34,6 +40,9 @@ import optax
 from flax.training.train_state import TrainState
 
 from algorithms.core.algorithm import OnlineConfig, SettingsError
+from algorithms.core.networks import MLP
+from algorithms.core.training import create_train_state
+from envs.preprocessing import Normalizer
 
 REWARD_SCALINGS = ("none", "number", "dynamic")
 ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}  # hidden units of the PPO networks (the references')
@@ -185,6 +194,7 @@ class PPOState:
     actor: TrainState  # apply_fn(params, observations) -> a distrax distribution
     critic: TrainState  # apply_fn(params, observations) -> values (..., ) or (..., 1)
     scaler: ReturnScaler
+    normalizer: Normalizer  # what the networks see: normalizer(observations), frozen
     step: jax.Array  # PPO updates (rollouts) so far, shared by all seeds
 
 
@@ -199,16 +209,18 @@ def optimizer(learning_rate: float, config: PPOConfig) -> optax.GradientTransfor
 
 
 def init_ppo_state(config: PPOConfig, actor_module, actor_params, critic_module, critic_params,
-                   scaler: ReturnScaler | None = None) -> PPOState:
+                   normalizer: Normalizer, scaler: ReturnScaler | None = None) -> PPOState:
     """A PPO state from given networks (a policy and a value function trained elsewhere, or freshly
-    initialised), with new optimisers and the update count at 0; `scaler`: a return scaler already
-    run over other data (Uni-O4 starts it on the offline dataset), else a fresh one."""
+    initialised), with new optimisers and the update count at 0; `normalizer`: the state statistics
+    the networks were trained with; `scaler`: a return scaler already run over other data (Uni-O4
+    starts it on the offline dataset), else a fresh one."""
     return PPOState(
         actor=TrainState.create(apply_fn=actor_module.apply, params=actor_params,
                                 tx=optimizer(config.actor_lr, config)),
         critic=TrainState.create(apply_fn=critic_module.apply, params=critic_params,
                                  tx=optimizer(config.critic_lr, config)),
         scaler=ReturnScaler.create() if scaler is None else scaler,
+        normalizer=normalizer,
         step=jnp.zeros((), jnp.int32))
 
 
@@ -225,14 +237,17 @@ def _with_learning_rate(train_state: TrainState, learning_rate) -> TrainState:
 
 def ppo_update(config: PPOConfig, state: PPOState, rollout, key: jax.Array):
     """One PPO update on one rollout (`Transitions` in time order, (T, ...) per field, T a multiple
-    of `config.minibatch_size`): rewards scaled, GAE, then `epochs` x T / minibatch_size minibatch
-    steps in one compiled scan. Returns (state, metrics averaged over the minibatch steps)."""
+    of `config.minibatch_size`, raw states): states standardized with the state's statistics,
+    rewards scaled, GAE, then `epochs` x T / minibatch_size minibatch steps in one compiled scan.
+    Returns (state, metrics averaged over the minibatch steps)."""
     length = rollout.rewards.shape[0]
     if length % config.minibatch_size:
         raise SettingsError(f"the rollout of {length} environment steps is not a multiple of "
                             f"algo.ppo.minibatch_size={config.minibatch_size}; make algo.online.block "
                             "a multiple of it")
     minibatches = length // config.minibatch_size
+    rollout = rollout._replace(observations=state.normalizer(rollout.observations),
+                               next_observations=state.normalizer(rollout.next_observations))
     dones = jnp.maximum(rollout.terminals, rollout.timeouts)
     scaler, rewards = state.scaler.scale(rollout.rewards, dones, config.reward_scaling, config.discount)
     old_values = _values(state.critic, state.critic.params, rollout.observations)
@@ -284,5 +299,74 @@ def ppo_update(config: PPOConfig, state: PPOState, rollout, key: jax.Array):
     metrics = {name: value.mean() for name, value in metrics.items()}
     metrics.update(value=old_values.mean(), scaled_reward=rewards.mean(),
                    actor_lr=config.actor_lr * remaining)
-    # `replace` keeps the fields of a state that extends PPOState (Uni-O4's state statistics)
     return state.replace(actor=actor, critic=critic, scaler=scaler, step=state.step + 1), metrics
+
+
+# ---- a critic for PPO fitted to a dataset's returns (Uni-O4's hand-over with scaled rewards) -------
+
+
+class ReluValueNetwork(nn.Module):
+    """The re-fitted V of Uni-O4's online phase (ppo_finetune/net.py:ValueReluMLP): ReLU layers and
+    a ReLU output, so V >= 0."""
+
+    hidden_dims: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> jax.Array:
+        return nn.relu(MLP(self.hidden_dims, 1, init_scheme="torch")(observations)).squeeze(-1)
+
+
+def discounted_returns(rewards: jax.Array, not_done: jax.Array, discount: float) -> jax.Array:
+    """G_i = r_i + gamma not_done_i G_{i+1} over a dataset in order (the code's compute_return)."""
+    def backwards(later, row):
+        reward, alive = row
+        ret = reward + discount * alive * later
+        return ret, ret
+
+    return jax.lax.scan(backwards, jnp.zeros(()), (rewards, not_done), reverse=True)[1]
+
+
+def value_regression_step(value: TrainState, observations, returns) -> tuple[TrainState, jax.Array]:
+    """One Adam step of E[(V(s) - G)^2]; returns the new V and the loss."""
+    def loss(params):
+        return ((value.apply_fn(params, observations) - returns) ** 2).mean()
+
+    value_loss, grads = jax.value_and_grad(loss)(value.params)
+    return value.apply_gradients(grads=grads), value_loss
+
+
+@flax.struct.dataclass
+class ValueRefit:
+    """The re-fit while it trains: V and its targets, row by row (it draws its own rows)."""
+
+    value: TrainState
+    observations: jax.Array  # as the networks see them
+    returns: jax.Array
+    scaler: ReturnScaler  # after its pass over the dataset: where the online scaling starts
+
+
+@flax.struct.dataclass
+class OnlineValue:
+    """The re-fit's result: the critic's parameters and the return scaler PPO continues."""
+
+    params: Any
+    scaler: ReturnScaler
+
+
+def init_value_refit(key, config: PPOConfig, observations, rewards, not_done, hidden_dims,
+                     learning_rate: float) -> ValueRefit:
+    """A `ReluValueNetwork` and its targets: the dataset's rewards (in order) scaled as
+    `config.reward_scaling` says, where "dynamic" leaves each episode's last row unscaled (the
+    code's reward_normalize), then their Monte-Carlo returns."""
+    scaler, scaled = ReturnScaler.create().scale(rewards, 1.0 - not_done, config.reward_scaling,
+                                                 config.discount, skip_episode_ends=True)
+    network = ReluValueNetwork(tuple(hidden_dims))
+    value = create_train_state(network, network.init(key, observations[:1]), learning_rate)
+    return ValueRefit(value, observations, discounted_returns(scaled, not_done, config.discount), scaler)
+
+
+def value_refit_step(training: ValueRefit, batch_size: int, key) -> tuple[ValueRefit, dict]:
+    rows = jax.random.randint(key, (batch_size,), 0, training.returns.shape[0])
+    value, value_loss = value_regression_step(training.value, training.observations[rows],
+                                              training.returns[rows])
+    return training.replace(value=value), {"value_loss": value_loss}
