@@ -9,7 +9,7 @@
 # JAX with CUDA is expected on the GPU machine (checked first); the rest comes from
 # benchmarks/wheels/ when it exists (no network needed), else from the package index. PyTorch is
 # timed when it is importable there (its CUDA wheels are too large to carry). Sizes, timed seconds
-# and the time budget are experiments/benchmark/gpu.py's defaults (about 7 minutes of
+# and the time budget are benchmarks/gpu.py's full preset (about 7 minutes of
 # measurements, then evaluation over 1, 2 and one worker process per host core, `eval.workers`,
 # under a minute estimated); extra arguments are passed on to it, e.g. `benchmarks/gpu.sh --algos iql`.
 set -euo pipefail
@@ -59,4 +59,4 @@ fi
 
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # the peak memory figures are then the programs' own
-exec $PYTHON -m experiments.benchmark.gpu --torch "$@"
+exec $PYTHON -m benchmarks gpu --torch "$@"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import multiprocessing
 import os
 
@@ -109,17 +108,3 @@ def test_worker_count(monkeypatch):
     for bad in (0, -2, "two", True, 1.5, None):
         with pytest.raises(DatasetError, match=r"^eval.workers must be 'auto' or an integer >= 1"):
             envs.worker_count(bad, 10)
-
-
-@pytest.mark.integration
-def test_evaluation_benchmark_writes_its_table(tmp_path):
-    from experiments.benchmark import evaluation
-
-    out = tmp_path / "evaluation.json"
-    report = evaluation.main(["--trainings", "2", "--episodes", "2", "--steps", "3", "--workers", "1", "2",
-                              "--repeats", "1", "--out", str(out)])
-    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
-    assert [(row["environments"], row["workers"]) for row in report["rows"]] == [(4, 1), (4, 2)]
-    assert all(row["same_returns_as_first"] and row["seconds"] > 0 for row in report["rows"])
-    assert len(report["load_before"]) == 3
-    assert "| 2 | 4 | 2 |" in out.with_suffix(".md").read_text()

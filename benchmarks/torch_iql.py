@@ -1,6 +1,6 @@
 """IQL's update in plain, eager PyTorch, to time against algorithms/iql.py on the same machine.
 
-    python -m experiments.benchmark.torch_iql --hidden 256 256 --steps 200 --repeats 5
+    python -m benchmarks.torch_iql --hidden 256 256 --steps 200 --repeats 5
 
 It performs the computation of `algorithms.iql.IQL.update`, in the same order: expectile value
 step against the target twin Q, advantage-weighted actor step with the just-updated V (Gaussian
@@ -8,7 +8,7 @@ actor N(tanh(mu(s)), exp(log_std)) with a state-independent, clipped log std, co
 learning rate), critic step towards r + gamma (1 - d) V(s'), then Polyak averaging of the target
 critics. Adam everywhere, batches sampled uniformly (with replacement) from tensors in memory.
 Initialisation is PyTorch's default rather than orthogonal: it changes no cost. torch is optional
-(`pip install -e '.[bench]'`); experiments/benchmark/cli.py runs this file in a subprocess.
+(`pip install -e '.[bench]'`); benchmarks/updates.py runs this file in a subprocess.
 """
 
 from __future__ import annotations

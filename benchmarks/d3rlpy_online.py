@@ -1,10 +1,10 @@
-"""IQL's online phase in d3rlpy (`fit_online`), timed, for experiments.benchmark.online.
+"""IQL's online phase in d3rlpy (`fit_online`), timed, for `python -m benchmarks online`.
 
-    python -m experiments.benchmark.d3rlpy_online --env Hopper-v5 --dataset data.npz \
+    python -m benchmarks.d3rlpy_online --env Hopper-v5 --dataset data.npz \
         --hidden 256 256 --steps 2000 --json
 
 Runs in an interpreter where d3rlpy imports (d3rlpy 2.8 pins gymnasium 1.0, older than ours, so it
-usually lives in its own environment; see the README's Speed section); imports nothing of this
+usually lives in its own environment; see docs/speed.md); imports nothing of this
 project. It builds d3rlpy's IQL (its defaults, with our hidden sizes and batch size) on CPU, a
 replay buffer pre-filled with the dataset's episodes (our "prefilled" replay), and runs
 `fit_online` for `steps` environment steps with one update per step (update_interval=1,

@@ -1,3 +1,0 @@
-from experiments.benchmark.cli import main
-
-main()
