@@ -4,7 +4,7 @@ Each comparison starts both simulators from the same qpos/qvel (gymnasium's rese
 both the same actions; MJX runs in float64 here (`jax.enable_x64`), where the two agree to round-off
 (docs/mjx.md has the measured differences, float32's too). Compiling MJX's step takes a minute or
 more on a shared CPU, so the default tier compiles one model (Hopper-v4: contacts, RK4, termination,
-the clipped velocities and the time limit); the others and the 1000-step runs are `slow`.
+the clipped velocities and the time limit); the others are `slow`.
 """
 
 from __future__ import annotations
@@ -41,19 +41,23 @@ def info_of(key: str, **changes):
     return dataclasses.replace(lookup(source, name), **changes)
 
 
-def gymnasium_run(info, actions: np.ndarray, seed: int = 0) -> dict:
-    """Reset gymnasium's environment (make_env, as evaluation does) with `seed` and step it through
-    every action, on past terminations and the time limit as MJX's `step` does."""
+def gymnasium_run(info, actions: np.ndarray, seed: int = 0, velocity_kick=None) -> dict:
+    """Reset gymnasium's environment (make_env, as evaluation does) with `seed`, add `velocity_kick`
+    to the velocities if given, and step it through every action, on past terminations and the time
+    limit as MJX's `step` does."""
     env = make_env(info)
     first, _ = env.reset(seed=seed)
     raw = env.unwrapped
+    if velocity_kick is not None:
+        raw.set_state(raw.data.qpos.copy(), raw.data.qvel + velocity_kick)
+        first = np.concatenate([raw._get_obs(), np.zeros(info.observation_zeros)])
     start = {"qpos": raw.data.qpos.copy(), "qvel": raw.data.qvel.copy(), "observation": first}
     rows = {"observation": [], "reward": [], "terminated": [], "truncated": []}
     with warnings.catch_warnings():  # stepping on after the episode ended is deliberate
         warnings.simplefilter("ignore")
         for action in actions:
             observation, reward, terminated, truncated, _ = env.step(action)
-            for key, value in zip(rows, (observation, reward, terminated, truncated)):
+            for key, value in zip(rows, (observation, reward, terminated, truncated), strict=True):
                 rows[key].append(value)
     env.close()
     return {**start, **{key: np.asarray(value) for key, value in rows.items()}}
@@ -122,13 +126,13 @@ def test_refuses_what_it_does_not_reproduce():
 
 
 def test_hopper_v4_matches_gymnasium_through_falls_and_the_time_limit():
-    """200 random steps: the hopper falls (termination, contacts with the floor), the velocities
-    exceed the observation's clip, and a 150-step limit truncates."""
+    """200 random steps from a state whose foot spins at 15 rad/s: the observation clips it to 10,
+    the hopper falls (termination, contacts with the floor), and a 150-step limit truncates."""
     info = info_of("d4rl/hopper-medium-v2", max_episode_steps=150)
     actions = random_actions(200, 3)
-    expected = gymnasium_run(info, actions)
+    expected = gymnasium_run(info, actions, velocity_kick=np.eye(6)[5] * 15.0)
+    assert expected["observation"][0, 10] == 10.0  # clipped
     assert expected["terminated"].any() and not expected["terminated"].all()
-    assert (np.abs(expected["observation"][:, 5:]) == 10.0).any()  # some velocity is clipped
     start, states = mjx_run(info, expected["qpos"], expected["qvel"], actions)
     assert_equivalent(expected, start, states)
     # the check can fail: a step of v5's healthy-reward rule instead of v4's would differ by 1
@@ -152,12 +156,25 @@ def test_reset_is_pure_and_vmaps():
     assert states.observation.shape == (8, 11) and not np.asarray(states.terminated).any()
 
 
+# Steps over which the two simulators agree to OBSERVATION_TOLERANCE under random actions: past
+# them chaotic contacts amplify the round-off of float64 (measured, docs/mjx.md): Hopper and
+# Walker2d stay within 1e-8 for 500 steps; HalfCheetah (time step 0.01, a body bouncing on the
+# floor) grows from 1e-15 to 1e-9 by step 40 and to 1 by step 75; Ant's first termination differs
+# at step 42.
+AGREEING_STEPS = {"hopper": 300, "walker2d": 300, "halfcheetah": 35, "ant": 25}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("key", list(FAMILIES))
-def test_every_model_matches_gymnasium_for_1000_random_steps(key):
-    info = info_of(key)
-    actions = random_actions(1000, 8 if "ant" in key else (6 if "hopper" not in key else 3))
+def test_every_model_matches_gymnasium_until_chaos_parts_them(key):
+    """Every family's model and version, from gymnasium's reset state, with a time limit inside the
+    compared steps."""
+    steps = AGREEING_STEPS[key.split("/")[1].split("-")[0]]
+    info = info_of(key, max_episode_steps=steps - 5)
+    env = make_env(info)
+    actions = random_actions(steps, env.action_space.shape[0])
+    env.close()
     expected = gymnasium_run(info, actions)
     start, states = mjx_run(info, expected["qpos"], expected["qvel"], actions)
     assert_equivalent(expected, start, states)
-    assert expected["truncated"][-1] and states.truncated[-1]
+    assert states.truncated[steps - 6] and not states.truncated[steps - 7]

@@ -137,9 +137,10 @@ class MJXEnv:
         self.action_high = jnp.asarray(action_high)
         self._termination = termination_for(settings.name)
         self._needs_contact_forces = settings.contact_forces_observed or settings.contact_cost_weight > 0
-        # traced, not run: the sizes without compiling anything
-        reset_shape = jax.eval_shape(self.reset_to, self.init_qpos, self.init_qvel)
-        self.observation_size = int(reset_shape.observation.shape[0])
+        # counted from the model (the equivalence tests check it against the observations)
+        forces = 6 * (mj_model.nbody - 1) if settings.contact_forces_observed else 0
+        self.observation_size = (mj_model.nq - EXCLUDED_POSITIONS[settings.name] + mj_model.nv + forces
+                                 + settings.observation_zeros)
         self.action_size = int(self.action_low.shape[0])
 
     # -- the environment's functions -------------------------------------------------------------
