@@ -165,6 +165,10 @@ class MJXEnv:
         data = mjx.make_data(self.model)
         data = data.replace(qpos=jnp.asarray(qpos, data.qpos.dtype), qvel=jnp.asarray(qvel, data.qvel.dtype))
         data = self._forward(data)
+        if self.settings.contact_forces_observed:
+            # gymnasium's reset observes the forces MuJoCo's reset left (zeros): mj_forward does not
+            # compute them, MJX's forward does
+            data = data.tree_replace({"_impl.cfrc_ext": jnp.zeros_like(data._impl.cfrc_ext)})
         zero = jnp.zeros((), data.qpos.dtype)
         return EnvState(data, self._observation(data), zero, jnp.zeros((), bool), jnp.zeros((), bool),
                         jnp.zeros((), jnp.int32))
