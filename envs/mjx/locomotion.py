@@ -10,7 +10,8 @@ not restated here. What gymnasium computes in Python is reproduced with jax.nump
   (gymnasium's RescaleAction); the control cost is paid on the rescaled action.
 - physics: `frame_skip` calls of `mjx.step`, then, when contact forces are observed or paid for
   (Ant-v5, or Ant-v4 with `use_contact_forces`), `mjx.rne_postconstraint` as gymnasium calls
-  `mj_rnePostConstraint`.
+  `mj_rnePostConstraint`. Measured, its forces differ from MuJoCo's from the first contact on, so
+  `settings_of` refuses those environments (the code stays for when MJX's match).
 - forward velocity: x of qpos (Ant: x and y of the torso's `xpos`, which after a step lags the final
   substep exactly as MuJoCo's does) before and after, over `dt = timestep * frame_skip`.
 - healthy reward: v4 pays it on every step (the terminating one too), v5 only while healthy.
@@ -107,6 +108,11 @@ def settings_of(env, info: DatasetInfo) -> Settings:
                 f"the default ({defaults[key]!r}): envs/termination.py and the observation layout "
                 "assume it. Use env.backend=host, or drop the setting.")
     paid = given.get("use_contact_forces", version == 5)  # v4's switch; v5 always pays
+    if name == "ant" and paid:
+        raise DatasetError(
+            f"env.backend=mjx cannot run {spec.id} with contact forces: MJX's external contact forces "
+            "(cfrc_ext, in Ant-v5's observation and contact cost) differ from MuJoCo's from the first "
+            "contact on (docs/mjx.md). Use env.backend=host for this dataset.")
     observed = given.get("include_cfrc_ext_in_observation", given.get("use_contact_forces", False))
     return Settings(
         name=name, version=version, frame_skip=int(raw.frame_skip), dt=float(raw.dt),
