@@ -10,8 +10,8 @@ not restated here. What gymnasium computes in Python is reproduced with jax.nump
   (gymnasium's RescaleAction); the control cost is paid on the rescaled action.
 - physics: `frame_skip` calls of `mjx.step`, then, when contact forces are observed or paid for
   (Ant-v5, or Ant-v4 with `use_contact_forces`), `mjx.rne_postconstraint` as gymnasium calls
-  `mj_rnePostConstraint`. Measured, its forces differ from MuJoCo's from the first contact on, so
-  `settings_of` refuses those environments (the code stays for when MJX's match).
+  `mj_rnePostConstraint`. Measured, MJX's Ant (v4 and v5) parts from MuJoCo's at the first
+  contact, so `settings_of` refuses Ant (its code stays, for when they match).
 - forward velocity: x of qpos (Ant: x and y of the torso's `xpos`, which after a step lags the final
   substep exactly as MuJoCo's does) before and after, over `dt = timestep * frame_skip`.
 - healthy reward: v4 pays it on every step (the terminating one too), v5 only while healthy.
@@ -108,11 +108,11 @@ def settings_of(env, info: DatasetInfo) -> Settings:
                 f"the default ({defaults[key]!r}): envs/termination.py and the observation layout "
                 "assume it. Use env.backend=host, or drop the setting.")
     paid = given.get("use_contact_forces", version == 5)  # v4's switch; v5 always pays
-    if name == "ant" and paid:
+    if name == "ant":
         raise DatasetError(
-            f"env.backend=mjx cannot run {spec.id} with contact forces: MJX's external contact forces "
-            "(cfrc_ext, in Ant-v5's observation and contact cost) differ from MuJoCo's from the first "
-            "contact on (docs/mjx.md). Use env.backend=host for this dataset.")
+            f"env.backend=mjx cannot run {spec.id} yet: measured against MuJoCo, MJX's Ant parts from "
+            "the first contact with the floor on (observations 4e-3 apart after two steps in float64; "
+            "docs/mjx.md). Use env.backend=host for this dataset.")
     observed = given.get("include_cfrc_ext_in_observation", given.get("use_contact_forces", False))
     return Settings(
         name=name, version=version, frame_skip=int(raw.frame_skip), dt=float(raw.dt),
@@ -169,11 +169,15 @@ class MJXEnv:
         from mujoco import mjx
 
         data = mjx.make_data(self.model)
-        data = data.replace(qpos=jnp.asarray(qpos, data.qpos.dtype), qvel=jnp.asarray(qvel, data.qvel.dtype))
-        data = self._forward(data)
+        qpos = jnp.asarray(qpos, data.qpos.dtype)
+        data = self._forward(data.replace(qpos=qpos, qvel=jnp.asarray(qvel, data.qvel.dtype)))
+        # MJX's forward normalizes a free joint's quaternion in qpos (Ant's, which the reset noise
+        # leaves unnormalized); MuJoCo's mj_forward uses it normalized but leaves qpos as set, and
+        # gymnasium observes that. The next step normalizes it in both.
+        data = data.replace(qpos=qpos)
         if self.settings.contact_forces_observed:
-            # gymnasium's reset observes the forces MuJoCo's reset left (zeros): mj_forward does not
-            # compute them, MJX's forward does
+            # gymnasium's reset observes the zeros MuJoCo's reset leaves (mj_forward does not
+            # compute the forces)
             data = data.tree_replace({"_impl.cfrc_ext": jnp.zeros_like(data._impl.cfrc_ext)})
         zero = jnp.zeros((), data.qpos.dtype)
         return EnvState(data, self._observation(data), zero, jnp.zeros((), bool), jnp.zeros((), bool),
