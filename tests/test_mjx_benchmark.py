@@ -1,0 +1,32 @@
+"""benchmarks/mjx.py's report (the quick preset: two environments, three steps, both backends)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("mujoco.mjx", reason="the mjx extra is not installed (pip install -e '.[mjx]')")
+
+
+@pytest.mark.integration
+def test_mjx_benchmark_report(tmp_path):
+    from benchmarks import harness
+
+    out = tmp_path / "mjx.json"
+    harness.main(["mjx", "--preset", "quick", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["environment"] == "Hopper-v4"
+    assert [(row["backend"], row["environments"]) for row in report["rows"]] == [("host", 2), ("mjx", 2)]
+    assert all(row["env_steps_per_second"] > 0 for row in report["rows"])
+    table = out.with_suffix(".md").read_text()
+    assert "| 2 |" in table and "MJX steps/s" in table
+
+
+def test_bad_option_is_one_error_line(capsys):
+    from benchmarks import harness
+
+    with pytest.raises(SystemExit) as exit_info:
+        harness.main(["mjx", "--environments", "0"])
+    assert exit_info.value.code == 2
+    assert "error: --environments" in capsys.readouterr().err
