@@ -192,3 +192,12 @@ def constant_model(means: np.ndarray, raw_logvars: np.ndarray, elites, observati
     params["params"]["min_logvar"] = jnp.full((outputs,), -10.0)
     scaler = dynamics.Scaler(jnp.zeros(observation_dim + action_dim), jnp.ones(observation_dim + action_dim))
     return dynamics.DynamicsModel(params, jnp.asarray(elites), scaler, network)
+
+
+# Uni-O4's tiny command-line run (2 seeds on local/pendulum-mixed, every stage cut to a few steps),
+# shared by its own end-to-end tests and the evaluation tests.
+UNIO4_TINY_RUN = ["algo=unio4", "dataset=local/pendulum-mixed", "seeds=2", "log_every=20", "eval.every=20",
+                  "eval.episodes=2", "pretrain.cache_dir=null", "algo.critic_steps=20", "algo.bc_steps=20",
+                  "algo.dynamics.max_steps=20", "algo.eval_step=10", "algo.rollout_length=5",
+                  "algo.rollout_batch=16", "algo.q_hidden_dims=[16]", "algo.v_hidden_dims=[16]",
+                  "algo.policy_hidden_dims=[16]", "algo.dynamics.hidden_dims=[16,16,16,16]"]

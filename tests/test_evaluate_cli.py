@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, cli_env, run_cli
-from test_unio4 import TINY_RUN as TINY_UNIO4  # Uni-O4's own tiny settings, kept by its tests
+from helpers import REPO, UNIO4_TINY_RUN, cli_env, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +22,7 @@ RUNS = {
     "iql": ["algo=iql", *PENDULUM, "steps=40", "algo.hidden_dims=[8,8]", "algo.batch_size=16"],
     "sac_online": ["algo=sac", *PENDULUM, "steps=20", "algo.hidden_dims=[8,8]", "algo.batch_size=16",
                    "online.steps=40", "online.eval_every=20", "online.log_every=20", "online.episodes=2"],
-    "unio4": [*TINY_UNIO4, "steps=40"],
+    "unio4": [*UNIO4_TINY_RUN, "steps=40"],
 }
 GRID = ["algo=td3_bc", *PENDULUM, "seeds=1", "steps=40", "algo.hidden_dims=[8,8]", "algo.batch_size=16",
         "grid.algo.alpha=[1.0,5.0]"]

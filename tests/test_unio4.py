@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import cli_env, constant_model, resume_is_exact, run_cli
+from helpers import UNIO4_TINY_RUN, cli_env, constant_model, resume_is_exact, run_cli
 
 import envs
 from algorithms.core.algorithm import Context, Spec
@@ -412,16 +412,11 @@ def test_seeds_and_members_batched_equal_single_runs():
 
 
 # A whole run in seconds: tiny networks, 20 steps per stage, short AM-Q rollouts.
-TINY_RUN = ["algo=unio4", "dataset=local/pendulum-mixed", "seeds=2", "log_every=20", "eval.every=20",
-            "eval.episodes=2", "pretrain.cache_dir=null", "algo.critic_steps=20", "algo.bc_steps=20",
-            "algo.dynamics.max_steps=20", "algo.eval_step=10", "algo.rollout_length=5",
-            "algo.rollout_batch=16", "algo.q_hidden_dims=[16]", "algo.v_hidden_dims=[16]",
-            "algo.policy_hidden_dims=[16]", "algo.dynamics.hidden_dims=[16,16,16,16]"]
 
 
 @pytest.mark.integration
 def test_train_end_to_end_reports_every_member(offline_data, tmp_path):
-    overrides = [*TINY_RUN, "steps=40"]
+    overrides = [*UNIO4_TINY_RUN, "steps=40"]
     run_dir = tmp_path / "run"
     done = run_cli(overrides, run_dir, cli_env(OFFRL_DATA_DIR=str(offline_data)))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -439,7 +434,7 @@ def test_train_end_to_end_reports_every_member(offline_data, tmp_path):
 def test_train_end_to_end_then_online_ppo(offline_data, tmp_path):
     """Offline BPPO, the hand-over of the chosen member, then online PPO rollouts; with reward
     scaling the re-fitted V is a fourth stage."""
-    overrides = [*TINY_RUN, "steps=20", "online.steps=128", "algo.online.block=64",
+    overrides = [*UNIO4_TINY_RUN, "steps=20", "online.steps=128", "algo.online.block=64",
                  "algo.ppo.minibatch_size=32", "online.eval_every=64", "online.log_every=64",
                  "algo.ppo.reward_scaling=number", "algo.value_refit_steps=20",
                  "algo.value_refit_hidden_dims=[16]"]
@@ -464,7 +459,7 @@ def test_a_killed_offline_to_online_run_resumes_to_the_same_numbers(offline_data
     the hand-over) and resumed: the offline phase, the hand-over and online PPO (its state restored:
     the offline state statistics, the return scaler the V re-fit started) give the numbers of the
     run straight through."""
-    settings = [*TINY_RUN, "steps=20", "online.steps=192", "algo.online.block=64",
+    settings = [*UNIO4_TINY_RUN, "steps=20", "online.steps=192", "algo.online.block=64",
                 "algo.ppo.minibatch_size=32", "online.eval_every=64", "online.log_every=64",
                 "online.checkpoint_every=64", "algo.ppo.reward_scaling=dynamic", "algo.value_refit_steps=20",
                 "algo.value_refit_hidden_dims=[16]"]
