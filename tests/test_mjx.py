@@ -126,6 +126,7 @@ def test_refuses_what_it_does_not_reproduce():
 # -- equivalence with gymnasium ---------------------------------------------------------------------
 
 
+@pytest.mark.integration  # compiling MJX's step takes minutes on a CPU (docs/testing.md)
 def test_hopper_v4_matches_gymnasium_through_falls_and_the_time_limit():
     """200 random steps from a state whose foot spins at 15 rad/s: the observation clips it to 10,
     the hopper falls (termination, contacts with the floor), and a 150-step limit truncates."""
@@ -140,6 +141,7 @@ def test_hopper_v4_matches_gymnasium_through_falls_and_the_time_limit():
     assert np.abs(states.reward - expected["reward"]).max() < 0.5
 
 
+@pytest.mark.integration  # compiling MJX's step takes minutes on a CPU (docs/testing.md)
 def test_reset_is_pure_and_vmaps():
     """reset(key) draws gymnasium's noise (uniform for Hopper): the same key, the same state;
     different keys, different states, all within the noise scale of the initial state."""
