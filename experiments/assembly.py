@@ -123,7 +123,7 @@ class Assembly:
         trees = {"states": states, "buffers": loop.init_buffers(self.algo, self.spec,
                                                                 self.contexts["offline"], len(self.seeds)),
                  "keys": train_keys}
-        return self.shard(trees if phase == "offline" else self.begin_online(trees))
+        return self.shard(trees) if phase == "offline" else self.begin_online(trees)  # (sharded there)
 
     def begin_online(self, trees: dict) -> dict:
         """The online phase's trees from the offline phase's: the learner's states (`loop.begin`),

@@ -109,12 +109,15 @@ class Restored:
         parameters and the action rescaling as constants (what `jax.export` bakes in). Acts as the
         run's evaluation does (`policies.policy_program`: normalize, `algo.act`), then maps [-1, 1]
         to [low, high] as the evaluation environment's `RescaleAction` does."""
+        from algorithms.core.components import learner
         from experiments.loop import with_values
 
         states, values = self.subset([training])
         state = jax.tree.map(lambda x: x[0], states.replace(step=None)).replace(step=states.step)
-        algo = with_values(self.acting_algorithm(), None if values is None else {
-            k: v[0] for k, v in values.items()})
+        # the grid's values are the run's algorithm's fields: set them before the hand-over builds
+        # the learner from them, in the order of `policies.policy_program`
+        algo = learner(with_values(self.algo, None if values is None else {
+            k: v[0] for k, v in values.items()}), self.phase)
         mean = jnp.asarray(self.preprocessor.normalizer.mean, jnp.float32)
         std = jnp.asarray(self.preprocessor.normalizer.std, jnp.float32)
         low, high = (jnp.asarray(bound, jnp.float32) for bound in self.action_bounds())
