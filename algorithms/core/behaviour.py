@@ -15,7 +15,8 @@ states standardized with the dataset's statistics when `state_norm` (`fit_normal
                       (its gradient is (1 + alpha_bc) that of BC);
     value re-fit:     a V for PPO regressed on the Monte-Carlo returns of the scaled rewards
                       (algorithms/core/ppo.py: `init_value_refit`, `value_refit_step`).
-nd = 1 - terminal (or timeout, with `timeouts_terminal`).
+nd = 1 - terminal (or timeout, with `timeouts_terminal`). The cache key holds the settings, not the
+code: a change here that alters what a stage learns must give its Stage a new `version`.
 """
 
 from __future__ import annotations
