@@ -3,14 +3,11 @@ Lei-Kun/Uni-O4 runs it (`main.py`, `critic.py`, `BC_ensemble.py`, `abppo.py`, `d
 `ppo_finetune/` online). Where and why ours differs: docs/algorithms/unio4.md.
 
 1. Stages, trained before the agent on standardized states (`state_norm`), one per training seed
-   (from `critic_seed`, `bc_seed`, `dynamics.seed` + the seed) unless `shared_stages`:
-   (a) "critics": Q_tau and V by IQL's value and critic steps (algorithms/iql.py): V towards the
-       expectile omega of min_i Qbar_i(s, a), then Q towards r + gamma nd V(s') with the new V, and
-       Qbar <- (1 - tau) Qbar + tau Q every `target_update_every` Q steps. critic="sarsa": one Q
-       towards r + gamma nd Qbar(s', a') with a' the dataset's next action, and V regressed on the
-       Monte-Carlo return. nd = 1 - terminal (or timeout, with `timeouts_terminal`).
-   (b) "bc": K members pi_i on the same minibatches, l_i = -log pi_i(a|s) - alpha_bc (log pi_i(a|s) -
-       sg max_{j != i} log pi_j(a|s)) (its gradient is (1 + alpha_bc) that of BC).
+   (from `critic_seed`, `bc_seed`, `dynamics.seed` + the seed) unless `shared_stages`; their losses
+   are in algorithms/core/behaviour.py:
+   (a) "critics": Q_tau and V by IQL's value and critic steps (critic="iql"), or SARSA's Q on the
+       dataset's next action and V regressed on the Monte-Carlo return (critic="sarsa");
+   (b) "bc": K members cloned jointly, with the code's disagreement term;
    (c) "dynamics": the probabilistic ensemble of algorithms/core/dynamics.py, on raw states.
 2. Multi-step BPPO, the offline `update` (T updates): every member on one batch of dataset states,
        a ~ pi_i^old(.|s),  A = normalize(min_j Q_j(s, a) - V(s)),  rho = pi_i(a|s) / pi_i^old(a|s),
@@ -18,18 +15,17 @@ Lei-Kun/Uni-O4 runs it (`main.py`, `critic.py`, `BC_ensemble.py`, `abppo.py`, `d
    lr bppo_lr (1 - (t - 1) / T) and eps_t = clip_ratio (1 - min(t, 200) / T). Every `eval_step`
    updates (and once on the BC members), AM-Q scores each member: the mean Q_tau(s, a) over every
    (s, a) visited by `rollout_batch` model rollouts of `rollout_length` steps under its mean action,
-   a random elite per row and step. A rollout ends (its last step counted) at the environment's rule
-   (`termination`), at any |s'| >= `amq_state_bound`, with the achieved goal s'[:2] within
-   `amq_goal_radius` of the desired one s'[-2:] (Minari AntMaze), or at a non-finite s'; a step whose
-   Q is not finite ends it uncounted. pi_i^old <- pi_i when AM-Q beats the member's best.
+   a random elite per row and step, each ended (its last step counted) by the environment's rule
+   (`termination`) or the code's additions (`amq_rollout_ended`); a step whose Q is not finite ends it
+   uncounted. pi_i^old <- pi_i when AM-Q beats the member's best.
 3. The member handed over: every AM-Q scoring picks the highest; the members are the `candidates`
    every evaluation scores, then `choose` applies handover="code", the best real score among the
    `handover_top_k` highest AM-Q (the code's load_pi_value; optimistic as an offline score), or
    "amq", the AM-Q alone (what "code" falls back to, with a warning, when evaluation is off).
 4. Online, a real PPO learner (`hand_over`: algo=ppo's, algorithms/ppo.py) from the chosen member
    (with `online_extra_tanh`, the online code's second tanh on the log-std head) and the offline V
-   (with reward scaling, V re-fitted first: stage "online_value", Monte-Carlo regression on the scaled
-   dataset rewards), the states standardized with the offline statistics, frozen.
+   (with reward scaling, V re-fitted first: (d) stage "online_value", Monte-Carlo regression on the
+   scaled dataset rewards), the states standardized with the offline statistics, frozen.
 """
 
 from __future__ import annotations
@@ -38,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -57,48 +52,25 @@ from algorithms.core.algorithm import (
     Spec,
     Stage,
 )
+from algorithms.core.behaviour import BCEnsembleStage, Critics, CriticsStage, ValueRefitStage
 from algorithms.core.dynamics import DynamicsConfig, dynamics_stage, sample_start_states, step
-from algorithms.core.networks import BoundedGaussianPolicy, ValueNetwork, critic_ensemble
 from algorithms.core.ppo import (
     ACTIVATIONS,
     OnlineValue,
     PPOConfig,
     PPOState,
     ReluValueNetwork,
-    ValueRefit,
     check_rollouts,
     clipped_surrogate,
     init_ppo_state,
-    init_value_refit,
-    value_refit_step,
-    value_regression_step,
 )
-from algorithms.core.training import copy_params, create_train_state, soft_update
-from algorithms.iql import expectile_value_step, td_critic_step
+from algorithms.core.training import copy_params
 from algorithms.ppo import PPO
 from envs.preprocessing import Normalizer
 from envs.termination import TERMINATIONS, never, termination_for
 
 CRITICS = ("iql", "sarsa")
 HANDOVERS = ("code", "amq")
-
-
-def fit_normalizer(observations: jax.Array, enabled: bool) -> Normalizer:
-    """The dataset's state statistics (mean, std + 1e-3, as envs.Normalizer.from_dataset), computed
-    where the stages hold the data; the identity when `state_norm` is off."""
-    if not enabled:
-        return Normalizer.identity(observations.shape[-1])
-    return Normalizer(observations.mean(axis=0), observations.std(axis=0) + 1e-3)
-
-
-def bc_ensemble_loss(log_probs: jax.Array, alpha_bc: float) -> jax.Array:
-    """The joint BC loss from every member's log pi_i(a|s), (K, B) -> (K,); plain BC for K = 1."""
-    members = log_probs.shape[0]
-    if members == 1:
-        return -log_probs.mean(axis=1)
-    others = jnp.where(jnp.eye(members, dtype=bool)[:, :, None], -jnp.inf,
-                       jax.lax.stop_gradient(log_probs)[None])
-    return (-log_probs - alpha_bc * (log_probs - others.max(axis=1))).mean(axis=1)
 
 
 def normalized_advantage(advantage: jax.Array, omega: float | None = None) -> jax.Array:
@@ -194,19 +166,24 @@ class UniO4(Algorithm):
             except KeyError as error:
                 raise SettingsError(f"algo.termination: {error.args[0]}") from None
 
-    def policy_network(self, action_dim: int) -> BoundedGaussianPolicy:
-        return BoundedGaussianPolicy(tuple(self.policy_hidden_dims), action_dim,
-                                     ACTIVATIONS[self.policy_activation])
+    # ---- 1. stages (algorithms/core/behaviour.py; the dynamics model: algorithms/core/dynamics.py) ---
 
-    def critic_networks(self):
-        return (critic_ensemble(2 if self.critic == "iql" else 1, self.q_hidden_dims, init_scheme="torch"),
-                ValueNetwork(tuple(self.v_hidden_dims), init_scheme="torch"))
+    def critics_stage(self) -> CriticsStage:
+        return CriticsStage(self.critic, tuple(self.q_hidden_dims), tuple(self.v_hidden_dims), self.critic_lr,
+                            self.critic_batch_size, self.critic_steps, self.critic_seed, self.discount,
+                            self.tau, self.target_update_every, self.expectile, self.timeouts_terminal,
+                            self.state_norm)
 
-    def not_done(self, batch) -> jax.Array:
-        ended = jnp.maximum(batch.terminals, batch.timeouts) if self.timeouts_terminal else batch.terminals
-        return 1.0 - ended
+    def bc_stage(self) -> BCEnsembleStage:
+        return BCEnsembleStage(self.num_members, tuple(self.policy_hidden_dims), self.policy_activation,
+                               self.bc_lr, self.bc_batch_size, self.bc_steps, self.bc_seed, self.alpha_bc,
+                               self.state_norm)
 
-    # ---- 1. stages -------------------------------------------------------------------------------
+    def value_refit_stage(self) -> ValueRefitStage:
+        return ValueRefitStage(self.ppo.reward_scaling, self.ppo.discount, self.timeouts_terminal,
+                               tuple(self.value_refit_hidden_dims), self.value_refit_lr,
+                               self.value_refit_batch_size, self.value_refit_steps, self.value_refit_seed,
+                               self.state_norm)
 
     def derive(self, data) -> Derived:
         """SARSA's V regresses on the Monte-Carlo return (episodes end at terminals and timeouts)."""
@@ -214,103 +191,13 @@ class UniO4(Algorithm):
         return Derived(returns_to_go=envs.returns_to_go(data, self.discount) if sarsa else None)
 
     def stages(self, spec: Spec) -> list[Stage]:
-        common = {"state_norm": self.state_norm, "observation_dim": spec.observation_dim,
-                  "action_dim": spec.action_dim}
-        critics = {**common, "critic": self.critic, "q_hidden_dims": list(self.q_hidden_dims),
-                   "v_hidden_dims": list(self.v_hidden_dims), "lr": self.critic_lr,
-                   "batch_size": self.critic_batch_size, "steps": self.critic_steps,
-                   "seed": self.critic_seed, "discount": self.discount, "tau": self.tau,
-                   "target_update_every": self.target_update_every, "expectile": self.expectile,
-                   "timeouts_terminal": self.timeouts_terminal}
-        bc = {**common, "members": self.num_members, "hidden_dims": list(self.policy_hidden_dims),
-              "activation": self.policy_activation, "lr": self.bc_lr, "batch_size": self.bc_batch_size,
-              "steps": self.bc_steps, "seed": self.bc_seed, "alpha_bc": self.alpha_bc}
-        refit = {**common, "reward_scaling": self.ppo.reward_scaling, "discount": self.ppo.discount,
-                 "timeouts_terminal": self.timeouts_terminal,
-                 "hidden_dims": list(self.value_refit_hidden_dims), "lr": self.value_refit_lr,
-                 "batch_size": self.value_refit_batch_size, "steps": self.value_refit_steps,
-                 "seed": self.value_refit_seed}
-        q_network, v_network = self.critic_networks()
+        """(a) the critics, (b) the BC ensemble, (c) the dynamics model AM-Q rolls out in; with
+        reward scaling, (d) the V handed to PPO, re-fitted on the scaled returns."""
         per_seed = not self.shared_stages
-        return [
-            Stage("critics", self.critic_steps, self.critic_batch_size, self.init_critics, self.critic_step,
-                  critics, result=lambda t: Critics(t.q.params, t.v.params, q_network, v_network),
-                  per_seed=per_seed),
-            Stage("bc", self.bc_steps, self.bc_batch_size, self.init_bc, self.bc_step, bc,
-                  result=lambda t: PolicyEnsemble(t.policies.params, t.normalizer), per_seed=per_seed),
-            dynamics_stage(self.dynamics, spec),
-            *([Stage("online_value", self.value_refit_steps, self.value_refit_batch_size,
-                     self.init_value_refit, self.value_refit_step, refit,
-                     result=lambda t: OnlineValue(t.value.params, t.scaler), per_seed=per_seed)]
-              if self.ppo.reward_scaling != "none" else []),
-        ]
-
-    def init_critics(self, key, spec: Spec, data) -> CriticTraining:
-        q_network, v_network = self.critic_networks()
-        q_key, v_key = jax.random.split(key)
-        observations = jnp.zeros((1, spec.observation_dim))
-        q_params = q_network.init(q_key, observations, jnp.zeros((1, spec.action_dim)))
-        rows = next_actions = None
-        if self.critic == "sarsa":  # a' of row i is the action of row i + 1 (unused at episode ends)
-            rows, next_actions = data, jnp.concatenate([data.actions[1:], data.actions[-1:]])
-        v_params = v_network.init(v_key, observations)
-        return CriticTraining(create_train_state(q_network, q_params, self.critic_lr),
-                              create_train_state(v_network, v_params, self.critic_lr), copy_params(q_params),
-                              fit_normalizer(data.observations, self.state_norm), rows, next_actions)
-
-    def critic_step(self, training: CriticTraining, batch, key):
-        """(a): V, then Q with the new V (SARSA: the Monte-Carlo V and Q on Qbar(s', a')), then Qbar."""
-        if self.critic == "sarsa":  # drawn here, to pair every row with its next action
-            rows = jax.random.randint(key, (self.critic_batch_size,), 0, training.next_actions.shape[0])
-            batch = jax.tree.map(lambda column: column[rows], training.rows)
-        batch = batch._replace(observations=training.normalizer(batch.observations),
-                               next_observations=training.normalizer(batch.next_observations),
-                               terminals=1.0 - self.not_done(batch))
-        if self.critic == "sarsa":
-            value, value_loss = value_regression_step(training.v, batch.observations, batch.returns_to_go)
-            next_values = training.q.apply_fn(training.target_q_params, batch.next_observations,
-                                              training.next_actions[rows]).min(axis=0)
-        else:
-            target_q = training.q.apply_fn(training.target_q_params, batch.observations,
-                                           batch.actions).min(axis=0)
-            value, metrics = expectile_value_step(training.v, batch.observations, target_q, self.expectile)
-            value_loss = metrics["value_loss"]
-            next_values = value.apply_fn(value.params, batch.next_observations)
-        q, critic_metrics = td_critic_step(training.q, batch, next_values, self.discount)
-        target_q_params = jax.lax.cond(q.step % self.target_update_every == 0,
-                                       lambda: soft_update(training.target_q_params, q.params, self.tau),
-                                       lambda: training.target_q_params)
-        return (training.replace(q=q, v=value, target_q_params=target_q_params),
-                {"critic_loss": critic_metrics["critic_loss"], "value_loss": value_loss})
-
-    def init_bc(self, key, spec: Spec, data) -> BCTraining:
-        network = self.policy_network(spec.action_dim)
-        params = jax.vmap(lambda k: network.init(k, jnp.zeros((1, spec.observation_dim))))(
-            jax.random.split(key, self.num_members))
-        return BCTraining(create_train_state(network, params, self.bc_lr),
-                          fit_normalizer(data.observations, self.state_norm))
-
-    def bc_step(self, training: BCTraining, batch, key):
-        """(b): every member on the same minibatch in one computation; Adam is elementwise, so one
-        Adam over the stacked parameters is one Adam per member."""
-        s = training.normalizer(batch.observations)
-
-        def loss(params):
-            log_probs = jax.vmap(lambda p: training.policies.apply_fn(p, s).log_prob(batch.actions))(params)
-            per_member = bc_ensemble_loss(log_probs, self.alpha_bc)
-            return per_member.sum(), (per_member, log_probs)
-
-        (_, (per_member, log_probs)), grads = jax.value_and_grad(loss, has_aux=True)(training.policies.params)
-        return (training.replace(policies=training.policies.apply_gradients(grads=grads)),
-                {"bc_loss": per_member.mean(), "bc_log_prob": log_probs.mean()})
-
-    def init_value_refit(self, key, spec: Spec, data) -> ValueRefit:
-        observations = fit_normalizer(data.observations, self.state_norm)(data.observations)
-        return init_value_refit(key, self.ppo, observations, data.rewards, self.not_done(data),
-                                self.value_refit_hidden_dims, self.value_refit_lr)
-
-    def value_refit_step(self, training: ValueRefit, batch, key):
-        return value_refit_step(training, self.value_refit_batch_size, key)
+        refit = self.value_refit_stage()
+        return [self.critics_stage().stage(spec, per_seed), self.bc_stage().stage(spec, per_seed),
+                dynamics_stage(self.dynamics, spec),
+                *([refit.stage(spec, per_seed)] if self.ppo.reward_scaling != "none" else [])]
 
     # ---- 2. multi-step BPPO with AM-Q ------------------------------------------------------------
 
@@ -327,7 +214,7 @@ class UniO4(Algorithm):
         bc = ctx.stages["bc"]
         tx = optax.chain(optax.clip_by_global_norm(self.max_grad_norm),
                          optax.adam(self.learning_rate(spec.total_steps)))
-        apply_fn = self.policy_network(spec.action_dim).apply
+        apply_fn = self.bc_stage().network(spec.action_dim).apply
         policies = jax.vmap(lambda p: TrainState.create(apply_fn=apply_fn, params=p, tx=tx))(
             copy_params(bc.params))
         amq = self.amq(policies.params, bc.normalizer, key, ctx)
@@ -392,7 +279,7 @@ class UniO4(Algorithm):
         """AM-Q of every member (params with a leading member axis) -> (K,)."""
         critics: Critics = ctx.stages["critics"]
         terminated = self.termination_rule()
-        network = self.policy_network(ctx.data.actions.shape[-1])
+        network = self.bc_stage().network(ctx.data.actions.shape[-1])
 
         def one_member(member_params, member_key):
             start_key, rollout_key = jax.random.split(member_key)
@@ -478,49 +365,6 @@ def best_by_amq(amq: jax.Array) -> jax.Array:
 def member_params(state: UniO4State):
     """The chosen member's policy parameters (what the online phase starts from)."""
     return jax.tree.map(lambda x: x[state.chosen], state.policies.params)
-
-
-# ---- the stages' results and the training states (pytrees) -------------------------------------
-
-
-@flax.struct.dataclass
-class Critics:
-    """Stage (a), frozen: Q_tau(s, a) = min over the Q members and V(s), on standardized states."""
-
-    q_params: Any
-    v_params: Any
-    q_network: nn.Module = flax.struct.field(pytree_node=False)
-    v_network: nn.Module = flax.struct.field(pytree_node=False)
-
-    def q(self, observations, actions):
-        return self.q_network.apply(self.q_params, observations, actions).min(axis=0)
-
-    def v(self, observations):
-        return self.v_network.apply(self.v_params, observations)
-
-
-@flax.struct.dataclass
-class PolicyEnsemble:
-    """Stage (b), frozen: the K members' parameters (leading member axis), the state statistics."""
-
-    params: Any
-    normalizer: Normalizer
-
-
-@flax.struct.dataclass
-class CriticTraining:
-    q: TrainState
-    v: TrainState
-    target_q_params: Any
-    normalizer: Normalizer
-    rows: Any  # SARSA: the dataset, drawn from here to pair each row with its next action; else None
-    next_actions: Any
-
-
-@flax.struct.dataclass
-class BCTraining:
-    policies: TrainState  # K members, stacked parameters
-    normalizer: Normalizer
 
 
 @flax.struct.dataclass

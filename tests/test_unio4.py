@@ -12,16 +12,10 @@ from helpers import UNIO4_TINY_RUN, cli_env, constant_model, resume_is_exact, ru
 
 import envs
 from algorithms.core.algorithm import Context, Spec
+from algorithms.core.behaviour import Critics, PolicyEnsemble, bc_ensemble_loss, fit_normalizer, not_done
 from algorithms.core.ppo import PPOConfig, clipped_surrogate
 from algorithms.core.replay import Transitions
-from algorithms.unio4 import (
-    Critics,
-    PolicyEnsemble,
-    UniO4,
-    bc_ensemble_loss,
-    fit_normalizer,
-    normalized_advantage,
-)
+from algorithms.unio4 import UniO4, normalized_advantage
 from envs.preprocessing import Normalizer
 from experiments import loop, policies
 
@@ -68,7 +62,7 @@ def dataset(rows=32, start=0.0) -> Transitions:
 
 def context(algo: UniO4, data=None, delta=1.0) -> Context:
     data = dataset() if data is None else data
-    bc = algo.init_bc(jax.random.key(0), SPEC, data)
+    bc = algo.bc_stage().init(jax.random.key(0), SPEC, data)
     return Context(data, {"critics": known_critics(), "dynamics": model_adding(delta),
                           "bc": PolicyEnsemble(bc.policies.params, bc.normalizer)})
 
@@ -86,10 +80,10 @@ def test_bc_ensemble_loss_by_hand():
 def test_bc_stage_trains_every_member_on_one_batch_in_one_computation():
     algo = UniO4(**SMALL)
     data = dataset()
-    training = algo.init_bc(jax.random.key(0), SPEC, data)
+    training = algo.bc_stage().init(jax.random.key(0), SPEC, data)
     members = jax.tree.leaves(training.policies.params)[0].shape[0]
     assert members == 3
-    _, metrics = algo.bc_step(training, data, jax.random.key(1))
+    _, metrics = algo.bc_stage().update(training, data, jax.random.key(1))
     s, a = data.observations, data.actions
     by_member = [jax.tree.map(lambda x, i=i: x[i], training.policies.params) for i in range(3)]
     log_probs = jnp.stack([training.policies.apply_fn(p, s).log_prob(a) for p in by_member])
@@ -134,7 +128,7 @@ def amq_of(algo: UniO4, start, delta, **broken) -> np.ndarray:
     spec = Spec(observation_dim=start.size, action_dim=1, total_steps=40)
     states = jnp.tile(start, (32, 1))
     data = dataset()._replace(observations=states, next_observations=states)
-    bc = algo.init_bc(jax.random.key(0), spec, data)
+    bc = algo.bc_stage().init(jax.random.key(0), spec, data)
     ctx = Context(data, {"critics": known_critics(**broken), "dynamics": model_adding(delta)})
     return np.asarray(algo.amq(bc.policies.params, fit_normalizer(data.observations, False),
                                jax.random.key(0), ctx))
@@ -363,7 +357,7 @@ def test_the_online_value_is_refit_on_the_scaled_returns_of_the_dataset(scaling)
     rewards = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0])
     data = dataset(rows=5)._replace(rewards=rewards, timeouts=jnp.array([0.0, 1.0, 0.0, 0.0, 0.0]),
                                     terminals=jnp.array([0.0, 0.0, 0.0, 0.0, 1.0]))
-    training = algo.init_value_refit(jax.random.key(0), SPEC, data)
+    training = algo.value_refit_stage().init(jax.random.key(0), SPEC, data)
     if scaling == "number":
         scaled = 0.1 * rewards
     else:  # running returns R = 1 | (episode end) | 3, 3 gamma + 4 | (end), their running std as the
@@ -380,7 +374,7 @@ def test_the_online_value_is_refit_on_the_scaled_returns_of_the_dataset(scaling)
     np.testing.assert_allclose(training.returns, expected, rtol=1e-5)
     refit = training
     for i in range(3):
-        refit, metrics = algo.value_refit_step(refit, None, jax.random.key(i))
+        refit, metrics = algo.value_refit_stage().update(refit, None, jax.random.key(i))
     assert np.isfinite(metrics["value_loss"]) and int(refit.value.step) == 3
     assert (refit.value.apply_fn(refit.value.params, jnp.linspace(-3, 3, 7)[:, None]) >= 0).all()  # ReLU
 
@@ -475,15 +469,16 @@ def test_critic_stage_targets_and_schedule(critic):
     otherwise; the target Q moves every second step only."""
     algo = UniO4(**{**SMALL, "critic": critic, "critic_batch_size": 8})
     rows = dataset(rows=8)._replace(timeouts=jnp.zeros(8).at[3].set(1.0), returns_to_go=jnp.ones(8))
-    training = algo.init_critics(jax.random.key(0), SPEC, rows)
-    np.testing.assert_array_equal(algo.not_done(rows), 1.0 - rows.timeouts)
+    training = algo.critics_stage().init(jax.random.key(0), SPEC, rows)
+    np.testing.assert_array_equal(not_done(rows, algo.timeouts_terminal), 1.0 - rows.timeouts)
     if critic == "sarsa":
         np.testing.assert_array_equal(training.next_actions[:-1], rows.actions[1:])
     else:
-        np.testing.assert_array_equal(UniO4(**{**SMALL, "timeouts_terminal": False}).not_done(rows), 1.0)
+        truncations_continue = UniO4(**{**SMALL, "timeouts_terminal": False})
+        np.testing.assert_array_equal(not_done(rows, truncations_continue.timeouts_terminal), 1.0)
     targets = [training.target_q_params]
     for t in range(2):
-        training, metrics = algo.critic_step(training, rows, jax.random.key(t))
+        training, metrics = algo.critics_stage().update(training, rows, jax.random.key(t))
         assert np.isfinite(metrics["critic_loss"]) and np.isfinite(metrics["value_loss"])
         targets.append(training.target_q_params)
     first, second, third = (jax.tree.leaves(t)[-1] for t in targets)
