@@ -168,8 +168,11 @@ def test_the_exported_policy_acts_as_load_policy(iql_run, offline_data, tmp_path
     folder = export_policy(iql_run.run_dir, tmp_path / "policy", seed=0)
     exported = jax_export.deserialize((folder / POLICY_FILE).read_bytes())
     observations = np.random.default_rng(1).normal(size=(100, 3)).astype(np.float32)
+    # Two compilations of one policy (the exported one for a symbolic batch size) may sum in another
+    # order: a few float32 ulps of the O(1) terms (1.2e-7 each), so atol 1e-6 for actions near 0;
+    # another seed's or checkpoint's policy differs by far more.
     np.testing.assert_allclose(np.asarray(exported.call(observations)),
-                               offrl.load_policy(iql_run.run_dir, seed=0)(observations), rtol=1e-6, atol=1e-7)
+                               offrl.load_policy(iql_run.run_dir, seed=0)(observations), rtol=1e-6, atol=1e-6)
     spec = json.loads((folder / SPEC_FILE).read_text())
     assert spec["inputs"][0]["shape"] == ["batch", 3] and spec["outputs"][0]["high"] == [2.0]
 
