@@ -253,8 +253,8 @@ def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, run
         # (blocks, seeds, updates) -> (blocks * updates, seeds), in update order
         metrics = {name: np.moveaxis(value, 1, 2).reshape(-1, len(asm.seeds))
                    for name, value in metrics.items()}
-        if updating:
-            states = runner.checked(states, metrics, stop)
+        if updating:  # end_step as the host path gives it: the update step
+            states = runner.checked(states, metrics, int(states.step))
         history["episodes"] += finished_episodes(ended, start, block)
         position.env_step, position.stopped, saved = stop, runner.stopped, False
         if clock is None:  # the first chunk compiled: not counted in the throughput
@@ -286,5 +286,5 @@ def finished_episodes(ended, start: int, block: int) -> list[list]:
     starting at `start`, in the host's order (by step, then seed); `ended`: (done, return, length),
     each (blocks, seeds, block, num_envs)."""
     done, returns, lengths = (np.moveaxis(np.asarray(x), 1, 2) for x in ended)  # (blocks, block, seeds, envs)
-    return [[start + b * block + s + 1, int(seed), float(returns[b, s, seed, e]), int(lengths[b, s, seed, e]),
+    return [[int(start + b * block + s + 1), int(seed), float(returns[b, s, seed, e]), int(lengths[b, s, seed, e]),
              None] for b, s, seed, e in np.argwhere(done)]
