@@ -219,16 +219,18 @@ def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, run
     Returns the trees."""
     algo, schedule, cfg = asm.algo, asm.online_schedule(), asm.cfg
     env, num_envs = asm.make_jax_env(), int(cfg.env.num_envs)
-    block = learner(algo, "online").driver().block
+    driver = learner(algo, "online").driver()
+    block = driver.block
+    states, buffers, keys = trees["states"], trees["buffers"], trees["keys"]
     episodes = trees.get("environments")
     if episodes is None:
         episodes = fresh_episodes(env, asm.seeds, num_envs, position.env_step)
-    states, buffers, keys = trees["states"], trees["buffers"], trees["keys"]
+    episodes, _ = loop.shard_seeds(episodes, keys)  # placed as the seeds' other trees
     seeds, columns, ctx = jnp.asarray(asm.seeds), asm.grid.columns(), asm.contexts["online"]
     position.phase, position.step = "online", int(cfg.steps)
     history, programs = position.history, {}
     saved = position.env_step > 0  # a resumed run's trees are its checkpoint
-    clock, started_at = None, position.env_step
+    started, started_at, timed_from = time.perf_counter(), position.env_step, None
 
     def current():
         return {"states": states, "buffers": buffers, "keys": keys, "environments": episodes}
@@ -243,13 +245,19 @@ def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, run
         blocks, updating = (stop - start) // block, start + block >= schedule.start_steps
         arguments = (states, buffers, keys, episodes, seeds, jnp.asarray(start), ctx, asm.values)
         if (blocks, updating) not in programs:
+            tic = time.perf_counter()
             programs[blocks, updating] = make_online_chunk(
                 algo, env, asm.prepared.preprocessor, blocks, num_envs, schedule.start_steps,
                 updating).lower(*arguments).compile()
+            runner.compile_seconds += time.perf_counter() - tic
         runner.hold_stopped(states)
+        tic = time.perf_counter()
         with loop.watchdog(runner.watchdog_seconds, stop):
             states, buffers, keys, episodes, metrics, ended = programs[blocks, updating](*arguments)
             metrics, ended = jax.device_get((metrics, ended))
+        # the program's time with its environment steps (ChunkRunner's figures, results.json)
+        runner.update_seconds += time.perf_counter() - tic
+        runner.updates += (stop - start) * driver.updates_per_step if updating else 0
         # (blocks, seeds, updates) -> (blocks * updates, seeds), in update order
         metrics = {name: np.moveaxis(value, 1, 2).reshape(-1, len(asm.seeds))
                    for name, value in metrics.items()}
@@ -257,18 +265,17 @@ def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, run
             states = runner.checked(states, metrics, int(states.step))
         history["episodes"] += finished_episodes(ended, start, block)
         position.env_step, position.stopped, saved = stop, runner.stopped, False
-        if clock is None:  # the first chunk compiled: not counted in the throughput
-            clock, started_at = time.perf_counter(), stop
+        if timed_from is None:  # the first chunk compiled the program: not in `timings`
+            timed_from = (time.perf_counter(), stop)
         if schedule.log_every and stop % schedule.log_every == 0:
-            last = {name: value[-block * learner(algo, "online").driver().updates_per_step:]
-                    for name, value in metrics.items()}
+            last = {name: value[-block * driver.updates_per_step:] for name, value in metrics.items()}
             record = loop.summarize_metrics(last, max(len(next(iter(last.values()))), 1))[0] if (
                 updating and last) else {}
             recent = history["episodes"][-10 * len(asm.seeds):]
             record["episode_return"] = float(np.mean([e[2] for e in recent])) if recent else None
             record["episodes"] = [e for e in history["episodes"]
                                   if stop - schedule.log_every < e[0] <= stop]
-            record["env_steps_per_second"] = (stop - started_at) / max(time.perf_counter() - clock, 1e-9)
+            record["env_steps_per_second"] = (stop - started_at) / max(time.perf_counter() - started, 1e-9)
             hooks.log({"type": "train", "phase": "online", "step": int(states.step), "env_step": stop,
                        **record, **columns})
         if stop == schedule.steps or (schedule.eval_every and stop % schedule.eval_every == 0):
@@ -276,8 +283,9 @@ def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, run
         if stop == schedule.steps or (schedule.checkpoint_every and stop % schedule.checkpoint_every == 0):
             hooks.checkpoint(position, current())
             saved = True
-    if timings is not None and clock is not None:
-        timings.update(seconds=time.perf_counter() - clock, env_steps=position.env_step - started_at)
+    if timings is not None and timed_from is not None:
+        timings.update(seconds=time.perf_counter() - timed_from[0],
+                       env_steps=position.env_step - timed_from[1])
     return current()
 
 
@@ -286,5 +294,5 @@ def finished_episodes(ended, start: int, block: int) -> list[list]:
     starting at `start`, in the host's order (by step, then seed); `ended`: (done, return, length),
     each (blocks, seeds, block, num_envs)."""
     done, returns, lengths = (np.moveaxis(np.asarray(x), 1, 2) for x in ended)  # (blocks, block, seeds, envs)
-    return [[int(start + b * block + s + 1), int(seed), float(returns[b, s, seed, e]), int(lengths[b, s, seed, e]),
-             None] for b, s, seed, e in np.argwhere(done)]
+    return [[int(start + b * block + s + 1), int(seed), float(returns[b, s, seed, e]),
+             int(lengths[b, s, seed, e]), None] for b, s, seed, e in np.argwhere(done)]
