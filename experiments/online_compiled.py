@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,10 +36,6 @@ from algorithms.core.replay import Transitions
 from envs import Dataset, Preprocessor
 from experiments import loop, preemption
 from experiments.config import ConfigError
-
-if TYPE_CHECKING:  # type hints only: phases imports this module
-    from experiments.assembly import Assembly
-    from experiments.phases import Hooks, Position
 
 ENV_SALT, ACT_SALT, UNIFORM_SALT = 0x0411, 1, 0x5EED  # the host path's streams (experiments/online.py)
 
@@ -211,10 +207,11 @@ def schedule_stops(start: int, schedule, block: int) -> list[int]:
     return sorted(stops)
 
 
-def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, runner: loop.ChunkRunner,
+def run_online(asm, trees: dict, position, hooks, runner: loop.ChunkRunner,
                timings: dict | None = None) -> dict:
     """The online phase from `position.env_step` to `online.steps`, compiled (`phases.run_online`
-    with env.backend=mjx; the same hooks, metrics lines, history and checkpoints as the host path).
+    with env.backend=mjx: its Assembly, phases.Position and phases.Hooks; the same hooks, metrics
+    lines, history and checkpoints as the host path).
     `trees` are the online phase's, with "environments" (the running episodes) once checkpointed.
     Returns the trees."""
     algo, schedule, cfg = asm.algo, asm.online_schedule(), asm.cfg
