@@ -160,8 +160,9 @@ class Assembly:
                              "buffers": jax.eval_shape(lambda: loop.replay_buffers(
                                  self.capacity, self.spec, len(self.seeds)))}
             if self.backend == "mjx":  # the running episodes of the compiled environments
-                out["online"]["environments"] = jax.eval_shape(lambda: online_compiled.fresh_episodes(
-                    self.make_jax_env(), self.seeds, int(self.cfg.env.num_envs)))
+                out["online"]["environments"] = online_compiled.stored(jax.eval_shape(
+                    lambda: online_compiled.fresh_episodes(self.make_jax_env(), self.seeds,
+                                                           int(self.cfg.env.num_envs))))
         return out
 
     def runner(self, phase: str, stopped: dict | None = None, after_chunk=None) -> loop.ChunkRunner:

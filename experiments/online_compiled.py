@@ -58,6 +58,19 @@ def fresh_episodes(env, seeds, num_envs: int, env_step: int = 0) -> Episodes:
     return jax.jit(jax.vmap(one_seed))(jnp.asarray(seeds))
 
 
+def stored(episodes) -> dict:
+    """The checkpointed form of `episodes` (arrays or their shapes): its leaves but the empty ones,
+    which orbax cannot write (MJX's Data has some: `act` of a model without activations)."""
+    return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(episodes)) if np.prod(leaf.shape)}
+
+
+def unstored(leaves: dict, template) -> Episodes:
+    """`stored`'s inverse, shaped like `template` (the episodes' shapes)."""
+    shapes = jax.tree.leaves(template)
+    return jax.tree.unflatten(jax.tree.structure(template), [
+        leaves[str(i)] if np.prod(t.shape) else jnp.zeros(t.shape, t.dtype) for i, t in enumerate(shapes)])
+
+
 def reset_keys(seed_key, env_step, num_envs: int):
     """The keys that reset a seed's environments after `env_step` steps."""
     return jax.random.split(jax.random.fold_in(jax.random.fold_in(seed_key, ENV_SALT), env_step), num_envs)
@@ -219,9 +232,11 @@ def run_online(asm, trees: dict, position, hooks, runner: loop.ChunkRunner,
     driver = learner(algo, "online").driver()
     block = driver.block
     states, buffers, keys = trees["states"], trees["buffers"], trees["keys"]
-    episodes = trees.get("environments")
-    if episodes is None:
+    if trees.get("environments") is None:
         episodes = fresh_episodes(env, asm.seeds, num_envs, position.env_step)
+    else:  # a checkpoint's
+        episodes = unstored(trees["environments"], jax.eval_shape(
+            lambda: fresh_episodes(env, asm.seeds, num_envs)))
     episodes, _ = loop.shard_seeds(episodes, keys)  # placed as the seeds' other trees
     seeds, columns, ctx = jnp.asarray(asm.seeds), asm.grid.columns(), asm.contexts["online"]
     position.phase, position.step = "online", int(cfg.steps)
@@ -232,11 +247,14 @@ def run_online(asm, trees: dict, position, hooks, runner: loop.ChunkRunner,
     def current():
         return {"states": states, "buffers": buffers, "keys": keys, "environments": episodes}
 
+    def checkpoint():
+        position.stopped = runner.stopped
+        hooks.checkpoint(position, {**current(), "environments": stored(episodes)})
+
     for stop in schedule_stops(position.env_step, schedule, block):
         if preemption.requested():  # SIGTERM: a checkpoint here (if not there already), then leave
             if not saved:
-                position.stopped = runner.stopped
-                hooks.checkpoint(position, current())
+                checkpoint()
             hooks.leave(f"environment step {position.env_step}")
         start = position.env_step
         blocks, updating = (stop - start) // block, start + block >= schedule.start_steps
@@ -278,7 +296,7 @@ def run_online(asm, trees: dict, position, hooks, runner: loop.ChunkRunner,
         if stop == schedule.steps or (schedule.eval_every and stop % schedule.eval_every == 0):
             hooks.evaluate("online", states, int(states.step), stop)
         if stop == schedule.steps or (schedule.checkpoint_every and stop % schedule.checkpoint_every == 0):
-            hooks.checkpoint(position, current())
+            checkpoint()
             saved = True
     if timings is not None and timed_from is not None:
         timings.update(seconds=time.perf_counter() - timed_from[0],
