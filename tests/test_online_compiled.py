@@ -8,6 +8,7 @@ import json
 
 import gymnasium as gym
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import resume_is_exact
@@ -85,6 +86,17 @@ def test_resets_are_gymnasiums_distribution():
 def test_environments_without_a_compiled_copy_are_refused_naming_the_host_backend():
     with pytest.raises(envs.DatasetError, match="env.backend=host"):
         make_jax_env(envs.lookup("d4rl", "antmaze-umaze-v2"))
+
+
+def test_empty_arrays_leave_the_checkpointed_episodes_and_come_back():
+    """Orbax writes no zero-size array, and MJX's Data holds some (`act` of Hopper's model)."""
+    states = {"act": jnp.zeros((2, 1, 0)), "qpos": jnp.arange(6.0).reshape(2, 1, 3)}
+    episodes = online_compiled.Episodes(states, jnp.ones((2, 1)), jnp.full((2, 1), 7, jnp.int32))
+    stored = online_compiled.stored(episodes)
+    assert len(stored) == 3 and all(np.size(leaf) for leaf in stored.values())
+    back = online_compiled.unstored(stored, jax.eval_shape(lambda: episodes))
+    jax.tree.map(np.testing.assert_array_equal, back, episodes)
+    assert back.states["act"].shape == (2, 1, 0)
 
 
 @pytest.fixture(scope="module")
