@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -100,15 +101,17 @@ def main(argv=None) -> None:
     parser.add_argument("robot", choices=ROBOTS)
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--horizon", type=int, default=1000, help="steps per search episode at most")
+    parser.add_argument("--out", default=str(POLICIES), help="policies file to write")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.horizon < 1:
         parser.error("--seconds takes a number > 0 and --horizon an integer >= 1")
     result = search(args.robot, args.seconds, args.horizon)
     if result is None:
         parser.error(f"no policy after {args.seconds} s (fewer than 5 iterations): give it more --seconds")
-    policies = json.loads(POLICIES.read_text()) if POLICIES.exists() else {"about": ABOUT, "policies": {}}
+    out = Path(args.out)
+    policies = json.loads(out.read_text()) if out.exists() else {"about": ABOUT, "policies": {}}
     policies["policies"][args.robot] = result
-    POLICIES.write_text(json.dumps(policies, indent=1) + "\n")
+    out.write_text(json.dumps(policies, indent=1) + "\n")
 
 
 if __name__ == "__main__":
