@@ -60,7 +60,7 @@ def search(robot: str, seconds: float, horizon: int, seed: int = 0) -> dict:
 
     def folded(std):
         weights = (matrix / std).T
-        return weights, -(mean / std) @ weights
+        return weights, -mean @ weights  # M @ ((x - mean) / std) = x @ weights - mean @ weights
 
     start, iterations, result = time.perf_counter(), 0, None
     while time.perf_counter() - start < seconds:

@@ -190,7 +190,7 @@ def test_every_model_matches_gymnasium_until_chaos_parts_them(key):
 # the means lies inside Welch's 99% confidence interval (p > 0.01), and the policy moves the robot.
 SCORE_EPISODES = 20
 WELCH_LEVEL = 0.01
-MOVING_SCORE = 10.0  # normalized; a random policy scores about 0
+MOVING_SCORE = 5.0  # normalized: D4RL's random policy scores 0 by definition
 
 
 @pytest.mark.slow
