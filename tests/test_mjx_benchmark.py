@@ -30,3 +30,28 @@ def test_bad_option_is_one_error_line(capsys):
         harness.main(["mjx", "--environments", "0"])
     assert exit_info.value.code == 2
     assert "error: --environments" in capsys.readouterr().err
+
+
+def test_welch_comparison_of_two_score_samples():
+    """benchmarks/mjx_scores.py's margin: Welch's confidence interval holds 0 for two samples of one
+    distribution and not for samples 3 standard deviations apart."""
+    import numpy as np
+
+    from benchmarks.mjx_scores import welch
+
+    rng = np.random.default_rng(0)
+    host = rng.normal(50.0, 5.0, 20)
+    same = welch(host, rng.normal(50.0, 5.0, 20))
+    assert same["welch_ci95"][0] < 0.0 < same["welch_ci95"][1] and same["welch_p"] > 0.05
+    shifted = welch(host, host + 15.0)
+    assert shifted["difference"] == pytest.approx(15.0) and shifted["welch_ci95"][0] > 0.0
+    assert shifted["welch_p"] < 1e-6
+
+
+def test_scores_bad_option_is_one_error_line(capsys):
+    from benchmarks import harness
+
+    with pytest.raises(SystemExit) as exit_info:
+        harness.main(["mjx_scores", "--episodes", "1"])
+    assert exit_info.value.code == 2
+    assert "error: --episodes" in capsys.readouterr().err

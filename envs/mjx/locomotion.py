@@ -10,8 +10,9 @@ not restated here. What gymnasium computes in Python is reproduced with jax.nump
   (gymnasium's RescaleAction); the control cost is paid on the rescaled action.
 - physics: `frame_skip` calls of `mjx.step`, then, when contact forces are observed or paid for
   (Ant-v5, or Ant-v4 with `use_contact_forces`), `mjx.rne_postconstraint` as gymnasium calls
-  `mj_rnePostConstraint`. Measured, MJX's Ant (v4 and v5) parts from MuJoCo's at the first
-  contact, so `settings_of` refuses Ant (its code stays, for when they match).
+  `mj_rnePostConstraint`. Measured, MJX's Ant (v4 and v5) parts from MuJoCo's from the first
+  step on: mujoco-mjx 3.17's RK4 integrates a free joint's orientation as MuJoCo did before 4.0
+  (docs/mjx.md), so `settings_of` refuses Ant (its code stays, for when they match).
 - forward velocity: x of qpos (Ant: x and y of the torso's `xpos`, which after a step lags the final
   substep exactly as MuJoCo's does) before and after, over `dt = timestep * frame_skip`.
 - healthy reward: v4 pays it on every step (the terminating one too), v5 only while healthy.
@@ -110,9 +111,9 @@ def settings_of(env, info: DatasetInfo) -> Settings:
     paid = given.get("use_contact_forces", version == 5)  # v4's switch; v5 always pays
     if name == "ant":
         raise DatasetError(
-            f"env.backend=mjx cannot run {spec.id} yet: measured against MuJoCo, MJX's Ant parts from "
-            "the first contact with the floor on (observations 4e-3 apart after two steps in float64; "
-            "docs/mjx.md). Use env.backend=host for this dataset.")
+            f"env.backend=mjx cannot run {spec.id} yet: mujoco-mjx's RK4 integrates the free joint's "
+            "orientation as MuJoCo did before 4.0, so MJX's Ant parts from MuJoCo's (observations 4e-3 "
+            "apart after two steps in float64; docs/mjx.md). Use env.backend=host for this dataset.")
     observed = given.get("include_cfrc_ext_in_observation", given.get("use_contact_forces", False))
     return Settings(
         name=name, version=version, frame_skip=int(raw.frame_skip), dt=float(raw.dt),
