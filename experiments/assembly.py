@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import jax
 from omegaconf import DictConfig, OmegaConf
@@ -26,8 +27,8 @@ from algorithms import Algorithm, SettingsError, Spec
 from algorithms.core.algorithm import Context
 from algorithms.core.components import learner
 from experiments import grid as grids
-from experiments import loop, online, policies
-from experiments.config import check_run_settings, make_algorithm
+from experiments import loop, online, online_compiled, policies
+from experiments.config import ConfigError, check_run_settings, make_algorithm
 from experiments.data import load
 from experiments.stages import abstract_stages, per_seed_names, train_stages
 
@@ -88,7 +89,11 @@ class Assembly:
         if online_steps:  # before any training: a buffer too small for the dataset is refused now
             capacity = loop.buffer_capacity(algo, prepared.data.size, online_steps,
                                             int(cfg.online.start_steps))
-            online.check_environments(lambda: envs.make_env(info), online_schedule(cfg))
+            if OmegaConf.select(cfg, "env.backend", default="host") == "mjx":
+                online_compiled.check(algo, online_schedule(cfg), int(cfg.env.num_envs))
+                compiled_env(info)  # the dataset's compiled environment exists (built again when used)
+            else:
+                online.check_environments(lambda: envs.make_env(info), online_schedule(cfg))
         results, records = cls._stage_results(cfg, algo, spec, prepared, info, raw, seeds, stages, progress)
         per_seed = per_seed_names(algo, spec)
         offline = loop.make_context(algo, prepared, results, per_seed=per_seed)
@@ -138,7 +143,7 @@ class Assembly:
         """`trees` (and the grid values, which go with the seeds) spread over the devices."""
         states, buffers, self.values, keys = loop.shard_seeds(trees["states"], trees["buffers"],
                                                               self.values, trees["keys"])
-        return {"states": states, "buffers": buffers, "keys": keys}
+        return {**trees, "states": states, "buffers": buffers, "keys": keys}
 
     def templates(self) -> dict[str, dict]:
         """{phase: trees as shapes} to restore a checkpoint of that phase into (`Checkpointer`)."""
@@ -156,6 +161,9 @@ class Assembly:
                                                       states, self.contexts["online"]),
                              "buffers": jax.eval_shape(lambda: loop.replay_buffers(
                                  self.capacity, self.spec, len(self.seeds)))}
+            if self.backend == "mjx":  # the running episodes of the compiled environments
+                out["online"]["environments"] = jax.eval_shape(lambda: online_compiled.fresh_episodes(
+                    self.make_jax_env(), self.seeds, int(self.cfg.env.num_envs)))
         return out
 
     def runner(self, phase: str, stopped: dict | None = None, after_chunk=None) -> loop.ChunkRunner:
@@ -176,6 +184,29 @@ class Assembly:
 
     def online_schedule(self) -> online.OnlineSchedule:
         return online_schedule(self.cfg)
+
+    @property
+    def backend(self) -> str:
+        """Where the online phase's environments run: "host" (gymnasium) or "mjx" (compiled)."""
+        return OmegaConf.select(self.cfg, "env.backend", default="host")
+
+    @cached_property
+    def jax_env(self):
+        return compiled_env(self.info)
+
+    def make_jax_env(self):
+        """The dataset's compiled environment (`envs.mjx.make_jax_env`; env.backend=mjx); ConfigError
+        when it has none."""
+        return self.jax_env
+
+
+def compiled_env(info: envs.DatasetInfo):
+    from envs.mjx import make_jax_env
+
+    try:
+        return make_jax_env(info)
+    except envs.DatasetError as error:
+        raise ConfigError(str(error)) from None
 
 
 def online_schedule(cfg: DictConfig) -> online.OnlineSchedule:

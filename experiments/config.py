@@ -49,9 +49,10 @@ PROTOCOL = {
 RUN_INTEGERS = {"seed": 0, "seeds": 1, "steps": 0, "log_every": 1, "eval.every": 0, "eval.episodes": 0,
                 "eval.mean_of_last": 1, "checkpoint.every": 0, "checkpoint.keep": 1, "online.steps": 0,
                 "online.eval_every": 0, "online.episodes": 0, "online.log_every": 0,
-                "online.checkpoint_every": 0, "online.start_steps": 0}
+                "online.checkpoint_every": 0, "online.start_steps": 0, "env.num_envs": 1}
 RUN_BOOLEANS = ("skip_done", "dataset.download")
 RESUME_CHOICES = ("auto", True, False)
+BACKENDS = ("host", "mjx")  # env.backend: where the online phase's environments run
 
 # Settings that do not change what a run computes: where and how it is watched, kept and resumed.
 # Two configs that differ only in these have the same fingerprint (`settings_fingerprint`).
@@ -78,6 +79,9 @@ def check_run_settings(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "resume") not in RESUME_CHOICES:
         raise ConfigError(f"resume must be auto, true or false (got {OmegaConf.select(cfg, 'resume')!r}); "
                           "fix the override resume=...")
+    if OmegaConf.select(cfg, "env.backend") not in BACKENDS:
+        raise ConfigError(f"env.backend must be host or mjx (got {OmegaConf.select(cfg, 'env.backend')!r}); "
+                          "fix the override env.backend=...")
     try:
         envs.worker_count(OmegaConf.select(cfg, "eval.workers", default="auto"), 1)  # 'auto' or >= 1
     except envs.DatasetError as error:
@@ -142,7 +146,7 @@ def unused_options(cfg: DictConfig, overrides: list[str]) -> list[str]:
     grid = OmegaConf.select(cfg, "grid.algo") or {}
     for key, value in parse_overrides(overrides).items():
         if cfg.online.steps == 0 and ((key.startswith("online.") and key != "online.steps")
-                                      or key.startswith("algo.online.")
+                                      or key.startswith(("algo.online.", "env."))
                                       or (key == "online" and value != "none")):
             problems.append(f"{key}={value} does nothing with online.steps=0 (no online phase): set "
                             "online.steps=N to fine-tune online, or drop the override")

@@ -257,14 +257,12 @@ def shard_context(ctx: Context) -> Context:
     return ctx.replace(stages={**ctx.stages, **placed})
 
 
-def make_train_chunk(algo: Algorithm, length: int, phase: str = "offline",
-                     sampling: Sampling | None = None):
-    """A jitted function running `length` updates for every seed:
-    (states, buffers, keys, ctx, rows=None, values=None) -> (states, buffers, keys, metrics),
-    metrics of shape (length, seeds). `rows`: new transitions per seed (seeds, n, ...) appended to
-    the buffers first (online collection). `values`: per-training grid values (`with_values`).
-    Batches are drawn as `sampling` (default `batch_sampling(algo, phase)`) says; online, the
-    learner the algorithm hands over to trains (`components.learner`)."""
+def seed_update(algo: Algorithm, phase: str = "offline", sampling: Sampling | None = None):
+    """One update of one seed, to be vmapped over the seeds: (state, buffer, key, values, ctx) ->
+    (state, buffer, metrics): the model data refreshed (offline, MOPO), a batch drawn as `sampling`
+    (default `batch_sampling(algo, phase)`) says, the phase's learner's `update` (`components.learner`)
+    with the training's grid `values` in place. The compiled update chunk below and the compiled
+    online phase (experiments/online_compiled.py) both run it."""
     sampling = sampling or batch_sampling(algo, phase)
     model_data = phase == "offline" and algo.model_data() is not None
     batch_size = learner(algo, phase).batch_size
@@ -282,6 +280,19 @@ def make_train_chunk(algo: Algorithm, length: int, phase: str = "offline",
         chex.assert_trees_all_equal_shapes_and_dtypes(updated, state)
         chex.assert_rank(list(metrics.values()), 0)
         return updated, buffer, {**metrics, **extra}
+
+    return one_seed
+
+
+def make_train_chunk(algo: Algorithm, length: int, phase: str = "offline",
+                     sampling: Sampling | None = None):
+    """A jitted function running `length` updates for every seed:
+    (states, buffers, keys, ctx, rows=None, values=None) -> (states, buffers, keys, metrics),
+    metrics of shape (length, seeds). `rows`: new transitions per seed (seeds, n, ...) appended to
+    the buffers first (online collection). `values`: per-training grid values (`with_values`).
+    Batches are drawn as `sampling` (default `batch_sampling(algo, phase)`) says; online, the
+    learner the algorithm hands over to trains (`components.learner`)."""
+    one_seed = seed_update(algo, phase, sampling)
 
     def chunk(states, buffers, keys, ctx, rows=None, values=None):
         if rows is not None:
@@ -353,8 +364,7 @@ class ChunkRunner:
         keys, metrics as host arrays of shape (length, seeds))."""
         if length == 0:  # collecting only (e.g. before an online warm-up ends)
             return states, append_rows(buffers, rows), keys, {}
-        if self.stopped and self.frozen is None:
-            self.frozen = jax.tree.map(jnp.copy, states)  # a resumed run: its states hold them
+        self.hold_stopped(states)
         seeds = jax.tree.leaves(keys)[0].shape[0]
         padding = seed_padding(seeds)
         values = self.values
@@ -372,11 +382,21 @@ class ChunkRunner:
             metrics = {name: value[:, :seeds] for name, value in metrics.items()}
         self.update_seconds += time.perf_counter() - tic
         self.updates += length
+        return self.checked(states, metrics, end_step), buffers, keys, metrics
+
+    def hold_stopped(self, states) -> None:
+        """Before a chunk: a resumed run's stopped seeds keep the parameters its states hold."""
+        if self.stopped and self.frozen is None:
+            self.frozen = jax.tree.map(jnp.copy, states)
+
+    def checked(self, states, metrics: dict, end_step: int):
+        """After a chunk (this runner's, or the compiled online phase's): every seed finite, the
+        early stop applied (returns the states), then `after_chunk`."""
         check_finite(states, metrics, end_step, ignore=list(self.stopped))
         states = self._early_stop(states, metrics, end_step)
         if self.after_chunk is not None:
             self.after_chunk(end_step)
-        return states, buffers, keys, metrics
+        return states
 
     def _early_stop(self, states, metrics: dict, end_step: int):
         flags, reason = self.early_stop(metrics)

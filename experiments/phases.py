@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from experiments import loop, online, preemption
+from experiments import loop, online, online_compiled, preemption
 from experiments.assembly import Assembly
 
 
@@ -93,7 +93,10 @@ def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, run
                timings: dict | None = None) -> dict:
     """Environment steps from `position.env_step` to `online.steps` (experiments/online.py), with
     the learner the algorithm hands over to. `trees` are the online phase's (`Assembly.begin_online`
-    or a checkpoint's). Returns the trees; `timings` (if given) gets where the time went."""
+    or a checkpoint's). Returns the trees; `timings` (if given) gets where the time went.
+    env.backend=mjx: the whole phase compiled (experiments/online_compiled.py)."""
+    if asm.backend == "mjx":
+        return online_compiled.run_online(asm, trees, position, hooks, runner, timings)
     schedule = asm.online_schedule()
     run = online.OnlineRun(trees["states"], trees["buffers"], trees["keys"], position.env_step,
                            position.history, position.environments)

@@ -148,6 +148,7 @@ class MJXEnv:
         self.observation_size = (mj_model.nq - EXCLUDED_POSITIONS[settings.name] + mj_model.nv + forces
                                  + settings.observation_zeros)
         self.action_size = int(self.action_low.shape[0])
+        self.max_episode_steps = settings.max_episode_steps
 
     # -- the environment's functions -------------------------------------------------------------
 

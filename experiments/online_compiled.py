@@ -1,0 +1,290 @@
+"""The online phase compiled (`env.backend=mjx`): environment steps and updates in one program.
+
+    for each chunk (ending where the host logs, evaluates or checkpoints):
+        jit(scan over blocks(vmap over seeds(
+            scan over `block` environment steps(explore, env.step, same-step autoreset),
+            preprocess the rows, learn (OffPolicy: buffer insert + block * updates_per_step updates))))
+
+The environment is the dataset's compiled copy (`envs.mjx.make_jax_env`: MJX for the locomotion
+models, jax.numpy for Pendulum). Everything else is the host path's (experiments/online.py, the
+reference): the same exploration (the learner's `act` on observations normalized as the dataset's,
+each seed's key folded with the environment step; `online.start_steps` uniformly random actions
+first), rows with next_observation = the episode's final observation, terminals = true
+terminations only, timeouts = truncation without termination, the same preprocessing of rows
+(normalizer and reward transform, here in jax.numpy), the same one-seed update (`loop.seed_update`,
+drawing as the driver's sampling says) and the same checks (`ChunkRunner.checked`: finiteness, the
+early stop, the `after_chunk` seam). The running episodes (the environments' states, returns and
+lengths) are a checkpointed tree ("environments"), so a resumed run continues them exactly.
+A seed's environments reset from keys of its seed and the environment step alone, so a seed
+trains the same alone or beside others. Evaluation is the host's (docs/mjx.md says why).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from algorithms import Algorithm
+from algorithms.core.algorithm import OffPolicy
+from algorithms.core.components import learner
+from algorithms.core.replay import Transitions
+from envs import Dataset, Preprocessor
+from experiments import loop, preemption
+from experiments.config import ConfigError
+
+if TYPE_CHECKING:  # type hints only: phases imports this module
+    from experiments.assembly import Assembly
+    from experiments.phases import Hooks, Position
+
+ENV_SALT, ACT_SALT, UNIFORM_SALT = 0x0411, 1, 0x5EED  # the host path's streams (experiments/online.py)
+
+
+class Episodes(NamedTuple):
+    """Every seed's running episodes, (seeds, num_envs, ...): a checkpointed tree."""
+
+    states: object  # the environments' EnvState
+    returns: jax.Array  # float32: the rewards summed since the reset
+    lengths: jax.Array  # int32: steps since the reset
+
+
+def fresh_episodes(env, seeds, num_envs: int, env_step: int = 0) -> Episodes:
+    """New episodes for every seed's `num_envs` environments, reset from keys of the seed and
+    `env_step` alone."""
+    def one_seed(seed):
+        states = jax.vmap(env.reset)(reset_keys(jax.random.key(seed), jnp.asarray(env_step), num_envs))
+        return Episodes(states, jnp.zeros(num_envs, jnp.float32), jnp.zeros(num_envs, jnp.int32))
+
+    return jax.jit(jax.vmap(one_seed))(jnp.asarray(seeds))
+
+
+def reset_keys(seed_key, env_step, num_envs: int):
+    """The keys that reset a seed's environments after `env_step` steps."""
+    return jax.random.split(jax.random.fold_in(jax.random.fold_in(seed_key, ENV_SALT), env_step), num_envs)
+
+
+def step_environments(env, episodes: Episodes, actions, reset_key):
+    """One step of one seed's environments (num_envs,) with same-step autoreset: returns the
+    episodes going on, the raw rows (a Dataset of (num_envs, ...)) and what ended (done, return,
+    length), as experiments/online.py records them."""
+    stepped = jax.vmap(env.step)(episodes.states, actions)
+    done = stepped.terminated | stepped.truncated
+    returns, lengths = episodes.returns + stepped.reward.astype(jnp.float32), episodes.lengths + 1
+    fresh = jax.vmap(env.reset)(jax.random.split(reset_key, done.shape[0]))
+    states = jax.tree.map(lambda new, old: jnp.where(done.reshape((-1,) + (1,) * (old.ndim - 1)), new, old),
+                          fresh, stepped)
+    rows = Dataset(episodes.states.observation, actions, stepped.reward, stepped.observation,
+                   stepped.terminated, stepped.truncated & ~stepped.terminated)
+    rows = Dataset(*(jnp.asarray(column, jnp.float32) for column in rows))
+    going_on = Episodes(states, jnp.where(done, 0.0, returns), jnp.where(done, 0, lengths))
+    return going_on, rows, (done, returns, lengths)
+
+
+def preprocessing(preprocessor: Preprocessor):
+    """`Preprocessor`'s observation and row transforms in jax.numpy (its arrays as constants):
+    (normalize(observations), transform(rows)) as training sees them."""
+    mean, std = jnp.asarray(preprocessor.normalizer.mean), jnp.asarray(preprocessor.normalizer.std)
+    multiplier, scale, shift = (preprocessor.reward_multiplier, preprocessor.reward_scale,
+                                preprocessor.reward_shift)
+
+    def normalize(observations):
+        return (observations - mean) / std
+
+    def transform(rows: Dataset) -> Dataset:
+        return rows._replace(observations=normalize(rows.observations),
+                             next_observations=normalize(rows.next_observations),
+                             rewards=scale * (rows.rewards * multiplier) + shift)
+
+    return normalize, transform
+
+
+def off_policy_learning(algo: Algorithm, driver: OffPolicy, updating: bool):
+    """learn(state, buffer, key, rows (block, num_envs, ...) Transitions, values, ctx) -> (state,
+    buffer, key, metrics {name: (updates,)}): the rows into the seed's buffer, then
+    block * updates_per_step updates (none while `updating` is False: the warm-up), each with its
+    key split off as `loop.make_train_chunk` splits it."""
+    update = loop.seed_update(algo, "online")
+
+    def learn(state, buffer, key, rows, values, ctx):
+        rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), rows)
+        buffer = buffer.add(rows)
+        count = driver.updates_per_step * rows.rewards.shape[0] if updating else 0
+
+        def one(carry, _):
+            state, buffer, key = carry
+            key, step_key = jax.random.split(key)
+            state, buffer, metrics = update(state, buffer, step_key, values, ctx)
+            return (state, buffer, key), metrics
+
+        (state, buffer, key), metrics = jax.lax.scan(one, (state, buffer, key), None, length=count)
+        return state, buffer, key, metrics
+
+    return learn
+
+
+# The learning of each online driver inside the compiled block: (algo, driver, updating) -> learn.
+LEARNING: dict[type, Callable] = {OffPolicy: off_policy_learning}
+
+
+def make_online_chunk(algo: Algorithm, env, preprocessor: Preprocessor, blocks: int, num_envs: int,
+                      start_steps: int, updating: bool):
+    """A jitted function running `blocks` blocks of the online phase for every seed:
+    (states, buffers, keys, episodes, seeds, env_step, ctx, values) -> (states, buffers, keys,
+    episodes, metrics {name: (blocks, seeds, updates)}, ended (done, return, length) each
+    (blocks, seeds, block, num_envs))."""
+    driver = learner(algo, "online").driver()
+    block = driver.block
+    learn = LEARNING[type(driver)](algo, driver, updating)
+    normalize, transform = preprocessing(preprocessor)
+
+    def one_seed(state, buffer, key, episodes, seed, env_step, values, ctx):
+        actor = learner(loop.with_values(algo, values), "online")
+        seed_key = jax.random.key(seed)
+        act_key = jax.random.fold_in(seed_key, ACT_SALT)
+
+        def env_step_body(episodes, step):
+            observations = normalize(episodes.states.observation.astype(jnp.float32))
+            explored = actor.act(state, observations, jax.random.fold_in(act_key, step), False)
+            uniform_key = jax.random.fold_in(jax.random.fold_in(seed_key, UNIFORM_SALT), step)
+            uniform = jax.random.uniform(uniform_key, explored.shape, jnp.float32, -1.0, 1.0)
+            actions = jnp.where(step < start_steps, uniform, explored)
+            reset_key = reset_keys(seed_key, step + 1, 1)[0]
+            going_on, rows, ended = step_environments(env, episodes, actions, reset_key)
+            return going_on, (rows, ended)
+
+        episodes, (rows, ended) = jax.lax.scan(env_step_body, episodes, env_step + jnp.arange(block))
+        rows = transform(rows)
+        transitions = Transitions(*rows, jnp.zeros_like(rows.rewards))
+        state, buffer, key, metrics = learn(state, buffer, key, transitions, values, ctx)
+        return state, buffer, key, episodes, metrics, ended
+
+    def chunk(states, buffers, keys, episodes, seeds, env_step, ctx, values):
+        axes = loop.seed_axes(states)
+        all_seeds = jax.vmap(one_seed, in_axes=(axes, 0, 0, 0, 0, None, 0, loop.context_axes(ctx)),
+                             out_axes=(axes, 0, 0, 0, 0, 0))
+
+        def body(carry, index):
+            states, buffers, keys, episodes = carry
+            states, buffers, keys, episodes, metrics, ended = all_seeds(
+                states, buffers, keys, episodes, seeds, env_step + index * block, values, ctx)
+            return (states, buffers, keys, episodes), (metrics, ended)
+
+        carry, (metrics, ended) = jax.lax.scan(body, (states, buffers, keys, episodes), jnp.arange(blocks))
+        return (*carry, metrics, ended)
+
+    return jax.jit(chunk, donate_argnums=(0, 1, 2, 3))
+
+
+def check(algo: Algorithm, schedule, num_envs: int) -> None:
+    """Refuse (ConfigError, with the fix) what the compiled online phase does not run."""
+    driver = learner(algo, "online").driver()
+    if type(driver) not in LEARNING:
+        raise ConfigError(f"algo={algo.name} has no compiled online phase yet ({type(driver).__name__} "
+                          "driver); use env.backend=host")
+    if driver.returns_to_go:
+        raise ConfigError(f"algo={algo.name} with online returns-to-go (online_calibration=true) runs "
+                          "on the host only; use env.backend=host or algo.online_calibration=false")
+    if isinstance(driver, OffPolicy) and num_envs != 1:
+        raise ConfigError(f"env.num_envs={num_envs}: off-policy algorithms step one environment per "
+                          "seed (as on the host); set env.num_envs=1 or train more seeds")
+    for name, value in (("online.steps", schedule.steps), ("online.log_every", schedule.log_every),
+                        ("online.eval_every", schedule.eval_every),
+                        ("online.checkpoint_every", schedule.checkpoint_every)):
+        if value % driver.block:
+            raise ConfigError(f"{name}={value} is not a multiple of algo.online.block={driver.block}: "
+                              "with env.backend=mjx chunks end at whole blocks; change either")
+
+
+def schedule_stops(start: int, schedule, block: int) -> list[int]:
+    """Where the chunks end: the host's events (`loop.chunk_schedule`), and the last block of the
+    warm-up (`online.start_steps`), so that a chunk either updates in every block or in none."""
+    stops = set(loop.chunk_schedule(start, schedule.steps, schedule.log_every, schedule.eval_every,
+                                    schedule.checkpoint_every))
+    if schedule.start_steps:
+        warm_up_end = (schedule.start_steps - 1) // block * block
+        if start < warm_up_end < schedule.steps:
+            stops.add(warm_up_end)
+    return sorted(stops)
+
+
+def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, runner: loop.ChunkRunner,
+               timings: dict | None = None) -> dict:
+    """The online phase from `position.env_step` to `online.steps`, compiled (`phases.run_online`
+    with env.backend=mjx; the same hooks, metrics lines, history and checkpoints as the host path).
+    `trees` are the online phase's, with "environments" (the running episodes) once checkpointed.
+    Returns the trees."""
+    algo, schedule, cfg = asm.algo, asm.online_schedule(), asm.cfg
+    env, num_envs = asm.make_jax_env(), int(cfg.env.num_envs)
+    block = learner(algo, "online").driver().block
+    episodes = trees.get("environments")
+    if episodes is None:
+        episodes = fresh_episodes(env, asm.seeds, num_envs, position.env_step)
+    states, buffers, keys = trees["states"], trees["buffers"], trees["keys"]
+    seeds, columns, ctx = jnp.asarray(asm.seeds), asm.grid.columns(), asm.contexts["online"]
+    position.phase, position.step = "online", int(cfg.steps)
+    history, programs = position.history, {}
+    saved = position.env_step > 0  # a resumed run's trees are its checkpoint
+    clock, started_at = None, position.env_step
+
+    def current():
+        return {"states": states, "buffers": buffers, "keys": keys, "environments": episodes}
+
+    for stop in schedule_stops(position.env_step, schedule, block):
+        if preemption.requested():  # SIGTERM: a checkpoint here (if not there already), then leave
+            if not saved:
+                position.stopped = runner.stopped
+                hooks.checkpoint(position, current())
+            hooks.leave(f"environment step {position.env_step}")
+        start = position.env_step
+        blocks, updating = (stop - start) // block, start + block >= schedule.start_steps
+        arguments = (states, buffers, keys, episodes, seeds, jnp.asarray(start), ctx, asm.values)
+        if (blocks, updating) not in programs:
+            programs[blocks, updating] = make_online_chunk(
+                algo, env, asm.prepared.preprocessor, blocks, num_envs, schedule.start_steps,
+                updating).lower(*arguments).compile()
+        runner.hold_stopped(states)
+        with loop.watchdog(runner.watchdog_seconds, stop):
+            states, buffers, keys, episodes, metrics, ended = programs[blocks, updating](*arguments)
+            metrics, ended = jax.device_get((metrics, ended))
+        # (blocks, seeds, updates) -> (blocks * updates, seeds), in update order
+        metrics = {name: np.moveaxis(value, 1, 2).reshape(-1, len(asm.seeds))
+                   for name, value in metrics.items()}
+        if updating:
+            states = runner.checked(states, metrics, stop)
+        history["episodes"] += finished_episodes(ended, start, block)
+        position.env_step, position.stopped, saved = stop, runner.stopped, False
+        if clock is None:  # the first chunk compiled: not counted in the throughput
+            clock, started_at = time.perf_counter(), stop
+        if schedule.log_every and stop % schedule.log_every == 0:
+            last = {name: value[-block * learner(algo, "online").driver().updates_per_step:]
+                    for name, value in metrics.items()}
+            record = loop.summarize_metrics(last, max(len(next(iter(last.values()))), 1))[0] if (
+                updating and last) else {}
+            recent = history["episodes"][-10 * len(asm.seeds):]
+            record["episode_return"] = float(np.mean([e[2] for e in recent])) if recent else None
+            record["episodes"] = [e for e in history["episodes"]
+                                  if stop - schedule.log_every < e[0] <= stop]
+            record["env_steps_per_second"] = (stop - started_at) / max(time.perf_counter() - clock, 1e-9)
+            hooks.log({"type": "train", "phase": "online", "step": int(states.step), "env_step": stop,
+                       **record, **columns})
+        if stop == schedule.steps or (schedule.eval_every and stop % schedule.eval_every == 0):
+            hooks.evaluate("online", states, int(states.step), stop)
+        if stop == schedule.steps or (schedule.checkpoint_every and stop % schedule.checkpoint_every == 0):
+            hooks.checkpoint(position, current())
+            saved = True
+    if timings is not None and clock is not None:
+        timings.update(seconds=time.perf_counter() - clock, env_steps=position.env_step - started_at)
+    return current()
+
+
+def finished_episodes(ended, start: int, block: int) -> list[list]:
+    """[env_step, seed index, return, length, success=None] of every episode that ended in a chunk
+    starting at `start`, in the host's order (by step, then seed); `ended`: (done, return, length),
+    each (blocks, seeds, block, num_envs)."""
+    done, returns, lengths = (np.moveaxis(np.asarray(x), 1, 2) for x in ended)  # (blocks, block, seeds, envs)
+    return [[start + b * block + s + 1, int(seed), float(returns[b, s, seed, e]), int(lengths[b, s, seed, e]),
+             None] for b, s, seed, e in np.argwhere(done)]
