@@ -10,9 +10,12 @@ ratio). The only Python per environment step is the environment itself and that 
 
 With the on-policy driver (`OnPolicy`: PPO) the buffer is the rollout: it holds `block`
 transitions, and every time it is full (at environment steps that are multiples of `block`) the
-whole rollout, in time order, is the batch of one update; no dataset rows are drawn. An algorithm
-that hands over to another learner online (`Algorithm.hand_over`: Uni-O4 to PPO) collects, trains
-and acts here with that learner (`components.learner`).
+whole rollout, in time order, is the batch of one update; no dataset rows are drawn. With
+`env.num_envs` = N > 1 every seed steps N environments (seed i's at i N, ..., i N + N - 1 of the
+vector env), a buffer row is one step of all N (the rollout is (block, N, ...)), and environment
+steps count those of all N: the update comes every block N of them. An algorithm that hands over
+to another learner online (`Algorithm.hand_over`: Uni-O4 to PPO) collects, trains and acts here
+with that learner (`components.learner`).
 
 Terminals are true terminations only; a time-limit truncation is stored as a timeout and
 bootstrapped through. Episodes end only where the environment ends them: a checkpoint saves where
