@@ -273,8 +273,8 @@ def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, run
         # (blocks, seeds, updates) -> (blocks * updates, seeds), in update order
         metrics = {name: np.moveaxis(value, 1, 2).reshape(-1, len(asm.seeds))
                    for name, value in metrics.items()}
-        if updating:
-            states = runner.checked(states, metrics, stop)
+        if updating:  # end_step as the host path gives it: the update step
+            states = runner.checked(states, metrics, int(states.step))
         history["episodes"] += finished_episodes(ended, start, block, num_envs)
         position.env_step, position.stopped, saved = stop, runner.stopped, False
         if clock is None:  # the first chunk compiled: not counted in the throughput
@@ -306,5 +306,6 @@ def finished_episodes(ended, start: int, block: int, num_envs: int = 1) -> list[
     return, length), each (blocks, seeds, block / num_envs, num_envs); `block`, `start`, env_step:
     environment steps of all a seed's environments."""
     done, returns, lengths = (np.moveaxis(np.asarray(x), 1, 2) for x in ended)  # (blocks, block, seeds, envs)
-    return [[start + (b * block // num_envs + s + 1) * num_envs, int(seed), float(returns[b, s, seed, e]),
-             int(lengths[b, s, seed, e]), None] for b, s, seed, e in np.argwhere(done)]
+    return [[int(start + (b * block // num_envs + s + 1) * num_envs), int(seed),
+             float(returns[b, s, seed, e]), int(lengths[b, s, seed, e]), None]
+            for b, s, seed, e in np.argwhere(done)]

@@ -1,0 +1,218 @@
+"""The compiled online phase (`env.backend=mjx`, experiments/online_compiled.py) on the jax.numpy
+Pendulum-v1 (compiles in seconds): the environment against gymnasium's, the rows the program stores,
+one end-to-end run per off-policy algorithm, seed batching, exact resume and the refused settings."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import jax
+import numpy as np
+import pytest
+from helpers import resume_is_exact
+
+import envs
+from envs.mjx import PendulumEnv, make_jax_env
+from experiments import online_compiled
+from experiments.config import ConfigError, check_run_settings, compose
+from experiments.phases import Hooks, Position
+from experiments.train import run
+
+PENDULUM = envs.lookup("local", "pendulum-mixed")
+# tiny, 2 seeds; 420 environment steps: two 200-step episodes per seed end online
+TINY = ["dataset=local/pendulum-mixed", "algo.hidden_dims=[16,16]", "algo.batch_size=32", "steps=20",
+        "log_every=20", "eval.every=20", "eval.episodes=1", "online.steps=420", "online.eval_every=140",
+        "online.log_every=140", "online.episodes=1", "seeds=2", "env.backend=mjx"]
+ALGORITHMS = {
+    "iql": [], "td3_bc": [], "sac": [], "cql": ["algo.num_sampled_actions=2"],
+    "cal_ql": ["algo.num_sampled_actions=2"], "famo2o_iql": [],
+    "spot": ["algo.vae_hidden_dims=[16,16]", "algo.vae_steps=20", "algo.vae_batch_size=32",
+             "pretrain.cache_dir=null"],
+}
+
+
+def pendulum_state(env) -> np.ndarray:
+    return np.asarray(env.unwrapped.state, np.float32)
+
+
+def test_jax_pendulum_is_gymnasiums_from_the_same_state():
+    """200 steps (one whole episode) of random actions from gymnasium's reset state: observations
+    and rewards agree to float32 round-off, and the time limit ends the episode at the same step."""
+    gym_env = envs.make_env(PENDULUM)
+    env = make_jax_env(PENDULUM)
+    assert isinstance(env, PendulumEnv) and env.max_episode_steps == 200
+    assert (env.observation_size, env.action_size) == (3, 1)
+    observation, _ = gym_env.reset(seed=3)
+    state = env.reset_to(pendulum_state(gym_env))
+    gym_env.unwrapped.state = np.asarray(state.data, np.float64)  # both from the same float32 state
+    np.testing.assert_allclose(state.observation, observation, atol=1e-6)
+    step = jax.jit(env.step)
+    actions = np.random.default_rng(0).uniform(-1, 1, (200, 1)).astype(np.float32)
+    for t, action in enumerate(actions):
+        observation, reward, terminated, truncated, _ = gym_env.step(action)
+        state = step(state, action)
+        # float32 against gymnasium's float64 state; the angle is not wrapped, so its cos and sin
+        # lose digits as it grows (measured: 3e-5 at most over this episode)
+        np.testing.assert_allclose(state.observation, observation, atol=1e-4, err_msg=f"step {t}")
+        np.testing.assert_allclose(state.reward, reward, rtol=1e-5, atol=1e-4, err_msg=f"step {t}")
+        assert (bool(state.terminated), bool(state.truncated)) == (terminated, truncated)
+    assert truncated  # the 200th step
+
+
+def test_jax_pendulum_step_is_gymnasiums_step():
+    """From one state, one step: the dynamics, the action rescaling and clipping, the reward."""
+    env = PendulumEnv()
+    ones = np.ones(1, np.float32)
+    gym_env = gym.wrappers.RescaleAction(gym.make("Pendulum-v1"), -ones, ones)
+    gym_env.reset(seed=0)
+    for theta, speed, action in [(0.3, -0.5, 0.25), (3.0, 7.9, 1.0), (-2.0, -7.5, -1.0), (1.0, 0.0, 0.5)]:
+        gym_env.unwrapped.state = np.array([theta, speed], np.float64)
+        observation, reward, *_ = gym_env.step(np.array([action], np.float32))
+        stepped = env.step(env.reset_to([theta, speed]), np.array([action], np.float32))
+        np.testing.assert_allclose(stepped.observation, observation, atol=1e-6)
+        np.testing.assert_allclose(stepped.reward, reward, rtol=1e-6)
+
+
+def test_resets_are_gymnasiums_distribution():
+    states = jax.vmap(PendulumEnv().reset)(jax.random.split(jax.random.key(0), 4000))
+    theta, speed = np.asarray(states.data).T
+    assert -np.pi <= theta.min() < -3.0 and 3.0 < theta.max() <= np.pi
+    assert -1.0 <= speed.min() < -0.95 and 0.95 < speed.max() <= 1.0
+    assert abs(theta.mean()) < 0.1 and abs(speed.mean()) < 0.05
+
+
+def test_environments_without_a_compiled_copy_are_refused_naming_the_host_backend():
+    with pytest.raises(envs.DatasetError, match="env.backend=host"):
+        make_jax_env(envs.lookup("d4rl", "antmaze-umaze-v2"))
+
+
+@pytest.fixture(scope="module")
+def compiled_online(tmp_path_factory, data_dir):
+    """The online phase of IQL from scratch (steps=0), run by hand: the trees it returns."""
+    from experiments.assembly import Assembly
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("OFFRL_DATA_DIR", str(data_dir))
+    cfg = compose(["algo=iql", *TINY, "steps=0", "online.steps=420"])
+    asm = Assembly.build(cfg)
+    trees, position, logged = asm.fresh("online"), Position(), []
+    hooks = Hooks(log=logged.append, evaluate=lambda *args: args[1], checkpoint=lambda *args: None,
+                  leave=lambda where: None)
+    trees = online_compiled.run_online(asm, trees, position, hooks, asm.runner("online"))
+    patch.undo()
+    return asm, trees, position, logged
+
+
+def test_stored_rows_are_the_environments_transitions_preprocessed(compiled_online):
+    """Every seed's buffer holds 420 rows in order: next observations continue into the next row but
+    where a 200-step episode was truncated (a timeout, never a terminal), rewards are Pendulum's
+    reward of the row's state and action after the dataset's reward transform, and the episodes'
+    returns in the history are their rows' raw rewards summed."""
+    asm, trees, position, _ = compiled_online
+    preprocessor = asm.prepared.preprocessor
+    rows = jax.device_get(trees["buffers"].transitions)
+    assert np.asarray(trees["buffers"].size).tolist() == [420, 420]
+    mean, std = preprocessor.normalizer.mean, preprocessor.normalizer.std
+    for seed in range(2):
+        observations = rows.observations[seed] * std + mean
+        next_observations = rows.next_observations[seed] * std + mean
+        ends = np.flatnonzero(rows.timeouts[seed])
+        assert ends.tolist() == [199, 399] and not rows.terminals[seed].any()
+        going_on = np.setdiff1d(np.arange(419), ends)
+        np.testing.assert_allclose(next_observations[going_on], observations[going_on + 1], atol=1e-5)
+        theta = np.arctan2(observations[:, 1], observations[:, 0])
+        torque = 2.0 * np.clip(rows.actions[seed][:, 0], -1, 1)
+        raw = -(theta**2 + 0.1 * observations[:, 2] ** 2 + 0.001 * torque**2)
+        np.testing.assert_allclose(rows.rewards[seed], preprocessor.rewards(raw), rtol=1e-4, atol=1e-4)
+        episodes = [e for e in position.history["episodes"] if e[1] == seed]
+        assert [(e[0], e[3], e[4]) for e in episodes] == [(200, 200, None), (400, 200, None)]
+        for (_, _, ret, _, _), first in zip(episodes, (0, 200), strict=True):
+            np.testing.assert_allclose(ret, raw[first:first + 200].sum(), rtol=1e-4)
+    assert position.env_step == 420 and int(trees["states"].step) == 420  # one update per step
+    assert np.asarray(trees["environments"].lengths).tolist() == [[20], [20]]  # the third episode
+
+
+def test_every_finished_episode_reaches_the_log_lines(compiled_online):
+    _, _, position, logged = compiled_online
+    assert [line["env_step"] for line in logged] == [140, 280, 420]
+    assert [len(line["episodes"]) for line in logged] == [0, 2, 2]
+    assert sum((line["episodes"] for line in logged), []) == position.history["episodes"]
+    assert all(np.isfinite(line["critic_loss"]).all() for line in logged)
+
+
+@pytest.fixture(scope="module", params=sorted(ALGORITHMS))
+def trained(request, tmp_path_factory, data_dir):
+    patch = pytest.MonkeyPatch()
+    patch.setenv("OFFRL_DATA_DIR", str(data_dir))
+    folder = tmp_path_factory.mktemp(request.param)
+    results = run(compose([f"algo={request.param}", *TINY, *ALGORITHMS[request.param]]), folder)
+    patch.undo()
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return request.param, results, lines
+
+
+def test_every_off_policy_algorithm_fine_tunes_with_the_compiled_environment(trained):
+    name, results, lines = trained
+    online = [line for line in lines if line.get("phase") == "online"]
+    assert [line["env_step"] for line in online if line["type"] == "train"] == [140, 280, 420]
+    assert [line["env_step"] for line in online if line["type"] == "eval"] == [140, 280, 420]
+    assert [line["step"] for line in online if line["type"] == "train"] == [160, 300, 440]  # UTD 1
+    episodes = sum((line["episodes"] for line in online if line["type"] == "train"), [])
+    assert sorted((e[0], e[1]) for e in episodes) == [(200, 0), (200, 1), (400, 0), (400, 1)]
+    for seed in results["seeds"]:
+        assert np.isfinite(seed["online_final_score"]), name
+
+
+def test_a_seed_trains_the_same_alone_or_beside_another(offline_data, tmp_path):
+    """Seed 1 of a 2-seed run and seed 1 alone: the same episodes and losses in the first chunk (the
+    environments reset from keys of the seed and the environment step alone)."""
+    short = ["steps=0", "online.steps=200", "online.log_every=200", "online.eval_every=0", "eval.every=0"]
+    pair = run(compose(["algo=iql", *TINY, *short]), tmp_path / "pair")
+    alone = run(compose(["algo=iql", *TINY, *short, "seed=1", "seeds=1"]), tmp_path / "alone")
+    line = lambda folder: [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()
+                           if '"train"' in x][-1]
+    both, single = line(tmp_path / "pair"), line(tmp_path / "alone")
+    assert both["episodes"][1][2:4] == pytest.approx(single["episodes"][0][2:4], rel=1e-5)
+    for name in ("critic_loss", "value_loss", "actor_loss"):
+        assert both[name][1] == pytest.approx(single[name][0], rel=1e-4), name
+    assert pair["seeds"][1]["seed"] == alone["seeds"][0]["seed"] == 1
+
+
+def test_a_run_killed_online_resumes_to_the_same_numbers(offline_data, tmp_path):
+    """Killed after the online chunk ending at environment step 280 (update step 300), between the
+    checkpoints at 140 and 280 ... the running episodes (environments, returns, lengths) come back
+    from the checkpoint, so the resumed run's lines and results equal the uninterrupted run's."""
+    settings = ["algo=iql", *TINY, "online.eval_every=70", "online.log_every=70"]
+    straight = resume_is_exact(settings, 20 + 210, tmp_path)
+    episodes = [e for line in straight.lines if line["type"] == "train" for e in line.get("episodes", [])]
+    assert len(episodes) == 4  # the episodes crossing the kill and the checkpoint were continued
+
+
+@pytest.mark.parametrize("override, words", [
+    ("env.backend=gpu", "env.backend must be host or mjx (got 'gpu'); fix the override env.backend=..."),
+    ("env.num_envs=0", "env.num_envs must be an integer >= 1 (got 0); fix the override env.num_envs=..."),
+])
+def test_bad_backend_settings_are_refused(override, words):
+    with pytest.raises(ConfigError) as error:
+        check_run_settings(compose([override]))
+    assert str(error.value) == words
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["algo=cal_ql", "algo.online_calibration=true"], "online returns-to-go"),
+    (["env.num_envs=4"], "env.num_envs=4: off-policy algorithms step one environment"),
+    (["algo.online.block=8"], "online.steps=420 is not a multiple of algo.online.block=8"),
+])
+def test_combinations_the_compiled_phase_does_not_run_are_refused(offline_data, overrides, words):
+    from experiments.assembly import Assembly
+
+    with pytest.raises(ConfigError, match=words):
+        Assembly.build(compose([*TINY, *overrides]))
+
+
+def test_a_dataset_without_a_compiled_environment_is_refused_before_training(offline_data):
+    from experiments.assembly import compiled_env
+
+    with pytest.raises(ConfigError, match="env.backend=host"):
+        compiled_env(envs.lookup("d4rl", "pen-human-v1"))
