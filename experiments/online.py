@@ -125,10 +125,9 @@ def check_num_envs(num_envs, driver, steps: int) -> None:
     if num_envs == 1 or not steps:
         return
     if not isinstance(driver, OnPolicy):
-        raise ConfigError(f"env.num_envs={num_envs}: parallel environments per seed are for the on-policy "
-                          "learners (algo=ppo, algo=unio4), whose rollouts they widen; an off-policy "
-                          "algorithm steps one environment per seed (train more with seeds=N); set "
-                          "env.num_envs=1")
+        raise ConfigError(f"env.num_envs={num_envs}: off-policy algorithms step one environment per seed "
+                          "(parallel environments widen the rollouts of the on-policy learners, algo=ppo "
+                          "and algo=unio4); set env.num_envs=1 or train more seeds (seeds=N)")
     if steps < num_envs:
         raise ConfigError(f"online.steps={steps} is fewer than one step of each of the "
                           f"env.num_envs={num_envs} environments; raise online.steps or lower env.num_envs")

@@ -211,7 +211,7 @@ def test_the_schedule_counts_the_steps_of_all_environments(offline_data, tmp_pat
     assert (schedule.steps, schedule.eval_every, schedule.checkpoint_every, schedule.log_every) == (
         960, 320, 0, 128)
     assert OnlineSchedule(1000, 300).in_steps_of(1) == OnlineSchedule(1000, 300)
-    with pytest.raises(ConfigError, match="env.num_envs=2: parallel environments per seed are for the on-"):
+    with pytest.raises(ConfigError, match="env.num_envs=2: off-policy algorithms step one environment"):
         run(compose(["algo=iql", "steps=10", "online.steps=10", "env.num_envs=2"]), tmp_path / "iql")
     with pytest.raises(ConfigError, match="online.steps=3 is fewer than one step of each"):
         run(compose([*TINY, "online.steps=3", "env.num_envs=4"]), tmp_path / "few")
