@@ -116,12 +116,9 @@ def environment_seed(seed: int, env_step: int, index: int = 0) -> int:
                .generate_state(1)[0])
 
 
-def check_num_envs(num_envs, driver, steps: int) -> None:
-    """`env.num_envs` parallel environments per seed: a whole number, for an on-policy learner (the
-    rollout is (block, num_envs)), and no more than the online phase's environment steps."""
-    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
-        raise ConfigError(f"env.num_envs must be an integer >= 1 (got {num_envs!r}); fix the override "
-                          "env.num_envs=N")
+def check_num_envs(num_envs: int, driver, steps: int) -> None:
+    """`env.num_envs` (>= 1: experiments/config.py) parallel environments per seed: for an on-policy
+    learner (the rollout is (block, num_envs)), and no more than the online phase's steps."""
     if num_envs == 1 or not steps:
         return
     if not isinstance(driver, OnPolicy):
