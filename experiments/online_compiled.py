@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,10 +36,6 @@ from algorithms.core.replay import Transitions
 from envs import Dataset, Preprocessor
 from experiments import loop, preemption
 from experiments.config import ConfigError
-
-if TYPE_CHECKING:  # type hints only: phases imports this module
-    from experiments.assembly import Assembly
-    from experiments.phases import Hooks, Position
 
 ENV_SALT, ACT_SALT, UNIFORM_SALT = 0x0411, 1, 0x5EED  # the host path's streams (experiments/online.py)
 
@@ -230,25 +226,28 @@ def schedule_stops(start: int, schedule, block: int) -> list[int]:
     return sorted(stops)
 
 
-def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, runner: loop.ChunkRunner,
+def run_online(asm, trees: dict, position, hooks, runner: loop.ChunkRunner,
                timings: dict | None = None) -> dict:
     """The online phase from `position.env_step` to `online.steps`, compiled (`phases.run_online`
-    with env.backend=mjx; the same hooks, metrics lines, history and checkpoints as the host path).
+    with env.backend=mjx: its Assembly, phases.Position and phases.Hooks; the same hooks, metrics
+    lines, history and checkpoints as the host path).
     `trees` are the online phase's, with "environments" (the running episodes) once checkpointed.
     Environment steps count those of all a seed's `env.num_envs` environments, as on the host; the
     compiled chunk counts steps of each (`vector steps`: env_step // num_envs). Returns the trees."""
     algo, schedule, cfg = asm.algo, asm.online_schedule(), asm.cfg
     env, num_envs = asm.make_jax_env(), int(cfg.env.num_envs)
-    block = learner(algo, "online").driver().block * num_envs  # a seed's environment steps per block
+    driver = learner(algo, "online").driver()
+    block = driver.block * num_envs  # a seed's environment steps per block
+    states, buffers, keys = trees["states"], trees["buffers"], trees["keys"]
     episodes = trees.get("environments")
     if episodes is None:
         episodes = fresh_episodes(env, asm.seeds, num_envs, position.env_step // num_envs)
-    states, buffers, keys = trees["states"], trees["buffers"], trees["keys"]
+    episodes, _ = loop.shard_seeds(episodes, keys)  # placed as the seeds' other trees
     seeds, columns, ctx = jnp.asarray(asm.seeds), asm.grid.columns(), asm.contexts["online"]
     position.phase, position.step = "online", int(cfg.steps)
     history, programs = position.history, {}
     saved = position.env_step > 0  # a resumed run's trees are its checkpoint
-    clock, started_at = None, position.env_step
+    started, started_at, timed_from = time.perf_counter(), position.env_step, None
 
     def current():
         return {"states": states, "buffers": buffers, "keys": keys, "environments": episodes}
@@ -263,13 +262,19 @@ def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, run
         blocks, updating = (stop - start) // block, start + block >= schedule.start_steps
         arguments = (states, buffers, keys, episodes, seeds, jnp.asarray(start // num_envs), ctx, asm.values)
         if (blocks, updating) not in programs:
+            tic = time.perf_counter()
             programs[blocks, updating] = make_online_chunk(
                 algo, env, asm.prepared.preprocessor, blocks, num_envs, schedule.start_steps,
                 updating).lower(*arguments).compile()
+            runner.compile_seconds += time.perf_counter() - tic
         runner.hold_stopped(states)
+        tic = time.perf_counter()
         with loop.watchdog(runner.watchdog_seconds, stop):
             states, buffers, keys, episodes, metrics, ended = programs[blocks, updating](*arguments)
             metrics, ended = jax.device_get((metrics, ended))
+        # the program's time with its environment steps (ChunkRunner's figures, results.json)
+        runner.update_seconds += time.perf_counter() - tic
+        runner.updates += blocks * next(iter(metrics.values())).shape[-1] if updating and metrics else 0
         # (blocks, seeds, updates) -> (blocks * updates, seeds), in update order
         metrics = {name: np.moveaxis(value, 1, 2).reshape(-1, len(asm.seeds))
                    for name, value in metrics.items()}
@@ -277,8 +282,8 @@ def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, run
             states = runner.checked(states, metrics, int(states.step))
         history["episodes"] += finished_episodes(ended, start, block, num_envs)
         position.env_step, position.stopped, saved = stop, runner.stopped, False
-        if clock is None:  # the first chunk compiled: not counted in the throughput
-            clock, started_at = time.perf_counter(), stop
+        if timed_from is None:  # the first chunk compiled the program: not in `timings`
+            timed_from = (time.perf_counter(), stop)
         if schedule.log_every and stop % schedule.log_every == 0:
             last = {name: value[-(len(value) // blocks):] for name, value in metrics.items()}  # last block
             record = loop.summarize_metrics(last, max(len(next(iter(last.values()))), 1))[0] if (
@@ -287,7 +292,7 @@ def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, run
             record["episode_return"] = float(np.mean([e[2] for e in recent])) if recent else None
             record["episodes"] = [e for e in history["episodes"]
                                   if stop - schedule.log_every < e[0] <= stop]
-            record["env_steps_per_second"] = (stop - started_at) / max(time.perf_counter() - clock, 1e-9)
+            record["env_steps_per_second"] = (stop - started_at) / max(time.perf_counter() - started, 1e-9)
             hooks.log({"type": "train", "phase": "online", "step": int(states.step), "env_step": stop,
                        **record, **columns})
         if stop == schedule.steps or (schedule.eval_every and stop % schedule.eval_every == 0):
@@ -295,8 +300,9 @@ def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, run
         if stop == schedule.steps or (schedule.checkpoint_every and stop % schedule.checkpoint_every == 0):
             hooks.checkpoint(position, current())
             saved = True
-    if timings is not None and clock is not None:
-        timings.update(seconds=time.perf_counter() - clock, env_steps=position.env_step - started_at)
+    if timings is not None and timed_from is not None:
+        timings.update(seconds=time.perf_counter() - timed_from[0],
+                       env_steps=position.env_step - timed_from[1])
     return current()
 
 

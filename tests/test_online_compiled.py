@@ -216,3 +216,23 @@ def test_a_dataset_without_a_compiled_environment_is_refused_before_training(off
 
     with pytest.raises(ConfigError, match="env.backend=host"):
         compiled_env(envs.lookup("d4rl", "pen-human-v1"))
+
+
+@pytest.mark.slow
+def test_hopper_fine_tunes_with_mjx(tmp_path):
+    """D4RL's Hopper-v4 in MJX (compiling its step takes minutes on a CPU): offline steps on a small
+    Hopper-shaped file, then 40 compiled environment steps per seed, evaluated on the host."""
+    from helpers import d4rl_arrays, write_hdf5
+
+    file = write_hdf5(tmp_path / "hopper.hdf5", d4rl_arrays(n=200))
+    results = run(compose(["algo=iql", "dataset=d4rl/hopper-medium-v2", f"dataset.path={file}",
+                           "algo.hidden_dims=[16,16]", "algo.batch_size=16", "steps=10", "log_every=10",
+                           "eval.every=10", "eval.episodes=1", "online.steps=40", "online.eval_every=20",
+                           "online.log_every=20", "online.episodes=1", "seeds=2", "env.backend=mjx"]),
+                  tmp_path / "run")
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    online = [line for line in lines if line.get("phase") == "online" and line["type"] == "train"]
+    assert [line["env_step"] for line in online] == [20, 40]
+    assert all(np.isfinite(line["critic_loss"]).all() for line in online)
+    for seed in results["seeds"]:
+        assert np.isfinite(seed["online_final_score"])
