@@ -88,7 +88,7 @@ class PPO(Algorithm):
         observations = jnp.zeros((1, spec.observation_dim))
         return init_ppo_state(self.ppo, actor, actor.init(actor_key, observations),
                               critic, critic.init(critic_key, observations),
-                              Normalizer.identity(spec.observation_dim))
+                              Normalizer.identity(spec.observation_dim), num_envs=spec.num_envs)
 
     def update(self, state: PPOState, batch, key, ctx: Context | None = None):
         return ppo_update(self.ppo, state, batch, key)

@@ -354,7 +354,7 @@ class UniO4(Algorithm):
             critic = ReluValueNetwork(tuple(self.value_refit_hidden_dims))
             critic_params, scaler = refit.params, refit.scaler
         return init_ppo_state(self.ppo, actor, member_params(state), critic, critic_params, state.normalizer,
-                              scaler)
+                              scaler, spec.num_envs)
 
 
 def best_by_amq(amq: jax.Array) -> jax.Array:

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 import envs
 from algorithms import Algorithm, SettingsError, Spec
 from algorithms.core.algorithm import Context
+from algorithms.core.components import learner
 from experiments import grid as grids
 from experiments import loop, online, online_compiled, policies
 from experiments.config import ConfigError, check_run_settings, make_algorithm
@@ -79,8 +80,9 @@ class Assembly:
             log.warning(candidates.without_evaluation)
         if evaluating or online_steps:  # fail now, not after hours of training, if the env does not fit
             envs.check_observation_dim(info, raw.observation_dim)  # (actions: checked by load)
+        online.check_num_envs(num_envs(cfg), learner(algo, "online").driver(), online_steps)
         prepared = loop.prepare(algo, raw)
-        spec = Spec(raw.observation_dim, raw.action_dim, int(cfg.steps))
+        spec = Spec(raw.observation_dim, raw.action_dim, int(cfg.steps), num_envs(cfg))
         grids.check_host_fields(grid, algo, spec, raw)
         seeds = grid.training_seeds
         capacity = 0
@@ -209,7 +211,14 @@ def compiled_env(info: envs.DatasetInfo):
 
 
 def online_schedule(cfg: DictConfig) -> online.OnlineSchedule:
-    return online.OnlineSchedule(int(cfg.online.steps), int(cfg.online.eval_every),
-                                 int(cfg.checkpoint.every and cfg.online.checkpoint_every),
-                                 int(cfg.online.log_every), int(cfg.online.start_steps))
+    """The online phase's schedule in whole steps of the `env.num_envs` environments of a seed."""
+    schedule = online.OnlineSchedule(int(cfg.online.steps), int(cfg.online.eval_every),
+                                     int(cfg.checkpoint.every and cfg.online.checkpoint_every),
+                                     int(cfg.online.log_every), int(cfg.online.start_steps))
+    return schedule.in_steps_of(num_envs(cfg))
+
+
+def num_envs(cfg: DictConfig) -> int:
+    """`env.num_envs`: online environments per seed (1 in a configuration written before the key)."""
+    return OmegaConf.select(cfg, "env.num_envs", default=1)
 

@@ -167,9 +167,9 @@ def batch_sampling(algo: Algorithm, phase: str) -> Sampling:
 
 
 def replay_buffers(capacity: int, spec: Spec, seeds: int) -> ReplayBuffer:
-    """One empty online replay buffer per seed."""
-    return jax.vmap(lambda _: ReplayBuffer.create(capacity, spec.observation_dim, spec.action_dim))(
-        jnp.arange(seeds))
+    """One empty online replay buffer per seed (rows of `spec.num_envs` environments' steps)."""
+    return jax.vmap(lambda _: ReplayBuffer.create(capacity, spec.observation_dim, spec.action_dim,
+                                                  spec.num_envs))(jnp.arange(seeds))
 
 
 def seed_padding(seeds: int) -> int:

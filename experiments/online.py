@@ -10,9 +10,12 @@ ratio). The only Python per environment step is the environment itself and that 
 
 With the on-policy driver (`OnPolicy`: PPO) the buffer is the rollout: it holds `block`
 transitions, and every time it is full (at environment steps that are multiples of `block`) the
-whole rollout, in time order, is the batch of one update; no dataset rows are drawn. An algorithm
-that hands over to another learner online (`Algorithm.hand_over`: Uni-O4 to PPO) collects, trains
-and acts here with that learner (`components.learner`).
+whole rollout, in time order, is the batch of one update; no dataset rows are drawn. With
+`env.num_envs` = N > 1 every seed steps N environments (seed i's at i N, ..., i N + N - 1 of the
+vector env), a buffer row is one step of all N (the rollout is (block, N, ...)), and environment
+steps count those of all N: the update comes every block N of them. An algorithm that hands over
+to another learner online (`Algorithm.hand_over`: Uni-O4 to PPO) collects, trains and acts here
+with that learner (`components.learner`).
 
 Terminals are true terminations only; a time-limit truncation is stored as a timeout and
 bootstrapped through. Episodes end only where the environment ends them: a checkpoint saves where
@@ -32,6 +35,7 @@ bound (max(Q, -inf) = Q); when the episode ends its rows already in the buffer a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from algorithms import Algorithm, Spec
-from algorithms.core.algorithm import Context
+from algorithms.core.algorithm import Context, OnPolicy
 from algorithms.core.components import learner
 from algorithms.core.replay import ReplayBuffer, Transitions
 from envs import Dataset, Preprocessor, snapshot
@@ -61,6 +65,17 @@ class OnlineSchedule:
     def __post_init__(self):
         if self.steps < 0:
             raise ValueError(f"online.steps must be >= 0 (got {self.steps})")
+
+    def in_steps_of(self, num_envs: int) -> OnlineSchedule:
+        """The schedule with `num_envs` environments per seed, which all step at once: the phase's
+        environment steps rounded down to a multiple of `num_envs` (as CleanRL's and PureJaxRL's
+        total_timesteps), each host event's interval up to one. 1: unchanged."""
+        if num_envs == 1:
+            return self
+        up = lambda every: -(-every // num_envs) * num_envs  # noqa: E731
+        return dataclasses.replace(self, steps=self.steps - self.steps % num_envs,
+                                   eval_every=up(self.eval_every), log_every=up(self.log_every),
+                                   checkpoint_every=up(self.checkpoint_every))
 
 
 @dataclass
@@ -93,10 +108,26 @@ def environment_spec(make_env: Callable, steps: int):
     return spec
 
 
-def environment_seed(seed: int, env_step: int) -> int:
-    """The reset seed of a training seed's environment after `env_step` steps: a function of those
-    two numbers only, so a seed's episodes do not depend on the seeds trained beside it."""
-    return int(np.random.SeedSequence([seed, env_step, 0x0411]).generate_state(1)[0])
+def environment_seed(seed: int, env_step: int, index: int = 0) -> int:
+    """The reset seed of a training seed's environment number `index` (of its `env.num_envs`) after
+    `env_step` steps: a function of those three numbers only, so a seed's episodes do not depend on
+    the seeds trained beside it, and its environments all differ."""
+    return int(np.random.SeedSequence([seed, env_step, 0x0411, *([index] if index else [])])
+               .generate_state(1)[0])
+
+
+def check_num_envs(num_envs: int, driver, steps: int) -> None:
+    """`env.num_envs` (>= 1: experiments/config.py) parallel environments per seed: for an on-policy
+    learner (the rollout is (block, num_envs)), and no more than the online phase's steps."""
+    if num_envs == 1 or not steps:
+        return
+    if not isinstance(driver, OnPolicy):
+        raise ConfigError(f"env.num_envs={num_envs}: off-policy algorithms step one environment per seed "
+                          "(parallel environments widen the rollouts of the on-policy learners, algo=ppo "
+                          "and algo=unio4); set env.num_envs=1 or train more seeds (seeds=N)")
+    if steps < num_envs:
+        raise ConfigError(f"online.steps={steps} is fewer than one step of each of the "
+                          f"env.num_envs={num_envs} environments; raise online.steps or lower env.num_envs")
 
 
 def uniform_actions(seeds: list[int], env_step: int, action_dim: int) -> np.ndarray:
@@ -122,12 +153,20 @@ def check_environments(make_env: Callable, schedule: OnlineSchedule) -> None:
         env.close()
 
 
-def _rows(preprocessor: Preprocessor, collected: dict, returns=None) -> Transitions:
-    """Collected host arrays (steps, seeds, ...) -> preprocessed device rows (seeds, steps, ...);
-    `returns`: their returns-to-go (steps, seeds), if the algorithm asks for them."""
+def _rows(preprocessor: Preprocessor, collected: dict, returns=None, num_envs: int = 1) -> Transitions:
+    """Collected host arrays (steps, seeds x num_envs, ...) -> preprocessed device rows (seeds, steps,
+    ...), or (seeds, steps, num_envs, ...) with several environments per seed; `returns`: their
+    returns-to-go (steps, seeds), if the algorithm asks for them."""
     data = _preprocessed(preprocessor, collected)
     rows = Transitions.from_dataset(data, returns)
-    return jax.tree.map(lambda x: jnp.asarray(np.swapaxes(np.asarray(x, np.float32), 0, 1)), rows)
+
+    def per_seed(x):
+        x = np.asarray(x, np.float32)
+        if num_envs > 1:
+            x = x.reshape(x.shape[0], -1, num_envs, *x.shape[2:])
+        return jnp.asarray(np.swapaxes(x, 0, 1))
+
+    return jax.tree.map(per_seed, rows)
 
 
 def _preprocessed(preprocessor: Preprocessor, collected: dict) -> Dataset:
@@ -200,8 +239,12 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
                  schedule: OnlineSchedule, seeds: list[int], run: OnlineRun, runner: loop.ChunkRunner,
                  *, evaluate: Callable | None = None, checkpoint: Callable | None = None,
                  log: Callable | None = None, on_collect: Callable | None = None,
-                 timings: dict | None = None) -> OnlineRun:
+                 timings: dict | None = None, num_envs: int = 1) -> OnlineRun:
     """Run the online phase from `run` (fresh or restored) to `schedule.steps` environment steps.
+
+    num_envs: environments per seed (on-policy learners), all stepped at once: every `block`
+        steps of each the rollout (block, num_envs) is one update; environment steps count those of
+        all a seed's environments (`schedule` in multiples of `num_envs`: `in_steps_of`);
 
     evaluate(run): at every `eval_every` environment steps and at the end;
     checkpoint(run): at every `checkpoint_every` steps and at the end, with `run.environments` set
@@ -209,20 +252,20 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
         also at the first block end after SIGTERM, and then it returns early (env_step < steps);
     log(env_step, record): every `log_every` steps, the losses of the last updates, the returns of
         recent training episodes and the throughput;
-    on_collect(raw transitions (steps, seeds, ...), env_step): what the environments gave, before
+    on_collect(raw transitions (steps, seeds x num_envs, ...), env_step): what the environments gave, before
         preprocessing (the behaviour-data log of experiments.generate);
     timings: if given, filled with where the wall-clock time went after the first block (which
         compiles the policy and the update chunk): seconds in "policy" calls, "environment" steps,
         "updates" (compiled calls with their checks, compilation excluded), "evaluation" and
         "checkpoints", their sum with the host's bookkeeping as "seconds", and the "env_steps"
         they cover. Three clock reads per environment step: nothing measurable."""
-    num_seeds = len(seeds)
+    num_seeds, environments = len(seeds), len(seeds) * num_envs
     explore = policies.make_policy(algo, preprocessor, deterministic=False, values=runner.values,
                                    phase="online")
     act_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 1))(jnp.asarray(seeds))
     driver = learner(algo, "online").driver()
-    block = driver.block
-    envs = gym.vector.SyncVectorEnv([make_env for _ in seeds],
+    block = driver.block * num_envs  # environment steps of a seed between updates
+    envs = gym.vector.SyncVectorEnv([make_env] * environments,  # seed i's environments: i num_envs, ...
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     action_dim = envs.single_action_space.shape[0]
     update_step = lambda: int(run.states.step)
@@ -232,10 +275,11 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
 
     def start():
         """Fresh episodes, or the ones a checkpoint saved, continued (`run.environments`)."""
-        observations, _ = envs.reset(seed=[environment_seed(s, run.env_step) for s in seeds])
+        observations, _ = envs.reset(seed=[environment_seed(s, run.env_step, index) for s in seeds
+                                           for index in range(num_envs)])
         saved = run.environments
         if saved is None:
-            return observations, np.zeros(num_seeds), np.zeros(num_seeds, int), [[] for _ in seeds]
+            return observations, np.zeros(environments), np.zeros(environments, int), [[] for _ in seeds]
         for env, state in zip(envs.envs, saved["snapshots"], strict=True):
             snapshot.restore(env, state)
         return (snapshot.decode(saved["observations"]), np.asarray(saved["returns"], np.float64),
@@ -258,12 +302,13 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
                    *((run.env_step // every + 1) * every for every in host_steps))
         collected = {name: [] for name in Dataset._fields}
         policy = explore(run.states, act_keys)
-        for env_step in range(run.env_step, stop):
+        for env_step in range(run.env_step, stop, num_envs):
             tic = time.perf_counter()
             if env_step < schedule.start_steps:
                 actions = uniform_actions(seeds, env_step, action_dim)
-            else:
-                actions = policy(observations[:, None].astype(np.float32), env_step)[:, 0]
+            else:  # one row per seed, its environments side by side; the key folded per step
+                actions = policy(observations.reshape(num_seeds, num_envs, -1).astype(np.float32),
+                                 env_step // num_envs).reshape(environments, -1)
             acted = time.perf_counter()
             next_obs, rewards, terminated, truncated, info = envs.step(actions)
             spent["policy"] += acted - tic
@@ -279,7 +324,7 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
             lengths += 1
             for i in np.flatnonzero(done):
                 success = _success(info, i)
-                run.history["episodes"].append([env_step + 1, int(i), float(returns[i]),
+                run.history["episodes"].append([env_step + num_envs, int(i) // num_envs, float(returns[i]),
                                                 int(lengths[i]), success])
                 returns[i], lengths[i] = 0.0, 0
             observations = next_obs
@@ -290,7 +335,7 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
             schedule.checkpoint_every and stop % schedule.checkpoint_every == 0))
         if on_collect is not None:
             on_collect({name: np.stack(values) for name, values in collected.items()}, stop)
-        updates = driver.updates(len(collected["rewards"]), stop, schedule.start_steps)
+        updates = driver.updates(len(collected["rewards"]), stop // num_envs, schedule.start_steps)
         rows_returns = None
         if tracked:  # each row's return-to-go, or -inf until its episode ends (module docstring)
             ended = np.logical_or(np.stack(collected["terminals"]), np.stack(collected["timeouts"]))
@@ -298,7 +343,7 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
                 _preprocessed(preprocessor, collected).rewards, ended, int(run.buffers.position[0]),
                 run.buffers.transitions.rewards.shape[1])
             run.buffers = _fill_returns(run.buffers, writes)
-        rows = _rows(preprocessor, collected, rows_returns)
+        rows = _rows(preprocessor, collected, rows_returns, num_envs)
         if not driver.rows_in_program and updates:  # rows of any length, one update program
             run.buffers, rows = loop.append_rows(run.buffers, rows), None
         tic, compiling = time.perf_counter(), runner.compile_seconds
@@ -307,7 +352,7 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
         spent["updates"] += time.perf_counter() - tic - (runner.compile_seconds - compiling)
         metrics = chunk_metrics if updates else metrics
         if log is not None and schedule.log_every and stop % schedule.log_every == 0:
-            log(stop, _log_record(metrics, run, num_seeds, stop - started_step,
+            log(stop, _log_record(metrics, run, environments, stop - started_step,
                                   time.perf_counter() - started, schedule.log_every))
         if evaluate is not None and (stop == schedule.steps or (
                 schedule.eval_every and stop % schedule.eval_every == 0)):
@@ -342,11 +387,11 @@ def _success(info: dict, index: int):
     return None
 
 
-def _log_record(metrics: dict, run: OnlineRun, num_seeds: int, steps: int, seconds: float,
+def _log_record(metrics: dict, run: OnlineRun, environments: int, steps: int, seconds: float,
                 window: int) -> dict:
     # the losses of the last compiled call, averaged over its updates (NaN of skipped updates aside)
     record = loop.summarize_metrics(metrics, len(next(iter(metrics.values()))))[0] if metrics else {}
-    recent = run.history["episodes"][-10 * num_seeds:]
+    recent = run.history["episodes"][-10 * environments:]
     record["episode_return"] = float(np.mean([e[2] for e in recent])) if recent else None
     # every episode that ended since the previous line: [env step, seed index, return, length, success]
     record["episodes"] = [e for e in run.history["episodes"] if run.env_step - window < e[0] <= run.env_step]

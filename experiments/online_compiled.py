@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from algorithms import Algorithm
-from algorithms.core.algorithm import OffPolicy
+from algorithms.core.algorithm import OffPolicy, OnPolicy
 from algorithms.core.components import learner
 from algorithms.core.replay import Transitions
 from envs import Dataset, Preprocessor
@@ -135,8 +135,25 @@ def off_policy_learning(algo: Algorithm, driver: OffPolicy, updating: bool):
     return learn
 
 
+def on_policy_learning(algo: Algorithm, driver: OnPolicy, updating: bool):
+    """learn(...) as `off_policy_learning` says, for an on-policy learner (PPO; Uni-O4 online): the
+    block's rows are the rollout, (block, num_envs, ...), or (block, ...) with one environment as the
+    host fills it (experiments/online.py); they fill the seed's buffer, then one update on it."""
+    update = loop.seed_update(algo, "online")
+
+    def learn(state, buffer, key, rows, values, ctx):
+        if rows.rewards.shape[1] == 1:
+            rows = jax.tree.map(lambda x: x[:, 0], rows)
+        buffer = buffer.add(rows)
+        key, step_key = jax.random.split(key)
+        state, buffer, metrics = update(state, buffer, step_key, values, ctx)
+        return state, buffer, key, jax.tree.map(lambda value: value[None], metrics)
+
+    return learn
+
+
 # The learning of each online driver inside the compiled block: (algo, driver, updating) -> learn.
-LEARNING: dict[type, Callable] = {OffPolicy: off_policy_learning}
+LEARNING: dict[type, Callable] = {OffPolicy: off_policy_learning, OnPolicy: on_policy_learning}
 
 
 def make_online_chunk(algo: Algorithm, env, preprocessor: Preprocessor, blocks: int, num_envs: int,
@@ -200,11 +217,13 @@ def check(algo: Algorithm, schedule, num_envs: int) -> None:
     if isinstance(driver, OffPolicy) and num_envs != 1:
         raise ConfigError(f"env.num_envs={num_envs}: off-policy algorithms step one environment per "
                           "seed (as on the host); set env.num_envs=1 or train more seeds")
+    block = driver.block * num_envs  # a seed's environment steps per block
+    of_block = f"algo.online.block={driver.block}" + (f" x env.num_envs={num_envs}" if num_envs > 1 else "")
     for name, value in (("online.steps", schedule.steps), ("online.log_every", schedule.log_every),
                         ("online.eval_every", schedule.eval_every),
                         ("online.checkpoint_every", schedule.checkpoint_every)):
-        if value % driver.block:
-            raise ConfigError(f"{name}={value} is not a multiple of algo.online.block={driver.block}: "
+        if value % block:
+            raise ConfigError(f"{name}={value} is not a multiple of {of_block}: "
                               "with env.backend=mjx chunks end at whole blocks; change either")
 
 
@@ -226,14 +245,15 @@ def run_online(asm, trees: dict, position, hooks, runner: loop.ChunkRunner,
     with env.backend=mjx: its Assembly, phases.Position and phases.Hooks; the same hooks, metrics
     lines, history and checkpoints as the host path).
     `trees` are the online phase's, with "environments" (the running episodes) once checkpointed.
-    Returns the trees."""
+    Environment steps count those of all a seed's `env.num_envs` environments, as on the host; the
+    compiled chunk counts steps of each (`vector steps`: env_step // num_envs). Returns the trees."""
     algo, schedule, cfg = asm.algo, asm.online_schedule(), asm.cfg
     env, num_envs = asm.make_jax_env(), int(cfg.env.num_envs)
     driver = learner(algo, "online").driver()
-    block = driver.block
+    block = driver.block * num_envs  # a seed's environment steps per block
     states, buffers, keys = trees["states"], trees["buffers"], trees["keys"]
     if trees.get("environments") is None:
-        episodes = fresh_episodes(env, asm.seeds, num_envs, position.env_step)
+        episodes = fresh_episodes(env, asm.seeds, num_envs, position.env_step // num_envs)
     else:  # a checkpoint's
         episodes = unstored(trees["environments"], jax.eval_shape(
             lambda: fresh_episodes(env, asm.seeds, num_envs)))
@@ -258,7 +278,7 @@ def run_online(asm, trees: dict, position, hooks, runner: loop.ChunkRunner,
             hooks.leave(f"environment step {position.env_step}")
         start = position.env_step
         blocks, updating = (stop - start) // block, start + block >= schedule.start_steps
-        arguments = (states, buffers, keys, episodes, seeds, jnp.asarray(start), ctx, asm.values)
+        arguments = (states, buffers, keys, episodes, seeds, jnp.asarray(start // num_envs), ctx, asm.values)
         if (blocks, updating) not in programs:
             tic = time.perf_counter()
             programs[blocks, updating] = make_online_chunk(
@@ -272,21 +292,21 @@ def run_online(asm, trees: dict, position, hooks, runner: loop.ChunkRunner,
             metrics, ended = jax.device_get((metrics, ended))
         # the program's time with its environment steps (ChunkRunner's figures, results.json)
         runner.update_seconds += time.perf_counter() - tic
-        runner.updates += (stop - start) * driver.updates_per_step if updating else 0
+        runner.updates += blocks * next(iter(metrics.values())).shape[-1] if updating and metrics else 0
         # (blocks, seeds, updates) -> (blocks * updates, seeds), in update order
         metrics = {name: np.moveaxis(value, 1, 2).reshape(-1, len(asm.seeds))
                    for name, value in metrics.items()}
         if updating:  # end_step as the host path gives it: the update step
             states = runner.checked(states, metrics, int(states.step))
-        history["episodes"] += finished_episodes(ended, start, block)
+        history["episodes"] += finished_episodes(ended, start, block, num_envs)
         position.env_step, position.stopped, saved = stop, runner.stopped, False
         if timed_from is None:  # the first chunk compiled the program: not in `timings`
             timed_from = (time.perf_counter(), stop)
         if schedule.log_every and stop % schedule.log_every == 0:
-            last = {name: value[-block * driver.updates_per_step:] for name, value in metrics.items()}
+            last = {name: value[-(len(value) // blocks):] for name, value in metrics.items()}  # last block
             record = loop.summarize_metrics(last, max(len(next(iter(last.values()))), 1))[0] if (
                 updating and last) else {}
-            recent = history["episodes"][-10 * len(asm.seeds):]
+            recent = history["episodes"][-10 * len(asm.seeds) * num_envs:]
             record["episode_return"] = float(np.mean([e[2] for e in recent])) if recent else None
             record["episodes"] = [e for e in history["episodes"]
                                   if stop - schedule.log_every < e[0] <= stop]
@@ -304,10 +324,12 @@ def run_online(asm, trees: dict, position, hooks, runner: loop.ChunkRunner,
     return current()
 
 
-def finished_episodes(ended, start: int, block: int) -> list[list]:
+def finished_episodes(ended, start: int, block: int, num_envs: int = 1) -> list[list]:
     """[env_step, seed index, return, length, success=None] of every episode that ended in a chunk
-    starting at `start`, in the host's order (by step, then seed); `ended`: (done, return, length),
-    each (blocks, seeds, block, num_envs)."""
+    starting at `start`, in the host's order (by step, then seed, then environment); `ended`: (done,
+    return, length), each (blocks, seeds, block / num_envs, num_envs); `block`, `start`, env_step:
+    environment steps of all a seed's environments."""
     done, returns, lengths = (np.moveaxis(np.asarray(x), 1, 2) for x in ended)  # (blocks, block, seeds, envs)
-    return [[int(start + b * block + s + 1), int(seed), float(returns[b, s, seed, e]),
-             int(lengths[b, s, seed, e]), None] for b, s, seed, e in np.argwhere(done)]
+    return [[int(start + (b * block // num_envs + s + 1) * num_envs), int(seed),
+             float(returns[b, s, seed, e]), int(lengths[b, s, seed, e]), None]
+            for b, s, seed, e in np.argwhere(done)]

@@ -117,6 +117,7 @@ def run_online(asm: Assembly, trees: dict, position: Position, hooks: Hooks, run
 
     online.train_online(asm.algo, asm.contexts["online"], asm.prepared.preprocessor, asm.make_env, schedule,
                         asm.seeds, run, runner, log=log, checkpoint=checkpoint, timings=timings,
+                        num_envs=asm.spec.num_envs,
                         evaluate=lambda r: hooks.evaluate("online", r.states, int(r.states.step), r.env_step))
     bar.close()
     position.env_step, position.stopped = run.env_step, runner.stopped

@@ -52,6 +52,7 @@ class Spec(NamedTuple):
     observation_dim: int
     action_dim: int  # actions always lie in [-1, 1]; environments are rescaled to match
     total_steps: int  # offline gradient steps, for learning-rate schedules
+    num_envs: int = 1  # online environments per seed (`env.num_envs`): an on-policy rollout's width
 
 
 @dataclass

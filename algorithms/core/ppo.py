@@ -16,6 +16,13 @@ Faithful to Uni-O4's online phase (Lei-Kun/Uni-O4 `ppo_finetune/ppo.py`, `main.p
              and one of the critic per minibatch, each gradient clipped to norm 0.5, Adam eps 1e-5;
              both learning rates decay linearly to 0 at `max_env_steps` environment steps.
 
+With `num_envs` parallel environments per seed (`Spec.num_envs`) a rollout is (T, num_envs, ...):
+GAE runs along time within each environment (its own terminations, truncations and bootstrap
+values), the advantages are normalized over all T num_envs rows, and the minibatches are drawn
+from those rows, as CleanRL's `ppo_continuous_action.py` with vectorized environments; every
+environment scales its rewards with its own return scaler (CleanRL wraps each environment in its
+own NormalizeReward) and the learning rates decay by the environment steps of all of them.
+
 pi_old and V_old are the networks that collected the rollout: the loop updates only at rollout
 ends, so they are the state's own networks when `ppo_update` starts, and the log-probabilities and
 values are computed there rather than stored at collection (equal up to float rounding; the
@@ -112,7 +119,8 @@ def check_rollouts(online: OnlineConfig, config: PPOConfig, learner: str) -> Non
 
 
 def gae(rewards, values, next_values, terminals, dones, discount: float, gae_lambda: float):
-    """Generalized advantage estimates and returns of one rollout in time order ((T,) arrays):
+    """Generalized advantage estimates and returns of one rollout in time order ((T,) arrays, or
+    (T, num_envs): every environment along its own time axis):
     bootstrapped through V(s') unless the transition terminated, the recursion cut at every episode
     end (`dones`: terminations and truncations, including the cut at the rollout's last row)."""
     deltas = rewards + discount * (1.0 - terminals) * next_values - values
@@ -159,8 +167,18 @@ class ReturnScaler:
         zero, one = jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
         return cls(zero, jnp.zeros((), jnp.int32), zero, one, one)
 
+    def per_environment(self, num_envs: int) -> ReturnScaler:
+        """One copy of this scaler per parallel environment (every field with a leading axis of
+        `num_envs`); 1 keeps the single scaler."""
+        if num_envs == 1:
+            return self
+        return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_envs, *x.shape)), self)
+
     def scale(self, rewards, dones, mode: str, discount: float, skip_episode_ends: bool = False):
         """(scaler, scaled rewards) for one rollout in time order; `mode` as PPOConfig.reward_scaling.
+        rewards, dones: (T,), or (T, num_envs) with a scaler per environment (`per_environment`):
+        each environment's rewards scaled by its own statistics, as every environment of CleanRL's
+        vectorized PPO has its own NormalizeReward and every one is the reference's single one.
         `skip_episode_ends`: the reference's pass over the offline dataset (`offline_buffer.py:
         reward_normalize`), which Uni-O4's online scaler starts from, leaves the last row of every
         episode unscaled and uncounted (it only restarts R); online every row counts."""
@@ -168,6 +186,9 @@ class ReturnScaler:
             return self, rewards
         if mode == "number":
             return self, rewards * 0.1
+        if rewards.ndim == 2:
+            return jax.vmap(lambda scaler, r, d: scaler.scale(r, d, mode, discount, skip_episode_ends),
+                            in_axes=(0, 1, 1), out_axes=(0, 1))(self, rewards, dones)
 
         def one(scaler: ReturnScaler, step):
             reward, done = step
@@ -209,17 +230,19 @@ def optimizer(learning_rate: float, config: PPOConfig) -> optax.GradientTransfor
 
 
 def init_ppo_state(config: PPOConfig, actor_module, actor_params, critic_module, critic_params,
-                   normalizer: Normalizer, scaler: ReturnScaler | None = None) -> PPOState:
+                   normalizer: Normalizer, scaler: ReturnScaler | None = None,
+                   num_envs: int = 1) -> PPOState:
     """A PPO state from given networks (a policy and a value function trained elsewhere, or freshly
     initialised), with new optimisers and the update count at 0; `normalizer`: the state statistics
     the networks were trained with; `scaler`: a return scaler already run over other data (Uni-O4
-    starts it on the offline dataset), else a fresh one."""
+    starts it on the offline dataset), else a fresh one; `num_envs`: the parallel environments of
+    every rollout (`Spec.num_envs`), each with its own copy of that scaler."""
     return PPOState(
         actor=TrainState.create(apply_fn=actor_module.apply, params=actor_params,
                                 tx=optimizer(config.actor_lr, config)),
         critic=TrainState.create(apply_fn=critic_module.apply, params=critic_params,
                                  tx=optimizer(config.critic_lr, config)),
-        scaler=ReturnScaler.create() if scaler is None else scaler,
+        scaler=(ReturnScaler.create() if scaler is None else scaler).per_environment(num_envs),
         normalizer=normalizer,
         step=jnp.zeros((), jnp.int32))
 
@@ -236,11 +259,14 @@ def _with_learning_rate(train_state: TrainState, learning_rate) -> TrainState:
 
 
 def ppo_update(config: PPOConfig, state: PPOState, rollout, key: jax.Array):
-    """One PPO update on one rollout (`Transitions` in time order, (T, ...) per field, T a multiple
-    of `config.minibatch_size`, raw states): states standardized with the state's statistics,
-    rewards scaled, GAE, then `epochs` x T / minibatch_size minibatch steps in one compiled scan.
+    """One PPO update on one rollout (`Transitions` in time order, (T, ...) per field, or
+    (T, num_envs, ...) from parallel environments; T num_envs a multiple of
+    `config.minibatch_size`; raw states): states standardized with the state's statistics, rewards
+    scaled, GAE along time within each environment, then `epochs` x T num_envs / minibatch_size
+    minibatch steps over all the rollout's rows in one compiled scan (CleanRL's vectorized PPO).
     Returns (state, metrics averaged over the minibatch steps)."""
-    length = rollout.rewards.shape[0]
+    steps_shape = rollout.rewards.shape  # (T,) or (T, num_envs)
+    length = rollout.rewards.size  # environment steps in the rollout
     if length % config.minibatch_size:
         raise SettingsError(f"the rollout of {length} environment steps is not a multiple of "
                             f"algo.ppo.minibatch_size={config.minibatch_size}; make algo.online.block "
@@ -264,7 +290,8 @@ def ppo_update(config: PPOConfig, state: PPOState, rollout, key: jax.Array):
     remaining = jnp.maximum(1.0 - seen / config.max_env_steps, 0.0) if config.lr_decay else 1.0
     actor = _with_learning_rate(state.actor, config.actor_lr * remaining)
     critic = _with_learning_rate(state.critic, config.critic_lr * remaining)
-    data = (rollout.observations, rollout.actions, old_log_probs, advantages, old_values, returns)
+    rows = (rollout.observations, rollout.actions, old_log_probs, advantages, old_values, returns)
+    data = jax.tree.map(lambda x: x.reshape(length, *x.shape[len(steps_shape):]), rows)
 
     def minibatch_step(networks, batch):
         actor, critic = networks

@@ -55,9 +55,11 @@ class ReplayBuffer:
     position: jax.Array  # where the next transition goes
 
     @classmethod
-    def create(cls, capacity: int, observation_dim: int, action_dim: int) -> ReplayBuffer:
+    def create(cls, capacity: int, observation_dim: int, action_dim: int, num_envs: int = 1) -> ReplayBuffer:
+        """An empty ring of `capacity` rows; with `num_envs` > 1 a row is one step of that many
+        parallel environments (every field (capacity, num_envs, ...): an on-policy rollout)."""
         def zeros(*shape):
-            return jnp.zeros((capacity, *shape), jnp.float32)
+            return jnp.zeros((capacity, *((num_envs,) if num_envs > 1 else ()), *shape), jnp.float32)
 
         empty = Transitions(zeros(observation_dim), zeros(action_dim), zeros(), zeros(observation_dim),
                             zeros(), zeros(), zeros())
