@@ -14,6 +14,7 @@ only, nothing trained) and `Checkpointer(run/"checkpoints").restore(index, asm.t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,9 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import envs
 from algorithms import Algorithm, SettingsError, Spec
-from algorithms.core.algorithm import Context
+from algorithms.core.algorithm import Context, Sampling
 from experiments import grid as grids
-from experiments import loop, online, policies
+from experiments import loop, online, policies, seed_axis
 from experiments.config import check_run_settings, make_algorithm
 from experiments.data import load
 from experiments.stages import abstract_stages, per_seed_names, train_stages
@@ -51,6 +52,8 @@ class Assembly:
     online_steps: int
     capacity: int  # rows of each seed's online buffer (0 without an online phase)
     stage_records: list
+    make_env: Callable  # () -> the evaluation and online environment (the dataset's)
+    watchdog_seconds: float = 0.0  # a compiled chunk running longer stops the process (0: off)
 
     @classmethod
     def build(cls, cfg: DictConfig, stages: str = "train", progress: Callable | None = None) -> Assembly:
@@ -93,12 +96,29 @@ class Assembly:
         contexts = {"offline": offline,
                     "online": loop.make_context(algo, prepared, results, "online", int(cfg.steps),
                                                 host=dict(offline.host), per_seed=per_seed)}
+        asm = cls(cfg, algo, grid, spec, info, raw, prepared, seeds, grid.values(), contexts,
+                  seed_axis.seed_keys(seeds), online_steps, capacity, records,
+                  lambda: envs.make_env(info), float(cfg.watchdog_seconds))
         if stages == "train":
-            grids.check_traceable(grid, algo, spec, prepared, contexts if online_steps else
-                                  {"offline": offline}, capacity)
-            contexts = {phase: loop.shard_context(ctx) for phase, ctx in contexts.items()}
-        return cls(cfg, algo, grid, spec, info, raw, prepared, seeds, grid.values(), contexts,
-                   loop.seed_keys(seeds), online_steps, capacity, records)
+            grids.check_traceable(asm)
+            asm.contexts = {phase: seed_axis.shard_context(ctx) for phase, ctx in contexts.items()}
+        return asm
+
+    @classmethod
+    def from_environment(cls, algo: Algorithm, make_env: Callable, seeds: list[int], steps: int,
+                         capacity: int, prepared: loop.PreparedData | None = None) -> Assembly:
+        """A run that starts online, from new agents (`fresh("online")`), with no offline phase and
+        no configuration: behaviour training's SAC, PPO from scratch. `steps`: the algorithm's
+        `spec.steps`; `capacity`: rows of each seed's online buffer; `prepared`: a dataset the online
+        learner also draws from (None: none, so an off-policy learner samples its own buffer only
+        and observations are not preprocessed)."""
+        spec = online.environment_spec(make_env, steps)
+        if prepared is None:
+            prepared = loop.PreparedData(None, envs.Preprocessor.identity(spec.observation_dim))
+        seeds = list(seeds)
+        contexts = {"online": loop.make_context(algo, prepared, phase="online")}
+        return cls(None, algo, grids.Grid(tuple(seeds)), spec, None, None, prepared, seeds, None,
+                   contexts, seed_axis.seed_keys(seeds), steps, capacity, [], make_env)
 
     @staticmethod
     def _stage_results(cfg, algo, spec, prepared, info, raw, seeds, mode, progress):
@@ -118,10 +138,9 @@ class Assembly:
         """New trees of `phase`: {"states", "buffers", "keys"}, sharded over the devices. Online:
         the algorithm's fresh states handed to the online learner (`begin`), empty replay buffers."""
         init_keys, train_keys = self.keys
-        states = loop.init_states(self.algo, self.spec, self.contexts["offline"], init_keys,
-                                  values=self.values)
-        trees = {"states": states, "buffers": loop.init_buffers(self.algo, self.spec,
-                                                                self.contexts["offline"], len(self.seeds)),
+        start = self.contexts.get("offline", self.contexts["online"])  # (`from_environment`: online)
+        states = loop.init_states(self.algo, self.spec, start, init_keys, values=self.values)
+        trees = {"states": states, "buffers": loop.init_buffers(self.algo, self.spec, start, len(self.seeds)),
                  "keys": train_keys}
         return self.shard(trees) if phase == "offline" else self.begin_online(trees)  # (sharded there)
 
@@ -130,35 +149,50 @@ class Assembly:
         fresh replay buffers, the same keys."""
         states = loop.begin(self.algo, self.spec, self.contexts["online"], trees["states"], self.values)
         return self.shard({"states": states, "keys": trees["keys"],
-                           "buffers": loop.replay_buffers(self.capacity, self.spec, len(self.seeds))})
+                           "buffers": seed_axis.replay_buffers(self.capacity, self.spec, len(self.seeds))})
 
     def shard(self, trees: dict) -> dict:
         """`trees` (and the grid values, which go with the seeds) spread over the devices."""
-        states, buffers, self.values, keys = loop.shard_seeds(trees["states"], trees["buffers"],
+        states, buffers, self.values, keys = seed_axis.shard_seeds(trees["states"], trees["buffers"],
                                                               self.values, trees["keys"])
         return {"states": states, "buffers": buffers, "keys": keys}
 
     def templates(self) -> dict[str, dict]:
-        """{phase: trees as shapes} to restore a checkpoint of that phase into (`Checkpointer`)."""
+        """{phase: trees as shapes} to restore a checkpoint of that phase into (`Checkpointer`); the
+        grid's trace probe traces the programs on them (`grid.check_traceable`)."""
         init_keys, train_keys = self.keys
-        offline, values = self.contexts["offline"], self.values
-        states = jax.eval_shape(lambda ctx: loop.init_states(self.algo, self.spec, ctx, init_keys,
-                                                             values=values), offline)
-        buffers = jax.eval_shape(lambda ctx: loop.init_buffers(self.algo, self.spec, ctx, len(self.seeds)),
-                                 offline)
-        out = {"offline": {"states": states, "buffers": buffers, "keys": train_keys}}
+        start = self.contexts.get("offline", self.contexts["online"])
+        trainings = len(self.seeds)
+        # the grid values go in as arguments: the trace probe's are shapes, traced as the run's are
+        states = jax.eval_shape(lambda ctx, values: loop.init_states(self.algo, self.spec, ctx, init_keys,
+                                                                     values=values), start, self.values)
+        out = {}
+        if "offline" in self.contexts:
+            out["offline"] = {"states": states, "keys": train_keys, "buffers": jax.eval_shape(
+                lambda ctx: loop.init_buffers(self.algo, self.spec, ctx, trainings), start)}
         if self.online_steps:
             out["online"] = {"keys": train_keys,
-                             "states": jax.eval_shape(lambda s, ctx: loop.begin(self.algo, self.spec, ctx, s,
-                                                                                values),
-                                                      states, self.contexts["online"]),
-                             "buffers": jax.eval_shape(lambda: loop.replay_buffers(
-                                 self.capacity, self.spec, len(self.seeds)))}
+                             "states": jax.eval_shape(lambda s, ctx, values: loop.begin(
+                                 self.algo, self.spec, ctx, s, values), states, self.contexts["online"],
+                                 self.values),
+                             "buffers": jax.eval_shape(lambda: seed_axis.replay_buffers(
+                                 self.capacity, self.spec, trainings))}
         return out
+
+    def first_training(self, values: dict | None) -> Assembly:
+        """This run narrowed to its first training, with `values` as its grid values (the grid's
+        trace probe: shapes only)."""
+        return dataclasses.replace(
+            self, seeds=self.seeds[:1], values=values, keys=tuple(keys[:1] for keys in self.keys),
+            contexts={phase: seed_axis.first_seeds(ctx, 1) for phase, ctx in self.contexts.items()})
 
     def runner(self, phase: str, stopped: dict | None = None, after_chunk=None) -> loop.ChunkRunner:
         """The phase's `loop.ChunkRunner` (the grid's per-point early stop, the run's watchdog)."""
-        return loop.ChunkRunner(self.algo, phase, float(self.cfg.watchdog_seconds), stopped,
+        sampling = None  # as the algorithm says
+        if self.prepared.data is None:  # no dataset: an off-policy learner samples its own buffer
+            drawn = loop.batch_sampling(self.algo, phase)
+            sampling = drawn if drawn.source == "rollout" else Sampling("buffer")
+        return loop.ChunkRunner(self.algo, phase, self.watchdog_seconds, stopped, sampling=sampling,
                                 values=self.values, early_stop=self.grid.early_stop(self.algo),
                                 after_chunk=after_chunk)
 
@@ -167,10 +201,6 @@ class Assembly:
         online, the learner the algorithm hands over to acts; `members` > 1: every candidate."""
         return policies.make_policy(self.algo, self.prepared.preprocessor, deterministic, self.values,
                                     members=members, phase=phase)
-
-    def make_env(self):
-        """The dataset's evaluation environment."""
-        return envs.make_env(self.info)
 
     def online_schedule(self) -> online.OnlineSchedule:
         return online_schedule(self.cfg)

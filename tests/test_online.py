@@ -18,6 +18,7 @@ from algorithms.core.algorithm import OnlineConfig, Sampling
 from algorithms.core.replay import ReplayBuffer, Transitions, draw
 from envs.dataset import Dataset
 from experiments import loop, online
+from experiments.assembly import Assembly
 from experiments.config import compose
 from experiments.train import run
 
@@ -91,9 +92,9 @@ def test_online_transitions_are_preprocessed_like_the_dataset(offline_data):
                                     online=OnlineConfig(block=10))
     raw, info = envs.load("local", "pendulum-mixed")
     prepared = loop.prepare(algo, raw)
-    spec = Spec(raw.observation_dim, raw.action_dim, 10)
-    ctx = loop.make_context(algo, prepared, phase="online")
-    run_state = online.fresh_run(algo, spec, ctx, [3], 100)
+    asm = Assembly.from_environment(algo, lambda: envs.make_env(info), [3], 10, 100, prepared)
+    ctx = asm.contexts["online"]
+    run_state = online.OnlineRun(**asm.fresh("online"))
     collected = []
     online.train_online(algo, ctx, prepared.preprocessor, lambda: envs.make_env(info),
                         online.OnlineSchedule(30, eval_every=0, log_every=0), [3], run_state,
@@ -205,9 +206,9 @@ def test_online_rows_get_their_episodes_return_to_go_and_a_resumed_run_the_same(
                                     reward=algorithms.RewardConfig(scale=2.0, shift=-1.0))
     raw, info = envs.load("local", "pendulum-mixed")
     prepared = loop.prepare(algo, raw)
-    spec = Spec(raw.observation_dim, raw.action_dim, 10)
-    ctx = loop.make_context(algo, prepared, phase="online")
     make_env = lambda: envs.make_env(dataclasses.replace(info, max_episode_steps=10))  # noqa: E731
+    asm = Assembly.from_environment(algo, make_env, [3, 4], 10, 100, prepared)
+    ctx = asm.contexts["online"]
     schedule = online.OnlineSchedule(25, eval_every=0, checkpoint_every=15, log_every=0)
     runner = loop.ChunkRunner(algo, "online")
     saved = {}
@@ -218,7 +219,7 @@ def test_online_rows_get_their_episodes_return_to_go_and_a_resumed_run_the_same(
             json.loads(json.dumps(run.history)), json.loads(json.dumps(run.environments)))
 
     straight = online.train_online(algo, ctx, prepared.preprocessor, make_env, schedule, [3, 4],
-                                   online.fresh_run(algo, spec, ctx, [3, 4], 100), runner,
+                                   online.OnlineRun(**asm.fresh("online")), runner,
                                    checkpoint=checkpoint)
     rewards = np.asarray(straight.buffers.transitions.rewards)
     returns = np.asarray(straight.buffers.transitions.returns_to_go)
