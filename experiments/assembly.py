@@ -1,7 +1,7 @@
 """One run, assembled once from its configuration: every check before any training, then the
 algorithm, its grid, the prepared data, the stages' results, a context per phase, the seeds and
-their keys. Training (experiments/train.py), the grid's checks, evaluation of a finished run and
-the benchmarks all build their runs here.
+their keys. Training (experiments/train.py), the grid's trace probe, evaluation of a finished run,
+behaviour training and the benchmarks all build their runs here.
 
     asm = Assembly.build(cfg)                      # checks, loads, trains (or restores) the stages
     trees = asm.fresh()                            # {"states", "buffers", "keys"}, sharded over devices
@@ -10,6 +10,9 @@ the benchmarks all build their runs here.
 
 A finished run: `Assembly.build(its config, stages="abstract")` (the stages' results as shapes
 only, nothing trained) and `Checkpointer(run/"checkpoints").restore(index, asm.templates()[phase])`.
+A run that starts online, with no configuration (behaviour training's SAC, PPO from scratch):
+`Assembly.from_environment(algo, make_env, seeds, steps, capacity)`, then `fresh("online")`.
+The parts themselves are made in experiments/run_parts.py, experiments/seed_axis.py and loop.py.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import envs
 from algorithms import Algorithm, SettingsError, Spec
 from algorithms.core.algorithm import Context, Sampling
 from experiments import grid as grids
-from experiments import loop, online, policies, seed_axis
-from experiments.config import check_run_settings, make_algorithm
+from experiments import loop, online, policies, run_parts, seed_axis
+from experiments.config import make_algorithm
 from experiments.data import load
+from experiments.settings import check_run_settings
 from experiments.stages import abstract_stages, per_seed_names, train_stages
 
 log = logging.getLogger("train")
@@ -44,7 +48,7 @@ class Assembly:
     spec: Spec
     info: envs.DatasetInfo
     raw: envs.Dataset
-    prepared: loop.PreparedData
+    prepared: run_parts.PreparedData
     seeds: list[int]  # one per training: every grid point's seeds, point-major
     values: dict | None  # the trainings' grid values (None: no grid)
     contexts: dict[str, Context]  # {"offline": ctx, "online": ctx}, sharded as the seeds
@@ -81,21 +85,21 @@ class Assembly:
             log.warning(candidates.without_evaluation)
         if evaluating or online_steps:  # fail now, not after hours of training, if the env does not fit
             envs.check_observation_dim(info, raw.observation_dim)  # (actions: checked by load)
-        prepared = loop.prepare(algo, raw)
+        prepared = run_parts.prepare(algo, raw)
         spec = Spec(raw.observation_dim, raw.action_dim, int(cfg.steps))
         grids.check_host_fields(grid, algo, spec, raw)
         seeds = grid.training_seeds
         capacity = 0
         if online_steps:  # before any training: a buffer too small for the dataset is refused now
-            capacity = loop.buffer_capacity(algo, prepared.data.size, online_steps,
-                                            int(cfg.online.start_steps))
+            capacity = run_parts.buffer_capacity(algo, prepared.data.size, online_steps,
+                                                 int(cfg.online.start_steps))
             online.check_environments(lambda: envs.make_env(info), online_schedule(cfg))
         results, records = cls._stage_results(cfg, algo, spec, prepared, info, raw, seeds, stages, progress)
         per_seed = per_seed_names(algo, spec)
-        offline = loop.make_context(algo, prepared, results, per_seed=per_seed)
+        offline = run_parts.make_context(algo, prepared, results, per_seed=per_seed)
         contexts = {"offline": offline,
-                    "online": loop.make_context(algo, prepared, results, "online", int(cfg.steps),
-                                                host=dict(offline.host), per_seed=per_seed)}
+                    "online": run_parts.make_context(algo, prepared, results, "online", int(cfg.steps),
+                                                     host=dict(offline.host), per_seed=per_seed)}
         asm = cls(cfg, algo, grid, spec, info, raw, prepared, seeds, grid.values(), contexts,
                   seed_axis.seed_keys(seeds), online_steps, capacity, records,
                   lambda: envs.make_env(info), float(cfg.watchdog_seconds))
@@ -106,7 +110,7 @@ class Assembly:
 
     @classmethod
     def from_environment(cls, algo: Algorithm, make_env: Callable, seeds: list[int], steps: int,
-                         capacity: int, prepared: loop.PreparedData | None = None) -> Assembly:
+                         capacity: int, prepared: run_parts.PreparedData | None = None) -> Assembly:
         """A run that starts online, from new agents (`fresh("online")`), with no offline phase and
         no configuration: behaviour training's SAC, PPO from scratch. `steps`: the algorithm's
         `spec.steps`; `capacity`: rows of each seed's online buffer; `prepared`: a dataset the online
@@ -114,9 +118,9 @@ class Assembly:
         and observations are not preprocessed)."""
         spec = online.environment_spec(make_env, steps)
         if prepared is None:
-            prepared = loop.PreparedData(None, envs.Preprocessor.identity(spec.observation_dim))
+            prepared = run_parts.PreparedData(None, envs.Preprocessor.identity(spec.observation_dim))
         seeds = list(seeds)
-        contexts = {"online": loop.make_context(algo, prepared, phase="online")}
+        contexts = {"online": run_parts.make_context(algo, prepared, phase="online")}
         return cls(None, algo, grids.Grid(tuple(seeds)), spec, None, None, prepared, seeds, None,
                    contexts, seed_axis.seed_keys(seeds), steps, capacity, [], make_env)
 
@@ -139,22 +143,22 @@ class Assembly:
         the algorithm's fresh states handed to the online learner (`begin`), empty replay buffers."""
         init_keys, train_keys = self.keys
         start = self.contexts.get("offline", self.contexts["online"])  # (`from_environment`: online)
-        states = loop.init_states(self.algo, self.spec, start, init_keys, values=self.values)
-        trees = {"states": states, "buffers": loop.init_buffers(self.algo, self.spec, start, len(self.seeds)),
-                 "keys": train_keys}
+        states = run_parts.init_states(self.algo, self.spec, start, init_keys, values=self.values)
+        buffers = loop.init_buffers(self.algo, self.spec, start, len(self.seeds))
+        trees = {"states": states, "buffers": buffers, "keys": train_keys}
         return self.shard(trees) if phase == "offline" else self.begin_online(trees)  # (sharded there)
 
     def begin_online(self, trees: dict) -> dict:
-        """The online phase's trees from the offline phase's: the learner's states (`loop.begin`),
-        fresh replay buffers, the same keys."""
-        states = loop.begin(self.algo, self.spec, self.contexts["online"], trees["states"], self.values)
+        """The online phase's trees from the offline phase's: the learner's states
+        (`run_parts.begin`), fresh replay buffers, the same keys."""
+        states = run_parts.begin(self.algo, self.spec, self.contexts["online"], trees["states"], self.values)
         return self.shard({"states": states, "keys": trees["keys"],
                            "buffers": seed_axis.replay_buffers(self.capacity, self.spec, len(self.seeds))})
 
     def shard(self, trees: dict) -> dict:
         """`trees` (and the grid values, which go with the seeds) spread over the devices."""
         states, buffers, self.values, keys = seed_axis.shard_seeds(trees["states"], trees["buffers"],
-                                                              self.values, trees["keys"])
+                                                                   self.values, trees["keys"])
         return {"states": states, "buffers": buffers, "keys": keys}
 
     def templates(self) -> dict[str, dict]:
@@ -164,15 +168,15 @@ class Assembly:
         start = self.contexts.get("offline", self.contexts["online"])
         trainings = len(self.seeds)
         # the grid values go in as arguments: the trace probe's are shapes, traced as the run's are
-        states = jax.eval_shape(lambda ctx, values: loop.init_states(self.algo, self.spec, ctx, init_keys,
-                                                                     values=values), start, self.values)
+        states = jax.eval_shape(lambda ctx, values: run_parts.init_states(
+            self.algo, self.spec, ctx, init_keys, values=values), start, self.values)
         out = {}
         if "offline" in self.contexts:
             out["offline"] = {"states": states, "keys": train_keys, "buffers": jax.eval_shape(
                 lambda ctx: loop.init_buffers(self.algo, self.spec, ctx, trainings), start)}
         if self.online_steps:
             out["online"] = {"keys": train_keys,
-                             "states": jax.eval_shape(lambda s, ctx, values: loop.begin(
+                             "states": jax.eval_shape(lambda s, ctx, values: run_parts.begin(
                                  self.algo, self.spec, ctx, s, values), states, self.contexts["online"],
                                  self.values),
                              "buffers": jax.eval_shape(lambda: seed_axis.replay_buffers(

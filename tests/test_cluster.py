@@ -24,7 +24,8 @@ from omegaconf import OmegaConf
 
 from experiments import loggers, sweep
 from experiments.checkpoints import Checkpointer
-from experiments.config import ConfigError, compose, result_settings, settings_fingerprint
+from experiments.config import ConfigError, compose
+from experiments.settings import result_settings, settings_fingerprint
 from experiments.train import resume_point, run
 
 OFFLINE = ["dataset=local/pendulum-mixed", "algo=td3_bc", "algo.hidden_dims=[16,16]", "algo.batch_size=32",

@@ -19,7 +19,7 @@ from helpers import cli_env
 import algorithms
 import envs
 from algorithms import Spec
-from experiments import loop
+from experiments import loop, run_parts
 from experiments.assembly import Assembly
 from experiments.config import compose, make_algorithm
 from experiments.grid import Grid, GridError, check_host_fields, check_traceable, make_grid
@@ -33,8 +33,8 @@ def trained(algo, prepared, seeds, values=None, steps=30, chunk=None):
     """`steps` updates of one training per seed (and grid value), as the loop runs them."""
     spec = Spec(prepared.data.observations.shape[1], prepared.data.actions.shape[1], steps)
     keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(np.asarray(seeds)))
-    ctx = loop.make_context(algo, prepared)
-    states = loop.init_states(algo, spec, ctx, keys[0], values=values)
+    ctx = run_parts.make_context(algo, prepared)
+    states = run_parts.init_states(algo, spec, ctx, keys[0], values=values)
     chunk = chunk or loop.make_train_chunk(algo, steps)
     states, _, _, metrics = chunk(states, None, keys[1], ctx, None, values)
     return states, metrics
@@ -49,7 +49,7 @@ def trained(algo, prepared, seeds, values=None, steps=30, chunk=None):
 def test_a_3_point_grid_of_2_seeds_gives_the_numbers_of_6_separate_runs(name, points, offline_data):
     algo = make_algorithm(compose([f"algo={name}", *SMALL]).algo)
     raw, _ = envs.load("local", "pendulum-mixed")
-    prepared = loop.prepare(algo, raw)
+    prepared = run_parts.prepare(algo, raw)
     grid = Grid((0, 1), tuple(points[0]), tuple(points))
     batched, batched_metrics = trained(algo, prepared, grid.training_seeds, grid.values())
     chunks = {}  # one program per value, called for each seed alone
