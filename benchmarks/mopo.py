@@ -130,7 +130,7 @@ def bench_agent(cfg, model, args) -> dict:
     """Chunks of rollout_freq updates (one refresh each) through ChunkRunner, then the refresh alone."""
     import jax
 
-    from experiments import loop
+    from experiments import seed_axis
 
     seeds = int(cfg.seeds)
     with timing.PeakRSS() as rss, timing.Busy() as busy:
@@ -139,7 +139,7 @@ def bench_agent(cfg, model, args) -> dict:
         runner = run.asm.runner("offline")
         chunk, compile_timing = timing.compile_program(runner, length, run)
         refresh = jax.vmap(algo.refresh,
-                           in_axes=(loop.seed_axes(run.states), 0, 0, loop.context_axes(run.ctx)))
+                           in_axes=(seed_axis.seed_axes(run.states), 0, 0, seed_axis.context_axes(run.ctx)))
         tic = time.perf_counter()
         refresh = jax.jit(refresh, donate_argnums=(1,)).lower(run.states, run.buffers, run.keys,
                                                               run.ctx).compile()

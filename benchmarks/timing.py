@@ -90,7 +90,7 @@ def assemble(cfg, stage_results: dict | None = None, **fields):
     from omegaconf import OmegaConf
 
     from experiments.assembly import Assembly
-    from experiments.stages import StageRecord, write_cached
+    from experiments.stage_cache import StageRecord, write_cached
 
     cfg = copy.deepcopy(cfg)
     with tempfile.TemporaryDirectory(prefix="offrl-benchmark-stages-") as folder:

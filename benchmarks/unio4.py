@@ -107,11 +107,11 @@ def time_amq(run, length: int, repeats: int) -> dict:
     """One AM-Q of every member of every seed of `run`, `length` model steps."""
     import jax
 
-    from experiments import loop
+    from experiments import seed_axis
 
     algo = replace(run.algo, rollout_length=length)
     score = jax.jit(jax.vmap(lambda s, k, c: algo.amq(s.policies.params, s.normalizer, k, c),
-                             in_axes=(loop.seed_axes(run.states), 0, loop.context_axes(run.ctx))))
+                             in_axes=(seed_axis.seed_axes(run.states), 0, seed_axis.context_axes(run.ctx))))
     tic = time.perf_counter()
     compiled = score.lower(run.states, run.keys, run.ctx).compile()
     compile_seconds = time.perf_counter() - tic

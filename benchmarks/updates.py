@@ -304,7 +304,7 @@ def run_pipeline(args, name: str, width: int, seeds: int, stage_results: dict) -
     from the stage results the bare measurement trained."""
     import json
 
-    from experiments.stages import StageRecord, write_cached
+    from experiments.stage_cache import StageRecord, write_cached
     from experiments.train import run
 
     steps = args.eval_every * args.pipeline_periods

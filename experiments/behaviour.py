@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import flax.serialization
@@ -19,15 +18,15 @@ import gymnasium as gym
 import jax
 import numpy as np
 
-from algorithms.core.algorithm import Context, OnlineConfig, Sampling
+from algorithms.core.algorithm import OnlineConfig
 from algorithms.core.replay import ReplayBuffer
 from algorithms.sac import SAC
 from envs.behaviour_files import REPLAY_FILE, episode_statistics, to_env_units, write_replay
 from envs.dataset import Dataset, DatasetError
 from envs.environment import episode_seeds, run_episodes
 from envs.generated import BEHAVIOUR_ENVS
-from envs.preprocessing import Preprocessor
-from experiments import loop, online, policies
+from experiments import online
+from experiments.assembly import Assembly
 from experiments.checkpoints import Checkpointer
 from experiments.splits import Behaviour, collect, command_line
 
@@ -54,27 +53,11 @@ def behaviour_env(env: str):
     return make_env
 
 
-@dataclass
-class SACRun:
-    """What one SAC training from scratch is built from."""
-
-    algo: SAC
-    ctx: Context
-    spec: object
-    run: online.OnlineRun
-    runner: loop.ChunkRunner
-    policy: object  # states -> deterministic act(observations)
-
-
-def sac_run(make_env, hidden_dims, total_steps: int, seed: int, buffer_size: int) -> SACRun:
-    """SAC from scratch, one seed: 50 environment steps, then 50 updates, from its own buffer only.
-    Every run-building call of behaviour training is here."""
+def sac_run(make_env, hidden_dims, total_steps: int, seed: int, buffer_size: int) -> Assembly:
+    """SAC from scratch, one seed: 50 environment steps, then 50 updates, from its own buffer only
+    (a run without a dataset samples its buffer: `Assembly.runner`)."""
     algo = SAC(hidden_dims=tuple(hidden_dims), online=OnlineConfig(block=50))
-    spec = online.environment_spec(make_env, total_steps)
-    ctx = Context(None, phase="online")
-    return SACRun(algo, ctx, spec, online.fresh_run(algo, spec, ctx, [seed], buffer_size),
-                  loop.ChunkRunner(algo, "online", sampling=Sampling("buffer")),
-                  policies.make_policy(algo, Preprocessor.identity(spec.observation_dim)))
+    return Assembly.from_environment(algo, make_env, [seed], total_steps, buffer_size)
 
 
 class Snapshots:
@@ -164,11 +147,11 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
     checkpoint_dir = Path(checkpoint_dir or Path("runs") / "behaviour" / env)
     checkpointer = Checkpointer(checkpoint_dir, keep=1)
     collected = CollectionLog(checkpoint_dir / "collected")
-    run, saved = resume(checkpointer, sac.run, checkpoint_dir)
+    run, saved = resume(checkpointer, online.OnlineRun(**sac.fresh("online")), checkpoint_dir)
     if saved is not None:
         collected.resume(run.env_step, run.buffers)
         log(f"{env}: resuming SAC training from step {run.env_step}")
-    hooks = Snapshots(env, out_dir, make_env, sac.policy, checkpointer, collected, seed=seed,
+    hooks = Snapshots(env, out_dir, make_env, sac.policy("online"), checkpointer, collected, seed=seed,
                       eval_episodes=eval_episodes, log=log,
                       **({"snapshots": saved["snapshots"], "seconds": saved["seconds"]} if saved else {}))
     if run.env_step == 0:
@@ -176,8 +159,8 @@ def train_behaviour(env: str, out_dir: Path, *, hidden_dims=(256, 256), total_st
     schedule = online.OnlineSchedule(total_steps, eval_every=snapshot_every,
                                      checkpoint_every=snapshot_every, log_every=0,
                                      start_steps=start_steps)
-    online.train_online(sac.algo, sac.ctx, Preprocessor.identity(sac.spec.observation_dim), make_env,
-                        schedule, [seed], run, sac.runner, evaluate=hooks.evaluate,
+    online.train_online(sac.algo, sac.contexts["online"], sac.prepared.preprocessor, make_env,
+                        schedule, [seed], run, sac.runner("online"), evaluate=hooks.evaluate,
                         checkpoint=hooks.checkpoint, on_collect=hooks.on_collect)
     checkpointer.wait()
     train_seconds = hooks.seconds()

@@ -6,7 +6,7 @@ mid-save leaves the previous checkpoint intact and never a half-written one that
 checkpoint damaged later (disk, a careless delete) is skipped on resume for the one before it
 (`checkpoint.keep` of them are kept).
 
-Beside the checkpoints, `settings.json` holds the settings that wrote them (`config.result_settings`)
+Beside the checkpoints, `settings.json` holds the settings that wrote them (`settings.result_settings`)
 and their fingerprint, so that `resume=auto` continues only a run of the same settings.
 """
 

@@ -9,7 +9,7 @@ keys, evaluation episodes and online environments, so it is the run `algo.<field
 would make (to float rounding: XLA rounds a vmapped program slightly differently per batch size).
 
 Inside the program, a training's update, init and policy see the algorithm with its grid values in
-place of those fields, as traced scalars (`loop.with_values`): the algorithm file is unchanged and
+place of those fields, as traced scalars (`seed_axis.with_values`): the algorithm file is unchanged and
 reads `self.alpha` as before. That works for a field that only enters arithmetic. A field is
 refused, with one error line, when
   * it is not a float (integers are sizes, counts, delays and step numbers; booleans, strings,
@@ -205,18 +205,18 @@ def check_host_fields(grid: Grid, algo: Algorithm, spec: Spec, raw) -> None:
                             f"{read[name]}(), once for every training; {_sweep_instead(name)}")
 
 
-def check_traceable(grid: Grid, algo: Algorithm, spec: Spec, prepared, contexts: dict,
-                    capacity: int = 0) -> None:
-    """Trace (without running) init, the update chunk of every phase in `contexts` ({phase: ctx})
-    and the policy with the grid fields as traced values; refuse the first field that fails."""
+def check_traceable(asm) -> None:
+    """Trace (without running) the programs of the run `asm` (an `experiments.assembly.Assembly`
+    before its contexts are sharded): init, the update chunk of every phase and the policy, with
+    the grid fields as traced values; refuse the first field that fails."""
+    grid, algo = asm.grid, asm.algo
     if not grid.fields:
         return
-    problem = _trace_problem(algo, grid.fields, spec, prepared, contexts, capacity)
+    problem = _trace_problem(asm, grid.fields)
     if problem is None:
         return
     for name in grid.fields:
-        alone = problem if len(grid.fields) == 1 else _trace_problem(
-            algo, (name,), spec, prepared, contexts, capacity)
+        alone = problem if len(grid.fields) == 1 else _trace_problem(asm, (name,))
         if alone is not None:
             raise GridError(f"grid.algo.{name} cannot be a grid axis: {algo.name} uses it where the "
                             f"compiled program needs a fixed number ({alone}); {_sweep_instead(name)}")
@@ -224,28 +224,23 @@ def check_traceable(grid: Grid, algo: Algorithm, spec: Spec, prepared, contexts:
                     "grid one of them and sweep the others with Hydra multirun")
 
 
-def _trace_problem(algo, names, spec, prepared, contexts, capacity) -> str | None:
+def _trace_problem(asm, names) -> str | None:
     values = {name: jax.ShapeDtypeStruct((1,), jnp.float32) for name in names}
-    keys = jax.random.split(jax.random.key(0), 1)
-    contexts = {phase: loop.first_seeds(phase_ctx, 1) for phase, phase_ctx in contexts.items()}
-    ctx = contexts["offline"]
-    observations = jax.ShapeDtypeStruct((1, 1, spec.observation_dim), jnp.float32)
+    one = asm.first_training(values)
+    observations = jax.ShapeDtypeStruct((1, 1, one.spec.observation_dim), jnp.float32)
     try:
-        # Separate traces, as the run's separate programs: a traced value that init hides in a
-        # static place (an optimiser schedule) and the update then reads fails here too.
-        states = jax.eval_shape(lambda v: loop.init_states(algo, spec, ctx, keys, values=v), values)
-        for phase, phase_ctx in contexts.items():
-            buffers = jax.eval_shape(
-                (lambda: loop.init_buffers(algo, spec, ctx, 1)) if phase == "offline"
-                else (lambda: loop.replay_buffers(capacity, spec, 1)))
-            phase_states = states if phase == "offline" else jax.eval_shape(
-                lambda s, v, c=phase_ctx: loop.begin(algo, spec, c, s, v), states, values)
-            jax.eval_shape(loop.make_train_chunk(algo, 1, phase), phase_states, buffers, keys, phase_ctx,
-                           None, values)
+        # Separate traces, as the run's separate programs (the templates trace init and the
+        # hand-over apart): a traced value that init hides in a static place (an optimiser
+        # schedule) and the update then reads fails here too.
+        for phase, trees in one.templates().items():
+            states, keys = trees["states"], trees["keys"]
+            jax.eval_shape(loop.make_train_chunk(one.algo, 1, phase), states, trees["buffers"], keys,
+                           one.contexts[phase], None, values)
             # evaluation acts deterministically in both phases; online collection explores
             for deterministic in (True, False) if phase == "online" else (True,):
-                program = policies.policy_program(algo, prepared.preprocessor, deterministic, phase=phase)
-                jax.eval_shape(program, phase_states, observations, keys, 0, values)
+                program = policies.policy_program(one.algo, one.prepared.preprocessor, deterministic,
+                                                  phase=phase)
+                jax.eval_shape(program, states, observations, keys, 0, values)
     except TRACING_ERRORS as error:
         return str(error).strip().splitlines()[0]
     return None

@@ -12,26 +12,24 @@ evaluates all seeds in one vector env with one batched policy call per env step,
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import envs
 from algorithms import Algorithm, Spec
 from algorithms.core.algorithm import Context, Sampling
 from algorithms.core.components import learner
 from algorithms.core.replay import ReplayBuffer, Transitions, draw
-from experiments.config import ConfigError
+from experiments import seed_axis
+from experiments.seed_axis import context_axes, seed_axes, with_values
 
 
 class TrainingDiverged(RuntimeError):
@@ -40,121 +38,6 @@ class TrainingDiverged(RuntimeError):
 
 class TrainingStopped(TrainingDiverged):
     """The algorithm's own early-stop rule fired for every seed (e.g. SPOT's Q > 1e4)."""
-
-
-@dataclass
-class PreparedData:
-    data: Transitions  # on the device, preprocessed as the algorithm asks
-    preprocessor: envs.Preprocessor  # applied identically to evaluation and online transitions
-    host: dict = field(default_factory=dict)  # the algorithm's host-side helpers (`derive`)
-
-
-def prepare(algo: Algorithm, raw: envs.Dataset) -> PreparedData:
-    """Apply the algorithm's reward convention and state normalization, derive what it computes
-    once from the dataset (`Algorithm.derive`), and move the data to the device."""
-    reward = algo.reward
-    preprocessor = envs.Preprocessor.fit(raw, normalize_states=algo.normalize_states,
-                                         returns_span=reward.returns_span, scale=reward.scale,
-                                         shift=reward.shift)
-    data = preprocessor(raw)
-    derived = algo.derive(data)
-    transitions = Transitions.from_dataset(data, derived.returns_to_go)
-    return PreparedData(jax.device_put(transitions), preprocessor, dict(derived.host))
-
-
-def make_context(algo: Algorithm, prepared: PreparedData | None, stages: dict | None = None,
-                 phase: str = "offline", phase_start: int = 0, host: dict | None = None,
-                 per_seed: tuple[str, ...] = ()) -> Context:
-    """The read-only context: the device dataset, the stages' results (those named in `per_seed`
-    with a leading seed axis), and the algorithm's host-side helpers (those `prepare` derived,
-    unless `host` gives them)."""
-    data = None if prepared is None else prepared.data
-    if host is None:
-        host = {} if prepared is None else prepared.host
-    return Context(data, dict(stages or {}), phase, phase_start, tuple(sorted(host.items())),
-                   tuple(per_seed))
-
-
-def seed_keys(seeds) -> tuple[jax.Array, jax.Array]:
-    """(init keys, training keys), one of each per training seed: a function of the seed alone, so
-    a seed trains the same alone or beside others."""
-    return jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
-
-
-def context_axes(ctx: Context):
-    """vmap axes for the context: the per-seed stages' results along axis 0, everything else
-    shared (None: the whole context is shared)."""
-    if not ctx.per_seed:
-        return None
-    return ctx.replace(data=None, stages={name: 0 if name in ctx.per_seed else None
-                                          for name in ctx.stages})
-
-
-def seed_axes(states):
-    """vmap axes for a batch of algorithm states: every leaf along axis 0, except the shared `step`."""
-    return jax.tree.map(lambda _: 0, states).replace(step=None)
-
-
-def with_values(algo: Algorithm, values: dict | None) -> Algorithm:
-    """`algo` with the fields named in `values` replaced by those (traced) values: one training's
-    grid point inside the compiled program (experiments/grid.py). A shallow copy that skips
-    `__post_init__`, whose checks need concrete numbers: the grid's values are checked on the host."""
-    if not values:
-        return algo
-    specialised = copy.copy(algo)
-    for name, value in values.items():
-        object.__setattr__(specialised, name, value)
-    return specialised
-
-
-def init_states(algo: Algorithm, spec: Spec, ctx: Context, keys: jax.Array, *,
-                values: dict | None = None):
-    """Initialise one state per key (the leading axis of `keys`), all in one compiled call;
-    `values`: per-training grid values {field: (trainings,)} (None: no grid)."""
-    missing = [stage.name for stage in algo.stages(spec) if stage.name not in ctx.stages]
-    if missing:
-        raise ValueError(f"{algo.name} starts from its pretraining stage '{missing[0]}': train the "
-                         "algorithm's stages first (experiments.stages.train_stages)")
-    if ctx.data is not None:  # the data the algorithm trains on has the widths its networks are built for
-        check_transitions(ctx.data, spec)
-    init = jax.vmap(lambda key, ctx, values: with_values(algo, values).init(key, spec, ctx),
-                    in_axes=(0, context_axes(ctx), 0))
-    states = jax.jit(init)(keys, ctx, values)
-    return states.replace(step=states.step[0])
-
-
-def init_buffers(algo: Algorithm, spec: Spec, ctx: Context, seeds: int):
-    """The per-seed buffers of the offline phase: the algorithm's model data (None for most)."""
-    model = algo.model_data()
-    if model is None:
-        return None
-    buffer = model.init(spec, ctx)
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds, *x.shape)).copy(), buffer)
-
-
-def begin(algo: Algorithm, spec: Spec, ctx: Context, states, values: dict | None = None):
-    """The states the online phase starts from, for every seed in one compiled call: those of the
-    learner the algorithm hands over to (`Algorithm.hand_over`), else the offline states themselves
-    (the shared `step` stays shared). `jax.eval_shape` of it is the online checkpoint's template."""
-    if algo.hand_over() is None:
-        return states
-
-    def begin_all(states, ctx, values):
-        started = jax.vmap(lambda s, v, c: with_values(algo, v).hand_over().begin(s, spec, c),
-                           in_axes=(seed_axes(states), 0, context_axes(ctx)))(states, values, ctx)
-        return started.replace(step=started.step[0])
-
-    return jax.jit(begin_all)(states, ctx, values)
-
-
-def buffer_capacity(algo: Algorithm, dataset_size: int, steps: int, start_steps: int = 0) -> int:
-    """Rows of each seed's online buffer, as the online learner's driver says (`OffPolicy.capacity`,
-    `OnPolicy.capacity`); a warm-up of random actions its driver cannot learn from is refused."""
-    driver = learner(algo, "online").driver()
-    if start_steps and not driver.random_warmup:
-        raise ConfigError(f"online.start_steps={start_steps}: uniformly random actions cannot be "
-                          "trained on by an on-policy algorithm; set online.start_steps=0")
-    return driver.capacity(dataset_size, steps)
 
 
 def batch_sampling(algo: Algorithm, phase: str) -> Sampling:
@@ -166,95 +49,13 @@ def batch_sampling(algo: Algorithm, phase: str) -> Sampling:
     return Sampling("dataset") if model is None else model.sampling()
 
 
-def replay_buffers(capacity: int, spec: Spec, seeds: int) -> ReplayBuffer:
-    """One empty online replay buffer per seed (rows of `spec.num_envs` environments' steps)."""
-    return jax.vmap(lambda _: ReplayBuffer.create(capacity, spec.observation_dim, spec.action_dim,
-                                                  spec.num_envs))(jnp.arange(seeds))
-
-
-def seed_padding(seeds: int) -> int:
-    """How many trainings to add to `seeds` for the seed axis to divide over the devices (0 on one
-    device or when it divides already): 5 seeds on 4 GPUs train 8, 3 of them discarded."""
-    return -seeds % jax.device_count()
-
-
-def pad_seeds(tree, padding: int):
-    """`tree` with `padding` copies of its first training appended along the seed axis (the shared
-    `step` of a state aside); copies of a real training stay finite, and are discarded (`unpad_seeds`)."""
-    if tree is None or not padding:
-        return tree
-    extra = jnp.zeros(padding, jnp.int32)
-    grow = lambda x: jnp.concatenate([x, x[extra]])  # noqa: E731
-    if hasattr(tree, "step"):
-        return jax.tree.map(grow, tree.replace(step=None)).replace(step=tree.step)
-    return jax.tree.map(grow, tree)
-
-
-def unpad_seeds(tree, seeds: int):
-    """The first `seeds` trainings of a padded `tree`."""
-    if tree is None:
+def init_buffers(algo: Algorithm, spec: Spec, ctx: Context, seeds: int):
+    """The per-seed buffers of the offline phase: the algorithm's model data (None for most)."""
+    model = algo.model_data()
+    if model is None:
         return None
-    if hasattr(tree, "step"):
-        return jax.tree.map(lambda x: x[:seeds], tree.replace(step=None)).replace(step=tree.step)
-    return jax.tree.map(lambda x: x[:seeds], tree)
-
-
-def shard_seeds(*trees):
-    """Spread the seed axis of `trees` (states, buffers, keys) over all devices (GPUs, TPU cores,
-    or forced host devices) when it divides evenly; shared values stay replicated. On one device
-    this changes nothing; a count that does not divide is padded for each compiled call instead
-    (`ChunkRunner`)."""
-    devices = jax.devices()
-    seeds = jax.tree.leaves(trees[-1])[0].shape[0]
-    if len(devices) == 1 or seeds % len(devices):
-        return trees
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("seeds",))
-    by_seed = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-    def place(tree):
-        if tree is None:
-            return None
-        shardings = jax.tree.map(lambda _: by_seed, tree)
-        if hasattr(tree, "step"):
-            shardings = shardings.replace(step=replicated)
-        return jax.device_put(tree, shardings)
-
-    return tuple(place(tree) for tree in trees)
-
-
-def check_transitions(data: Transitions, spec: Spec) -> None:
-    """Observations and actions as wide as `spec` says, one row per transition, float32."""
-    chex.assert_shape([data.observations, data.next_observations], (None, spec.observation_dim))
-    chex.assert_shape(data.actions, (None, spec.action_dim))
-    chex.assert_equal_shape_prefix(list(data), 1)
-    chex.assert_type(list(data), float)
-
-
-def first_seeds(ctx: Context, count: int) -> Context:
-    """The context of the first `count` trainings (their per-seed stage results)."""
-    if not ctx.per_seed:
-        return ctx
-    return ctx.replace(stages={name: jax.tree.map(lambda x: x[:count], result) if name in ctx.per_seed
-                               else result for name, result in ctx.stages.items()})
-
-
-def pad_context(ctx: Context, padding: int) -> Context:
-    """The per-seed stages' results padded as `pad_seeds` pads the seeds (copies of the first)."""
-    if not ctx.per_seed or not padding:
-        return ctx
-    seeded = {name: ctx.stages[name] for name in ctx.per_seed}
-    placed, _ = shard_seeds(pad_seeds(seeded, padding), pad_seeds(jax.tree.leaves(seeded)[0], padding))
-    return ctx.replace(stages={**ctx.stages, **placed})
-
-
-def shard_context(ctx: Context) -> Context:
-    """The per-seed stages' results spread over the devices as `shard_seeds` spreads the seeds."""
-    if not ctx.per_seed:
-        return ctx
-    seeded = {name: ctx.stages[name] for name in ctx.per_seed}
-    placed, _ = shard_seeds(seeded, jax.tree.leaves(seeded)[0])
-    return ctx.replace(stages={**ctx.stages, **placed})
+    buffer = model.init(spec, ctx)
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds, *x.shape)).copy(), buffer)
 
 
 def seed_update(algo: Algorithm, phase: str = "offline", sampling: Sampling | None = None):
@@ -366,19 +167,19 @@ class ChunkRunner:
             return states, append_rows(buffers, rows), keys, {}
         self.hold_stopped(states)
         seeds = jax.tree.leaves(keys)[0].shape[0]
-        padding = seed_padding(seeds)
+        padding = seed_axis.seed_padding(seeds)
         values = self.values
         if padding:  # a seed count that does not divide over the devices: pad, shard, run, unpad
-            states, buffers, rows, values, keys = shard_seeds(
-                *(pad_seeds(tree, padding) for tree in (states, buffers, rows, values, keys)))
-            ctx = pad_context(ctx, padding)
+            states, buffers, rows, values, keys = seed_axis.shard_seeds(
+                *(seed_axis.pad_seeds(tree, padding) for tree in (states, buffers, rows, values, keys)))
+            ctx = seed_axis.pad_context(ctx, padding)
         program = self.compile(length, states, buffers, keys, ctx, rows, values)
         tic = time.perf_counter()
         with watchdog(self.watchdog_seconds, end_step):
             states, buffers, keys, metrics = program(states, buffers, keys, ctx, rows, values)
             metrics = jax.device_get(metrics)
         if padding:
-            states, buffers, keys = (unpad_seeds(tree, seeds) for tree in (states, buffers, keys))
+            states, buffers, keys = (seed_axis.unpad_seeds(tree, seeds) for tree in (states, buffers, keys))
             metrics = {name: value[:, :seeds] for name, value in metrics.items()}
         self.update_seconds += time.perf_counter() - tic
         self.updates += length

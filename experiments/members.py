@@ -14,7 +14,7 @@ import numpy as np
 import envs
 from algorithms import Algorithm
 from experiments import records
-from experiments.loop import seed_axes
+from experiments.seed_axis import seed_axes
 
 
 def score(policy, info, seeds: list[int], cfg, step: int, index: int, observation_dim: int,

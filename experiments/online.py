@@ -93,14 +93,6 @@ class OnlineRun:
     environments: dict | None = None
 
 
-def fresh_run(algo: Algorithm, spec, ctx: Context, seeds: list[int], capacity: int) -> OnlineRun:
-    """A run that starts online (no offline phase): one new agent and an empty replay buffer per
-    seed, keys from the seeds as in every run (`loop.seed_keys`)."""
-    init_keys, keys = loop.seed_keys(seeds)
-    return OnlineRun(loop.init_states(algo, spec, ctx, init_keys),
-                     loop.replay_buffers(capacity, spec, len(seeds)), keys)
-
-
 def environment_spec(make_env: Callable, steps: int):
     env = make_env()
     spec = Spec(env.observation_space.shape[0], env.action_space.shape[0], steps)

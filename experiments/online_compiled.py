@@ -34,7 +34,7 @@ from algorithms.core.algorithm import OffPolicy, OnPolicy
 from algorithms.core.components import learner
 from algorithms.core.replay import Transitions
 from envs import Dataset, Preprocessor
-from experiments import loop, preemption
+from experiments import loop, preemption, seed_axis
 from experiments.config import ConfigError
 
 ENV_SALT, ACT_SALT, UNIFORM_SALT = 0x0411, 1, 0x5EED  # the host path's streams (experiments/online.py)
@@ -168,7 +168,7 @@ def make_online_chunk(algo: Algorithm, env, preprocessor: Preprocessor, blocks: 
     normalize, transform = preprocessing(preprocessor)
 
     def one_seed(state, buffer, key, episodes, seed, env_step, values, ctx):
-        actor = learner(loop.with_values(algo, values), "online")
+        actor = learner(seed_axis.with_values(algo, values), "online")
         seed_key = jax.random.key(seed)
         act_key = jax.random.fold_in(seed_key, ACT_SALT)
 
@@ -189,8 +189,8 @@ def make_online_chunk(algo: Algorithm, env, preprocessor: Preprocessor, blocks: 
         return state, buffer, key, episodes, metrics, ended
 
     def chunk(states, buffers, keys, episodes, seeds, env_step, ctx, values):
-        axes = loop.seed_axes(states)
-        all_seeds = jax.vmap(one_seed, in_axes=(axes, 0, 0, 0, 0, None, 0, loop.context_axes(ctx)),
+        axes = seed_axis.seed_axes(states)
+        all_seeds = jax.vmap(one_seed, in_axes=(axes, 0, 0, 0, 0, None, 0, seed_axis.context_axes(ctx)),
                              out_axes=(axes, 0, 0, 0, 0, 0))
 
         def body(carry, index):
@@ -257,7 +257,7 @@ def run_online(asm, trees: dict, position, hooks, runner: loop.ChunkRunner,
     else:  # a checkpoint's
         episodes = unstored(trees["environments"], jax.eval_shape(
             lambda: fresh_episodes(env, asm.seeds, num_envs)))
-    episodes, _ = loop.shard_seeds(episodes, keys)  # placed as the seeds' other trees
+    episodes, _ = seed_axis.shard_seeds(episodes, keys)  # placed as the seeds' other trees
     seeds, columns, ctx = jnp.asarray(asm.seeds), asm.grid.columns(), asm.contexts["online"]
     position.phase, position.step = "online", int(cfg.steps)
     history, programs = position.history, {}

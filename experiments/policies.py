@@ -11,7 +11,7 @@ import numpy as np
 import envs
 from algorithms import Algorithm
 from algorithms.core.components import learner
-from experiments.loop import seed_axes, with_values
+from experiments.seed_axis import seed_axes, with_values
 
 
 def policy_program(algo: Algorithm, preprocessor: envs.Preprocessor, deterministic: bool = True,

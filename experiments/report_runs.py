@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.config import NOT_RESULTS
+from experiments.settings import NOT_RESULTS
 from experiments.sweep import FAILURE_FILE, RESULTS_FILE
 
 # Per-seed fields of offline-to-online runs, under the names the training loop may write them.
@@ -23,7 +23,7 @@ O2O_FIELDS = {"offline": ("offline_score", "offline_final_score"),
 
 # Config fields that say where a run writes, how it is checkpointed, logged or watched, and which seeds
 # it trains: not settings of the experiment, so runs that differ only there are pooled in one row.
-# Fields that are not settings of a row: what does not change a run's numbers (config.NOT_RESULTS),
+# Fields that are not settings of a row: what does not change a run's numbers (settings.NOT_RESULTS),
 # the seeds a row pools, and where the data and logs went.
 NOT_SETTINGS = (*NOT_RESULTS, "seed", "seeds", "log_every", "online.log_every", "eval.mean_of_last",
                 "checkpoint", "dataset.path", "grid")

@@ -110,7 +110,7 @@ class Restored:
         run's evaluation does (`policies.policy_program`: normalize, `algo.act`), then maps [-1, 1]
         to [low, high] as the evaluation environment's `RescaleAction` does."""
         from algorithms.core.components import learner
-        from experiments.loop import with_values
+        from experiments.seed_axis import with_values
 
         states, values = self.subset([training])
         state = jax.tree.map(lambda x: x[0], states.replace(step=None)).replace(step=states.step)

@@ -14,8 +14,9 @@ from algorithms import SettingsError
 from experiments import loop, members, preemption, records
 from experiments.assembly import Assembly
 from experiments.checkpoints import Checkpointer, CheckpointError
-from experiments.config import ConfigError, result_settings, settings_fingerprint
+from experiments.config import ConfigError
 from experiments.phases import Hooks, Position
+from experiments.settings import result_settings, settings_fingerprint
 
 log = logging.getLogger("train")
 

@@ -21,15 +21,8 @@ import hydra
 from omegaconf import DictConfig
 
 from experiments import sweep
-from experiments.config import (
-    CONFIG_DIR,
-    ConfigError,
-    asks_for_help,
-    result_settings,
-    settings_differences,
-    settings_fingerprint,
-    setup,
-)
+from experiments.config import CONFIG_DIR, ConfigError, asks_for_help, setup
+from experiments.settings import result_settings, settings_differences, settings_fingerprint
 
 log = logging.getLogger("train")
 

@@ -11,7 +11,7 @@ import algorithms
 from algorithms import Spec
 from algorithms.a2pr import a2pr_actor_loss, value_target
 from algorithms.core.algorithm import Context
-from experiments import loop
+from experiments import loop, run_parts
 from experiments.config import compose, make_algorithm
 
 SPEC = Spec(observation_dim=3, action_dim=2, total_steps=100)
@@ -105,7 +105,7 @@ def test_seed_batch_matches_single_seed():
     def train(seeds):
         keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(np.asarray(seeds)))
         ctx = Context(data)
-        states = loop.init_states(algo, SPEC, ctx, keys[0])
+        states = run_parts.init_states(algo, SPEC, ctx, keys[0])
         return loop.make_train_chunk(algo, 4)(states, None, keys[1], ctx)[0]
 
     batched, single = train([0, 1]), train([1])

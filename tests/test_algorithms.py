@@ -207,7 +207,7 @@ def test_compiled_programs_call_no_custom_kernels(name):
     """Batched LAPACK kernels (QR, Cholesky, ...) wait on XLA's CPU thread pool from inside it
     and can deadlock the whole program when two run at once; none may appear in the seed-vmapped
     init or in the training chunk of any algorithm."""
-    from experiments import loop
+    from experiments import loop, seed_axis
 
     algo = small(name, **REQUIRED.get(name, {}))
     data = random_batch(jax.random.key(0), size=64)
@@ -222,7 +222,7 @@ def test_compiled_programs_call_no_custom_kernels(name):
     states = jax.eval_shape(jax.vmap(lambda key: algo.init(key, SPEC, ctx)), keys)
     states = states.replace(step=jax.ShapeDtypeStruct((), states.step.dtype))
     buffers = (loop.init_buffers(algo, SPEC, ctx, 3) if algo.driver().learns_offline
-               else loop.replay_buffers(algo.online.block, SPEC, 3))
+               else seed_axis.replay_buffers(algo.online.block, SPEC, 3))
     programs.append(loop.make_train_chunk(algo, 2, phase).lower(states, buffers, keys, ctx).as_text())
     for text in programs:
         assert "custom_call" not in text

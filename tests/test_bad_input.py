@@ -226,7 +226,8 @@ def test_resume_falls_back_past_an_unreadable_checkpoint(outcomes):
     "dataset.download=sometimes", "steps=1.5", "eval.workers=0", "eval.workers=two",
 ])
 def test_every_run_setting_is_checked_alone(override):
-    from experiments.config import ConfigError, check_run_settings, compose
+    from experiments.config import ConfigError, compose
+    from experiments.settings import check_run_settings
 
     key, value = override.split("=")
     with pytest.raises(ConfigError, match=f"^{key} must be .*got .*{value}.*fix the override {key}="):

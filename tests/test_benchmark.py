@@ -212,10 +212,10 @@ def test_stage_is_timed_and_starts_the_agent():
 
     from algorithms import Spec
     from benchmarks import timing
-    from experiments import loop
+    from experiments import loop, run_parts
 
     algo = tiny("spot", 16, 32, vae_hidden_dims=(16, 16), vae_batch_size=32)
-    prepared = loop.prepare(algo, tiny_data())
+    prepared = run_parts.prepare(algo, tiny_data())
     spec = Spec(3, 2, 100)
     (stage,) = algo.stages(spec)
     vae, measured = timing.time_stage(stage, spec, prepared.data, 5, None, 2)
@@ -227,9 +227,9 @@ def test_stage_is_timed_and_starts_the_agent():
                                                       strict=True))
     keys = jax.random.split(jax.random.key(0), 2)
     with pytest.raises(ValueError, match="vae"):
-        loop.init_states(algo, spec, loop.make_context(algo, prepared), keys)
-    ctx = loop.make_context(algo, prepared, {"vae": vae})
-    states = loop.init_states(algo, spec, ctx, keys)
+        run_parts.init_states(algo, spec, run_parts.make_context(algo, prepared), keys)
+    ctx = run_parts.make_context(algo, prepared, {"vae": vae})
+    states = run_parts.init_states(algo, spec, ctx, keys)
     states, _, _, metrics = loop.make_train_chunk(algo, 2)(states, None, keys, ctx)
     assert int(states.step) == 2 and np.isfinite(np.asarray(metrics["critic_loss"])).all()
 
@@ -242,13 +242,13 @@ def test_warm_up_trains_whole_chunks_and_times_each(monkeypatch):
 
     from algorithms import Spec
     from benchmarks import updates
-    from experiments import loop
+    from experiments import loop, run_parts
 
     monkeypatch.setattr(updates, "WARMUP_CHUNK", 5)
     algo = tiny("td3_bc", 16, 8)
     init_keys, keys = jax.random.split(jax.random.key(0), (2, 2))
-    ctx = loop.make_context(algo, loop.prepare(algo, tiny_data()))
-    run = SimpleNamespace(states=loop.init_states(algo, Spec(3, 2, 100), ctx, init_keys), buffers=None,
+    ctx = run_parts.make_context(algo, run_parts.prepare(algo, tiny_data()))
+    run = SimpleNamespace(states=run_parts.init_states(algo, Spec(3, 2, 100), ctx, init_keys), buffers=None,
                           keys=keys, ctx=ctx)
     warmup = updates.warm_up(loop.ChunkRunner(algo), run, 12, seeds=2)
     assert int(run.states.step) == 15  # 12 rounded up to three chunks of 5

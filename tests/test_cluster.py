@@ -24,7 +24,8 @@ from omegaconf import OmegaConf
 
 from experiments import loggers, sweep
 from experiments.checkpoints import Checkpointer
-from experiments.config import ConfigError, compose, result_settings, settings_fingerprint
+from experiments.config import ConfigError, compose
+from experiments.settings import result_settings, settings_fingerprint
 from experiments.train import resume_point, run
 
 OFFLINE = ["dataset=local/pendulum-mixed", "algo=td3_bc", "algo.hidden_dims=[16,16]", "algo.batch_size=32",
@@ -188,19 +189,19 @@ PADDED = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     import jax
-    from experiments import loop
+    from experiments import seed_axis
     from experiments.config import compose
     from experiments.train import run
 
     assert len(jax.devices()) == 4, jax.devices()
     seen = []
-    real_shard = loop.shard_seeds
+    real_shard = seed_axis.shard_seeds
     def spy(*trees):
         trees = real_shard(*trees)
         leaf = jax.tree.leaves(trees[-1])[0]
         seen.append([leaf.shape[0], len(leaf.sharding.device_set)])
         return trees
-    loop.shard_seeds = spy
+    seed_axis.shard_seeds = spy
     run(compose(json.loads(sys.argv[1])), Path(sys.argv[2]))
     print(json.dumps(seen))
 """)

@@ -259,17 +259,17 @@ def test_cal_ql_pushes_policy_actions_down_only_to_the_behaviour_value():
 
 
 def test_cal_ql_batches_carry_the_datasets_returns_to_go():
-    from experiments import loop
+    from experiments import run_parts
 
     rewards = np.array([-5.0, -5.0, -5.0, 1.0, 2.0], np.float32)
     obs = np.zeros((5, 3), np.float32)
     ends = np.array([0, 0, 1, 0, 1], np.float32)  # two episodes: a failure, then rewards 1, 2
     data = Dataset(obs, np.zeros((5, 2), np.float32), rewards, obs, ends * 0, ends)
     algo = algorithms.get("cal_ql")(discount=0.5, failure_reward=-5.0)
-    prepared = loop.prepare(algo, data)
+    prepared = run_parts.prepare(algo, data)
     # failure: -5 / (1 - 0.5) everywhere; then 1 + 0.5 * 2 and 2
     np.testing.assert_allclose(prepared.data.returns_to_go, [-10.0, -10.0, -10.0, 2.0, 2.0])
-    assert not np.asarray(loop.prepare(algorithms.get("cql")(), data).data.returns_to_go).any()
+    assert not np.asarray(run_parts.prepare(algorithms.get("cql")(), data).data.returns_to_go).any()
     assert algo.driver().sampling() == Sampling("mixed", 0.5)
 
 

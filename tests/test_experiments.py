@@ -12,7 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from experiments.config import CONFIG_DIR, check_run_settings, make_algorithm, setup
+from experiments.config import CONFIG_DIR, make_algorithm, setup
+from experiments.settings import check_run_settings
 
 EXPERIMENTS = sorted(path.stem for path in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 
 import envs
-from algorithms.core.algorithm import Context, OnlineConfig, Sampling
+from algorithms.core.algorithm import OnlineConfig
 from algorithms.core.replay import ReplayBuffer, Transitions
 from algorithms.sac import SAC, temperature_loss
 from envs import behaviour_files, generated
 from envs.dataset import Dataset, DatasetError
 from envs.environment import episode_seeds, run_episodes
 from envs.preprocessing import Preprocessor
-from experiments import behaviour, generate, loop, policies, splits
+from experiments import behaviour, generate, policies, splits
+from experiments.assembly import Assembly
 from experiments.data import ensure_generated, load
-from experiments.online import OnlineSchedule, environment_spec, fresh_run, train_online
+from experiments.online import OnlineRun, OnlineSchedule, train_online
 
 PENDULUM = behaviour_files.BEHAVIOUR_DIR / "pendulum"
 
@@ -72,12 +73,12 @@ def train_sac_online(steps: int, start_steps: int, seeds: list[int], evaluate=No
     """SAC from scratch through the engine's online phase: 50 environment steps, then 50 updates, a
     buffer that keeps every step (with a 1 000-row ring, 8 000 steps leave Pendulum at about -890)."""
     algo = SAC(**sac, online=OnlineConfig(block=50))
-    ctx = Context(None, phase="online")
-    run = fresh_run(algo, environment_spec(pendulum_env, steps), ctx, seeds, steps)
+    asm = Assembly.from_environment(algo, pendulum_env, seeds, steps, capacity=steps)
+    run = OnlineRun(**asm.fresh("online"))
     schedule = OnlineSchedule(steps, eval_every=0, log_every=0, start_steps=start_steps)
-    runner = loop.ChunkRunner(algo, "online", sampling=Sampling("buffer"))
-    return algo, train_online(algo, ctx, Preprocessor.identity(3), pendulum_env, schedule, seeds, run,
-                              runner, evaluate=evaluate)
+    runner = asm.runner("online")  # no dataset: batches from the buffer
+    return algo, train_online(algo, asm.contexts["online"], Preprocessor.identity(3), pendulum_env,
+                              schedule, seeds, run, runner, evaluate=evaluate)
 
 
 def test_online_training_is_deterministic_and_fills_the_buffer():

@@ -19,7 +19,8 @@ from helpers import cli_env
 import algorithms
 import envs
 from algorithms import Spec
-from experiments import loop
+from experiments import loop, run_parts
+from experiments.assembly import Assembly
 from experiments.config import compose, make_algorithm
 from experiments.grid import Grid, GridError, check_host_fields, check_traceable, make_grid
 from experiments.train import run
@@ -32,8 +33,8 @@ def trained(algo, prepared, seeds, values=None, steps=30, chunk=None):
     """`steps` updates of one training per seed (and grid value), as the loop runs them."""
     spec = Spec(prepared.data.observations.shape[1], prepared.data.actions.shape[1], steps)
     keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(np.asarray(seeds)))
-    ctx = loop.make_context(algo, prepared)
-    states = loop.init_states(algo, spec, ctx, keys[0], values=values)
+    ctx = run_parts.make_context(algo, prepared)
+    states = run_parts.init_states(algo, spec, ctx, keys[0], values=values)
     chunk = chunk or loop.make_train_chunk(algo, steps)
     states, _, _, metrics = chunk(states, None, keys[1], ctx, None, values)
     return states, metrics
@@ -48,7 +49,7 @@ def trained(algo, prepared, seeds, values=None, steps=30, chunk=None):
 def test_a_3_point_grid_of_2_seeds_gives_the_numbers_of_6_separate_runs(name, points, offline_data):
     algo = make_algorithm(compose([f"algo={name}", *SMALL]).algo)
     raw, _ = envs.load("local", "pendulum-mixed")
-    prepared = loop.prepare(algo, raw)
+    prepared = run_parts.prepare(algo, raw)
     grid = Grid((0, 1), tuple(points[0]), tuple(points))
     batched, batched_metrics = trained(algo, prepared, grid.training_seeds, grid.values())
     chunks = {}  # one program per value, called for each seed alone
@@ -155,21 +156,16 @@ def test_fields_used_once_for_every_training_are_refused(offline_data):
 
 
 def test_a_field_that_does_not_trace_is_refused_and_a_constant_learning_rate_traces(offline_data):
-    raw, _ = envs.load("local", "pendulum-mixed")
-    spec = Spec(raw.observation_dim, raw.action_dim, 40)
     for cosine, refused in ((True, True), (False, False)):  # the cosine schedule holds its peak
         cfg = compose(["algo=iql", "grid.algo.actor_lr=[1e-4,3e-4]", f"algo.cosine_actor_lr={cosine}",
                        *SMALL])
-        algo = make_algorithm(cfg.algo)
-        prepared = loop.prepare(algo, raw)
-        contexts = {"offline": loop.make_context(algo, prepared)}
-        grid = make_grid(cfg, algo, [0])
+        asm = Assembly.build(cfg, stages="abstract")  # (builds without the probe)
         if refused:
             with pytest.raises(GridError, match="actor_lr cannot be a grid axis: iql uses it where the "
                                                 "compiled program needs a fixed number"):
-                check_traceable(grid, algo, spec, prepared, contexts)
+                check_traceable(asm)
         else:
-            check_traceable(grid, algo, spec, prepared, contexts)
+            check_traceable(asm)
 
 
 @pytest.mark.integration
@@ -189,18 +185,18 @@ SHARDED = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     import jax
-    from experiments import loop
+    from experiments import seed_axis
     from experiments.config import compose
     from experiments.train import run
 
     assert len(jax.devices()) == 4, jax.devices()
     sharded = []
-    real_shard = loop.shard_seeds
+    real_shard = seed_axis.shard_seeds
     def spy(*trees):
         trees = real_shard(*trees)
         sharded.append(len(trees[2]["alpha"].sharding.device_set))  # the grid values
         return trees
-    loop.shard_seeds = spy
+    seed_axis.shard_seeds = spy
     run(compose(json.loads(sys.argv[1])), Path(sys.argv[2]))
     assert sharded == [4], sharded
 """)

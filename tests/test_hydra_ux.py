@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from experiments import config
+from experiments import config, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,7 +118,7 @@ def test_dataset_generation_logs_its_progress(tmp_path, caplog):
 
 def problems_of(overrides: list[str], in_sweep: bool = False) -> list[str]:
     """What the run's settings check says about these command-line overrides."""
-    return config.check_options_apply(config.compose(overrides), overrides, in_sweep=in_sweep)
+    return settings.check_options_apply(config.compose(overrides), overrides, in_sweep=in_sweep)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -188,13 +188,13 @@ def test_the_optuna_sweeper_must_maximise_a_score_the_run_has():
                                "direction": "minimize"})
     cfg = config.compose()
     with pytest.raises(config.ConfigError, match="hydra/sweeper=optuna_maximize"):
-        config.check_sweeper(cfg, optuna)
+        settings.check_sweeper(cfg, optuna)
     optuna.direction = "maximize"
-    config.check_sweeper(cfg, optuna)
+    settings.check_sweeper(cfg, optuna)
     with pytest.raises(config.ConfigError, match="evaluation is off"):
-        config.check_sweeper(config.compose(["eval.every=0"]), optuna)
+        settings.check_sweeper(config.compose(["eval.every=0"]), optuna)
     basic = OmegaConf.create({"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"})
-    config.check_sweeper(config.compose(["eval.every=0"]), basic)  # the basic sweeper needs no score
+    settings.check_sweeper(config.compose(["eval.every=0"]), basic)  # the basic sweeper needs no score
 
 
 @pytest.mark.slow  # three trainings, each compiled: ~5 min on 2 loaded cores

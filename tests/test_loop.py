@@ -11,7 +11,7 @@ from helpers import cli_env, logged, resume_is_exact, run_cli
 
 import envs
 from algorithms import Spec
-from experiments import loop
+from experiments import loop, run_parts
 from experiments.checkpoints import Checkpointer
 from experiments.config import compose, make_algorithm
 from experiments.train import run
@@ -25,8 +25,8 @@ def train_states(algo, prepared, seeds, steps=30):
     data = prepared.data
     spec = Spec(data.observations.shape[1], data.actions.shape[1], steps)
     keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(np.asarray(seeds)))
-    ctx = loop.make_context(algo, prepared)
-    states = loop.init_states(algo, spec, ctx, keys[0])
+    ctx = run_parts.make_context(algo, prepared)
+    states = run_parts.init_states(algo, spec, ctx, keys[0])
     states, _, _, metrics = loop.make_train_chunk(algo, steps)(states, None, keys[1], ctx)
     return states, metrics
 
@@ -36,7 +36,7 @@ def test_seed_batch_matches_single_seed_runs(name, offline_data):
     cfg = compose([f"algo={name}", *SMALL])
     algo = make_algorithm(cfg.algo)
     raw, _ = envs.load("local", "pendulum-mixed")
-    data = loop.prepare(algo, raw)
+    data = run_parts.prepare(algo, raw)
     batched, batched_metrics = train_states(algo, data, [0, 1, 2, 3])
     for i, seed in enumerate([0, 1, 2, 3]):
         single, single_metrics = train_states(algo, data, [seed])
@@ -136,7 +136,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(offline_data, tmp_path)
     assert checkpointer.manager.latest_step() == 20
     algo = make_algorithm(exploding.algo)
     raw, _ = envs.load("local", "pendulum-mixed")
-    template, _ = train_states(algo, loop.prepare(algo, raw), [0], steps=1)
+    template, _ = train_states(algo, run_parts.prepare(algo, raw), [0], steps=1)
     step, _, trees = checkpointer.restore_latest(lambda record: {
         "states": template, "keys": jax.random.split(jax.random.key(0), 1)})
     states = trees["states"]

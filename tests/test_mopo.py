@@ -74,7 +74,7 @@ def test_the_last_refresh_is_summarised_in_the_buffer_and_logged_with_every_upda
     """From height 1.25 every rollout takes 2 steps, from 1.85 four; the model reward is 1 and the
     penalty lambda u with the clamp's floor variance, as in the test above. The train chunk logs
     the last refresh's statistics with each update."""
-    from experiments import loop
+    from experiments import loop, run_parts
 
     u = np.sqrt(3) * np.exp(0.5 * soft_clamp(-30.0))
     for height, length in ((1.25, 2.0), (1.85, 4.0)):
@@ -91,7 +91,7 @@ def test_the_last_refresh_is_summarised_in_the_buffer_and_logged_with_every_upda
         np.testing.assert_allclose(logged["rollout_penalty"], 50.0 * u, rtol=1e-4)
 
     keys = jax.random.split(jax.random.key(0), 2)
-    states = loop.init_states(algo, SPEC, ctx, keys)
+    states = run_parts.init_states(algo, SPEC, ctx, keys)
     buffers = loop.init_buffers(algo, SPEC, ctx, 2)
     _, buffers, _, metrics = loop.make_train_chunk(algo, 3)(states, buffers, keys, ctx)
     np.testing.assert_allclose(metrics["rollout_length"], np.full((3, 2), 4.0))
@@ -160,13 +160,14 @@ def test_a_dataset_without_a_termination_rule_is_refused():
 
 
 def test_a_saved_dynamics_of_another_problem_or_a_corrupt_folder_is_refused(tmp_path):
-    """`stage_paths.dynamics=...` (experiments.stages.restore_result): the saved arrays' shapes are
+    """`stage_paths.dynamics=...` (experiments.stage_cache.restore_result): the saved arrays' shapes are
     checked before reading; a right one restores exactly."""
     import orbax.checkpoint as ocp
 
     from algorithms.core.dynamics import DynamicsConfig, dynamics_stage
     from experiments.config import ConfigError
-    from experiments.stages import abstract_result, restore_result
+    from experiments.stage_cache import restore_result
+    from experiments.stages import abstract_result
 
     data = start_states()
     small = DynamicsConfig(num_members=3, num_elites=2, hidden_dims=(4,), weight_decays=(0, 0))

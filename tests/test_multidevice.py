@@ -25,18 +25,18 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     import jax
-    from experiments import loop
+    from experiments import seed_axis
     from experiments.config import compose
     from experiments.train import run
 
     assert len(jax.devices()) == 4, jax.devices()
     sharded = []
-    real_shard = loop.shard_seeds
+    real_shard = seed_axis.shard_seeds
     def spy(*trees):
         trees = real_shard(*trees)
         sharded.append(len(jax.tree.leaves(trees[0].actor.params)[0].sharding.device_set))
         return trees
-    loop.shard_seeds = spy
+    seed_axis.shard_seeds = spy
     run(compose(json.loads(sys.argv[1])), Path(sys.argv[2]))
     assert sharded == [4], sharded
 """)

@@ -17,7 +17,8 @@ from algorithms import Spec
 from algorithms.core.algorithm import OnlineConfig, Sampling
 from algorithms.core.replay import ReplayBuffer, Transitions, draw
 from envs.dataset import Dataset
-from experiments import loop, online
+from experiments import loop, online, run_parts
+from experiments.assembly import Assembly
 from experiments.config import compose
 from experiments.train import run
 
@@ -57,11 +58,11 @@ def test_union_draws_uniformly_over_dataset_and_buffer_as_one_pool():
 def test_prefilled_buffer_too_small_for_the_dataset_is_refused():
     algo = algorithms.get("iql")(online=OnlineConfig(buffer_size=50))
     with pytest.raises(ValueError, match="cannot hold the dataset"):
-        loop.buffer_capacity(algo, 100, 1_000)
+        run_parts.buffer_capacity(algo, 100, 1_000)
     ring = algo.__class__(online=OnlineConfig(buffer_size=150))
-    assert loop.buffer_capacity(ring, 100, 10) == 10  # every online row fits beside the dataset
-    assert loop.buffer_capacity(ring, 100, 1_000) == 150  # then the online rows alone fill the ring
-    assert loop.buffer_capacity(algo.__class__(), 100, 1_000) == 1_000  # nothing evicted
+    assert run_parts.buffer_capacity(ring, 100, 10) == 10  # every online row fits beside the dataset
+    assert run_parts.buffer_capacity(ring, 100, 1_000) == 150  # then the online rows alone fill the ring
+    assert run_parts.buffer_capacity(algo.__class__(), 100, 1_000) == 1_000  # nothing evicted
 
 
 def test_a_finite_prefilled_buffer_evicts_the_dataset_first_then_the_oldest_online_rows():
@@ -90,10 +91,10 @@ def test_online_transitions_are_preprocessed_like_the_dataset(offline_data):
                                                                    shift=-1.0),
                                     online=OnlineConfig(block=10))
     raw, info = envs.load("local", "pendulum-mixed")
-    prepared = loop.prepare(algo, raw)
-    spec = Spec(raw.observation_dim, raw.action_dim, 10)
-    ctx = loop.make_context(algo, prepared, phase="online")
-    run_state = online.fresh_run(algo, spec, ctx, [3], 100)
+    prepared = run_parts.prepare(algo, raw)
+    asm = Assembly.from_environment(algo, lambda: envs.make_env(info), [3], 10, 100, prepared)
+    ctx = asm.contexts["online"]
+    run_state = online.OnlineRun(**asm.fresh("online"))
     collected = []
     online.train_online(algo, ctx, prepared.preprocessor, lambda: envs.make_env(info),
                         online.OnlineSchedule(30, eval_every=0, log_every=0), [3], run_state,
@@ -172,10 +173,10 @@ def test_regret_is_corls():
 def test_a_seed_that_stops_early_keeps_its_parameters_and_the_others_go_on(offline_data):
     algo = algorithms.get("td3_bc")(hidden_dims=(8, 8), batch_size=16)
     raw, _ = envs.load("local", "pendulum-mixed")
-    prepared = loop.prepare(algo, raw)
-    ctx = loop.make_context(algo, prepared)
+    prepared = run_parts.prepare(algo, raw)
+    ctx = run_parts.make_context(algo, prepared)
     keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(jnp.arange(2)))
-    states = loop.init_states(algo, Spec(3, 1, 30), ctx, keys[0])
+    states = run_parts.init_states(algo, Spec(3, 1, 30), ctx, keys[0])
 
     class StopSecond(type(algo)):
         def early_stop(self, metrics):
@@ -204,10 +205,10 @@ def test_online_rows_get_their_episodes_return_to_go_and_a_resumed_run_the_same(
                                     online_calibration=True,
                                     reward=algorithms.RewardConfig(scale=2.0, shift=-1.0))
     raw, info = envs.load("local", "pendulum-mixed")
-    prepared = loop.prepare(algo, raw)
-    spec = Spec(raw.observation_dim, raw.action_dim, 10)
-    ctx = loop.make_context(algo, prepared, phase="online")
+    prepared = run_parts.prepare(algo, raw)
     make_env = lambda: envs.make_env(dataclasses.replace(info, max_episode_steps=10))  # noqa: E731
+    asm = Assembly.from_environment(algo, make_env, [3, 4], 10, 100, prepared)
+    ctx = asm.contexts["online"]
     schedule = online.OnlineSchedule(25, eval_every=0, checkpoint_every=15, log_every=0)
     runner = loop.ChunkRunner(algo, "online")
     saved = {}
@@ -218,7 +219,7 @@ def test_online_rows_get_their_episodes_return_to_go_and_a_resumed_run_the_same(
             json.loads(json.dumps(run.history)), json.loads(json.dumps(run.environments)))
 
     straight = online.train_online(algo, ctx, prepared.preprocessor, make_env, schedule, [3, 4],
-                                   online.fresh_run(algo, spec, ctx, [3, 4], 100), runner,
+                                   online.OnlineRun(**asm.fresh("online")), runner,
                                    checkpoint=checkpoint)
     rewards = np.asarray(straight.buffers.transitions.rewards)
     returns = np.asarray(straight.buffers.transitions.returns_to_go)

@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 from helpers import cli_env, resume_is_exact, run_cli
 
-from algorithms.core.algorithm import Algorithm, Context, Handover, OnlineConfig, SettingsError
+from algorithms.core.algorithm import Algorithm, Handover, OnlineConfig, SettingsError
 from algorithms.core.ppo import PPOConfig, ReturnScaler, clipped_surrogate, clipped_value_loss, gae
 from algorithms.ppo import PPO
 from envs import Preprocessor
 from envs.environment import episode_seeds, run_episodes
 from experiments import loop, policies
+from experiments.assembly import Assembly
 from experiments.config import ConfigError, compose
-from experiments.online import OnlineSchedule, environment_spec, fresh_run, train_online
+from experiments.online import OnlineRun, OnlineSchedule, train_online
 from experiments.train import run
 
 # ---------------------------------------------------------------------------------------------
@@ -114,8 +115,9 @@ class Recorder(Algorithm):
 
 
 def train(algo, steps: int, seeds: list[int], checkpoint_every: int = 0, checkpoint=None, collected=None):
-    ctx = Context(None, phase="online")
-    state = fresh_run(algo, environment_spec(pendulum_env, 0), ctx, seeds, algo.online.block)
+    asm = Assembly.from_environment(algo, pendulum_env, seeds, 0, algo.online.block)
+    ctx = asm.contexts["online"]
+    state = OnlineRun(**asm.fresh("online"))
     schedule = OnlineSchedule(steps, eval_every=0, checkpoint_every=checkpoint_every, log_every=0)
     on_collect = None if collected is None else (lambda rows, step: collected.append(rows))
     return train_online(algo, ctx, Preprocessor.identity(3), pendulum_env, schedule, seeds, state,
@@ -209,8 +211,8 @@ def test_ppo_learns_pendulum():
     done = train(algo, 150_000, [0])
     policy = policies.make_policy(algo, Preprocessor.identity(3))
     seeds = episode_seeds([0], 123, 10)
-    start = run_episodes(policy(fresh_run(algo, environment_spec(pendulum_env, 0), Context(None), [0], 1)
-                                .states), pendulum_env, seeds).mean()
+    start = run_episodes(policy(Assembly.from_environment(algo, pendulum_env, [0], 0, 1).fresh("online")
+                                ["states"]), pendulum_env, seeds).mean()
     end = run_episodes(policy(done.states), pendulum_env, seeds).mean()
     print(f"PPO on Pendulum-v1, 150k environment steps: return {start:.0f} -> {end:.0f}")
     assert end > -800 and end > start + 500, (start, end)  # swung up and held: about -200

@@ -19,9 +19,10 @@ from algorithms.ppo import PPO
 from envs import Preprocessor
 from envs.mjx import PendulumEnv
 from envs.preprocessing import Normalizer
-from experiments import loop, online_compiled
+from experiments import loop, online_compiled, run_parts, seed_axis
+from experiments.assembly import Assembly
 from experiments.config import ConfigError, compose
-from experiments.online import OnlineSchedule, environment_spec, fresh_run, train_online
+from experiments.online import OnlineRun, OnlineSchedule, environment_spec, train_online
 from experiments.train import run
 
 
@@ -57,8 +58,8 @@ class Recorder(Algorithm):
 def train(algo, steps: int, seeds: list[int], num_envs: int, checkpoint_every: int = 0, checkpoint=None,
           collected=None):
     ctx = Context(None, phase="online")
-    spec = environment_spec(pendulum_env, 0)._replace(num_envs=num_envs)
-    state = fresh_run(algo, spec, ctx, seeds, algo.online.block)
+    state = OnlineRun(**Assembly.from_environment(algo, pendulum_env, seeds, 0, algo.online.block,
+                                                  num_envs=num_envs).fresh("online"))
     schedule = OnlineSchedule(steps, eval_every=0, checkpoint_every=checkpoint_every, log_every=0)
     on_collect = None if collected is None else (lambda rows, step: collected.append(rows))
     return train_online(algo, ctx, Preprocessor.identity(3), pendulum_env, schedule, seeds, state,
@@ -230,13 +231,14 @@ def test_the_compiled_rollout_is_the_environments_steps_whole():
     spec = environment_spec(pendulum_env, 0)._replace(num_envs=3)
     ctx = Context(None, phase="online")
     seeds = [0, 1]
-    init_keys, keys = loop.seed_keys(seeds)
-    states = loop.init_states(algo, spec, ctx, init_keys)
+    init_keys, keys = seed_axis.seed_keys(seeds)
+    states = run_parts.init_states(algo, spec, ctx, init_keys)
     episodes = online_compiled.fresh_episodes(env, seeds, 3)
     start = jax.tree.map(jnp.copy, episodes.states)  # the chunk takes over (donates) its arguments
     chunk = online_compiled.make_online_chunk(algo, env, Preprocessor.identity(3), 2, 3, 0, True)
-    states, buffers, _, episodes, metrics, _ = chunk(states, loop.replay_buffers(8, spec, 2), keys, episodes,
-                                                     jnp.asarray(seeds), jnp.asarray(0), ctx, None)
+    buffers = seed_axis.replay_buffers(8, spec, 2)
+    states, buffers, _, episodes, metrics, _ = chunk(states, buffers, keys, episodes, jnp.asarray(seeds),
+                                                     jnp.asarray(0), ctx, None)
     assert int(states.step) == 2 and metrics["rows"].shape == (2, 2, 1)  # (blocks, seeds, updates)
     assert float(metrics["rows"][1, 0, 0]) == 24  # 8 steps x 3 environments
 

@@ -13,7 +13,7 @@ from algorithms import Spec
 from algorithms.core.algorithm import Context
 from algorithms.core.neighbours import nearest_neighbour
 from algorithms.prdc import KDTreeSearch
-from experiments import loop
+from experiments import loop, run_parts
 from experiments.config import compose, make_algorithm, select_for_dataset
 
 SPEC = Spec(observation_dim=3, action_dim=2, total_steps=100)
@@ -128,7 +128,7 @@ def trainer(algo, data, steps=6):
 
     def train(seeds):
         keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(np.asarray(seeds)))
-        states = loop.init_states(algo, SPEC, ctx, keys[0])
+        states = run_parts.init_states(algo, SPEC, ctx, keys[0])
         chunk = chunks.setdefault(len(seeds), loop.make_train_chunk(algo, steps))
         states, _, _, metrics = chunk(states, None, keys[1], ctx)
         return states, metrics

@@ -15,7 +15,7 @@ from algorithms import Spec
 from algorithms.core.algorithm import Context
 from algorithms.core.replay import Transitions
 from envs.dataset import Dataset
-from experiments import loop
+from experiments import loop, run_parts
 from experiments.config import CONFIG_DIR, make_algorithm, register_configs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ def test_add_an_algorithm_example_trains(tmp_path):
                        observations, zeros, zeros)
         keys = jax.vmap(jax.random.split, out_axes=1)(jax.vmap(jax.random.key)(np.arange(2)))
         ctx = Context(Transitions.from_dataset(data))
-        states = loop.init_states(algo, Spec(3, 2, 200), ctx, keys[0])
+        states = run_parts.init_states(algo, Spec(3, 2, 200), ctx, keys[0])
         states, _, _, metrics = loop.make_train_chunk(algo, 200)(states, None, keys[1], ctx)
         assert metrics["nll"].shape == (200, 2)
         assert np.all(metrics["nll"][-20:].mean(0) < metrics["nll"][:20].mean(0))

@@ -391,8 +391,8 @@ def test_every_experiment_config_reaches_a_published_number_or_says_why_not():
 
 
 def test_a_bad_count_of_last_evaluations_is_named():
-    from experiments import config
+    from experiments import config, settings
 
     with pytest.raises(config.ConfigError, match=r"eval.mean_of_last must be an integer >= 1 \(got 0\)"):
-        config.check_run_settings(config.compose(["eval.mean_of_last=0"]))
+        settings.check_run_settings(config.compose(["eval.mean_of_last=0"]))
     assert config.compose([]).eval.mean_of_last == 10

@@ -15,7 +15,7 @@ from algorithms import Spec
 from algorithms.core.algorithm import Context
 from algorithms.core.vae import elbo_loss, iwae_loss, vae_for
 from algorithms.spot import spot_actor_loss
-from experiments import loop, stages
+from experiments import loop, run_parts, stage_cache
 from experiments.config import compose, make_algorithm
 from experiments.train import run
 
@@ -126,7 +126,7 @@ def test_early_stop_flags_each_seed_whose_q_explodes():
 def test_loop_refuses_to_train_without_the_pretrained_stage():
     algo = algorithms.get("spot")(hidden_dims=(8, 8), vae_hidden_dims=(8,))
     with pytest.raises(ValueError, match="pretraining stage 'vae'"):
-        loop.init_states(algo, SPEC, Context(random_batch()), jax.random.split(jax.random.key(0), 2))
+        run_parts.init_states(algo, SPEC, Context(random_batch()), jax.random.split(jax.random.key(0), 2))
 
 
 def test_pretrained_vae_is_cached_reused_and_frozen(offline_data, tmp_path):
@@ -148,9 +148,9 @@ def test_pretrained_vae_is_cached_reused_and_frozen(offline_data, tmp_path):
         cfg = compose([*overrides, *extra])
         algo = make_algorithm(cfg.algo)
         raw, _ = envs.load(cfg.dataset.source, cfg.dataset.name)
-        prepared = loop.prepare(algo, raw._replace(rewards=raw.rewards * data_scale))
+        prepared = run_parts.prepare(algo, raw._replace(rewards=raw.rewards * data_scale))
         stage = algo.stages(Spec(3, 1, 20))[0]
-        return str(stages.cache_dir(cfg.pretrain.cache_dir, algo, stage, prepared.data,
+        return str(stage_cache.cache_dir(cfg.pretrain.cache_dir, algo, stage, prepared.data,
                                     (cfg.dataset.source, cfg.dataset.name, cfg.dataset.path)))
 
     assert cache_of([]) == first_vae["cache"]

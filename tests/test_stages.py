@@ -17,7 +17,7 @@ from algorithms.core.algorithm import Context, Spec
 from algorithms.core.dynamics import DynamicsConfig, dynamics_stage
 from algorithms.core.replay import Transitions
 from algorithms.mopo import MOPO
-from experiments import loop, stages
+from experiments import seed_axis, stage_cache, stages
 
 SPEC = Spec(observation_dim=2, action_dim=1, total_steps=0)
 TINY = dict(num_members=3, num_elites=2, hidden_dims=(8,), weight_decays=(0, 0), batch_size=8,
@@ -56,7 +56,7 @@ def test_each_training_seed_gets_its_own_dynamics_model_unless_shared(tmp_path):
 
     ctx = Context(data, results, per_seed=stages.per_seed_names(tiny_mopo(), SPEC))
     read = jax.vmap(lambda c: c.stages["dynamics"].params["params"]["layer_0"]["kernel"],
-                    in_axes=(loop.context_axes(ctx),))(ctx)
+                    in_axes=(seed_axis.context_axes(ctx),))(ctx)
     np.testing.assert_array_equal(read, kernel)
 
     shared, records = stages.train_stages(tiny_mopo(shared=True), SPEC, data, cache_root=str(tmp_path),
@@ -69,11 +69,11 @@ def test_each_training_seed_gets_its_own_dynamics_model_unless_shared(tmp_path):
 def test_the_cache_key_covers_what_the_stage_reads_and_every_setting():
     data = tiny_data()
     stage = dynamics_stage(DynamicsConfig(**TINY), SPEC)
-    key = lambda stage=stage, data=data: stages.cache_dir("/c", None, stage, data, KEY)
+    key = lambda stage=stage, data=data: stage_cache.cache_dir("/c", None, stage, data, KEY)
     # columns the dynamics does not read (another algorithm's returns-to-go), and the file's place
     assert key(data=data._replace(returns_to_go=data.returns_to_go + 1)) == key()
     assert key(data=data._replace(terminals=1 - data.terminals)) == key()
-    assert stages.cache_dir("/c", None, stage, data, ("local", "tiny", "/elsewhere")) == key()
+    assert stage_cache.cache_dir("/c", None, stage, data, ("local", "tiny", "/elsewhere")) == key()
     # what changes the model: its data, every setting, the validation interval, the code's version
     assert key(data=data._replace(rewards=data.rewards + 1)) != key()
     assert key(dynamics_stage(DynamicsConfig(**{**TINY, "validate_every": 5}), SPEC)) != key()
@@ -180,14 +180,14 @@ def test_the_toy_family_caps_the_dynamics_at_ten_epochs():
 SHARDING_SCRIPT = """
 import jax, jax.numpy as jnp, numpy as np
 from algorithms.core.algorithm import Context
-from experiments import loop
+from experiments import seed_axis
 assert len(jax.devices()) == 2, jax.devices()
 ctx = Context(jnp.ones(3), {"model": {"w": jnp.arange(8.0).reshape(2, 4)}, "shared": jnp.ones(4)},
               per_seed=("model",))
-placed = loop.shard_context(ctx)
+placed = seed_axis.shard_context(ctx)
 assert len(placed.stages["model"]["w"].sharding.device_set) == 2
 read = jax.jit(jax.vmap(lambda c: c.stages["model"]["w"].sum() + c.stages["shared"].sum(),
-                        in_axes=(loop.context_axes(placed),)))
+                        in_axes=(seed_axis.context_axes(placed),)))
 np.testing.assert_allclose(read(placed), [10.0, 26.0])
 """
 

@@ -17,7 +17,7 @@ from algorithms.core.ppo import PPOConfig, clipped_surrogate
 from algorithms.core.replay import Transitions
 from algorithms.unio4 import UniO4, normalized_advantage
 from envs.preprocessing import Normalizer
-from experiments import loop, policies
+from experiments import loop, policies, run_parts
 
 SPEC = Spec(observation_dim=1, action_dim=1, total_steps=40)
 SMALL = dict(num_members=3, policy_hidden_dims=(8,), q_hidden_dims=(8,), v_hidden_dims=(8,), batch_size=16,
@@ -387,7 +387,7 @@ def test_seeds_and_members_batched_equal_single_runs():
     def train(seeds):
         init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(
             jax.vmap(jax.random.key)(jnp.asarray(seeds)))
-        states = loop.init_states(algo, SPEC, ctx, init_keys)
+        states = run_parts.init_states(algo, SPEC, ctx, init_keys)
         states, _, _, _ = loop.make_train_chunk(algo, 20)(states, None, train_keys, ctx)
         preprocessor = envs.Preprocessor.identity(1)
         policy = policies.make_policy(algo, preprocessor, members=3)(states)

@@ -75,7 +75,7 @@ class Context:
     phase: "offline" or "online"; phase_start: the gradient step at which this phase began;
     host: host-side helpers that are not arrays (PRDC's KD-tree), keyed by name;
     per_seed: the names of the `stages` trained per seed (`Stage.per_seed`): their results carry a
-        leading seed axis, which the loop maps with the seeds (`experiments.loop.context_axes`), so
+        leading seed axis, which the loop maps with the seeds (`experiments.seed_axis.context_axes`), so
         inside a seed's `init`/`update` `ctx.stages[name]` is that seed's own result."""
 
     data: Any

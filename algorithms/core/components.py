@@ -5,7 +5,7 @@ code in one module of experiments/.
     model_data() -> ModelData | None      model rollouts beside the dataset (MOPO; experiments/loop.py)
     candidates() -> Candidates | None     policies per seed, one chosen (Uni-O4; experiments/members.py)
     hand_over()  -> Handover | None       another learner online (Uni-O4 -> PPO; components.learner)
-    derive(data) -> Derived               computed once from the dataset on the host (experiments/loop.py)
+    derive(data) -> Derived               computed on the host from the dataset (experiments/run_parts.py)
 
 The defaults (`Algorithm`) are the off-policy driver of `algo.online` and None for the rest, so a
 new algorithm declares nothing. The classes hold bound methods of the algorithm rather than copies
