@@ -16,8 +16,9 @@ from helpers import resume_is_exact
 import envs
 from envs.mjx import PendulumEnv, make_jax_env
 from experiments import online_compiled
-from experiments.config import ConfigError, check_run_settings, compose
+from experiments.config import ConfigError, compose
 from experiments.phases import Hooks, Position
+from experiments.settings import check_run_settings
 from experiments.train import run
 
 PENDULUM = envs.lookup("local", "pendulum-mixed")
