@@ -111,7 +111,7 @@ def preprocessing(preprocessor: Preprocessor):
     return normalize, transform
 
 
-def off_policy_learning(algo: Algorithm, driver: OffPolicy, updating: bool):
+def replay_learning(algo: Algorithm, driver: OffPolicy, updating: bool):
     """learn(state, buffer, key, rows (block, num_envs, ...) Transitions, values, ctx) -> (state,
     buffer, key, metrics {name: (updates,)}): the rows into the seed's buffer, then
     block * updates_per_step updates (none while `updating` is False: the warm-up), each with its
@@ -135,8 +135,8 @@ def off_policy_learning(algo: Algorithm, driver: OffPolicy, updating: bool):
     return learn
 
 
-def on_policy_learning(algo: Algorithm, driver: OnPolicy, updating: bool):
-    """learn(...) as `off_policy_learning` says, for an on-policy learner (PPO; Uni-O4 online): the
+def rollout_learning(algo: Algorithm, driver: OnPolicy, updating: bool):
+    """learn(...) as `replay_learning` says, for an on-policy learner (PPO; Uni-O4 online): the
     block's rows are the rollout, (block, num_envs, ...), or (block, ...) with one environment as the
     host fills it (experiments/online.py); they fill the seed's buffer, then one update on it."""
     update = loop.seed_update(algo, "online")
@@ -153,7 +153,7 @@ def on_policy_learning(algo: Algorithm, driver: OnPolicy, updating: bool):
 
 
 # The learning of each online driver inside the compiled block: (algo, driver, updating) -> learn.
-LEARNING: dict[type, Callable] = {OffPolicy: off_policy_learning, OnPolicy: on_policy_learning}
+LEARNING: dict[type, Callable] = {OffPolicy: replay_learning, OnPolicy: rollout_learning}
 
 
 def make_online_chunk(algo: Algorithm, env, preprocessor: Preprocessor, blocks: int, num_envs: int,
