@@ -248,7 +248,7 @@ def test_handover_code_without_evaluation_warns_once(offline_data, tmp_path, mon
     def stop(*args, **kwargs):
         raise Stop
 
-    monkeypatch.setattr(loop, "prepare", stop)  # right after the run's settings are checked
+    monkeypatch.setattr(run_parts, "prepare", stop)  # right after the run's settings are checked
     for overrides, warned in ((["eval.every=0"], True), (["eval.episodes=0"], True),
                               (["eval.every=0", "algo.handover=amq"], False), ([], False)):
         caplog.clear()
