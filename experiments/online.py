@@ -344,7 +344,7 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
         spent["updates"] += time.perf_counter() - tic - (runner.compile_seconds - compiling)
         metrics = chunk_metrics if updates else metrics
         if log is not None and schedule.log_every and stop % schedule.log_every == 0:
-            log(stop, _log_record(metrics, run, environments, stop - started_step,
+            log(stop, log_record(metrics, run.history, run.env_step, environments, stop - started_step,
                                   time.perf_counter() - started, schedule.log_every))
         if evaluate is not None and (stop == schedule.steps or (
                 schedule.eval_every and stop % schedule.eval_every == 0)):
@@ -379,14 +379,17 @@ def _success(info: dict, index: int):
     return None
 
 
-def _log_record(metrics: dict, run: OnlineRun, environments: int, steps: int, seconds: float,
-                window: int) -> dict:
+def log_record(metrics: dict, history: dict, env_step: int, environments: int, steps: int, seconds: float,
+               window: int) -> dict:
+    """An online metrics line at `env_step` (host and compiled backends): `metrics` of the last
+    updates, the mean return of the last 10 episodes per environment, every episode of the last
+    `window` steps, and `steps / seconds` as the throughput."""
     # the losses of the last compiled call, averaged over its updates (NaN of skipped updates aside)
     record = loop.summarize_metrics(metrics, len(next(iter(metrics.values()))))[0] if metrics else {}
-    recent = run.history["episodes"][-10 * environments:]
+    recent = history["episodes"][-10 * environments:]
     record["episode_return"] = float(np.mean([e[2] for e in recent])) if recent else None
     # every episode that ended since the previous line: [env step, seed index, return, length, success]
-    record["episodes"] = [e for e in run.history["episodes"] if run.env_step - window < e[0] <= run.env_step]
+    record["episodes"] = [e for e in history["episodes"] if env_step - window < e[0] <= env_step]
     record["env_steps_per_second"] = steps / max(seconds, 1e-9)
     return record
 

@@ -34,7 +34,7 @@ from algorithms.core.algorithm import OffPolicy, OnPolicy
 from algorithms.core.components import learner
 from algorithms.core.replay import Transitions
 from envs import Dataset, Preprocessor
-from experiments import loop, preemption, seed_axis
+from experiments import loop, online, preemption, seed_axis
 from experiments.config import ConfigError
 
 ENV_SALT, ACT_SALT, UNIFORM_SALT = 0x0411, 1, 0x5EED  # the host path's streams (experiments/online.py)
@@ -96,12 +96,9 @@ def step_environments(env, episodes: Episodes, actions, reset_key):
 def preprocessing(preprocessor: Preprocessor):
     """`Preprocessor`'s observation and row transforms in jax.numpy (its arrays as constants):
     (normalize(observations), transform(rows)) as training sees them."""
-    mean, std = jnp.asarray(preprocessor.normalizer.mean), jnp.asarray(preprocessor.normalizer.std)
+    normalize = preprocessor.normalizer  # (x - mean) / std: numpy arrays as constants in the program
     multiplier, scale, shift = (preprocessor.reward_multiplier, preprocessor.reward_scale,
                                 preprocessor.reward_shift)
-
-    def normalize(observations):
-        return (observations - mean) / std
 
     def transform(rows: Dataset) -> Dataset:
         return rows._replace(observations=normalize(rows.observations),
@@ -304,13 +301,8 @@ def run_online(asm, trees: dict, position, hooks, runner: loop.ChunkRunner,
             timed_from = (time.perf_counter(), stop)
         if schedule.log_every and stop % schedule.log_every == 0:
             last = {name: value[-(len(value) // blocks):] for name, value in metrics.items()}  # last block
-            record = loop.summarize_metrics(last, max(len(next(iter(last.values()))), 1))[0] if (
-                updating and last) else {}
-            recent = history["episodes"][-10 * len(asm.seeds) * num_envs:]
-            record["episode_return"] = float(np.mean([e[2] for e in recent])) if recent else None
-            record["episodes"] = [e for e in history["episodes"]
-                                  if stop - schedule.log_every < e[0] <= stop]
-            record["env_steps_per_second"] = (stop - started_at) / max(time.perf_counter() - started, 1e-9)
+            record = online.log_record(last if updating else {}, history, stop, len(asm.seeds) * num_envs,
+                                       stop - started_at, time.perf_counter() - started, schedule.log_every)
             hooks.log({"type": "train", "phase": "online", "step": int(states.step), "env_step": stop,
                        **record, **columns})
         if stop == schedule.steps or (schedule.eval_every and stop % schedule.eval_every == 0):
