@@ -191,7 +191,7 @@ class Assembly:
                                  self.capacity, self.spec, trainings))}
             if self.backend == "mjx":  # the running episodes of the compiled environments
                 out["online"]["environments"] = online_compiled.stored(jax.eval_shape(
-                    lambda: online_compiled.fresh_episodes(self.make_jax_env(), self.seeds,
+                    lambda: online_compiled.fresh_episodes(self.jax_env, self.seeds,
                                                            int(self.cfg.env.num_envs))))
         return out
 
@@ -230,12 +230,9 @@ class Assembly:
 
     @cached_property
     def jax_env(self):
+        """The dataset's compiled environment (`envs.mjx.make_jax_env`; env.backend=mjx), built once;
+        ConfigError when it has none."""
         return compiled_env(self.info)
-
-    def make_jax_env(self):
-        """The dataset's compiled environment (`envs.mjx.make_jax_env`; env.backend=mjx); ConfigError
-        when it has none."""
-        return self.jax_env
 
 
 def compiled_env(info: envs.DatasetInfo):

@@ -245,7 +245,7 @@ def run_online(asm, trees: dict, position, hooks, runner: loop.ChunkRunner,
     Environment steps count those of all a seed's `env.num_envs` environments, as on the host; the
     compiled chunk counts steps of each (`vector steps`: env_step // num_envs). Returns the trees."""
     algo, schedule, cfg = asm.algo, asm.online_schedule(), asm.cfg
-    env, num_envs = asm.make_jax_env(), int(cfg.env.num_envs)
+    env, num_envs = asm.jax_env, int(cfg.env.num_envs)
     driver = learner(algo, "online").driver()
     block = driver.block * num_envs  # a seed's environment steps per block
     states, buffers, keys = trees["states"], trees["buffers"], trees["keys"]
