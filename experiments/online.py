@@ -285,7 +285,7 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
 
     observations, returns, lengths, running = start()
     episode_returns = EpisodeReturns(algo, running)
-    started, started_step, metrics = time.perf_counter(), run.env_step, {}
+    started, started_step = time.perf_counter(), run.env_step
     spent = dict.fromkeys(("policy", "environment", "updates", "evaluation", "checkpoints"), 0.0)
     timed_from = None  # (clock, env step) at the end of the first block
     while run.env_step < schedule.steps:
@@ -342,9 +342,10 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
         run.states, run.buffers, run.keys, chunk_metrics = runner(
             run.states, run.buffers, run.keys, ctx, updates, update_step() + updates, rows=rows)
         spent["updates"] += time.perf_counter() - tic - (runner.compile_seconds - compiling)
-        metrics = chunk_metrics if updates else metrics
+        if updates:
+            remember_losses(run.history, chunk_metrics)
         if log is not None and schedule.log_every and stop % schedule.log_every == 0:
-            log(stop, log_record(metrics, run.history, run.env_step, environments, stop - started_step,
+            log(stop, log_record(run.history, run.env_step, environments, stop - started_step,
                                   time.perf_counter() - started, schedule.log_every))
         if evaluate is not None and (stop == schedule.steps or (
                 schedule.eval_every and stop % schedule.eval_every == 0)):
@@ -379,13 +380,20 @@ def _success(info: dict, index: int):
     return None
 
 
-def log_record(metrics: dict, history: dict, env_step: int, environments: int, steps: int, seconds: float,
+def remember_losses(history: dict, metrics: dict) -> None:
+    """Keep the losses of the last updates (averaged over them; NaN of skipped updates aside) in
+    the history: the checkpoint holds them, so a line logged after a resume, before the next
+    update, reports what the straight run's line reports."""
+    if metrics:
+        history["losses"] = loop.summarize_metrics(metrics, len(next(iter(metrics.values()))))[0]
+
+
+def log_record(history: dict, env_step: int, environments: int, steps: int, seconds: float,
                window: int) -> dict:
-    """An online metrics line at `env_step` (host and compiled backends): `metrics` of the last
-    updates, the mean return of the last 10 episodes per environment, every episode of the last
-    `window` steps, and `steps / seconds` as the throughput."""
-    # the losses of the last compiled call, averaged over its updates (NaN of skipped updates aside)
-    record = loop.summarize_metrics(metrics, len(next(iter(metrics.values()))))[0] if metrics else {}
+    """An online metrics line at `env_step` (host and compiled backends): the losses of the last
+    updates (`remember_losses`), the mean return of the last 10 episodes per environment, every
+    episode of the last `window` steps, and `steps / seconds` as the throughput."""
+    record = dict(history.get("losses", {}))
     recent = history["episodes"][-10 * environments:]
     record["episode_return"] = float(np.mean([e[2] for e in recent])) if recent else None
     # every episode that ended since the previous line: [env step, seed index, return, length, success]

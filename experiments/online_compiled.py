@@ -295,13 +295,14 @@ def run_online(asm, trees: dict, position, hooks, runner: loop.ChunkRunner,
                    for name, value in metrics.items()}
         if updating:  # end_step as the host path gives it: the update step
             states = runner.checked(states, metrics, int(states.step))
+            online.remember_losses(history, {name: value[-(len(value) // blocks):]  # the last block's
+                                             for name, value in metrics.items()})
         history["episodes"] += finished_episodes(ended, start, block, num_envs)
         position.env_step, position.stopped, saved = stop, runner.stopped, False
         if timed_from is None:  # the first chunk compiled the program: not in `timings`
             timed_from = (time.perf_counter(), stop)
         if schedule.log_every and stop % schedule.log_every == 0:
-            last = {name: value[-(len(value) // blocks):] for name, value in metrics.items()}  # last block
-            record = online.log_record(last if updating else {}, history, stop, len(asm.seeds) * num_envs,
+            record = online.log_record(history, stop, len(asm.seeds) * num_envs,
                                        stop - started_at, time.perf_counter() - started, schedule.log_every)
             hooks.log({"type": "train", "phase": "online", "step": int(states.step), "env_step": stop,
                        **record, **columns})

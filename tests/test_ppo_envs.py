@@ -193,10 +193,14 @@ TINY = ["algo=ppo", "steps=0", "dataset=local/pendulum-mixed", "algo.hidden_dims
         "seeds=2"]
 
 
-def test_host_resume_in_the_middle_of_a_rollout_of_two_environments(offline_data, tmp_path):
-    # 2 environments: an update every 64 environment steps (64, 128, 192); checkpoints every 40
-    # (eval_every), the last before the crash at 120, inside the second rollout
-    settings = [*TINY, "env.num_envs=2", "online.steps=192", "online.eval_every=40", "online.log_every=40"]
+@pytest.mark.parametrize("checkpoint_every", [40, 80])
+def test_host_resume_in_the_middle_of_a_rollout_of_two_environments(offline_data, tmp_path, checkpoint_every):
+    # 2 environments: an update every 64 environment steps (64, 128, 192); the crash comes at 128,
+    # inside the second rollout. Checkpoints every 40: the last at 120 (or 80, if the kill beat
+    # its asynchronous write); every 80: at 80, so the resumed run's line at 120, before any update
+    # of its own, must still report the losses of the update at 64 (kept in the checkpoint)
+    settings = [*TINY, "env.num_envs=2", "online.steps=192", "online.eval_every=40", "online.log_every=40",
+                f"online.checkpoint_every={checkpoint_every}"]
     lines = resume_is_exact(settings, 2, tmp_path).lines
     train_lines = [line for line in lines if line["type"] == "train"]
     assert [(line["step"], line["env_step"]) for line in train_lines] == [(0, 40), (1, 80), (1, 120),
