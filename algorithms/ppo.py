@@ -71,11 +71,12 @@ class PPO(Algorithm):
         if not self.log_std_min < self.log_std_max:
             raise SettingsError(f"algo.log_std_min ({self.log_std_min}) must be below algo.log_std_max "
                                 f"({self.log_std_max}); fix the overrides")
-        check_rollouts(self.online, self.ppo, "PPO")
+        check_rollouts(self.online, "PPO")
 
     def driver(self) -> OnPolicy:
         """Online only: its own rollouts, no dataset."""
-        return dataclasses.replace(super().driver(), learns_offline=False)
+        return dataclasses.replace(super().driver(), learns_offline=False,
+                                   minibatch_size=self.ppo.minibatch_size)
 
     def networks(self, action_dim: int):
         actor = BoundedGaussianPolicy(self.hidden_dims, action_dim, ACTIVATIONS[self.activation],

@@ -154,7 +154,7 @@ class UniO4(Algorithm):
         if self.critic == "sarsa" and not self.timeouts_terminal:
             raise SettingsError("algo.critic=sarsa needs algo.timeouts_terminal=true (the dataset has no "
                                 "next action after a truncation)")
-        check_rollouts(self.online, self.ppo, "Uni-O4")
+        check_rollouts(self.online, "Uni-O4")
         if not 0.0 < self.clip_ratio < 1.0:
             raise SettingsError(f"algo.clip_ratio must lie in (0, 1) (got {self.clip_ratio})")
         for name in ("amq_state_bound", "amq_goal_radius"):

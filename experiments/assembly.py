@@ -191,8 +191,9 @@ class Assembly:
                                  self.capacity, self.spec, trainings))}
             if self.backend == "mjx":  # the running episodes of the compiled environments
                 out["online"]["environments"] = online_compiled.stored(jax.eval_shape(
-                    lambda: online_compiled.fresh_episodes(self.jax_env, self.seeds,
-                                                           int(self.cfg.env.num_envs))))
+                    lambda: online_compiled.fresh_episodes(
+                        self.jax_env, self.seeds, int(self.cfg.env.num_envs),
+                        record_steps=online_compiled.record_steps(self.algo, self.jax_env))))
         return out
 
     def first_training(self, values: dict | None) -> Assembly:

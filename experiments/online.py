@@ -27,10 +27,9 @@ checkpoints are asked for (`check_environments`).
 
 Algorithms whose batches carry a Monte-Carlo return-to-go online (`OffPolicy.returns_to_go`:
 Cal-QL with `online_calibration=true`) get it for every online row when its episode ends, computed
-by the algorithm's own `derive` on the episode's preprocessed rewards, as for the dataset.
-The rows enter the buffer as they arrive (so the update order stays the references' step, store,
-sample, update), with -inf until then: a row of an unfinished episode is trained on but sets no
-bound (max(Q, -inf) = Q); when the episode ends its rows already in the buffer are written over.
+by the algorithm's own `derive` on the episode's preprocessed rewards, as for the dataset
+(experiments/returns_to_go.py, the rule both backends follow). The rows enter the buffer as they
+arrive (so the update order stays the references' step, store, sample, update), with -inf until then.
 """
 
 from __future__ import annotations
@@ -52,6 +51,7 @@ from algorithms.core.replay import ReplayBuffer, Transitions
 from envs import Dataset, Preprocessor, snapshot
 from experiments import loop, policies, preemption
 from experiments.config import ConfigError
+from experiments.returns_to_go import EpisodeReturns, fill_returns
 
 
 @dataclass
@@ -110,8 +110,16 @@ def environment_seed(seed: int, env_step: int, index: int = 0) -> int:
 
 def check_num_envs(num_envs: int, driver, steps: int) -> None:
     """`env.num_envs` (>= 1: experiments/config.py) parallel environments per seed: for an on-policy
-    learner (the rollout is (block, num_envs)), and no more than the online phase's steps."""
-    if num_envs == 1 or not steps:
+    learner (the rollout is (block, num_envs): its block x num_envs rows split into whole
+    minibatches), and no more than the online phase's steps."""
+    if not steps:
+        return
+    if isinstance(driver, OnPolicy) and (driver.block * num_envs) % driver.minibatch_size:
+        rollout = f"algo.online.block={driver.block}" + (
+            f" x env.num_envs={num_envs} = {driver.block * num_envs} rows" if num_envs > 1 else "")
+        raise ConfigError(f"{rollout} (the rollout) must be a multiple of algo.ppo.minibatch_size="
+                          f"{driver.minibatch_size}; fix one of them")
+    if num_envs == 1:
         return
     if not isinstance(driver, OnPolicy):
         raise ConfigError(f"env.num_envs={num_envs}: off-policy algorithms step one environment per seed "
@@ -163,68 +171,6 @@ def _rows(preprocessor: Preprocessor, collected: dict, returns=None, num_envs: i
 
 def _preprocessed(preprocessor: Preprocessor, collected: dict) -> Dataset:
     return preprocessor(Dataset(*(np.stack(collected[name]) for name in Dataset._fields)))
-
-
-class EpisodeReturns:
-    """The Monte-Carlo return-to-go of every online row, known when its episode ends: the
-    algorithm's `derive` (its discount and failure rule, as for the dataset) over the
-    episode's preprocessed rewards, with no bootstrap after a time limit (as the dataset's
-    truncated episodes and Cal-QL's sampler). Holds each seed's running episode's rewards."""
-
-    def __init__(self, algo: Algorithm, running: list[list[float]]):
-        self.algo, self.running = algo, [list(rewards) for rewards in running]
-
-    def block(self, rewards: np.ndarray, ended: np.ndarray, position: int, capacity: int):
-        """rewards, ended: the block's preprocessed rewards and episode ends, (steps, seeds); the
-        block's rows go to buffer slots position, position + 1, ... (mod capacity). Returns the
-        block's returns-to-go (steps, seeds; -inf where the episode runs on) and the writes
-        (seed, slot, value) of the earlier rows of the episodes that ended, still in the buffer."""
-        steps = rewards.shape[0]
-        returns = np.full(rewards.shape, -np.inf, np.float32)
-        writes = []
-        for seed, episode in enumerate(self.running):
-            for step in range(steps):
-                episode.append(float(rewards[step, seed]))
-                if not ended[step, seed]:
-                    continue
-                length = len(episode)
-                values = self.episode_returns(np.asarray(episode, np.float32))
-                first = step - length + 1  # the episode's first row, relative to this block
-                # rows of this block; earlier ones unless overwritten since (capacity exceeded)
-                oldest = max(first, steps - capacity)
-                for row in range(oldest, step + 1):
-                    if row >= 0:
-                        returns[row, seed] = values[row - first]
-                    else:
-                        writes.append((seed, (position + row) % capacity, values[row - first]))
-                episode.clear()
-        return returns, writes
-
-    def episode_returns(self, rewards: np.ndarray) -> np.ndarray:
-        length = len(rewards)
-        zeros = np.zeros((length, 1), np.float32)
-        ends = np.zeros(length, np.float32)
-        ends[-1] = 1.0
-        return self.algo.derive(Dataset(zeros, zeros, rewards, zeros, ends * 0, ends)).returns_to_go
-
-
-@jax.jit
-def _write_returns(buffers: ReplayBuffer, seeds, slots, values) -> ReplayBuffer:
-    """Set returns_to_go[seed, slot] = value in every seed's buffer (padding rows: slot out of range)."""
-    column = buffers.transitions.returns_to_go.at[seeds, slots].set(values, mode="drop")
-    return buffers.replace(transitions=buffers.transitions._replace(returns_to_go=column))
-
-
-def _fill_returns(buffers: ReplayBuffer, writes: list) -> ReplayBuffer:
-    if not writes:
-        return buffers
-    size = 1 << (len(writes) - 1).bit_length()  # padded to a power of two: few compiled shapes
-    capacity = buffers.transitions.rewards.shape[1]  # (seeds, capacity)
-    seeds, slots, values = (np.zeros(size, np.int32), np.full(size, capacity, np.int32),
-                            np.zeros(size, np.float32))
-    for i, (seed, slot, value) in enumerate(writes):
-        seeds[i], slots[i], values[i] = seed, slot, value
-    return _write_returns(buffers, seeds, slots, values)
 
 
 def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make_env: Callable,
@@ -334,7 +280,7 @@ def train_online(algo: Algorithm, ctx: Context, preprocessor: Preprocessor, make
             rows_returns, writes = episode_returns.block(
                 _preprocessed(preprocessor, collected).rewards, ended, int(run.buffers.position[0]),
                 run.buffers.transitions.rewards.shape[1])
-            run.buffers = _fill_returns(run.buffers, writes)
+            run.buffers = fill_returns(run.buffers, writes)
         rows = _rows(preprocessor, collected, rows_returns, num_envs)
         if not driver.rows_in_program and updates:  # rows of any length, one update program
             run.buffers, rows = loop.append_rows(run.buffers, rows), None

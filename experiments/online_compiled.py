@@ -21,6 +21,7 @@ trains the same alone or beside others. Evaluation is the host's (docs/mjx.md sa
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -34,9 +35,10 @@ from algorithms.core.algorithm import OffPolicy, OnPolicy
 from algorithms.core.components import learner
 from algorithms.core.replay import Transitions
 from envs import Dataset, Preprocessor
-from experiments import loop, online, preemption, seed_axis
+from experiments import loop, online, preemption, returns_to_go, seed_axis
 from experiments.config import ConfigError
 
+log = logging.getLogger("train")
 ENV_SALT, ACT_SALT, UNIFORM_SALT = 0x0411, 1, 0x5EED  # the host path's streams (experiments/online.py)
 
 
@@ -46,14 +48,24 @@ class Episodes(NamedTuple):
     states: object  # the environments' EnvState
     returns: jax.Array  # float32: the rewards summed since the reset
     lengths: jax.Array  # int32: steps since the reset
+    # with online returns-to-go: the preprocessed rewards of the steps since the reset, (..., time
+    # limit), zero past `lengths` (experiments/returns_to_go.py); None without
+    record: jax.Array | None = None
 
 
-def fresh_episodes(env, seeds, num_envs: int, env_step: int = 0) -> Episodes:
+def record_steps(algo: Algorithm, env) -> int:
+    """The length of the episodes' `record`: the time limit where the algorithm asks for online
+    returns-to-go (no episode runs longer), else 0 (no record)."""
+    return int(env.max_episode_steps) if learner(algo, "online").driver().returns_to_go else 0
+
+
+def fresh_episodes(env, seeds, num_envs: int, env_step: int = 0, record_steps: int = 0) -> Episodes:
     """New episodes for every seed's `num_envs` environments, reset from keys of the seed and
-    `env_step` alone."""
+    `env_step` alone; with `record_steps`, an empty record of that many rewards each."""
     def one_seed(seed):
         states = jax.vmap(env.reset)(reset_keys(jax.random.key(seed), jnp.asarray(env_step), num_envs))
-        return Episodes(states, jnp.zeros(num_envs, jnp.float32), jnp.zeros(num_envs, jnp.int32))
+        record = jnp.zeros((num_envs, record_steps), jnp.float32) if record_steps else None
+        return Episodes(states, jnp.zeros(num_envs, jnp.float32), jnp.zeros(num_envs, jnp.int32), record)
 
     return jax.jit(jax.vmap(one_seed))(jnp.asarray(seeds))
 
@@ -89,7 +101,8 @@ def step_environments(env, episodes: Episodes, actions, reset_key):
     rows = Dataset(episodes.states.observation, actions, stepped.reward, stepped.observation,
                    stepped.terminated, stepped.truncated & ~stepped.terminated)
     rows = Dataset(*(jnp.asarray(column, jnp.float32) for column in rows))
-    going_on = Episodes(states, jnp.where(done, 0.0, returns), jnp.where(done, 0, lengths))
+    going_on = episodes._replace(states=states, returns=jnp.where(done, 0.0, returns),
+                                 lengths=jnp.where(done, 0, lengths))
     return going_on, rows, (done, returns, lengths)
 
 
@@ -163,6 +176,7 @@ def make_online_chunk(algo: Algorithm, env, preprocessor: Preprocessor, blocks: 
     block = driver.block
     learn = LEARNING[type(driver)](algo, driver, updating)
     normalize, transform = preprocessing(preprocessor)
+    rule = returns_to_go.compiled_rule(algo) if driver.returns_to_go else None
 
     def one_seed(state, buffer, key, episodes, seed, env_step, values, ctx):
         actor = learner(seed_axis.with_values(algo, values), "online")
@@ -179,9 +193,18 @@ def make_online_chunk(algo: Algorithm, env, preprocessor: Preprocessor, blocks: 
             going_on, rows, ended = step_environments(env, episodes, actions, reset_key)
             return going_on, (rows, ended)
 
+        started = episodes
         episodes, (rows, ended) = jax.lax.scan(env_step_body, episodes, env_step + jnp.arange(block))
         rows = transform(rows)
-        transitions = Transitions(*rows, jnp.zeros_like(rows.rewards))
+        returns = jnp.zeros_like(rows.rewards)
+        if rule is not None:  # one environment per seed (`check`): its rows' returns-to-go
+            record, _, block_returns, column = returns_to_go.record_block(
+                rule, started.record[0], started.lengths[0], rows.rewards[:, 0], ended[0][:, 0],
+                buffer.transitions.returns_to_go, buffer.position)
+            episodes = episodes._replace(record=record[None])
+            buffer = buffer.replace(transitions=buffer.transitions._replace(returns_to_go=column))
+            returns = block_returns[:, None]
+        transitions = Transitions(*rows, returns)
         state, buffer, key, metrics = learn(state, buffer, key, transitions, values, ctx)
         return state, buffer, key, episodes, metrics, ended
 
@@ -202,26 +225,40 @@ def make_online_chunk(algo: Algorithm, env, preprocessor: Preprocessor, blocks: 
     return jax.jit(chunk, donate_argnums=(0, 1, 2, 3))
 
 
-def check(algo: Algorithm, schedule, num_envs: int) -> None:
-    """Refuse (ConfigError, with the fix) what the compiled online phase does not run."""
+def in_blocks(algo: Algorithm, schedule: online.OnlineSchedule, num_envs: int) -> online.OnlineSchedule:
+    """The schedule (already in whole steps of the `num_envs` environments) in whole blocks of
+    `algo.online.block x num_envs` environment steps, where the compiled chunks end: online.steps
+    rounded down, the host events' intervals up (`OnlineSchedule.in_steps_of`'s rule)."""
+    return schedule.in_steps_of(learner(algo, "online").driver().block * num_envs)
+
+
+def check(algo: Algorithm, schedule: online.OnlineSchedule, num_envs: int) -> None:
+    """Refuse (ConfigError, with the fix) what the compiled online phase does not run; log (one info
+    line) how the schedule is rounded to whole blocks (`in_blocks`)."""
     driver = learner(algo, "online").driver()
     if type(driver) not in LEARNING:
         raise ConfigError(f"algo={algo.name} has no compiled online phase yet ({type(driver).__name__} "
                           "driver); use env.backend=host")
     if driver.returns_to_go:
-        raise ConfigError(f"algo={algo.name} with online returns-to-go (online_calibration=true) runs "
-                          "on the host only; use env.backend=host or algo.online_calibration=false")
+        returns_to_go.compiled_rule(algo)  # its derive() is the rule the program computes
     if isinstance(driver, OffPolicy) and num_envs != 1:
         raise ConfigError(f"env.num_envs={num_envs}: off-policy algorithms step one environment per "
                           "seed (as on the host); set env.num_envs=1 or train more seeds")
     block = driver.block * num_envs  # a seed's environment steps per block
     of_block = f"algo.online.block={driver.block}" + (f" x env.num_envs={num_envs}" if num_envs > 1 else "")
-    for name, value in (("online.steps", schedule.steps), ("online.log_every", schedule.log_every),
-                        ("online.eval_every", schedule.eval_every),
-                        ("online.checkpoint_every", schedule.checkpoint_every)):
-        if value % block:
-            raise ConfigError(f"{name}={value} is not a multiple of {of_block}: "
-                              "with env.backend=mjx chunks end at whole blocks; change either")
+    if schedule.steps < block:
+        raise ConfigError(f"online.steps={schedule.steps} is fewer than one block of {of_block} "
+                          "environment steps, where env.backend=mjx updates; raise online.steps or "
+                          "lower algo.online.block")
+    rounded = in_blocks(algo, schedule, num_envs)
+    changed = [f"{name} {before} -> {after}" for name, before, after in (
+        ("online.steps", schedule.steps, rounded.steps), ("online.log_every", schedule.log_every,
+                                                          rounded.log_every),
+        ("online.eval_every", schedule.eval_every, rounded.eval_every),
+        ("online.checkpoint_every", schedule.checkpoint_every, rounded.checkpoint_every)) if before != after]
+    if changed:
+        log.info("env.backend=mjx runs whole blocks of %s = %d environment steps: %s", of_block, block,
+                 ", ".join(changed))
 
 
 def schedule_stops(start: int, schedule, block: int) -> list[int]:
@@ -244,16 +281,18 @@ def run_online(asm, trees: dict, position, hooks, runner: loop.ChunkRunner,
     `trees` are the online phase's, with "environments" (the running episodes) once checkpointed.
     Environment steps count those of all a seed's `env.num_envs` environments, as on the host; the
     compiled chunk counts steps of each (`vector steps`: env_step // num_envs). Returns the trees."""
-    algo, schedule, cfg = asm.algo, asm.online_schedule(), asm.cfg
+    algo, cfg = asm.algo, asm.cfg
     env, num_envs = asm.jax_env, int(cfg.env.num_envs)
+    schedule = in_blocks(algo, asm.online_schedule(), num_envs)
     driver = learner(algo, "online").driver()
     block = driver.block * num_envs  # a seed's environment steps per block
     states, buffers, keys = trees["states"], trees["buffers"], trees["keys"]
+    recorded = record_steps(algo, env)
     if trees.get("environments") is None:
-        episodes = fresh_episodes(env, asm.seeds, num_envs, position.env_step // num_envs)
+        episodes = fresh_episodes(env, asm.seeds, num_envs, position.env_step // num_envs, recorded)
     else:  # a checkpoint's
         episodes = unstored(trees["environments"], jax.eval_shape(
-            lambda: fresh_episodes(env, asm.seeds, num_envs)))
+            lambda: fresh_episodes(env, asm.seeds, num_envs, record_steps=recorded)))
     episodes, _ = seed_axis.shard_seeds(episodes, keys)  # placed as the seeds' other trees
     seeds, columns, ctx = jnp.asarray(asm.seeds), asm.grid.columns(), asm.contexts["online"]
     position.phase, position.step = "online", int(cfg.steps)

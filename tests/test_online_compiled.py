@@ -14,6 +14,7 @@ import pytest
 from helpers import resume_is_exact
 
 import envs
+from algorithms.cql import CalQL as ALGO_CAL_QL
 from envs.mjx import PendulumEnv, make_jax_env
 from experiments import online_compiled
 from experiments.config import ConfigError, compose
@@ -202,6 +203,109 @@ def test_a_run_killed_online_resumes_to_the_same_numbers(offline_data, tmp_path)
     assert len(episodes) == 4  # the episodes crossing the kill and the checkpoint were continued
 
 
+# ---- Cal-QL's online returns-to-go (experiments/returns_to_go.py) ---------------------------------
+
+
+def test_the_compiled_block_writes_the_returns_the_host_writes():
+    """`record_block` (compiled) against `EpisodeReturns.block` (the host's, with the algorithm's own
+    derive) over 12 blocks of 5 rows into a ring of 8: episodes of 1 to 11 steps, some longer than
+    the ring, some never-solved (every reward the failure reward); the block's returns and the
+    buffer's column after the writes agree block after block."""
+    from experiments import returns_to_go
+
+    algo = ALGO_CAL_QL(discount=0.9, failure_reward=-5.0)
+    rule, capacity, steps, limit = returns_to_go.compiled_rule(algo), 8, 5, 12
+    rng = np.random.default_rng(0)
+    lengths = [3, 1, 11, 4, 9, 2, 6, 10, 8, 6]  # episodes in a row; the last runs on
+    ended = np.zeros(sum(lengths), bool)
+    ended[np.cumsum(lengths)[:-1] - 1] = True
+    rewards = rng.normal(size=ended.size).astype(np.float32)
+    rewards[3:4] = rewards[15:19] = -5.0  # the second and fourth episodes never solved
+    host, column, position = returns_to_go.EpisodeReturns(algo, [[]]), np.zeros(capacity, np.float32), 0
+    record, length, compiled_column = jnp.zeros(limit), jnp.asarray(0), jnp.zeros(capacity)
+    block_of = jax.jit(lambda *args: returns_to_go.record_block(rule, *args))
+    for first in range(0, 60, steps):
+        r, e = rewards[first:first + steps], ended[first:first + steps]
+        returns, writes = host.block(r[:, None], e[:, None], position, capacity)
+        for _, slot, value in writes:
+            column[slot] = value
+        column[(position + np.arange(steps)) % capacity] = returns[:, 0]
+        record, length, block_returns, compiled_column = block_of(
+            record, length, jnp.asarray(r), jnp.asarray(e), compiled_column, jnp.asarray(position))
+        np.testing.assert_allclose(block_returns, returns[:, 0], rtol=1e-5, err_msg=f"block at {first}")
+        compiled_column = compiled_column.at[(position + jnp.arange(steps)) % capacity].set(block_returns)
+        np.testing.assert_allclose(compiled_column, column, rtol=1e-5, err_msg=f"block at {first}")
+        position = (position + steps) % capacity
+        assert int(length) == len(host.running[0])
+        np.testing.assert_allclose(record[:int(length)], host.running[0], rtol=1e-6)
+    assert np.isneginf(column).sum() == 6  # the running episode's rows so far
+
+
+@pytest.fixture(scope="module")
+def calibrated_online(tmp_path_factory, data_dir):
+    """Cal-QL with online_calibration=true from scratch, run by hand on a ring of 300 rows (420
+    environment steps: the first 120 rows overwritten): the trees and the assembly."""
+    from experiments.assembly import Assembly
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("OFFRL_DATA_DIR", str(data_dir))
+    cfg = compose(["algo=cal_ql", *TINY, *ALGORITHMS["cal_ql"], "steps=0", "algo.online_calibration=true",
+                   "algo.online.buffer_size=300", "algo.discount=0.9"])
+    asm = Assembly.build(cfg)
+    hooks = Hooks(log=lambda line: None, evaluate=lambda *args: args[1], checkpoint=lambda *args: None,
+                  leave=lambda where: None)
+    position = Position()
+    trees = online_compiled.run_online(asm, asm.fresh("online"), position, hooks, asm.runner("online"))
+    patch.undo()
+    return asm, trees
+
+
+def test_compiled_buffers_hold_the_hosts_returns_to_go(calibrated_online):
+    """Every held row's return-to-go is the algorithm's derive over the rest of its episode's
+    preprocessed rewards (computed here in numpy from the held rows: G_t needs only r_t, r_t+1, ...
+    to the episode's end), -inf for the third episode, still running; the record holds its rewards."""
+    from experiments import returns_to_go
+
+    asm, trees = calibrated_online
+    buffers = jax.device_get(trees["buffers"])
+    assert np.asarray(buffers.size).tolist() == [300, 300]
+    assert np.asarray(buffers.position).tolist() == [120, 120]
+    for seed in range(2):
+        order = (120 + np.arange(300)) % 300  # oldest first: environment steps 120 ... 419
+        rewards = buffers.transitions.rewards[seed][order]
+        returns = buffers.transitions.returns_to_go[seed][order]
+        ends = np.flatnonzero(buffers.transitions.timeouts[seed][order])
+        assert ends.tolist() == [79, 279]  # steps 199 and 399
+        for start, end in ((0, 79), (80, 279)):
+            expected = returns_to_go.derived_returns(asm.algo, rewards[start:end + 1])
+            np.testing.assert_allclose(returns[start:end + 1], expected, rtol=1e-5, atol=1e-5)
+        assert np.all(returns[280:] == -np.inf)
+        record = np.asarray(trees["environments"].record[seed, 0])
+        np.testing.assert_allclose(record[:20], rewards[280:], rtol=1e-6)
+        assert not record[20:].any()
+    assert int(trees["states"].step) == 420
+
+
+def test_cal_ql_calibrates_online_on_a_grid_with_the_compiled_environment(offline_data, tmp_path):
+    """The issue's Cal-QL example in small: online_calibration=true with a grid axis, env.backend=mjx."""
+    results = run(compose(["algo=cal_ql", *TINY, *ALGORITHMS["cal_ql"], "algo.online_calibration=true",
+                           "grid.algo.min_q_weight=[1,5]", "seeds=1"]), tmp_path)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    online = [line for line in lines if line.get("phase") == "online" and line["type"] == "train"]
+    assert [line["env_step"] for line in online] == [140, 280, 420]
+    assert len(results["seeds"]) == 2 and all(np.isfinite(s["online_final_score"]) for s in results["seeds"])
+    assert all(np.isfinite(line["critic_loss"]).all() for line in online)
+
+
+def test_a_calibrated_run_killed_mid_episode_resumes_to_the_same_numbers(offline_data, tmp_path):
+    """Killed after the chunk ending at environment step 210 (checkpoint at 140, mid-episode: the
+    record of the running episode's rewards comes back), resumed: the same lines and results."""
+    settings = ["algo=cal_ql", *TINY, *ALGORITHMS["cal_ql"], "algo.online_calibration=true",
+                "online.eval_every=70", "online.log_every=70"]
+    straight = resume_is_exact(settings, 20 + 210, tmp_path)
+    assert sum(len(line.get("episodes", [])) for line in straight.lines if line["type"] == "train") == 4
+
+
 @pytest.mark.parametrize("override, words", [
     ("env.backend=gpu", "env.backend must be host or mjx (got 'gpu'); fix the override env.backend=..."),
     ("env.num_envs=0", "env.num_envs must be an integer >= 1 (got 0); fix the override env.num_envs=..."),
@@ -213,9 +317,8 @@ def test_bad_backend_settings_are_refused(override, words):
 
 
 @pytest.mark.parametrize("overrides, words", [
-    (["algo=cal_ql", "algo.online_calibration=true"], "online returns-to-go"),
     (["env.num_envs=4"], "env.num_envs=4: off-policy algorithms step one environment"),
-    (["algo.online.block=8"], "online.steps=420 is not a multiple of algo.online.block=8"),
+    (["algo.online.block=512"], "online.steps=420 is fewer than one block of algo.online.block=512"),
 ])
 def test_combinations_the_compiled_phase_does_not_run_are_refused(offline_data, overrides, words):
     from experiments.assembly import Assembly

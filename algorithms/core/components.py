@@ -149,10 +149,12 @@ class OnPolicy:
     """Online without replay: the buffer is the rollout of `block` steps per seed; every time it is
     full (at environment steps that are multiples of `block`) the whole rollout, in time order, is
     the batch of one update, then it is overwritten. learns_offline=False: the learner trains on no
-    dataset (PPO from scratch; `steps` must be 0)."""
+    dataset (PPO from scratch; `steps` must be 0). minibatch_size: the rollout's rows (block x
+    `env.num_envs`) split into minibatches of this many (PPO's; checked where num_envs is known)."""
 
     block: int
     learns_offline: bool = True
+    minibatch_size: int = 1
     returns_to_go = False
     random_warmup = False  # uniformly random actions are not the policy's: nothing to learn from
     rows_in_program = False  # rollouts of any length share one compiled update

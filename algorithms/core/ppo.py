@@ -106,16 +106,14 @@ class PPOConfig:
                                     f"{getattr(self, name)!r}); fix the override algo.ppo.{name}=...")
 
 
-def check_rollouts(online: OnlineConfig, config: PPOConfig, learner: str) -> None:
-    """An algorithm that learns online with PPO must collect rollouts (`replay: on_policy`) whose
-    length (`block`) splits into whole minibatches."""
+def check_rollouts(online: OnlineConfig, learner: str) -> None:
+    """An algorithm that learns online with PPO must collect rollouts (`replay: on_policy`). That
+    their block x env.num_envs rows split into whole minibatches is checked where env.num_envs is
+    known (`OnPolicy.minibatch_size`; experiments/online.py's check_num_envs)."""
     if online.replay != "on_policy":
         raise SettingsError(f"algo.online.replay must be on_policy for {learner}, which learns online with "
                             f"PPO on its own rollouts (got {online.replay!r}); fix the override "
                             "algo.online.replay=on_policy")
-    if online.block % config.minibatch_size:
-        raise SettingsError(f"algo.online.block={online.block} (the rollout) must be a multiple of "
-                            f"algo.ppo.minibatch_size={config.minibatch_size}; fix one of them")
 
 
 def gae(rewards, values, next_values, terminals, dones, discount: float, gae_lambda: float):
