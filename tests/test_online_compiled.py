@@ -244,7 +244,8 @@ def test_the_compiled_block_writes_the_returns_the_host_writes():
 @pytest.fixture(scope="module")
 def calibrated_online(tmp_path_factory, data_dir):
     """Cal-QL with online_calibration=true from scratch, run by hand on a ring of 300 rows (420
-    environment steps: the first 120 rows overwritten): the trees and the assembly."""
+    environment steps: the first 120 rows overwritten): the assembly, the trees and what the
+    checkpoint hook got at environment step 140 (copies: the chunks take over their arguments)."""
     from experiments.assembly import Assembly
 
     patch = pytest.MonkeyPatch()
@@ -252,12 +253,16 @@ def calibrated_online(tmp_path_factory, data_dir):
     cfg = compose(["algo=cal_ql", *TINY, *ALGORITHMS["cal_ql"], "steps=0", "algo.online_calibration=true",
                    "algo.online.buffer_size=300", "algo.discount=0.9"])
     asm = Assembly.build(cfg)
-    hooks = Hooks(log=lambda line: None, evaluate=lambda *args: args[1], checkpoint=lambda *args: None,
+    saved = {}
+
+    def checkpoint(position, trees):
+        saved[position.env_step] = (json.loads(json.dumps(position.record())), jax.device_get(trees))
+
+    hooks = Hooks(log=lambda line: None, evaluate=lambda *args: args[1], checkpoint=checkpoint,
                   leave=lambda where: None)
-    position = Position()
-    trees = online_compiled.run_online(asm, asm.fresh("online"), position, hooks, asm.runner("online"))
+    trees = online_compiled.run_online(asm, asm.fresh("online"), Position(), hooks, asm.runner("online"))
     patch.undo()
-    return asm, trees
+    return asm, jax.device_get(trees), saved
 
 
 def test_compiled_buffers_hold_the_hosts_returns_to_go(calibrated_online):
@@ -266,8 +271,8 @@ def test_compiled_buffers_hold_the_hosts_returns_to_go(calibrated_online):
     to the episode's end), -inf for the third episode, still running; the record holds its rewards."""
     from experiments import returns_to_go
 
-    asm, trees = calibrated_online
-    buffers = jax.device_get(trees["buffers"])
+    asm, trees, _ = calibrated_online
+    buffers = trees["buffers"]
     assert np.asarray(buffers.size).tolist() == [300, 300]
     assert np.asarray(buffers.position).tolist() == [120, 120]
     for seed in range(2):
@@ -284,6 +289,25 @@ def test_compiled_buffers_hold_the_hosts_returns_to_go(calibrated_online):
         np.testing.assert_allclose(record[:20], rewards[280:], rtol=1e-6)
         assert not record[20:].any()
     assert int(trees["states"].step) == 420
+
+
+def test_a_calibrated_phase_resumed_mid_episode_ends_as_the_straight_one(calibrated_online):
+    """From the checkpoint at environment step 140 (the first episodes 140 steps in: their record of
+    rewards comes back from the stored tree) to 420: the same buffers (returns-to-go included) and
+    parameters, bit for bit."""
+    asm, straight, saved = calibrated_online
+    record, trees = saved[140]
+    assert np.asarray(online_compiled.unstored(trees["environments"], jax.eval_shape(
+        lambda: online_compiled.fresh_episodes(asm.jax_env, asm.seeds, 1, record_steps=200))).lengths
+        ).tolist() == [[140], [140]]
+    hooks = Hooks(log=lambda line: None, evaluate=lambda *args: args[1], checkpoint=lambda *args: None,
+                  leave=lambda where: None)
+    resumed = online_compiled.run_online(asm, jax.device_put(trees), Position.of(record), hooks,
+                                         asm.runner("online"))
+    for name in ("buffers", "states"):
+        for a, b in zip(jax.tree.leaves(straight[name]), jax.tree.leaves(jax.device_get(resumed[name])),
+                        strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 def test_cal_ql_calibrates_online_on_a_grid_with_the_compiled_environment(offline_data, tmp_path):
