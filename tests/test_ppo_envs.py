@@ -4,6 +4,8 @@ environment seeds distinct per (seed, environment) and independent of the seeds 
 resume of a rollout cut by a checkpoint; the same on the compiled backend (env.backend=mjx, the
 jax.numpy Pendulum), and Uni-O4's online phase with several environments."""
 
+import json
+
 import flax
 import gymnasium as gym
 import jax
@@ -22,7 +24,7 @@ from envs.preprocessing import Normalizer
 from experiments import loop, online_compiled, run_parts, seed_axis
 from experiments.assembly import Assembly
 from experiments.config import ConfigError, compose
-from experiments.online import OnlineRun, OnlineSchedule, environment_spec, train_online
+from experiments.online import OnlineRun, OnlineSchedule, check_num_envs, environment_spec, train_online
 from experiments.train import run
 
 
@@ -275,11 +277,36 @@ def test_compiled_ppo_from_scratch_resumes_exactly(offline_data, tmp_path, num_e
     assert all(np.isfinite(line["actor_loss"]).all() for line in train_lines)
 
 
-def test_compiled_blocks_are_whole_steps_of_every_environment(offline_data, tmp_path):
-    with pytest.raises(ConfigError, match=r"online.eval_every=64 is not a multiple of algo.online.block=32 "
-                                          r"x env.num_envs=4"):
-        run(compose([*MJX, "env.num_envs=4", "online.steps=256", "online.log_every=128",
+def test_compiled_blocks_are_whole_steps_of_every_environment(offline_data, tmp_path, caplog):
+    """Blocks of 32 x 4 = 128 environment steps: online.steps=300 runs 256 (rounded down), the
+    evaluations every 64 come every 128 (rounded up), said in one info line; fewer steps than one
+    block are refused."""
+    with caplog.at_level("INFO", logger="train"):
+        run(compose([*MJX, "env.num_envs=4", "online.steps=300", "online.log_every=128",
                      "online.eval_every=64"]), tmp_path / "run")
+    said = [r.getMessage() for r in caplog.records if "whole blocks" in r.getMessage()]
+    assert said == ["env.backend=mjx runs whole blocks of algo.online.block=32 x env.num_envs=4 = 128 "
+                    "environment steps: online.steps 300 -> 256, online.eval_every 64 -> 128, "
+                    "online.checkpoint_every 64 -> 128"]  # (it follows the evaluations)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["env_step"] for line in lines if line["type"] == "train"] == [128, 256]
+    assert [line["env_step"] for line in lines if line["type"] == "eval"] == [128, 256]
+    with pytest.raises(ConfigError, match=r"online.steps=96 is fewer than one block of algo.online.block=32 "
+                                          r"x env.num_envs=4"):
+        run(compose([*MJX, "env.num_envs=4", "online.steps=96"]), tmp_path / "few")
+
+
+def test_the_rollout_of_every_environment_splits_into_minibatches():
+    """The rollout is block x num_envs rows: 16 x 4 splits into minibatches of 64 though 16 alone
+    does not; 16 x 3 does not, and is refused naming both settings."""
+    ppo = PPO(online=OnlineConfig(replay="on_policy", block=16), ppo=PPOConfig(minibatch_size=64))
+    check_num_envs(4, ppo.driver(), 1000)
+    with pytest.raises(ConfigError, match=r"^algo.online.block=16 x env.num_envs=3 = 48 rows \(the rollout\) "
+                                          r"must be a multiple of algo.ppo.minibatch_size=64; fix one"):
+        check_num_envs(3, ppo.driver(), 1000)
+    with pytest.raises(ConfigError, match=r"^algo.online.block=16 \(the rollout\) must be a multiple of "
+                                          r"algo.ppo.minibatch_size=64"):
+        check_num_envs(1, ppo.driver(), 1000)
 
 
 # ---------------------------------------------------------------------------------------------
