@@ -330,6 +330,25 @@ def test_a_calibrated_run_killed_mid_episode_resumes_to_the_same_numbers(offline
     assert sum(len(line.get("episodes", [])) for line in straight.lines if line["type"] == "train") == 4
 
 
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_off_policy_algorithm_traces_its_compiled_phase_on_a_grid(offline_data, name):
+    """A grid axis (tau, the target update's rate, a value of every grid point) inside the compiled
+    chunk: the program traces and lowers with the grid's values vmapped beside the seeds (not
+    compiled: that is the end-to-end tests' cost)."""
+    from experiments.assembly import Assembly
+
+    asm = Assembly.build(compose([f"algo={name}", *TINY, *ALGORITHMS[name], "steps=0", "seeds=1",
+                                  "grid.algo.tau=[0.005,0.01]"]))
+    assert len(asm.seeds) == 2 and np.asarray(asm.values["tau"]).tolist() == pytest.approx([0.005, 0.01])
+    trees = asm.fresh("online")
+    episodes = online_compiled.fresh_episodes(asm.jax_env, asm.seeds, 1, 0,
+                                              online_compiled.record_steps(asm.algo, asm.jax_env))
+    chunk = online_compiled.make_online_chunk(asm.algo, asm.jax_env, asm.prepared.preprocessor, 2, 1, 0, True)
+    lowered = chunk.lower(trees["states"], trees["buffers"], trees["keys"], episodes, jnp.asarray(asm.seeds),
+                          jnp.asarray(0), asm.contexts["online"], asm.values)
+    assert lowered.out_info[4]  # the metrics of every update
+
+
 @pytest.mark.parametrize("override, words", [
     ("env.backend=gpu", "env.backend must be host or mjx (got 'gpu'); fix the override env.backend=..."),
     ("env.num_envs=0", "env.num_envs must be an integer >= 1 (got 0); fix the override env.num_envs=..."),
