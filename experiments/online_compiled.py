@@ -14,7 +14,9 @@ terminations only, timeouts = truncation without termination, the same preproces
 (normalizer and reward transform, here in jax.numpy), the same one-seed update (`loop.seed_update`,
 drawing as the driver's sampling says) and the same checks (`ChunkRunner.checked`: finiteness, the
 early stop, the `after_chunk` seam). The running episodes (the environments' states, returns and
-lengths) are a checkpointed tree ("environments"), so a resumed run continues them exactly.
+lengths; with online returns-to-go, Cal-QL's `online_calibration=true`, the record of their
+preprocessed rewards: experiments/returns_to_go.py) are a checkpointed tree ("environments"), so a
+resumed run continues them exactly. The schedule runs in whole blocks (`in_blocks`).
 A seed's environments reset from keys of its seed and the environment step alone, so a seed
 trains the same alone or beside others. Evaluation is the host's (docs/mjx.md says why).
 """
@@ -251,11 +253,9 @@ def check(algo: Algorithm, schedule: online.OnlineSchedule, num_envs: int) -> No
                           "environment steps, where env.backend=mjx updates; raise online.steps or "
                           "lower algo.online.block")
     rounded = in_blocks(algo, schedule, num_envs)
-    changed = [f"{name} {before} -> {after}" for name, before, after in (
-        ("online.steps", schedule.steps, rounded.steps), ("online.log_every", schedule.log_every,
-                                                          rounded.log_every),
-        ("online.eval_every", schedule.eval_every, rounded.eval_every),
-        ("online.checkpoint_every", schedule.checkpoint_every, rounded.checkpoint_every)) if before != after]
+    changed = [f"online.{field} {'down' if field == 'steps' else 'up'} to {getattr(rounded, field)}"
+               for field in ("steps", "log_every", "eval_every", "checkpoint_every")
+               if getattr(rounded, field) != getattr(schedule, field)]
     if changed:
         log.info("env.backend=mjx runs whole blocks of %s = %d environment steps: %s", of_block, block,
                  ", ".join(changed))
