@@ -322,10 +322,11 @@ def test_cal_ql_calibrates_online_on_a_grid_with_the_compiled_environment(offlin
 
 
 def test_a_calibrated_run_killed_mid_episode_resumes_to_the_same_numbers(offline_data, tmp_path):
-    """Killed after the chunk ending at environment step 210 (checkpoint at 140, mid-episode: the
-    record of the running episode's rewards comes back), resumed: the same lines and results."""
+    """Through the checkpoint files: killed after the chunk ending at environment step 210 (the
+    checkpoint at 140 is mid-episode: the record of the running episode's rewards comes back from
+    it), resumed: the same lines and results."""
     settings = ["algo=cal_ql", *TINY, *ALGORITHMS["cal_ql"], "algo.online_calibration=true",
-                "online.eval_every=70", "online.log_every=70"]
+                "online.log_every=70"]
     straight = resume_is_exact(settings, 20 + 210, tmp_path)
     assert sum(len(line.get("episodes", [])) for line in straight.lines if line["type"] == "train") == 4
 
