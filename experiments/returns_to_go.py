@@ -162,6 +162,8 @@ def record_block(rule: Rule, record: jax.Array, length, rewards: jax.Array, ende
         done = ended[step]
         values = episode_returns(rule, record, length)
         rows = step - length + 1 + offsets  # each record entry's row, relative to the block
+        # rows older than the ring's last `capacity` are gone: their slots hold newer rows (of this
+        # episode too, which a scatter with repeated slots may write in any order), so skip them
         valid = done & (offsets < length) & (rows >= steps - capacity)
         block_returns = block_returns.at[jnp.where(valid & (rows >= 0), rows, steps)].set(
             values, mode="drop")

@@ -208,15 +208,15 @@ def test_a_run_killed_online_resumes_to_the_same_numbers(offline_data, tmp_path)
 
 def test_the_compiled_block_writes_the_returns_the_host_writes():
     """`record_block` (compiled) against `EpisodeReturns.block` (the host's, with the algorithm's own
-    derive) over 12 blocks of 5 rows into a ring of 8: episodes of 1 to 11 steps, some longer than
+    derive) over 12 blocks of 5 rows into a ring of 8: episodes of 1 to 15 steps, some longer than
     the ring, some never-solved (every reward the failure reward); the block's returns and the
     buffer's column after the writes agree block after block."""
     from experiments import returns_to_go
 
     algo = ALGO_CAL_QL(discount=0.9, failure_reward=-5.0)
-    rule, capacity, steps, limit = returns_to_go.compiled_rule(algo), 8, 5, 12
+    rule, capacity, steps, limit = returns_to_go.compiled_rule(algo), 8, 5, 16
     rng = np.random.default_rng(0)
-    lengths = [3, 1, 11, 4, 9, 2, 6, 10, 8, 6]  # episodes in a row; the last runs on
+    lengths = [3, 1, 11, 4, 9, 2, 6, 15, 3, 6]  # episodes in a row; the last runs on
     ended = np.zeros(sum(lengths), bool)
     ended[np.cumsum(lengths)[:-1] - 1] = True
     rewards = rng.normal(size=ended.size).astype(np.float32)
