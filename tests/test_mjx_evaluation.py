@@ -80,7 +80,7 @@ def test_compiled_and_host_returns_agree_from_the_same_initial_states(assembled)
     returns = compiled.play("offline", states, initial)
     assert returns.shape == host.shape == (2, 25) and returns.dtype == np.float64
     assert np.ptp(host) > 100  # the episodes differ: a shuffled comparison would fail
-    np.testing.assert_allclose(returns, host, rtol=1e-4)
+    np.testing.assert_allclose(returns, host, rtol=1e-5)  # measured: 9e-7 at most
 
 
 def test_compiled_and_host_scores_agree_in_distribution(assembled):
