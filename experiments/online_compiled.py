@@ -16,7 +16,8 @@ drawing as the driver's sampling says) and the same checks (`ChunkRunner.checked
 early stop, the `after_chunk` seam). The running episodes (the environments' states, returns and
 lengths) are a checkpointed tree ("environments"), so a resumed run continues them exactly.
 A seed's environments reset from keys of its seed and the environment step alone, so a seed
-trains the same alone or beside others. Evaluation is the host's (docs/mjx.md says why).
+trains the same alone or beside others. Evaluation runs where `eval.backend` says (auto: compiled
+too; experiments/compiled_evaluation.py).
 """
 
 from __future__ import annotations
