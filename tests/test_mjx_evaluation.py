@@ -13,6 +13,7 @@ import textwrap
 
 import gymnasium as gym
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -20,7 +21,7 @@ from scipy import stats
 
 import envs
 from envs.environment import run_episodes
-from envs.mjx import evaluation
+from envs.mjx import EnvState, evaluation
 from experiments import compiled_evaluation, records
 from experiments.config import ConfigError, compose
 from experiments.data import load
@@ -67,20 +68,40 @@ def assembled(data_dir):
     return asm, asm.fresh()["states"]
 
 
+def from_the_same_starts(asm, states, copies: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(host, compiled) returns of evaluation 0's episodes, (seeds x copies, episodes), the policy
+    program of `copies` candidates per seed on both backends, each episode started from gymnasium's
+    reset state for its episode seed, rounded to float32."""
+    env_seeds = records.episode_seeds(asm.seeds, asm.cfg, "offline", 0, copies)
+    host = run_episodes(asm.policy("offline", members=copies)(states),
+                        lambda: Float32Start(envs.make_env(PENDULUM)), env_seeds, workers=1)
+    initial = jax.vmap(jax.vmap(asm.jax_env.reset_to))(gymnasium_start(env_seeds))
+    return host, compiled_evaluation.CompiledEvaluation(asm).play("offline", states, initial, copies)
+
+
 def test_compiled_and_host_returns_agree_from_the_same_initial_states(assembled):
     """2 seeds x 25 whole 200-step episodes of the same policy program, each started on both backends
-    from gymnasium's reset state for the evaluation's episode seed (rounded to float32): every
-    episode's return agrees to float32 round-off (the host steps float64 gymnasium)."""
-    asm, states = assembled
-    env_seeds = records.episode_seeds(asm.seeds, asm.cfg, "offline", 0)
-    host = run_episodes(asm.policy()(states), lambda: Float32Start(envs.make_env(PENDULUM)),
-                             env_seeds, workers=1)
-    compiled = compiled_evaluation.CompiledEvaluation(asm)
-    initial = jax.vmap(jax.vmap(asm.jax_env.reset_to))(gymnasium_start(env_seeds))
-    returns = compiled.play("offline", states, initial)
+    from the same state: every episode's return agrees to float32 round-off (the host steps
+    gymnasium in float64)."""
+    host, returns = from_the_same_starts(*assembled)
     assert returns.shape == host.shape == (2, 25) and returns.dtype == np.float64
     assert np.ptp(host) > 100  # the episodes differ: a shuffled comparison would fail
     np.testing.assert_allclose(returns, host, rtol=1e-5)  # measured: 9e-7 at most
+
+
+def test_every_candidate_plays_its_seeds_episodes_as_on_the_host(offline_data):
+    """Uni-O4's members (rows seeds x members, member m of seed i at row i * members + m): from the
+    same initial states, every row's compiled returns are the host's."""
+    from helpers import UNIO4_TINY_RUN
+
+    from experiments.assembly import Assembly
+
+    asm = Assembly.build(compose([*UNIO4_TINY_RUN, "steps=20", "eval.backend=mjx"]))
+    count = asm.algo.candidates().count
+    host, returns = from_the_same_starts(asm, asm.fresh()["states"], count)
+    assert count > 1 and returns.shape == host.shape == (2 * count, 2)
+    assert np.ptp(host.reshape(2, count, 2), axis=1).min() > 1e-3  # the members act differently
+    np.testing.assert_allclose(returns, host, rtol=1e-5)
 
 
 def test_compiled_and_host_scores_agree_in_distribution(assembled):
@@ -96,6 +117,36 @@ def test_compiled_and_host_scores_agree_in_distribution(assembled):
     assert compiled.shape == host.shape == (2, 25)
     assert stats.ttest_ind(compiled_scores, host_scores, equal_var=False).pvalue > 0.01
     assert not np.allclose(np.sort(compiled.ravel()), np.sort(host.ravel()))
+
+
+class Countdown:
+    """A JAX environment whose episode from `reset_to(n)` terminates after n steps, reward 1 a step,
+    time limit 10."""
+
+    max_episode_steps = 10
+
+    def reset_to(self, n):
+        zero = jnp.zeros((), jnp.int32)
+        return EnvState(jnp.asarray(n, jnp.int32), jnp.zeros(1), jnp.zeros(()), zero > 0, zero > 0, zero)
+
+    def step(self, state, action):
+        steps = state.steps + 1
+        return EnvState(state.data, state.observation + action, jnp.ones(()), steps >= state.data,
+                        steps >= self.max_episode_steps, steps)
+
+
+def test_an_episode_counts_until_it_terminates_or_reaches_the_time_limit():
+    env, seen = Countdown(), []
+
+    def policy(observations):
+        seen.append(observations.shape)
+        return jnp.zeros_like(observations)
+
+    initial = jax.vmap(jax.vmap(env.reset_to))(jnp.array([[3, 12], [10, 1]]))
+    returns, lengths = jax.jit(lambda states: evaluation.play(env, policy, states))(initial)
+    assert np.asarray(returns).tolist() == [[3, 10], [10, 1]]
+    assert np.asarray(lengths).tolist() == [[3, 10], [10, 1]]
+    assert seen == [(2, 2, 1)]  # one call per step for all (seeds, episodes)
 
 
 def test_episode_keys_depend_on_the_episode_seed_alone():
