@@ -30,8 +30,8 @@ import envs
 from algorithms import Algorithm, SettingsError, Spec
 from algorithms.core.algorithm import Context, Sampling
 from algorithms.core.components import learner
+from experiments import compiled_evaluation, loop, online, online_compiled, policies, run_parts, seed_axis
 from experiments import grid as grids
-from experiments import loop, online, online_compiled, policies, run_parts, seed_axis
 from experiments.config import ConfigError, make_algorithm
 from experiments.data import load
 from experiments.settings import check_run_settings
@@ -87,6 +87,7 @@ class Assembly:
             log.warning(candidates.without_evaluation)
         if evaluating or online_steps:  # fail now, not after hours of training, if the env does not fit
             envs.check_observation_dim(info, raw.observation_dim)  # (actions: checked by load)
+            compiled_evaluation.check(cfg, info)  # eval.backend=mjx: the dataset has a JAX environment
         online.check_num_envs(num_envs(cfg), learner(algo, "online").driver(), online_steps)
         prepared = run_parts.prepare(algo, raw)
         spec = Spec(raw.observation_dim, raw.action_dim, int(cfg.steps), num_envs(cfg))

@@ -42,7 +42,7 @@ def evaluate_run(run_dir, checkpoint: int | None = None, episodes: int | None = 
     import numpy as np
 
     import envs
-    from experiments import policies
+    from experiments import policies, records
     from experiments.restored import restore
 
     _check_options(episodes, seeds, deterministic, evaluation_index, workers, out)
@@ -59,7 +59,7 @@ def evaluate_run(run_dir, checkpoint: int | None = None, episodes: int | None = 
         info = dataclasses.replace(info, eval_overrides={**info.eval_overrides, **arguments},
                                    max_episode_steps=limit)
     if episodes is None:
-        episodes = int(cfg.eval.episodes if restored.phase == "offline" else cfg.online.episodes)
+        episodes = records.episode_count(cfg, restored.phase)
     if episodes < 1:
         raise ConfigError(f"the run's protocol evaluates {episodes} episodes (evaluation was off); set "
                           "episodes=N")

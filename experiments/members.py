@@ -1,11 +1,9 @@
 """Several candidate policies per seed (`Algorithm.candidates`: Uni-O4's ensemble): every offline
-evaluation scores each candidate of each seed on the seed's episodes, in one vector env with one
-batched policy call per step, and then, as a step of its own, the algorithm chooses the candidate
-its seed acts with (and hands over online) from those real scores."""
+evaluation scores each candidate of each seed on the seed's episodes (experiments/run_folder.py plays
+them, on the host or compiled as `eval.backend` says), and then, as a step of its own, the algorithm
+chooses the candidate its seed acts with (and hands over online) from those real scores."""
 
 from __future__ import annotations
-
-import time
 
 import jax
 import jax.numpy as jnp
@@ -17,16 +15,11 @@ from experiments import records
 from experiments.seed_axis import seed_axes
 
 
-def score(policy, info, seeds: list[int], cfg, step: int, index: int, observation_dim: int,
-          count: int) -> tuple[np.ndarray, dict]:
-    """Offline evaluation number `index` of every candidate: (scores (seeds, count) that `choose`
-    reads, the evaluation entry's returns by candidate (seeds, count, episodes) with the time)."""
-    tic = time.perf_counter()
-    returns = records.play(policy, info, seeds, cfg, "offline", index, observation_dim, copies=count)
-    returns = returns.reshape(len(seeds), count, -1)
+def scores_of(returns: np.ndarray, info) -> np.ndarray:
+    """Every candidate's score that `choose` reads, (seeds, count), from its episodes' returns
+    (seeds, count, episodes): the mean normalized score (the mean return without reference scores)."""
     scores = envs.normalized_score(returns, info)
-    return (returns if scores is None else scores).mean(axis=-1), {
-        "returns": returns, "seconds": time.perf_counter() - tic}
+    return (returns if scores is None else scores).mean(axis=-1)
 
 
 def choose(algo: Algorithm, states, scores):
@@ -38,24 +31,22 @@ def choose(algo: Algorithm, states, scores):
     return states, jax.device_get(record)
 
 
-def entry(played: dict, record: dict, info, step: int) -> dict:
+def entry(returns: np.ndarray, seconds: float, record: dict, info, step: int) -> dict:
     """The evaluation entry of the chosen candidates, with every candidate's scores and the
     algorithm's record under "members" (results.json)."""
-    returns = played["returns"]
     scores = envs.normalized_score(returns, info)
     chosen = returns[np.arange(returns.shape[0]), np.asarray(record["chosen"])]
-    out = records.evaluation_entry(chosen, info, "offline", step, 0, played["seconds"])
+    out = records.evaluation_entry(chosen, info, "offline", step, 0, seconds)
     out["members"] = {"return": returns.mean(axis=-1).tolist(),
                       "normalized_score": None if scores is None else scores.mean(axis=-1).tolist(),
                       **{name: np.asarray(value).tolist() for name, value in record.items()}}
     return out
 
 
-def evaluate_and_choose(algo: Algorithm, policy, states, info, seeds: list[int], cfg, step: int,
-                        index: int, observation_dim: int):
-    """Score every candidate (`score`), then let the algorithm choose (`choose`): (the states
-    acting with the chosen candidates, the evaluation entry)."""
-    scores, played = score(policy, info, seeds, cfg, step, index, observation_dim,
-                           algo.candidates().count)
-    states, record = choose(algo, states, scores)
-    return states, entry(played, record, info, step)
+def evaluate_and_choose(algo: Algorithm, states, returns: np.ndarray, seconds: float, info, step: int):
+    """An offline evaluation of every candidate, `returns` (seeds x count, episodes) as its rows
+    played them (member m of seed i at row i * count + m; `seconds`: how long they took), then the
+    algorithm's choice (`choose`): (the states acting with the chosen candidates, the entry)."""
+    returns = returns.reshape(returns.shape[0] // algo.candidates().count, algo.candidates().count, -1)
+    states, record = choose(algo, states, scores_of(returns, info))
+    return states, entry(returns, seconds, record, info, step)

@@ -18,7 +18,8 @@ lengths; with online returns-to-go, Cal-QL's `online_calibration=true`, the reco
 preprocessed rewards: experiments/returns_to_go.py) are a checkpointed tree ("environments"), so a
 resumed run continues them exactly. The schedule runs in whole blocks (`in_blocks`).
 A seed's environments reset from keys of its seed and the environment step alone, so a seed
-trains the same alone or beside others. Evaluation is the host's (docs/mjx.md says why).
+trains the same alone or beside others. Evaluation runs where `eval.backend` says (auto: compiled
+too; experiments/compiled_evaluation.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import jax
@@ -42,16 +41,25 @@ class MetricsFile:
         self.path.write_text("".join(line + "\n" for line in lines))
 
 
-def play(policy, info, seeds: list[int], cfg, phase: str, index: int, observation_dim: int,
-         copies: int = 1) -> np.ndarray:
-    """Every episode's return of evaluation number `index`, (seeds x copies, episodes): episodes
+def episode_count(cfg, phase: str) -> int:
+    """Episodes per seed of an evaluation in `phase`: `eval.episodes` offline, `online.episodes` online."""
+    return int(cfg.eval.episodes if phase == "offline" else cfg.online.episodes)
+
+
+def episode_seeds(seeds: list[int], cfg, phase: str, index: int, copies: int = 1) -> np.ndarray:
+    """The environment seeds of evaluation number `index`, (seeds x copies, episodes): episodes
     that depend on the seed's value and `index` only (`envs.episode_seeds`: a seed scores the same
     alone or in any batch; the online phase's evaluations continue the offline index). `copies`:
     rows per seed that play the seed's episodes (several candidate policies: experiments/members.py)."""
-    episodes = int(cfg.eval.episodes if phase == "offline" else cfg.online.episodes)
-    env_seeds = np.repeat(envs.episode_seeds(seeds, index, episodes), copies, axis=0)
-    return envs.evaluate(policy, info, env_seeds, observation_dim=observation_dim,
-                         workers=cfg.eval.get("workers", "auto"))
+    return np.repeat(envs.episode_seeds(seeds, index, episode_count(cfg, phase)), copies, axis=0)
+
+
+def play(policy, info, seeds: list[int], cfg, phase: str, index: int, observation_dim: int,
+         copies: int = 1) -> np.ndarray:
+    """Every episode's return of evaluation number `index` on the host (gymnasium), (seeds x copies,
+    episodes), on the episodes of `episode_seeds`."""
+    return envs.evaluate(policy, info, episode_seeds(seeds, cfg, phase, index, copies),
+                         observation_dim=observation_dim, workers=cfg.eval.get("workers", "auto"))
 
 
 def evaluation_entry(returns: np.ndarray, info, phase: str, step: int, env_step: int, seconds: float) -> dict:
@@ -66,15 +74,6 @@ def evaluation_entry(returns: np.ndarray, info, phase: str, step: int, env_step:
         "episode_returns": returns.tolist(),
         "seconds": seconds,
     }
-
-
-def evaluation(policy, info, seeds: list[int], cfg, phase: str, step: int, env_step: int, index: int,
-               observation_dim: int) -> dict:
-    """Evaluation number `index` of every seed's deterministic policy (`play`): every episode's
-    return, their means and normalized scores."""
-    tic = time.perf_counter()
-    returns = play(policy, info, seeds, cfg, phase, index, observation_dim)
-    return evaluation_entry(returns, info, phase, step, env_step, time.perf_counter() - tic)
 
 
 def member_ranking(evaluations: list[dict], seed_index: int) -> dict | None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 
 import envs
 from algorithms import SettingsError
-from experiments import loop, members, preemption, records
+from experiments import compiled_evaluation, loop, members, preemption, records
 from experiments.assembly import Assembly
 from experiments.checkpoints import Checkpointer, CheckpointError
 from experiments.config import ConfigError
@@ -32,6 +33,7 @@ class RunFolder:
         self.position = Position()
         self.asm: Assembly | None = None
         self.policies: dict = {}
+        self.compiled: compiled_evaluation.CompiledEvaluation | None = None
 
     def stage_line(self, name: str, step: int, means: dict, kind: str) -> None:
         """A stage's training or validation line (`Assembly.build(progress=...)`)."""
@@ -75,14 +77,14 @@ class RunFolder:
         Returns the states (acting with the chosen candidates)."""
         asm, history = self.asm, self.position.history
         candidates = asm.algo.candidates() if phase == "offline" else None
-        index, observation_dim = len(history["evaluations"]), asm.raw.observation_dim
-        if candidates is not None and candidates.count > 1:
-            states, entry = members.evaluate_and_choose(
-                asm.algo, self.policy(phase, candidates.count)(states), states, asm.info, asm.seeds,
-                self.cfg, step, index, observation_dim)
+        count = candidates.count if candidates is not None and candidates.count > 1 else 1
+        tic = time.perf_counter()
+        returns = self.play(phase, states, len(history["evaluations"]), count)
+        seconds = time.perf_counter() - tic
+        if count > 1:
+            states, entry = members.evaluate_and_choose(asm.algo, states, returns, seconds, asm.info, step)
         else:
-            entry = records.evaluation(self.policy(phase)(states), asm.info, asm.seeds, self.cfg, phase,
-                                       step, env_step, index, observation_dim)
+            entry = records.evaluation_entry(returns, asm.info, phase, step, env_step, seconds)
         history["evaluations"].append(entry)
         self.metrics.write({"type": "eval", **entry, **asm.grid.columns()})
         score = entry["normalized_score"] or entry["return"]
@@ -91,6 +93,18 @@ class RunFolder:
                  "normalized score" if entry["normalized_score"] else "return", np.mean(score),
                  np.std(score), len(asm.seeds), entry["seconds"])
         return states
+
+    def play(self, phase: str, states, index: int, copies: int) -> np.ndarray:
+        """Every episode's return of evaluation number `index`, (seeds x copies, episodes): in the
+        dataset's gymnasium environment (the reference), or compiled in its JAX environment
+        (experiments/compiled_evaluation.py), as `eval.backend` says."""
+        asm = self.asm
+        if compiled_evaluation.evaluation_backend(self.cfg) == "mjx":
+            if self.compiled is None:
+                self.compiled = compiled_evaluation.CompiledEvaluation(asm)
+            return self.compiled.returns(phase, states, index, copies)
+        return records.play(self.policy(phase, copies)(states), asm.info, asm.seeds, self.cfg, phase, index,
+                            asm.raw.observation_dim, copies)
 
     def checkpoint(self, position: Position, trees: dict) -> None:
         self.checkpointer.save(position.step + position.env_step, trees, position.record())

@@ -25,6 +25,7 @@ RUN_INTEGERS = {"seed": 0, "seeds": 1, "steps": 0, "log_every": 1, "eval.every":
 RUN_BOOLEANS = ("skip_done", "dataset.download")
 RESUME_CHOICES = ("auto", True, False)
 BACKENDS = ("host", "mjx")  # env.backend: where the online phase's environments run
+EVAL_BACKENDS = ("auto", *BACKENDS)  # eval.backend: where evaluations run (auto: env.backend's)
 
 # Settings that do not change what a run computes: where and how it is watched, kept and resumed.
 # Two configs that differ only in these have the same fingerprint (`settings_fingerprint`).
@@ -54,6 +55,9 @@ def check_run_settings(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "env.backend") not in BACKENDS:
         raise ConfigError(f"env.backend must be host or mjx (got {OmegaConf.select(cfg, 'env.backend')!r}); "
                           "fix the override env.backend=...")
+    if OmegaConf.select(cfg, "eval.backend", default="auto") not in EVAL_BACKENDS:
+        raise ConfigError(f"eval.backend must be auto, host or mjx (got "
+                          f"{OmegaConf.select(cfg, 'eval.backend')!r}); fix the override eval.backend=...")
     try:
         envs.worker_count(OmegaConf.select(cfg, "eval.workers", default="auto"), 1)  # 'auto' or >= 1
     except envs.DatasetError as error:
@@ -122,7 +126,7 @@ def unused_options(cfg: DictConfig, overrides: list[str]) -> list[str]:
                                       or (key == "online" and value != "none")):
             problems.append(f"{key}={value} does nothing with online.steps=0 (no online phase): set "
                             "online.steps=N to fine-tune online, or drop the override")
-        elif (key in ("eval.episodes", "eval.workers") and cfg.eval.every == 0
+        elif (key in ("eval.episodes", "eval.workers", "eval.backend") and cfg.eval.every == 0
               and cfg.online.steps == 0):
             problems.append(f"{key}={value} does nothing with eval.every=0 (evaluation off): set "
                             "eval.every=N or drop the override")

@@ -388,7 +388,8 @@ def test_hopper_fine_tunes_with_mjx(tmp_path):
     results = run(compose(["algo=iql", "dataset=d4rl/hopper-medium-v2", f"dataset.path={file}",
                            "algo.hidden_dims=[16,16]", "algo.batch_size=16", "steps=10", "log_every=10",
                            "eval.every=10", "eval.episodes=1", "online.steps=40", "online.eval_every=20",
-                           "online.log_every=20", "online.episodes=1", "seeds=2", "env.backend=mjx"]),
+                           "online.log_every=20", "online.episodes=1", "seeds=2", "env.backend=mjx",
+                           "eval.backend=host"]),
                   tmp_path / "run")
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     online = [line for line in lines if line.get("phase") == "online" and line["type"] == "train"]
