@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.settings import NOT_RESULTS
+from experiments.settings import NOT_RESULTS, with_added_settings
 from experiments.sweep import FAILURE_FILE, RESULTS_FILE
 
 # Per-seed fields of offline-to-online runs, under the names the training loop may write them.
@@ -109,7 +109,7 @@ def is_setting(key: str) -> bool:
 def settings_of(config: dict, point: dict | None) -> dict:
     """The resolved config of one training as flat fields, its grid point's values in place of the
     config's, without the fields that are not settings (NOT_SETTINGS)."""
-    flat = flatten(config)
+    flat = flatten(with_added_settings(json.loads(json.dumps(config))))  # older runs: settings added since
     flat.update({f"algo.{name}": value for name, value in (point or {}).items()})
     return {key: value for key, value in flat.items() if is_setting(key)}
 

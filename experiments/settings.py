@@ -152,12 +152,35 @@ def check_options_apply(cfg: DictConfig, overrides: list[str], in_sweep: bool = 
     return problems
 
 
+# Settings added after runs were written, with the value that computes what a run written before
+# the key computed: a run folder (settings.json, results.json) that lacks one reads as having this
+# value, so a requeued job resumes its checkpoints after an upgrade and the report pools its seeds
+# with the new runs of the same settings.
+ADDED_SETTINGS = {"env.backend": "host", "env.num_envs": 1, "eval.backend": "auto"}
+
+
+def with_added_settings(settings: dict) -> dict:
+    """`settings` (a plain nested dict, changed in place and returned) with every `ADDED_SETTINGS`
+    key it lacks at its old-run value."""
+    for key, value in ADDED_SETTINGS.items():
+        *parents, leaf = key.split(".")
+        node = settings
+        for parent in parents:
+            node = node.setdefault(parent, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(leaf, value)
+    return settings
+
+
 def result_settings(config) -> dict:
     """The resolved settings that decide what a run computes: `config` (a DictConfig or the plain
-    dict results.json keeps) without the `NOT_RESULTS` fields."""
+    dict results.json keeps; keys added since it was written at `ADDED_SETTINGS`) without the
+    `NOT_RESULTS` fields."""
     if OmegaConf.is_config(config):
         config = OmegaConf.to_container(config, resolve=True)
     settings = json.loads(json.dumps(config))  # a deep copy
+    if settings:
+        with_added_settings(settings)
     for key in NOT_RESULTS:
         *parents, leaf = key.split(".")
         node = settings

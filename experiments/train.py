@@ -78,9 +78,12 @@ def resume_point(cfg: DictConfig, checkpointer, templates: dict):
         checkpointer.clear()
         return None
     saved = checkpointer.read_settings()
-    if saved is None or saved["fingerprint"] != settings_fingerprint(cfg):
+    # a fingerprint differs too when the folder predates a setting (settings.ADDED_SETTINGS)
+    differences = None if saved is None or saved["fingerprint"] == settings_fingerprint(cfg) else (
+        settings_differences(result_settings(saved["settings"]), result_settings(cfg)))
+    if saved is None or differences:
         changed = ("(its settings.json is missing)" if saved is None else "written with other settings: "
-                   + ", ".join(settings_differences(saved["settings"], result_settings(cfg))[:6]))
+                   + ", ".join(differences[:6]))
         if cfg.resume == "auto":
             raise ConfigError(
                 f"{checkpointer.settings_path.parent} holds checkpoints {changed}; resume=true continues "

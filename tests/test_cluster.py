@@ -6,6 +6,7 @@ plugin a command is missing."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -97,6 +98,26 @@ def test_resume_auto_continues_the_same_settings_and_refuses_others(tmp_path, ca
     OmegaConf.update(other, "resume", False)  # start over: the old checkpoints go
     assert resume_point(other, checkpointer, templates) is None and checkpointer.latest() is None
 
+
+
+def test_a_folder_written_before_a_setting_existed_resumes_at_its_old_value(tmp_path):
+    """settings.json of an older version lacks the settings added since (settings.ADDED_SETTINGS):
+    it reads as their values of then (env.backend=host, ...), so a requeued job resumes after an
+    upgrade; the same folder is refused beside a new setting's other value."""
+    cfg = compose(OFFLINE)
+    templates = {"offline": {"keys": jnp.zeros(3)}}
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    checkpointer.save(20, {"keys": jnp.arange(3.0)}, {"phase": "offline", "step": 20})
+    checkpointer.wait()
+    older = result_settings(cfg)
+    del older["env"]["backend"], older["env"]["num_envs"], older["eval"]["backend"]
+    # the fingerprint the older version wrote: of the settings it knew
+    then = hashlib.sha256(json.dumps(older, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert then != settings_fingerprint(cfg) and settings_fingerprint(older) == settings_fingerprint(cfg)
+    checkpointer.write_settings(then, older)
+    assert resume_point(cfg, checkpointer, templates)[0] == 20
+    with pytest.raises(ConfigError, match=r"other settings: env.backend; resume=true"):
+        resume_point(compose([*OFFLINE, "env.backend=mjx"]), checkpointer, templates)
 
 # ---- SIGTERM: a checkpoint at the next chunk boundary, then the same command continues ----------
 

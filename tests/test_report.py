@@ -258,6 +258,21 @@ def test_a_sweep_over_two_expectiles_gives_two_rows_and_counts_a_relaunch_once(t
     assert aggregate == {"iql (expectile=0.7)", "iql (expectile=0.9)"}
 
 
+
+def test_runs_written_before_a_setting_existed_pool_with_its_old_value(tmp_path, capsys):
+    """A results.json of an older version has no env.backend, env.num_envs or eval.backend
+    (settings.ADDED_SETTINGS): its seeds pool with new runs at those settings' old values, and stay
+    apart from runs at other values."""
+    write_run(tmp_path / "0_older", "d4rl/hopper-medium-v2", "iql", [60.0, 61.0, 62.0])
+    write_run(tmp_path / "1_newer", "d4rl/hopper-medium-v2", "iql", [63.0, 64.0], first_seed=3,
+              config={"env": {"backend": "host", "num_envs": 1}, "eval": {"backend": "auto"}})
+    write_run(tmp_path / "2_mjx", "d4rl/hopper-medium-v2", "iql", [20.0], first_seed=0,
+              config={"env": {"backend": "mjx", "num_envs": 1}, "eval": {"backend": "auto"}})
+    code, out, _ = run_report(tmp_path, "--no-plots", capsys=capsys, reps=200)
+    assert code == 0
+    rows = {r[1]: r[2:4] for r in table_rows(out, report_tables.TITLES["scores"])}
+    assert rows == {"iql (env.backend=host)": ["5", "62.0 ± 1.4"], "iql (env.backend=mjx)": ["1", "20.0 ± 0.0"]}
+
 def test_group_by_chooses_the_columns_and_names_what_it_pools(tmp_path, capsys):
     two_expectiles(tmp_path)
     code, out, err = run_report(tmp_path, "--no-plots", "--group-by", "steps", capsys=capsys, reps=200)
