@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import ROOT, command_line, load_average, subprocess_environment, table
+from benchmarks.mjx_scores import welch
 
 PRESETS = {
     # IQL at 64 wide (256 makes the host's updates the whole cost: docs/speed.md), 3 seeds; one
@@ -45,7 +46,8 @@ DEFINITIONS = {
                      "(the same program on both backends).",
     "online_final_score": "Normalized score at the last online evaluation (online_steps environment steps).",
     "online_best_score": "The highest of a seed's online evaluations.",
-    "welch": "scipy.stats.ttest_ind(host, mjx, equal_var=False) over the seeds' scores: t and two-sided p.",
+    "welch": "Welch's t-test over the seeds' scores (benchmarks/mjx_scores.welch): mean(mjx) - mean(host), "
+             "two-sided p and the 95% confidence interval of the difference.",
     "wall_seconds": "The training command's wall time: data loading, offline phase, compiling, online "
                     "phase and every evaluation.",
     "online_compile_seconds": "Compiling the online phase's programs (results.json online.compile_seconds; "
@@ -158,14 +160,6 @@ def finish(args, job: dict) -> dict:
     return row
 
 
-def welch(host: list[float], mjx: list[float]) -> dict:
-    from scipy import stats
-
-    test = stats.ttest_ind(host, mjx, equal_var=False)
-    return {"t": float(test.statistic), "p": float(test.pvalue),
-            "difference": float(np.mean(mjx) - np.mean(host))}
-
-
 def measure(args, report) -> None:
     runs = Path(args.runs or args.out.with_suffix("").as_posix() + "-runs")
     runs.mkdir(parents=True, exist_ok=True)
@@ -182,7 +176,7 @@ def measure(args, report) -> None:
     if len(done) == 2:
         host, mjx = done["host"], done["mjx"]
         report["same_offline_scores"] = bool(np.allclose(host["offline_score"], mjx["offline_score"]))
-        report["welch"] = {key: welch(host[key], mjx[key])
+        report["welch"] = {key: welch(np.asarray(host[key]), np.asarray(mjx[key]))
                            for key in ("online_final_score", "online_best_score")}
     report.write()
 
@@ -212,7 +206,8 @@ def markdown(report: dict) -> str:
     curves = [f"- {row['backend']}, seed {seed}: " + ", ".join(f"{score:.1f}" for score in scores.values())
               for row in rows if "error" not in row
               for seed, scores in zip(row["seeds"], row["online_evaluation_scores"], strict=True)]
-    tests = [f"- {key}: mjx − host = {w['difference']:+.1f}, Welch t = {w['t']:.2f}, p = {w['p']:.2f}"
+    tests = [f"- {key}: mjx − host = {w['difference']:+.1f} (95% CI {w['welch_ci95'][0]:+.1f} to "
+             f"{w['welch_ci95'][1]:+.1f}), Welch's p = {w['welch_p']:.2f}"
              for key, w in report.get("welch", {}).items()]
     return "\n".join([
         f"# Learning parity: IQL fine-tuned with env.backend=host and =mjx ({settings['dataset']})", "",
