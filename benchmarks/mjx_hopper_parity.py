@@ -34,17 +34,18 @@ from benchmarks.mjx_scores import welch
 PRESETS = {
     # IQL at 64 wide (256 makes the host's updates the whole cost: docs/speed.md), 3 seeds; one
     # compiled chunk length (online.log_every = 1000 = 100 blocks of 10) so MJX compiles one program.
-    "full": {"dataset": "local/hopper-medium-50k", "seeds": 3, "hidden": 64, "offline_steps": 20000,
-             "online_steps": 20000, "eval_every": 5000, "episodes": 10, "block": 10, "parallel": False,
-             "timeout": 5400.0},
-    "quick": {"dataset": "local/pendulum-medium", "seeds": 2, "hidden": 32, "offline_steps": 200,
-              "online_steps": 400, "eval_every": 200, "episodes": 2, "block": 10, "parallel": False,
-              "timeout": 900.0},
+    "full": {"dataset": "local/hopper-medium-50k", "first_seed": 0, "seeds": 3, "hidden": 64,
+             "offline_steps": 20000, "online_steps": 20000, "eval_every": 5000, "episodes": 10, "block": 10,
+             "parallel": False, "timeout": 5400.0},
+    "quick": {"dataset": "local/pendulum-medium", "first_seed": 0, "seeds": 2, "hidden": 32,
+              "offline_steps": 200, "online_steps": 400, "eval_every": 200, "episodes": 2, "block": 10,
+              "parallel": False, "timeout": 900.0},
 }
 DEFINITIONS = {
     "offline_score": "Normalized score of each seed's deterministic policy after the offline steps "
                      "(the same program on both backends).",
-    "online_final_score": "Normalized score at the last online evaluation (online_steps environment steps).",
+    "online_final_score": "Normalized score at the last online evaluation (online_steps environment steps); "
+                          "mean ± std over seeds, std with ddof 0 as the training command prints it.",
     "online_best_score": "The highest of a seed's online evaluations.",
     "welch": "Welch's t-test over the seeds' scores (benchmarks/mjx_scores.welch): mean(mjx) - mean(host), "
              "two-sided p and the 95% confidence interval of the difference.",
@@ -61,6 +62,7 @@ DEFINITIONS = {
 def add_arguments(parser) -> None:
     parser.add_argument("--dataset", help="source/name with a compiled environment (local/hopper-*, ...)")
     parser.add_argument("--seeds", type=int)
+    parser.add_argument("--first-seed", type=int, help="seeds first-seed, first-seed + 1, ...")
     parser.add_argument("--hidden", type=int, help="width of IQL's two hidden layers")
     parser.add_argument("--offline-steps", type=int)
     parser.add_argument("--online-steps", type=int, help="environment steps per seed")
@@ -73,10 +75,10 @@ def add_arguments(parser) -> None:
 
 
 def check(args, parser) -> None:
-    if min(args.seeds, args.hidden, args.offline_steps, args.online_steps, args.eval_every,
-           args.episodes, args.block) < 1:
-        parser.error("--seeds, --hidden, --offline-steps, --online-steps, --eval-every, --episodes "
-                     "and --block take integers >= 1")
+    if min(args.first_seed + 1, args.seeds, args.hidden, args.offline_steps, args.online_steps,
+           args.eval_every, args.episodes, args.block) < 1:
+        parser.error("--first-seed takes an integer >= 0; --seeds, --hidden, --offline-steps, "
+                     "--online-steps, --eval-every, --episodes and --block take integers >= 1")
     if args.online_steps % args.eval_every or args.eval_every % args.block:
         parser.error(f"--online-steps ({args.online_steps}) must be a multiple of --eval-every "
                      f"({args.eval_every}), and that of --block ({args.block}): the compiled phase "
@@ -88,7 +90,7 @@ def check(args, parser) -> None:
 def overrides(args, backend: str) -> list[str]:
     """The training command's settings: identical for both backends but `env.backend`."""
     log_every = min(1000, args.eval_every)  # one chunk length: one compiled program
-    return ["algo=iql", f"dataset={args.dataset}", f"seeds={args.seeds}",
+    return ["algo=iql", f"dataset={args.dataset}", f"seed={args.first_seed}", f"seeds={args.seeds}",
             f"algo.hidden_dims=[{args.hidden},{args.hidden}]", f"steps={args.offline_steps}",
             f"log_every={min(1000, args.offline_steps)}", f"eval.every={args.offline_steps}",
             f"eval.episodes={args.episodes}", f"online.steps={args.online_steps}",
@@ -209,15 +211,16 @@ def markdown(report: dict) -> str:
     tests = [f"- {key}: mjx − host = {w['difference']:+.1f} (95% CI {w['welch_ci95'][0]:+.1f} to "
              f"{w['welch_ci95'][1]:+.1f}), Welch's p = {w['welch_p']:.2f}"
              for key, w in report.get("welch", {}).items()]
+    first, seeds = settings["first_seed"], settings["seeds"]
     return "\n".join([
         f"# Learning parity: IQL fine-tuned with env.backend=host and =mjx ({settings['dataset']})", "",
         f"Measured {meta['date']}, `{command_line(report)}`; {meta['cores_available']} host cores, "
         f"load average {meta['load_average_start']} before, {meta.get('load_average_end', '?')} after "
         f"(1, 5, 15 min); backends {'side by side' if settings['parallel'] else 'one after the other'}. "
-        f"{settings['seeds']} seeds, hidden {settings['hidden']}×2, {settings['offline_steps']} offline "
-        f"steps, then {settings['online_steps']} environment steps per seed (algo.online.block="
-        f"{settings['block']}), evaluated every {settings['eval_every']} with {settings['episodes']} "
-        "episodes (the host's evaluation on both).", "",
+        f"{seeds} seeds ({first} to {first + seeds - 1}), hidden {settings['hidden']}×2, "
+        f"{settings['offline_steps']} offline steps, then {settings['online_steps']} environment steps "
+        f"per seed (algo.online.block={settings['block']}), evaluated every {settings['eval_every']} "
+        f"with {settings['episodes']} episodes (the host's evaluation on both).", "",
         *table(["backend", "offline score per seed", "online final per seed", "final mean ± std",
                 "online best per seed", "best mean ± std", "wall s", "online compile s",
                 "online s (env steps timed)", "load"], "lllrlrrrrr", cells),
