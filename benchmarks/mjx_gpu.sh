@@ -10,11 +10,13 @@
 #   benchmarks/mjx_gpu.sh          # on the GPU machine, from anywhere: installs what is missing,
 #                                  # runs, writes benchmarks/mjx-<device>.json and .md
 #   benchmarks/mjx_gpu.sh parity   # instead, in its own 10 minutes: the learning parity on Hopper
-#                                  # (benchmarks/mjx_hopper_parity.py, both backends side by side; on
-#                                  # this 2-core CPU it took ~XX min, most of it compiling MJX),
-#                                  # writes benchmarks/mjx_hopper_parity-<device>.json and .md
+#                                  # (benchmarks/mjx_hopper_parity.py, both backends side by side,
+#                                  # each killed after 570 s; the shared 2-core CPU took 15 min, 4 of
+#                                  # them compiling MJX; not run on a GPU yet), writes
+#                                  # benchmarks/mjx_hopper_parity-<device>.json and .md
 #
-# Extra arguments go to `python -m benchmarks mjx`, e.g. `--environments 1 512 4096 --steps 500`.
+# Extra arguments go to `python -m benchmarks mjx` (or mjx_hopper_parity), e.g. `--environments 1 512
+# 4096 --steps 500`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
