@@ -143,8 +143,8 @@ def test_compiled_fine_tuning_on_hopper_learns_as_the_host_does(tmp_path):
     best score (the backends reset with other random numbers and MJX's contacts differ from MuJoCo's
     C code by round-off that grows, so the seeds' runs differ, not their distribution).
     Measured (docs/mjx.md, learning parity): offline 16.9; final host 36.0 ± 8.0, mjx 21.1 ± 15.5
-    (p = 0.31); best 43.4 ± 8.9 and 37.1 ± 12.0 (p = 0.59). About 25 min on the 2 shared cores,
-    4 of them compiling MJX's Hopper."""
+    (p = 0.31); best 43.4 ± 8.9 and 37.1 ± 12.0 (p = 0.59); six more seeds in docs/mjx.md. 33 min on
+    the 2 shared cores at load 13-15 (2026-12-06), 4 to 7 of them compiling MJX's Hopper."""
     from types import SimpleNamespace
 
     pytest.importorskip("mujoco.mjx", reason="the mjx extra is not installed (pip install -e '.[mjx]')")
