@@ -26,7 +26,8 @@ import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MEASUREMENTS = ("updates", "online", "mopo", "unio4", "gpu", "evaluation", "mjx", "mjx_scores")
+MEASUREMENTS = ("updates", "online", "mopo", "unio4", "gpu", "evaluation", "mjx", "mjx_scores",
+                "mjx_hopper_parity")
 WORKER_MARKER = "benchmark-entry: "  # the line a worker process prints its measurement on
 
 

@@ -9,8 +9,14 @@
 #                                  # into benchmarks/wheels/, for a GPU machine without one
 #   benchmarks/mjx_gpu.sh          # on the GPU machine, from anywhere: installs what is missing,
 #                                  # runs, writes benchmarks/mjx-<device>.json and .md
+#   benchmarks/mjx_gpu.sh parity   # instead, in its own 10 minutes: the learning parity on Hopper
+#                                  # (benchmarks/mjx_hopper_parity.py, both backends side by side,
+#                                  # each killed after 570 s; the shared 2-core CPU took 15 min, 4 of
+#                                  # them compiling MJX; not run on a GPU yet), writes
+#                                  # benchmarks/mjx_hopper_parity-<device>.json and .md
 #
-# Extra arguments go to `python -m benchmarks mjx`, e.g. `--environments 1 512 4096 --steps 500`.
+# Extra arguments go to `python -m benchmarks mjx` (or mjx_hopper_parity), e.g. `--environments 1 512
+# 4096 --steps 500`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -40,4 +46,9 @@ $PYTHON -c 'import jax; print("jax", jax.__version__, "devices:", jax.devices())
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 device=$($PYTHON -c 'import jax; print(jax.devices()[0].device_kind.replace(" ", "-"))')
+if [[ "${1:-}" == parity ]]; then
+  shift
+  exec $PYTHON -m benchmarks mjx_hopper_parity --parallel --timeout 570 \
+    --out "benchmarks/mjx_hopper_parity-$device.json" "$@"
+fi
 exec $PYTHON -m benchmarks mjx --preset gpu --out "benchmarks/mjx-$device.json" "$@"

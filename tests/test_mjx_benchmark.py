@@ -55,3 +55,32 @@ def test_scores_bad_option_is_one_error_line(capsys):
         harness.main(["mjx_scores", "--episodes", "1"])
     assert exit_info.value.code == 2
     assert "error: --episodes" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_learning_parity_report(tmp_path):
+    """benchmarks/mjx_hopper_parity.py's quick preset (IQL on the compiled Pendulum, 2 seeds, a few
+    hundred steps): both backends train from the same offline phase and the report compares them."""
+    from benchmarks import harness
+
+    out = tmp_path / "parity.json"
+    harness.main(["mjx_hopper_parity", "--preset", "quick", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["complete"] and [row["backend"] for row in report["rows"]] == ["host", "mjx"]
+    host, mjx = report["rows"]
+    assert "env.backend=mjx" in mjx["command"] and "env.backend=host" in host["command"]
+    assert report["same_offline_scores"] and host["offline_score"] == mjx["offline_score"]
+    assert all(len(row["online_final_score"]) == 2 and len(row["online_evaluation_scores"][0]) == 2
+               for row in report["rows"])
+    assert 0.0 <= report["welch"]["online_final_score"]["welch_p"] <= 1.0
+    table = out.with_suffix(".md").read_text()
+    assert "| mjx |" in table and "Welch's p" in table
+
+
+def test_parity_bad_option_is_one_error_line(capsys):
+    from benchmarks import harness
+
+    with pytest.raises(SystemExit) as exit_info:
+        harness.main(["mjx_hopper_parity", "--online-steps", "1000", "--eval-every", "300"])
+    assert exit_info.value.code == 2
+    assert "error: --online-steps (1000) must be a multiple of --eval-every" in capsys.readouterr().err
