@@ -88,7 +88,8 @@ def check(args, parser) -> None:
 
 
 def overrides(args, backend: str) -> list[str]:
-    """The training command's settings: identical for both backends but `env.backend`."""
+    """The training command's settings: identical for both backends but `env.backend`; both
+    evaluate on the host (`eval.backend=host`), so that only the learning differs."""
     log_every = min(1000, args.eval_every)  # one chunk length: one compiled program
     return ["algo=iql", f"dataset={args.dataset}", f"seed={args.first_seed}", f"seeds={args.seeds}",
             f"algo.hidden_dims=[{args.hidden},{args.hidden}]", f"steps={args.offline_steps}",
@@ -96,7 +97,7 @@ def overrides(args, backend: str) -> list[str]:
             f"eval.episodes={args.episodes}", f"online.steps={args.online_steps}",
             f"online.eval_every={args.eval_every}", f"online.log_every={log_every}",
             f"online.episodes={args.episodes}", f"algo.online.block={args.block}",
-            f"env.backend={backend}"]
+            f"env.backend={backend}", "eval.backend=host"]
 
 
 class LoadSampler(threading.Thread):
