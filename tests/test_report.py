@@ -271,7 +271,9 @@ def test_runs_written_before_a_setting_existed_pool_with_its_old_value(tmp_path,
     code, out, _ = run_report(tmp_path, "--no-plots", capsys=capsys, reps=200)
     assert code == 0
     rows = {r[1]: r[2:4] for r in table_rows(out, report_tables.TITLES["scores"])}
-    assert rows == {"iql (env.backend=host)": ["5", "62.0 ± 1.4"], "iql (env.backend=mjx)": ["1", "20.0 ± 0.0"]}
+    assert rows == {"iql (env.backend=host)": ["5", "62.0 ± 1.4"],
+                    "iql (env.backend=mjx)": ["1", "20.0 ± 0.0"]}
+
 
 def test_group_by_chooses_the_columns_and_names_what_it_pools(tmp_path, capsys):
     two_expectiles(tmp_path)
