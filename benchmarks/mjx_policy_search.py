@@ -2,6 +2,7 @@
 
     python -m benchmarks.mjx_policy_search hopper --seconds 120
     python -m benchmarks.mjx_policy_search halfcheetah --seconds 900 --horizon 250
+    python -m benchmarks.mjx_policy_search ant --iterations 75 --horizon 300
 
 Augmented random search (Mania, Guy and Recht 2018, "V2-t") of a linear policy on gymnasium's v5
 environment of the robot (`envs.make_env` of the generated data): each iteration perturbs the matrix
@@ -39,7 +40,8 @@ ABOUT = ("Fixed deterministic linear policies action = clip(observation @ weight
          "agents: policies that make the robot move.")
 
 
-def search(robot: str, seconds: float, horizon: int, seed: int = 0) -> dict:
+def search(robot: str, seconds: float, horizon: int, seed: int = 0,
+           iterations_at_most: int | None = None) -> dict:
     import envs
     from envs.environment import make_env
 
@@ -72,7 +74,11 @@ def search(robot: str, seconds: float, horizon: int, seed: int = 0) -> dict:
         return weights, -mean @ weights  # M @ ((x - mean) / std) = x @ weights - mean @ weights
 
     start, iterations, result = time.perf_counter(), 0, None
-    while time.perf_counter() - start < seconds:
+    def more():
+        return time.perf_counter() - start < seconds and (iterations_at_most is None
+                                                          or iterations < iterations_at_most)
+
+    while more():
         std = np.sqrt(np.maximum(second_moment, 1e-8))
         directions = rng.normal(size=(DIRECTIONS, action_size, observation_size))
         seeds = rng.integers(1 << 30, size=DIRECTIONS)
@@ -110,11 +116,13 @@ def main(argv=None) -> None:
     parser.add_argument("robot", choices=ROBOTS)
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--horizon", type=int, default=1000, help="steps per search episode at most")
+    parser.add_argument("--iterations", type=int, help="stop after this many iterations (a multiple of 5), "
+                        "whatever the load; --seconds still bounds the time")
     parser.add_argument("--out", default=str(POLICIES), help="policies file to write")
     args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.horizon < 1:
-        parser.error("--seconds takes a number > 0 and --horizon an integer >= 1")
-    result = search(args.robot, args.seconds, args.horizon)
+    if args.seconds <= 0 or args.horizon < 1 or (args.iterations is not None and args.iterations < 5):
+        parser.error("--seconds takes a number > 0, --horizon an integer >= 1 and --iterations one >= 5")
+    result = search(args.robot, args.seconds, args.horizon, iterations_at_most=args.iterations)
     if result is None:
         parser.error(f"no policy after {args.seconds} s (fewer than 5 iterations): give it more --seconds")
     out = Path(args.out)

@@ -165,7 +165,8 @@ class RungeKutta4:
             position_step = weight * previous_velocity
             qpos = self.integrate_positions(qpos0, position_step, timestep)
             qvel = qvel0 + (weight * previous_acceleration) * timestep
-            current = self.forward(model, current.replace(qpos=qpos, qvel=qvel, time=time0 + weight * timestep))
+            current = current.replace(qpos=qpos, qvel=qvel, time=time0 + weight * timestep)
+            current = self.forward(model, current)
             velocity = self._stage_velocity(qvel, timestep * position_step)
             return (velocity, current.qacc, velocity_sum + final_weight * velocity,
                     acceleration_sum + final_weight * current.qacc, current), None
