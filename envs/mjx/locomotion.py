@@ -12,8 +12,8 @@ not restated here. What gymnasium computes in Python is reproduced with jax.nump
   (Ant-v5, or Ant-v4 with `use_contact_forces`), `mjx.rne_postconstraint` as gymnasium calls
   `mj_rnePostConstraint`. A model whose option is RK4 (Hopper, Walker2d, Ant) steps with
   `envs.mjx.integrator.RungeKutta4`, MuJoCo 4's RK4 around `envs.mjx.contacts.forward`: mujoco-mjx
-  3.17's own RK4 integrates a free joint's orientation as MuJoCo did before 4.0, and its capsule-plane
-  contact frames differ from MuJoCo's for steep capsules, and both part Ant from MuJoCo (docs/mjx.md).
+  3.17's own RK4 integrates a free joint's orientation as MuJoCo did before 4.0, and its contact
+  frames for steep capsules on a plane are not MuJoCo's; either parts Ant from MuJoCo (docs/mjx.md).
   Euler models (HalfCheetah) step with `mjx.step`.
 - forward velocity: x of qpos (Ant: x and y of the torso's `xpos`, which after a step lags the final
   substep exactly as MuJoCo's does) before and after, over `dt = timestep * frame_skip`.
