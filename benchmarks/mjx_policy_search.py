@@ -37,7 +37,8 @@ ABOUT = ("Fixed deterministic linear policies action = clip(observation @ weight
          "robot, for benchmarks/mjx_scores.py and tests/test_mjx.py: found on the shared development "
          "machine on 2026-12-06 by benchmarks/mjx_policy_search.py (augmented random search) on gymnasium's "
          "v5 environment, for a few minutes each; the same weights run on v4 (D4RL's). Not trained "
-         "agents: policies that make the robot move.")
+         "agents: policies that make the robot move. Ant's weights cover the observation's first 27 "
+         "values (benchmarks/mjx_scores.POLICY_INPUTS), so that they run on v4's and v5's layouts alike.")
 
 
 def search(robot: str, seconds: float, horizon: int, seed: int = 0,
