@@ -1,4 +1,4 @@
-"""MuJoCo 4's RK4 integrator in JAX, around `mjx.forward`.
+"""MuJoCo 4's RK4 integrator in JAX, around MJX's forward dynamics (`envs.mjx.contacts.forward`).
 
 MuJoCo 4.0.0 made RK4 fourth-order accurate for the orientations of free and ball joints (its
 changelog, 4.0.0 item 5: "the angular velocities of the Runge-Kutta stages were combined without the
@@ -110,14 +110,13 @@ class RungeKutta4:
     def __init__(self, mj_model, forward=None):
         import mujoco
 
-        self.forward = forward or contacts.forward
-
         if mj_model.opt.integrator != mujoco.mjtIntegrator.mjINT_RK4:
             raise ValueError("RungeKutta4 is for models whose option is integrator=RK4")
         if mj_model.na:
             # activations would need MuJoCo's clamped, filter-exact advance; none of the locomotion
             # models has them
             raise ValueError(f"RungeKutta4 does not integrate activations (the model has na={mj_model.na})")
+        self.forward = forward or contacts.forward
         linear_positions, linear_velocities, quaternions, angular_velocities = [], [], [], []
         for joint_type, position, velocity in zip(mj_model.jnt_type, mj_model.jnt_qposadr,
                                                   mj_model.jnt_dofadr, strict=True):
