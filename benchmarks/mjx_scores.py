@@ -1,7 +1,7 @@
 """Normalized scores of one fixed policy on gymnasium (the host evaluation environment) and on its MJX
 copy (envs/mjx), 20 episodes each, compared with Welch's t-test (issue 26, part 2).
 
-    python -m benchmarks mjx_scores                            # Hopper, Walker2d, HalfCheetah, v4 and v5
+    python -m benchmarks mjx_scores                            # Hopper, Walker2d, HalfCheetah, Ant, v4 and v5
     python -m benchmarks mjx_scores --datasets d4rl/hopper-medium-v2 --episodes 20
     python -m benchmarks mjx_scores --preset quick --out /tmp/mjx_scores.json   # a smoke test
 
@@ -30,7 +30,10 @@ import numpy as np
 from benchmarks.harness import command_line, table
 
 POLICIES = Path(__file__).with_name("mjx_policies.json")
-ROBOTS = ("hopper", "walker2d", "halfcheetah")
+ROBOTS = ("hopper", "walker2d", "halfcheetah", "ant")
+# Ant's policy reads the first 27 observation values (positions without x and y, velocities), not
+# v5's 78 contact forces nor D4RL's 84 zeros after them, so that the same weights run on both layouts.
+POLICY_INPUTS = {"ant": 27}
 PRESETS = {
     "full": {"datasets": [f"{family}/{robot}-medium{suffix}" for robot in ROBOTS
                           for family, suffix in (("d4rl", "-v2"), ("local", ""))],
@@ -69,7 +72,8 @@ def check(args, parser) -> None:
 
 
 def load_policy(robot: str) -> tuple[np.ndarray, np.ndarray]:
-    """The robot's fixed linear policy: weights (observation, action) and bias (action,)."""
+    """The robot's fixed linear policy: weights (inputs, action) and bias (action,). It reads the
+    observation's first `inputs` values (all of them but for Ant, `POLICY_INPUTS`)."""
     policy = json.loads(POLICIES.read_text())["policies"][robot]
     return np.asarray(policy["weights"]), np.asarray(policy["bias"])
 
@@ -89,7 +93,7 @@ def host_returns(info, weights: np.ndarray, bias: np.ndarray, episodes: int, see
     from envs.environment import episode_seeds, make_env, run_episodes
 
     def policy(observations):
-        return np.clip(observations @ weights + bias, -1.0, 1.0)
+        return np.clip(observations[..., :weights.shape[0]] @ weights + bias, -1.0, 1.0)
 
     return run_episodes(policy, lambda: make_env(info), episode_seeds([seed], 0, episodes), workers=1)[0]
 
@@ -107,7 +111,7 @@ def mjx_program(env):
 
         def one_step(carry, _):
             states, returns, lengths, running = carry
-            actions = jnp.clip(states.observation @ weights + bias, -1.0, 1.0)
+            actions = jnp.clip(states.observation[:, :weights.shape[0]] @ weights + bias, -1.0, 1.0)
             states = jax.vmap(env.step)(states, actions)
             returns = returns + jnp.where(running, states.reward, 0.0)
             lengths = lengths + running.astype(jnp.int32)

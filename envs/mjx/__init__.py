@@ -13,7 +13,7 @@ __all__ = ["EnvState", "MJXEnv", "PendulumEnv", "Settings", "make_jax_env", "mak
 
 def make_jax_env(info: DatasetInfo) -> MJXEnv | PendulumEnv:
     """The compiled copy of the environment that evaluates `info`'s dataset (`env.backend=mjx`):
-    Pendulum-v1 in jax.numpy, Hopper, HalfCheetah and Walker2d in MJX. Anything else raises one
+    Pendulum-v1 in jax.numpy, Hopper, HalfCheetah, Walker2d and Ant in MJX. Anything else raises one
     DatasetError naming env.backend=host."""
     if info.env_id == "Pendulum-v1":
         return PendulumEnv(int(info.max_episode_steps))

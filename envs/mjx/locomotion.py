@@ -8,11 +8,13 @@ not restated here. What gymnasium computes in Python is reproduced with jax.nump
 
 - action: in [-1, 1] as `make_env` gives it, rescaled to the model's control range
   (gymnasium's RescaleAction); the control cost is paid on the rescaled action.
-- physics: `frame_skip` calls of `mjx.step`, then, when contact forces are observed or paid for
+- physics: `frame_skip` physics steps, then, when contact forces are observed or paid for
   (Ant-v5, or Ant-v4 with `use_contact_forces`), `mjx.rne_postconstraint` as gymnasium calls
-  `mj_rnePostConstraint`. Measured, MJX's Ant (v4 and v5) parts from MuJoCo's from the first
-  step on: mujoco-mjx 3.17's RK4 integrates a free joint's orientation as MuJoCo did before 4.0
-  (docs/mjx.md), so `settings_of` refuses Ant (its code stays, for when they match).
+  `mj_rnePostConstraint`. A model whose option is RK4 (Hopper, Walker2d, Ant) steps with
+  `envs.mjx.integrator.RungeKutta4`, MuJoCo 4's RK4 around `envs.mjx.contacts.forward`: mujoco-mjx
+  3.17's own RK4 integrates a free joint's orientation as MuJoCo did before 4.0, and its contact
+  frames for steep capsules on a plane are not MuJoCo's; either parts Ant from MuJoCo (docs/mjx.md).
+  Euler models (HalfCheetah) step with `mjx.step`.
 - forward velocity: x of qpos (Ant: x and y of the torso's `xpos`, which after a step lags the final
   substep exactly as MuJoCo's does) before and after, over `dt = timestep * frame_skip`.
 - healthy reward: v4 pays it on every step (the terminating one too), v5 only while healthy.
@@ -42,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs.dataset import DatasetError
+from envs.mjx.integrator import RungeKutta4
 from envs.registry import DatasetInfo
 from envs.termination import termination_for
 
@@ -109,11 +112,6 @@ def settings_of(env, info: DatasetInfo) -> Settings:
                 f"the default ({defaults[key]!r}): envs/termination.py and the observation layout "
                 "assume it. Use env.backend=host, or drop the setting.")
     paid = given.get("use_contact_forces", version == 5)  # v4's switch; v5 always pays
-    if name == "ant":
-        raise DatasetError(
-            f"env.backend=mjx cannot run {spec.id} yet: mujoco-mjx's RK4 integrates the free joint's "
-            "orientation as MuJoCo did before 4.0, so MJX's Ant parts from MuJoCo's (observations 4e-3 "
-            "apart after two steps in float64; docs/mjx.md). Use env.backend=host for this dataset.")
     observed = given.get("include_cfrc_ext_in_observation", given.get("use_contact_forces", False))
     return Settings(
         name=name, version=version, frame_skip=int(raw.frame_skip), dt=float(raw.dt),
@@ -133,11 +131,17 @@ class MJXEnv:
     """A locomotion environment as pure JAX functions (see the module docstring)."""
 
     def __init__(self, mj_model, settings: Settings, init_qpos, init_qvel, action_low, action_high):
+        import mujoco
         from mujoco import mjx
 
         self.settings = settings
         self.mj_model = mj_model
         self.model = mjx.put_model(mj_model)
+        if mj_model.opt.integrator == mujoco.mjtIntegrator.mjINT_RK4:
+            runge_kutta = RungeKutta4(mj_model)
+            self._physics_step, self._forward_dynamics = runge_kutta.step, runge_kutta.forward
+        else:
+            self._physics_step, self._forward_dynamics = mjx.step, mjx.forward
         self.init_qpos = jnp.asarray(init_qpos)
         self.init_qvel = jnp.asarray(init_qvel)
         self.action_low = jnp.asarray(action_low)
@@ -195,7 +199,7 @@ class MJXEnv:
         ctrl = self.action_low + (self.action_high - self.action_low) * (
             (jnp.asarray(action, data.ctrl.dtype) + 1.0) / 2.0)
         before = self._forward_position(data)
-        data = jax.lax.fori_loop(0, settings.frame_skip, lambda _, d: mjx.step(self.model, d),
+        data = jax.lax.fori_loop(0, settings.frame_skip, lambda _, d: self._physics_step(self.model, d),
                                  data.replace(ctrl=ctrl))
         if self._needs_contact_forces:
             data = mjx.rne_postconstraint(self.model, data)
@@ -217,9 +221,7 @@ class MJXEnv:
     # -- gymnasium's Python, in jax.numpy --------------------------------------------------------
 
     def _forward(self, data):
-        from mujoco import mjx
-
-        return mjx.forward(self.model, data)
+        return self._forward_dynamics(self.model, data)
 
     def _forward_position(self, data):
         if self.settings.name == "ant":
