@@ -100,6 +100,7 @@ def test_resume_auto_continues_the_same_settings_and_refuses_others(tmp_path, ca
 
 # ---- SIGTERM: a checkpoint at the next chunk boundary, then the same command continues ----------
 
+@pytest.mark.integration
 def test_sigterm_offline_and_online_stops_at_a_checkpoint_and_the_rerun_is_exact(
         offline_data, tmp_path, monkeypatch, sigterm_guard):
     cfg = compose(ONLINE)
