@@ -20,13 +20,28 @@ HOPPER_REF = (-20.272305, 3234.3)  # D4RL's hopper reference returns (random, ex
 REPO_ROOT = str(REPO)
 
 
+def selects_slow_tests(markexpr: str | None) -> bool:
+    """Whether `-m markexpr` selects a test marked `slow` alone: true for `slow`, `slow or
+    integration` and no expression; false for the default tier's `not slow and not integration`,
+    `integration` and CI's `not slow`. Read with pytest's own parser of `-m` (not public API: an
+    expression it cannot read, or a pytest without it, counts as selecting them)."""
+    if not markexpr:
+        return True
+    try:
+        from _pytest.mark.expression import Expression
+
+        return bool(Expression.compile(markexpr).evaluate(lambda name, **kwargs: name == "slow"))
+    except Exception:  # noqa: BLE001 - any doubt keeps XLA's optimisations, the slow tier's setting
+        return True
+
+
 def pytest_configure(config):
     """JAX's persistent compilation cache for the test run and every command it starts: a program
     compiled once (by any test, xdist worker or subprocess, in this run or an earlier one) is loaded
     instead of compiled again. It lies in pytest's cache folder (`pytest --cache-clear` empties it);
     off with `-p no:cacheprovider` or OFFRL_TEST_COMPILATION_CACHE=0, and a JAX_COMPILATION_CACHE_DIR
     of your own is kept. docs/testing.md has the measurements."""
-    if "not slow" in (config.option.markexpr or "") and os.environ.get("OFFRL_TEST_XLA_OPTIMIZE") != "1":
+    if not selects_slow_tests(config.option.markexpr) and os.environ.get("OFFRL_TEST_XLA_OPTIMIZE") != "1":
         # Tests outside the slow tier are bound by compiling, not by running: XLA's CPU backend
         # without LLVM's optimisation passes compiles about 5x faster (IQL's init: 9.1 s -> 1.8 s)
         # and runs slower. Set before JAX starts its backend; inherited by the commands tests start.

@@ -256,6 +256,7 @@ def test_warm_up_trains_whole_chunks_and_times_each(monkeypatch):
     assert (warmup["updates"], warmup["chunk_length"], len(rates)) == (15, 5, 3)
 
 
+@pytest.mark.integration
 def test_unio4_online_rows_time_the_online_phase_after_the_hand_over(tmp_path):
     """The hand-over, then timed rollouts of `phases.run_online` (the first, compiling one not
     counted); the split adds up."""

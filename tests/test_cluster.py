@@ -121,6 +121,7 @@ def test_a_folder_written_before_a_setting_existed_resumes_at_its_old_value(tmp_
 
 # ---- SIGTERM: a checkpoint at the next chunk boundary, then the same command continues ----------
 
+@pytest.mark.integration
 def test_sigterm_offline_and_online_stops_at_a_checkpoint_and_the_rerun_is_exact(
         offline_data, tmp_path, monkeypatch, sigterm_guard):
     cfg = compose(ONLINE)

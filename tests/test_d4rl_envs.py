@@ -158,6 +158,7 @@ def test_a_d4rl_layout_file_loads_and_passes_the_replay_check(antmaze_file):
     assert errors.shape == (30,) and errors.max() <= FLOAT32_REPLAY_TOLERANCE
 
 
+@pytest.mark.integration
 def test_a_d4rl_antmaze_file_trains_and_evaluates_with_a_success_rate(antmaze_file, tmp_path):
     """Offline, then online fine-tuning whose checkpoints snapshot the running episodes."""
     from experiments.config import compose
@@ -261,6 +262,7 @@ def test_d4rl_kitchen_replay_from_positions_is_close_and_sees_a_wrong_controller
     env.close()
 
 
+@pytest.mark.integration
 def test_a_d4rl_kitchen_file_trains_and_evaluates_with_a_task_score(tmp_path, d4rl_steps, write_hdf5):
     from experiments.config import compose
     from experiments.train import run

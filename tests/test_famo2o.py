@@ -299,6 +299,7 @@ def test_cql_online_balances_follow_the_code_map_unless_clamped():
     np.testing.assert_allclose(balances["clamped"], 0.5, atol=1e-6)
 
 
+@pytest.mark.integration
 def test_famo2o_resumes_during_the_online_phase_to_the_same_numbers(offline_data, tmp_path):
     """Both phases through the engine: a run killed between two online checkpoints resumes (the
     balance model, its temperature and the policy family restored) to an uninterrupted run's numbers,

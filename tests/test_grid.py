@@ -67,6 +67,7 @@ def test_a_3_point_grid_of_2_seeds_gives_the_numbers_of_6_separate_runs(name, po
     assert not np.allclose(first[0], first[2], rtol=1e-3)  # same seed, another value: differs
 
 
+@pytest.mark.integration
 def test_grid_run_writes_one_entry_per_point_and_seed_equal_to_the_separate_run(offline_data, tmp_path):
     gridded = run(compose(["algo=td3_bc", "seeds=2", "grid.algo.alpha=[1.0,2.5,5.0]", *SMALL]),
                   tmp_path / "grid")
@@ -92,6 +93,7 @@ def test_grid_run_writes_one_entry_per_point_and_seed_equal_to_the_separate_run(
     assert len(evaluation["normalized_score"]) == 6
 
 
+@pytest.mark.integration
 def test_the_online_phase_explores_with_each_trainings_values(offline_data, tmp_path):
     """Every training has its own environment (seeded by its seed, as alone) and explores with its
     own grid values; its online score is the separate run's."""

@@ -193,6 +193,7 @@ def test_a_saved_dynamics_of_another_problem_or_a_corrupt_folder_is_refused(tmp_
                        SPEC, "stage_paths.dynamics=...")
 
 
+@pytest.mark.integration
 def test_a_killed_run_resumes_exactly_with_its_rollout_buffers(offline_data, tmp_path, monkeypatch):
     """Killed after the checkpoint at step 20 (rollouts at 0 and 10 in the buffers), resumed: the
     same numbers as a straight run, so the checkpoint holds the buffers and the shared step."""

@@ -126,6 +126,7 @@ def short_episodes(monkeypatch, steps: int = 25):
                         lambda info: real(dataclasses.replace(info, max_episode_steps=steps)))
 
 
+@pytest.mark.integration
 def test_resume_during_the_online_phase_gives_the_same_numbers(offline_data, tmp_path, monkeypatch):
     """Killed between the online checkpoints at environment steps 20 and 40, both in the middle of
     25-step episodes, and resumed: the same numbers, and episodes that end only at their time limit."""
@@ -142,6 +143,7 @@ def test_resume_during_the_online_phase_gives_the_same_numbers(offline_data, tmp
         assert seed["offline_score"] is not None and seed["online_best_score"] >= seed["online_final_score"]
 
 
+@pytest.mark.integration
 def test_offline_then_online_results_and_metrics(offline_data, tmp_path):
     results = run(compose(["algo=spot", "algo.vae_hidden_dims=[16,16]", "algo.vae_steps=20",
                            "algo.vae_batch_size=32", "pretrain.cache_dir=null", *TINY]), tmp_path)

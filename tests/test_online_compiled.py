@@ -166,6 +166,7 @@ def trained(request, tmp_path_factory, data_dir):
     return request.param, results, lines
 
 
+@pytest.mark.integration
 def test_every_off_policy_algorithm_fine_tunes_with_the_compiled_environment(trained):
     name, results, lines = trained
     online = [line for line in lines if line.get("phase") == "online"]
@@ -178,6 +179,7 @@ def test_every_off_policy_algorithm_fine_tunes_with_the_compiled_environment(tra
         assert np.isfinite(seed["online_final_score"]), name
 
 
+@pytest.mark.integration
 def test_a_seed_trains_the_same_alone_or_beside_another(offline_data, tmp_path):
     """Seed 1 of a 2-seed run and seed 1 alone: the same episodes and losses in the first chunk (the
     environments reset from keys of the seed and the environment step alone)."""
@@ -193,6 +195,7 @@ def test_a_seed_trains_the_same_alone_or_beside_another(offline_data, tmp_path):
     assert pair["seeds"][1]["seed"] == alone["seeds"][0]["seed"] == 1
 
 
+@pytest.mark.integration
 def test_a_run_killed_online_resumes_to_the_same_numbers(offline_data, tmp_path):
     """Killed after the online chunk ending at environment step 280 (update step 300), between the
     checkpoints at 140 and 280 ... the running episodes (environments, returns, lengths) come back

@@ -167,6 +167,7 @@ TINY = ["algo=ppo", "steps=0", "dataset=local/pendulum-mixed", "algo.hidden_dims
         "online.eval_every=40", "online.log_every=40", "online.episodes=1", "seeds=2"]
 
 
+@pytest.mark.integration
 def test_resume_in_the_middle_of_a_rollout_gives_the_same_numbers(offline_data, tmp_path, monkeypatch):
     # begin_online runs once, when the online phase starts: here it zeroes the critic, so the first
     # update's values are exactly 0, and calling it again on resume would change every number after

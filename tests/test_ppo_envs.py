@@ -196,6 +196,7 @@ TINY = ["algo=ppo", "steps=0", "dataset=local/pendulum-mixed", "algo.hidden_dims
 
 
 @pytest.mark.parametrize("checkpoint_every", [40, 80])
+@pytest.mark.integration
 def test_host_resume_in_the_middle_of_a_rollout_of_two_environments(offline_data, tmp_path, checkpoint_every):
     # 2 environments: an update every 64 environment steps (64, 128, 192); the crash comes at 128,
     # inside the second rollout. Checkpoints every 40: the last at 120 (or 80, if the kill beat
@@ -264,6 +265,7 @@ MJX = [*TINY, "env.backend=mjx"]
 
 
 @pytest.mark.parametrize("num_envs", [1, 4])
+@pytest.mark.integration
 def test_compiled_ppo_from_scratch_resumes_exactly(offline_data, tmp_path, num_envs):
     # an update every 32 x num_envs environment steps; checkpoints with the evaluations at each;
     # killed after the chunk ending at the second update

@@ -9,6 +9,7 @@ import pytest
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "python-api.md"
 
 
+@pytest.mark.integration
 def test_the_python_api_page_runs(offline_data, tmp_path, monkeypatch):
     pytest.importorskip("flatbuffers", reason="jax.export serializes with flatbuffers: pip install -e .")
     monkeypatch.chdir(tmp_path)  # runs/ and policy/ of the examples go here

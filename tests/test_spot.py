@@ -129,6 +129,7 @@ def test_loop_refuses_to_train_without_the_pretrained_stage():
         run_parts.init_states(algo, SPEC, Context(random_batch()), jax.random.split(jax.random.key(0), 2))
 
 
+@pytest.mark.integration
 def test_pretrained_vae_is_cached_reused_and_frozen(offline_data, tmp_path):
     overrides = [*TINY, "seeds=2", f"pretrain.cache_dir={tmp_path / 'cache'}"]
     first = run(compose(overrides), tmp_path / "a")
@@ -158,6 +159,7 @@ def test_pretrained_vae_is_cached_reused_and_frozen(offline_data, tmp_path):
     assert cache_of([], data_scale=2.0) != first_vae["cache"]
 
 
+@pytest.mark.integration
 def test_q_explosion_stops_the_run(offline_data, tmp_path):
     # Pendulum's Q-values are negative: a threshold below every value makes the first chunk stop
     with pytest.raises(loop.TrainingStopped, match="q_abort"):
