@@ -159,6 +159,7 @@ def test_episode_keys_depend_on_the_episode_seed_alone():
     assert not np.allclose(initial([1], 0), initial([1], 1))
 
 
+@pytest.mark.integration
 def test_a_run_evaluated_compiled_writes_the_host_records(offline_data, tmp_path, monkeypatch):
     """A tiny run with env.backend=mjx (eval.backend=auto: compiled; the host's player is replaced by
     one that fails) and the same run evaluated on the host: the same evaluation lines, history and

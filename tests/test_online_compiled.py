@@ -313,6 +313,7 @@ def test_a_calibrated_phase_resumed_mid_episode_ends_as_the_straight_one(calibra
             np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+@pytest.mark.integration
 def test_cal_ql_calibrates_online_on_a_grid_with_the_compiled_environment(offline_data, tmp_path):
     """The issue's Cal-QL example in small: online_calibration=true with a grid axis, env.backend=mjx."""
     results = run(compose(["algo=cal_ql", *TINY, *ALGORITHMS["cal_ql"], "algo.online_calibration=true",
@@ -324,6 +325,7 @@ def test_cal_ql_calibrates_online_on_a_grid_with_the_compiled_environment(offlin
     assert all(np.isfinite(line["critic_loss"]).all() for line in online)
 
 
+@pytest.mark.integration
 def test_a_calibrated_run_killed_mid_episode_resumes_to_the_same_numbers(offline_data, tmp_path):
     """Through the checkpoint files: killed after the chunk ending at environment step 210 (the
     checkpoint at 140 is mid-episode: the record of the running episode's rewards comes back from
@@ -334,6 +336,7 @@ def test_a_calibrated_run_killed_mid_episode_resumes_to_the_same_numbers(offline
     assert sum(len(line.get("episodes", [])) for line in straight.lines if line["type"] == "train") == 4
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_every_off_policy_algorithm_traces_its_compiled_phase_on_a_grid(offline_data, name):
     """A grid axis (tau, the target update's rate, a value of every grid point) inside the compiled
