@@ -206,6 +206,7 @@ def tiny_data():
                        terminals=np.zeros(64), timeouts=np.zeros(64), source="test")
 
 
+@pytest.mark.integration
 def test_stage_is_timed_and_starts_the_agent():
     import jax
     from helpers import tiny

@@ -34,6 +34,7 @@ def linear_gaussian(rows: int, seed: int) -> tuple[Dataset, np.ndarray]:
                    as_array(states + sample[:, :2]), zeros, zeros), mean
 
 
+@pytest.mark.integration
 def test_ensemble_recovers_a_linear_gaussian_system():
     data, _ = linear_gaussian(6000, seed=0)
     config = dynamics.DynamicsConfig(**SMALL, batch_size=128, validate_every=50, max_steps=2000,

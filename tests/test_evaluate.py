@@ -195,6 +195,7 @@ def test_video_returns_are_the_evaluations_and_a_missing_renderer_is_one_line(tm
         video.check_renderer(broken, "Pendulum-v1")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "Hopper-v5"])
 def test_recorded_episodes_play_as_evaluated(env_id, tmp_path):
     """A fixed policy's episodes, recorded to mp4, return what the evaluation's vector env gives;

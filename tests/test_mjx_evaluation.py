@@ -89,6 +89,7 @@ def test_compiled_and_host_returns_agree_from_the_same_initial_states(assembled)
     np.testing.assert_allclose(returns, host, rtol=1e-5)  # measured: 9e-7 at most
 
 
+@pytest.mark.integration
 def test_every_candidate_plays_its_seeds_episodes_as_on_the_host(offline_data):
     """Uni-O4's members (rows seeds x members, member m of seed i at row i * members + m): from the
     same initial states, every row's compiled returns are the host's."""

@@ -107,6 +107,7 @@ def independent_stratified_bootstrap_iqm(scores: np.ndarray, reps: int, seed: in
     return iqm(scores), np.percentile(samples, 2.5), np.percentile(samples, 97.5)
 
 
+@pytest.mark.integration
 def test_iqm_and_its_confidence_interval_match_an_independent_computation(tmp_path, capsys):
     # 10 seeds x 3 datasets per algorithm, so that the bootstrap distribution is nearly continuous
     rng = np.random.default_rng(0)
