@@ -30,7 +30,16 @@ import envs
 from algorithms import Algorithm, SettingsError, Spec
 from algorithms.core.algorithm import Context, Sampling
 from algorithms.core.components import learner
-from experiments import compiled_evaluation, loop, online, online_compiled, policies, run_parts, seed_axis
+from experiments import (
+    compiled_episodes,
+    compiled_evaluation,
+    loop,
+    online,
+    online_compiled,
+    policies,
+    run_parts,
+    seed_axis,
+)
 from experiments import grid as grids
 from experiments.config import ConfigError, make_algorithm
 from experiments.data import load
@@ -191,10 +200,10 @@ class Assembly:
                              "buffers": jax.eval_shape(lambda: seed_axis.replay_buffers(
                                  self.capacity, self.spec, trainings))}
             if self.backend == "mjx":  # the running episodes of the compiled environments
-                out["online"]["environments"] = online_compiled.stored(jax.eval_shape(
-                    lambda: online_compiled.fresh_episodes(
+                out["online"]["environments"] = compiled_episodes.stored(jax.eval_shape(
+                    lambda: compiled_episodes.fresh_episodes(
                         self.jax_env, self.seeds, int(self.cfg.env.num_envs),
-                        record_steps=online_compiled.record_steps(self.algo, self.jax_env))))
+                        record_steps=compiled_episodes.record_steps(self.algo, self.jax_env))))
         return out
 
     def first_training(self, values: dict | None) -> Assembly:

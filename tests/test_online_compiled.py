@@ -16,7 +16,7 @@ from helpers import resume_is_exact
 import envs
 from algorithms.cql import CalQL as ALGO_CAL_QL
 from envs.mjx import PendulumEnv, make_jax_env
-from experiments import online_compiled
+from experiments import compiled_episodes, online_compiled
 from experiments.config import ConfigError, compose
 from experiments.phases import Hooks, Position
 from experiments.settings import check_run_settings
@@ -93,10 +93,10 @@ def test_environments_without_a_compiled_copy_are_refused_naming_the_host_backen
 def test_empty_arrays_leave_the_checkpointed_episodes_and_come_back():
     """Orbax writes no zero-size array, and MJX's Data holds some (`act` of Hopper's model)."""
     states = {"act": jnp.zeros((2, 1, 0)), "qpos": jnp.arange(6.0).reshape(2, 1, 3)}
-    episodes = online_compiled.Episodes(states, jnp.ones((2, 1)), jnp.full((2, 1), 7, jnp.int32))
-    stored = online_compiled.stored(episodes)
+    episodes = compiled_episodes.Episodes(states, jnp.ones((2, 1)), jnp.full((2, 1), 7, jnp.int32))
+    stored = compiled_episodes.stored(episodes)
     assert len(stored) == 3 and all(np.size(leaf) for leaf in stored.values())
-    back = online_compiled.unstored(stored, jax.eval_shape(lambda: episodes))
+    back = compiled_episodes.unstored(stored, jax.eval_shape(lambda: episodes))
     jax.tree.map(np.testing.assert_array_equal, back, episodes)
     assert back.states["act"].shape == (2, 1, 0)
 
@@ -300,8 +300,8 @@ def test_a_calibrated_phase_resumed_mid_episode_ends_as_the_straight_one(calibra
     parameters, bit for bit."""
     asm, straight, saved = calibrated_online
     record, trees = saved[140]
-    assert np.asarray(online_compiled.unstored(trees["environments"], jax.eval_shape(
-        lambda: online_compiled.fresh_episodes(asm.jax_env, asm.seeds, 1, record_steps=200))).lengths
+    assert np.asarray(compiled_episodes.unstored(trees["environments"], jax.eval_shape(
+        lambda: compiled_episodes.fresh_episodes(asm.jax_env, asm.seeds, 1, record_steps=200))).lengths
         ).tolist() == [[140], [140]]
     hooks = Hooks(log=lambda line: None, evaluate=lambda *args: args[1], checkpoint=lambda *args: None,
                   leave=lambda where: None)
@@ -348,8 +348,8 @@ def test_every_off_policy_algorithm_traces_its_compiled_phase_on_a_grid(offline_
                                   "grid.algo.tau=[0.005,0.01]"]))
     assert len(asm.seeds) == 2 and np.asarray(asm.values["tau"]).tolist() == pytest.approx([0.005, 0.01])
     trees = asm.fresh("online")
-    episodes = online_compiled.fresh_episodes(asm.jax_env, asm.seeds, 1, 0,
-                                              online_compiled.record_steps(asm.algo, asm.jax_env))
+    episodes = compiled_episodes.fresh_episodes(asm.jax_env, asm.seeds, 1, 0,
+                                              compiled_episodes.record_steps(asm.algo, asm.jax_env))
     chunk = online_compiled.make_online_chunk(asm.algo, asm.jax_env, asm.prepared.preprocessor, 2, 1, 0, True)
     lowered = chunk.lower(trees["states"], trees["buffers"], trees["keys"], episodes, jnp.asarray(asm.seeds),
                           jnp.asarray(0), asm.contexts["online"], asm.values)

@@ -21,7 +21,7 @@ from algorithms.ppo import PPO
 from envs import Preprocessor
 from envs.mjx import PendulumEnv
 from envs.preprocessing import Normalizer
-from experiments import loop, online_compiled, run_parts, seed_axis
+from experiments import compiled_episodes, loop, online_compiled, run_parts, seed_axis
 from experiments.assembly import Assembly
 from experiments.config import ConfigError, compose
 from experiments.online import OnlineRun, OnlineSchedule, check_num_envs, environment_spec, train_online
@@ -240,7 +240,7 @@ def test_the_compiled_rollout_is_the_environments_steps_whole():
     seeds = [0, 1]
     init_keys, keys = seed_axis.seed_keys(seeds)
     states = run_parts.init_states(algo, spec, ctx, init_keys)
-    episodes = online_compiled.fresh_episodes(env, seeds, 3)
+    episodes = compiled_episodes.fresh_episodes(env, seeds, 3)
     start = jax.tree.map(jnp.copy, episodes.states)  # the chunk takes over (donates) its arguments
     chunk = online_compiled.make_online_chunk(algo, env, Preprocessor.identity(3), 2, 3, 0, True)
     buffers = seed_axis.replay_buffers(8, spec, 2)
